@@ -1,0 +1,24 @@
+"""Which adapter class serves which ``type`` in the config; imported lazily so that one
+adapter's dependencies never slow down or break another's."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+SOURCES: dict[str, str] = {
+    "synthetic": "adapters.synthetic:SyntheticSource",
+    "local": "adapters.local:LocalSource",
+    "mlflow": "adapters.mlflow:MlflowSource",
+}
+
+DESTINATIONS: dict[str, str] = {
+    "local": "adapters.local:LocalDestination",
+    "mlflow": "adapters.mlflow:MlflowDestination",
+    "wandb": "adapters.wandb:WandbDestination",
+}
+
+
+def load(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module_name), attr)

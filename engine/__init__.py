@@ -1,0 +1,1 @@
+"""runferry's engine: configuration, the pipeline, the ledger, progress and the CLI."""

@@ -1,0 +1,1 @@
+"""Adaptive rate limiting: pure policies, the limiter mechanism, clocks."""
