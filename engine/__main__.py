@@ -1,0 +1,75 @@
+"""Command line: ``python -m engine {migrate,plan,status} CONFIG`` (also the ``runferry`` script).
+
+Exit codes: 0 every selected run made it; 1 some runs failed (listed in the report); 2 bad
+configuration or credentials (one line on stderr, nothing written); 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import anyio
+
+from engine.config import load_config
+from engine.errors import AuthError, ConfigError
+from engine.progress import Progress
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runferry", description="Migrate ML experiment-tracking data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("migrate", "move every selected run (resumable, incremental)"),
+        ("plan", "dry run: what would move (runs, history points, bytes); writes nothing"),
+        ("status", "what the ledger says: done, failed (with reasons), in progress"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("config", help="path of the TOML configuration")
+        if name == "migrate":
+            p.add_argument(
+                "--log-format",
+                choices=("auto", "rich", "plain", "json"),
+                default="auto",
+                help="progress display: live bars on a terminal (auto), plain lines, or JSON lines",
+            )
+            p.add_argument("--interval", type=float, default=5.0, help="seconds between plain/json progress lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "plan":
+            from engine.plan import plan
+
+            anyio.run(plan, config, sys.stdout)
+            return 0
+        if args.command == "status":
+            from engine.plan import status
+
+            status(config, sys.stdout)
+            return 0
+        return _migrate(config, args)
+    except (ConfigError, AuthError) as exc:
+        kind = "configuration error" if isinstance(exc, ConfigError) else "credentials rejected"
+        print(f"runferry: {kind}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _migrate(config: object, args: argparse.Namespace) -> int:
+    from engine.pipeline import migrate
+
+    mode = args.log_format
+    if mode == "auto":
+        mode = "rich" if sys.stderr.isatty() else "plain"
+    progress = Progress(mode=mode, stream=sys.stderr, interval=args.interval)
+    with progress:
+        report = anyio.run(lambda: migrate(config, progress=progress, handle_signals=True))  # type: ignore[arg-type]
+    progress.final_report(sys.stdout, interrupted=report.interrupted)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

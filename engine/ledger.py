@@ -1,0 +1,171 @@
+"""The append-only journal that makes migrations resumable and incremental.
+
+One JSON object per line; never rewritten, only appended, so a crash can at worst tear the last
+line, which loading skips. Each line names the run (``run``: the source run id) and the pair it
+belongs to (``pair``: source identity -> destination identity), so one file can serve several
+migrations. Events, folded in order into one ``RunEntry`` per run:
+
+- ``start``    the run is being migrated (``dest`` may follow in ``open``)
+- ``open``     the destination run exists: ``dest_id``
+- ``history``  durable history cursor: ``points`` + writer ``state`` (the writer's checkpoint)
+- ``file``     one file is durable at the destination: ``file`` (its key), ``bytes``
+- ``done``     everything is in: totals
+- ``failed``   the run failed: ``reason`` (one line, no secrets)
+- ``reset``    incremental = false: forget what was known about this run
+
+A destination write always happens before the ledger line that records it, so after a SIGKILL
+the ledger may lag the destination but never lead it; writers reconcile on reopen (see
+``adapters/base.py``). Lines are flushed to the OS at once (enough for SIGKILL); ``done`` lines
+are also fsynced (power loss).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from adapters.base import Checkpoint
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class RunEntry:
+    """What the ledger knows about one run of one source -> destination pair."""
+
+    run: str
+    status: RunStatus = RunStatus.PENDING
+    name: str | None = None
+    dest_id: str | None = None
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    files: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+    updated: float = 0.0
+
+
+def pair_key(source: str, destination: str) -> str:
+    return f"{source} -> {destination}"
+
+
+class Ledger:
+    """Reads the journal once, then appends to it. Not thread-safe; used from one event loop."""
+
+    def __init__(self, path: Path, pair: str, *, clock: Any = time.time) -> None:
+        self.path = path
+        self.pair = pair
+        self._clock = clock
+        self._fh: TextIO | None = None
+        self.entries: dict[str, RunEntry] = {}
+        self.torn_lines = 0
+
+    # -- reading -----------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: Path, pair: str | None = None) -> Ledger:
+        """Load the journal (missing file = empty). ``pair=None`` keeps every pair's runs."""
+        ledger = cls(path, pair or "")
+        if not path.exists():
+            return ledger
+        with open(path, "rb") as fh:
+            for raw in fh:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    ledger.torn_lines += 1  # a torn line from a crash mid-write
+                    continue
+                if not isinstance(event, dict) or (pair is not None and event.get("pair") != pair):
+                    continue
+                ledger._fold(event)
+        return ledger
+
+    def _fold(self, event: dict[str, Any]) -> None:
+        run = event.get("run")
+        if not isinstance(run, str):
+            return
+        key = run if self.pair else f"{event.get('pair')}::{run}"
+        entry = self.entries.get(key)
+        kind = event.get("ev")
+        if entry is None or kind == "reset":
+            entry = self.entries[key] = RunEntry(run=run)
+        entry.updated = event.get("t", entry.updated)
+        if kind == "start":
+            entry.status = RunStatus.IN_PROGRESS
+            entry.name = event.get("name", entry.name)
+            entry.reason = None
+        elif kind == "open":
+            entry.dest_id = event.get("dest_id")
+        elif kind == "history":
+            entry.checkpoint = Checkpoint(history_points=int(event["points"]), state=event.get("state") or {})
+        elif kind == "file":
+            entry.files[event["file"]] = int(event.get("bytes", 0))
+        elif kind == "done":
+            entry.status = RunStatus.DONE
+            entry.totals = event.get("totals", {})
+        elif kind == "failed":
+            entry.status = RunStatus.FAILED
+            entry.reason = event.get("reason")
+
+    # -- writing -----------------------------------------------------------------------------
+    def open_for_append(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                needs_newline = fh.read(1) != b"\n"
+        else:
+            needs_newline = False
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if needs_newline:  # terminate a torn last line so our first record stands on its own
+            self._fh.write("\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+    def _append(self, run: str, kind: str, *, sync: bool = False, **fields: Any) -> None:
+        event = {"t": round(self._clock(), 3), "pair": self.pair, "run": run, "ev": kind, **fields}
+        self._fold(event)
+        if self._fh is None:
+            raise RuntimeError("ledger is not open for writing")
+        self._fh.write(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n")
+        self._fh.flush()
+        if sync:
+            os.fsync(self._fh.fileno())
+
+    def get(self, run: str) -> RunEntry | None:
+        return self.entries.get(run)
+
+    def reset(self, run: str) -> None:
+        self._append(run, "reset")
+
+    def start(self, run: str, name: str | None) -> None:
+        self._append(run, "start", name=name)
+
+    def opened(self, run: str, dest_id: str) -> None:
+        self._append(run, "open", dest_id=dest_id)
+
+    def history(self, run: str, checkpoint: Checkpoint) -> None:
+        self._append(run, "history", points=checkpoint.history_points, state=checkpoint.state)
+
+    def file_done(self, run: str, file_key: str, size: int) -> None:
+        self._append(run, "file", file=file_key, bytes=size)
+
+    def done(self, run: str, totals: dict[str, Any]) -> None:
+        self._append(run, "done", sync=True, totals=totals)
+
+    def failed(self, run: str, reason: str) -> None:
+        self._append(run, "failed", sync=True, reason=reason)
