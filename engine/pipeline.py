@@ -75,12 +75,21 @@ def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Dest
     return source, destination
 
 
-async def migrate(config: Config, *, progress: Progress | None = None, handle_signals: bool = False) -> Report:
+async def migrate(
+    config: Config,
+    *,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
+    adapters: tuple[Source, Destination] | None = None,
+) -> Report:
     """Run the migration described by ``config``. Raises ``ConfigError``/``AuthError`` before
-    anything is written when the configuration or credentials are unusable."""
+    anything is written when the configuration or credentials are unusable. ``adapters``
+    replaces the configured source and destination (tests, embedding)."""
     progress = progress or Progress(mode="plain")
-    context = make_context(config, progress)
-    source, destination = open_adapters(config, context)
+    if adapters is None:
+        source, destination = open_adapters(config, make_context(config, progress))
+    else:
+        source, destination = adapters
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     report = Report(progress)
     async with source, destination:  # credentials are checked here, before the ledger is touched
