@@ -1,0 +1,46 @@
+"""Command line: ``python -m tests.servers.wandb --port N [--key KEY=entity1,entity2]``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from ._server import DEFAULT_KEYS, launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.wandb", description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=ENTITY[,ENTITY...]",
+        help="API key and the entities it may use (first = default). Repeatable.",
+    )
+    parser.add_argument("--filestream-rps-per-run", type=float, default=None)
+    parser.add_argument("--storage-slowdown-rps", type=float, default=None)
+    args = parser.parse_args(argv)
+    keys = dict(DEFAULT_KEYS)
+    if args.key:
+        keys = {}
+        for spec in args.key:
+            key, _, entities = spec.partition("=")
+            keys[key] = [e for e in entities.split(",") if e] or ["runferry"]
+    server = launch(args.port, keys)
+    server.faults.filestream_rps_per_run = args.filestream_rps_per_run
+    server.faults.storage_slowdown_rps = args.storage_slowdown_rps
+    print(f"fake W&B server listening on {server.base_url}", flush=True)
+    for key, entities in keys.items():
+        print(f"  key {key[:4]}... -> entities {', '.join(entities)}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

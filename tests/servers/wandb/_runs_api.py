@@ -1,0 +1,475 @@
+"""GraphQL resolvers for viewer/server info, projects, runs, history and run files.
+
+Why: these are the operations ``wandb.init``/``run.log``/``run.finish`` (write path) and
+``wandb.Api().runs()``/``run.history()``/``run.files()`` (read path) send. Each resolver
+returns plain dicts whose callables receive GraphQL field arguments (see ``_gql``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._filters import matches_filters, order_key
+from ._gql import GqlFieldError
+from ._state import Run, RunFile, ServerState, iso, node_id
+
+SERVER_FEATURES = ("LARGE_FILENAMES", "MARK_RUN_FILES_UPLOADED", "TOTAL_COUNT_IN_FILE_CONNECTION")
+
+
+class PermissionDenied(Exception):
+    """The caller's key may not touch this entity (HTTP 403, like the real service)."""
+
+
+@dataclass
+class Ctx:
+    """Per-request context: the store, the server's URL and the caller's identity."""
+
+    state: ServerState
+    base_url: str
+    username: str
+    entities: tuple[str, ...]
+    storage_token: str
+
+    @property
+    def default_entity(self) -> str:
+        return self.entities[0]
+
+    def entity(self, name: str | None) -> str:
+        entity = name or self.default_entity
+        if entity not in self.entities:
+            raise PermissionDenied(entity)
+        return entity
+
+    def storage_url(self, key: str) -> str:
+        return f"{self.base_url}/storage/{key}?token={self.storage_token}"
+
+
+# ---------------------------------------------------------------- pagination helpers
+
+
+def encode_cursor(index: int) -> str:
+    return base64.b64encode(f"cursor:{index}".encode()).decode()
+
+
+def decode_cursor(cursor: str | None) -> int:
+    """Index of the first item after ``cursor`` (0 when absent)."""
+    if not cursor:
+        return 0
+    try:
+        return int(base64.b64decode(cursor).decode().split(":", 1)[1]) + 1
+    except (ValueError, IndexError) as exc:
+        raise GqlFieldError(f"invalid cursor {cursor!r}") from exc
+
+
+def connection(items: list, args: dict, node_fn, default_first: int = 50, extra=None) -> dict:
+    start = decode_cursor(args.get("after"))
+    first = args.get("first")
+    first = default_first if first is None else first
+    page = items[start : start + first]
+    edges = [
+        {"node": node_fn(item), "cursor": encode_cursor(start + i)} for i, item in enumerate(page)
+    ]
+    result = {
+        "edges": edges,
+        "totalCount": len(items),
+        "pageInfo": {
+            "endCursor": edges[-1]["cursor"] if edges else args.get("after"),
+            "hasNextPage": start + len(page) < len(items),
+            "startCursor": edges[0]["cursor"] if edges else None,
+            "hasPreviousPage": start > 0,
+        },
+    }
+    if extra:
+        result.update(extra)
+    return result
+
+
+# ---------------------------------------------------------------- JSON helpers
+
+
+def dumps(value: Any) -> str:
+    """JSON like the W&B backend: NaN/Infinity written as bare tokens (Python json style)."""
+    return json.dumps(value, allow_nan=True)
+
+
+def loads_json_arg(value: Any) -> Any:
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    return json.loads(value)
+
+
+# ---------------------------------------------------------------- root resolvers
+
+
+def viewer(ctx: Ctx) -> dict:
+    return {
+        "__typename": "User",
+        "id": node_id("User", ctx.username),
+        "entity": ctx.default_entity,
+        "username": ctx.username,
+        "name": ctx.username,
+        "email": f"{ctx.username}@example.invalid",
+        "admin": False,
+        "flags": "{}",
+        "photoUrl": None,
+        "apiKeys": None,
+        "userInfo": None,
+        "teams": {"edges": [{"node": {"name": e}} for e in ctx.entities]},
+    }
+
+
+def server_info(ctx: Ctx) -> dict:
+    return {
+        "features": [{"name": f, "isEnabled": True} for f in SERVER_FEATURES],
+        "cliVersionInfo": None,
+        "latestLocalVersionInfo": None,
+        "availableBucketProviders": ["s3"],
+        "isLocalServer": True,
+        "exportsEnabled": False,
+    }
+
+
+def project_node(ctx: Ctx, args: dict, create: bool = False) -> dict | None:
+    entity = ctx.entity(args.get("entityName"))
+    name = args.get("name") or args.get("projectName")
+    if name is None:
+        return None
+    with ctx.state.lock:
+        exists = (entity, name) in ctx.state.projects
+        if not exists and create:
+            ctx.state.projects.add((entity, name))
+            exists = True
+    if not exists:
+        return None
+    return make_project(ctx, entity, name)
+
+
+def make_project(ctx: Ctx, entity: str, name: str) -> dict:
+    from . import _artifacts_api as arts  # local import: artifact resolvers need project nodes
+
+    def run(args: dict) -> dict | None:
+        found = ctx.state.run(entity, name, args["name"])
+        return run_node(ctx, found) if found else None
+
+    def runs(args: dict) -> dict:
+        return runs_connection(ctx, entity, name, args)
+
+    def run_count(args: dict) -> int:
+        filters = loads_json_arg(args.get("filters")) or {}
+        return sum(1 for r in ctx.state.runs_in(entity, name) if matches_filters(r, filters))
+
+    return {
+        "__typename": "Project",
+        "id": node_id("Project", name, entity),
+        "internalId": node_id("Project", name, entity),
+        "name": name,
+        "entityName": entity,
+        "readOnly": False,
+        "access": "PRIVATE",
+        "createdAt": "2026-01-01T00:00:00",
+        "isBenchmark": False,
+        "user": {"name": ctx.username, "username": ctx.username},
+        "entity": {"id": node_id("Entity", entity), "name": entity},
+        "run": run,
+        "bucket": run,
+        "runs": runs,
+        "buckets": runs,
+        "runCount": run_count,
+        **arts.project_fields(ctx, entity, name),
+    }
+
+
+def runs_connection(ctx: Ctx, entity: str, project: str, args: dict) -> dict:
+    filters = loads_json_arg(args.get("filters")) or {}
+    order = args.get("order") or "+created_at"
+    selected = [r for r in ctx.state.runs_in(entity, project) if matches_filters(r, filters)]
+    selected.sort(key=lambda r: order_key(r, order))
+    if order.startswith("-"):
+        selected.reverse()
+    return connection(selected, args, lambda r: run_node(ctx, r))
+
+
+# ---------------------------------------------------------------- runs
+
+
+def history_keys(run: Run) -> dict:
+    keys: dict[str, dict] = {}
+    last_step = -1
+    for row in run.history_rows():
+        step = row.get("_step")
+        if isinstance(step, int):
+            last_step = max(last_step, step)
+        for key, value in row.items():
+            entry = keys.setdefault(key, {"typeCounts": [], "previousValue": None})
+            kind = "number" if isinstance(value, (int, float)) else type(value).__name__
+            counts = {c["type"]: c for c in entry["typeCounts"]}
+            counts.setdefault(kind, {"type": kind, "count": 0})["count"] += 1
+            entry["typeCounts"] = list(counts.values())
+            entry["previousValue"] = value
+    return {"keys": keys, "lastStep": last_step}
+
+
+def sample(rows: list, samples: int | None) -> list:
+    """Evenly spaced rows, first and last kept, when there are more rows than ``samples``."""
+    if samples is None or samples <= 0 or len(rows) <= samples:
+        return rows
+    if samples == 1:
+        return [rows[-1]]
+    step = (len(rows) - 1) / (samples - 1)
+    return [rows[round(i * step)] for i in range(samples)]
+
+
+def history_lines(run: Run, args: dict) -> list[str]:
+    min_step = args.get("minStep")
+    max_step = args.get("maxStep")
+    lines = []
+    with_steps = min_step is not None or max_step is not None
+    for line in run.history:
+        if line is None:
+            continue
+        if with_steps:
+            step = json.loads(line).get("_step", 0)
+            if min_step is not None and step < int(min_step):
+                continue
+            if max_step is not None and step >= int(max_step):
+                continue
+        lines.append(line)
+    return sample(lines, args.get("samples"))
+
+
+def sampled_history(run: Run, args: dict) -> list[list[dict]]:
+    out = []
+    for raw_spec in args.get("specs") or []:
+        spec = loads_json_arg(raw_spec)
+        keys = spec.get("keys") or []
+        min_step, max_step = spec.get("minStep"), spec.get("maxStep")
+        rows = []
+        for row in run.history_rows():
+            step = row.get("_step", 0)
+            if min_step is not None and step < min_step:
+                continue
+            if max_step is not None and step >= max_step:
+                continue
+            if keys and not all(k in row for k in keys):
+                continue
+            rows.append({k: row[k] for k in keys} if keys else row)
+        out.append(sample(rows, spec.get("samples")))
+    return out
+
+
+def tail(lines: list[str | None], count: int = 10) -> str:
+    return json.dumps([line for line in lines[-count:] if line is not None])
+
+
+def run_node(ctx: Ctx, run: Run) -> dict:
+    from . import _artifacts_api as arts
+
+    def files(args: dict) -> dict:
+        names = args.get("names") or []
+        pattern = args.get("pattern")
+        with ctx.state.lock:
+            entries = [f for f in run.files.values() if f.uploaded or f.blob_key in ctx.state.blobs]
+        if names:
+            entries = [f for f in entries if f.name in names]
+        if pattern:
+            entries = [f for f in entries if like(pattern, f.name)]
+        entries.sort(key=lambda f: f.name)
+        return connection(entries, args, lambda f: file_node(ctx, run, f))
+
+    def wandb_config(args: dict) -> str:
+        raw = run.config.get("_wandb", {})
+        value = raw.get("value", raw) if isinstance(raw, dict) else {}
+        keys = args.get("keys")
+        if keys and isinstance(value, dict):
+            value = {k: value[k] for k in keys if k in value}
+        return dumps(value)
+
+    return {
+        "__typename": "Run",
+        "id": run.storage_id,
+        "name": run.name,
+        "displayName": run.display_name,
+        "state": run.state,
+        "config": lambda a: dumps(run.config),
+        "summaryMetrics": lambda a: dumps(run.summary),
+        "systemMetrics": "{}",
+        "wandbConfig": wandb_config,
+        "tags": list(run.tags),
+        "notes": run.notes,
+        "description": run.notes,
+        "group": run.group,
+        "groupName": run.group,
+        "jobType": run.job_type,
+        "commit": run.commit,
+        "host": run.host,
+        "program": run.program,
+        "repo": run.repo,
+        "sweepName": run.sweep,
+        "readOnly": False,
+        "exitcode": run.exitcode,
+        "stopped": False,
+        "createdAt": iso(run.created_at),
+        "heartbeatAt": iso(run.heartbeat_at),
+        "updatedAt": iso(run.heartbeat_at),
+        "historyLineCount": len(run.history),
+        "eventsLineCount": len(run.events),
+        "logLineCount": len(run.logs),
+        "historyTail": lambda a: tail(run.history),
+        "eventsTail": lambda a: tail(run.events),
+        "logTail": lambda a: tail(run.logs),
+        "historyKeys": lambda a: history_keys(run),
+        "history": lambda a: history_lines(run, a),
+        "sampledHistory": lambda a: sampled_history(run, a),
+        "events": lambda a: sample([l for l in run.events if l is not None], a.get("samples")),
+        "parquetHistory": lambda a: {"parquetUrls": [], "liveData": list(run.history_rows())},
+        "fileCount": lambda a: len(run.files),
+        "files": files,
+        "user": {"name": ctx.username, "username": ctx.username, "id": node_id("User", ctx.username)},
+        "project": {
+            "id": node_id("Project", run.project, run.entity),
+            "name": run.project,
+            "entityName": run.entity,
+            "entity": {"id": node_id("Entity", run.entity), "name": run.entity},
+        },
+        "projectId": node_id("Project", run.project, run.entity),
+        "runInfo": None,
+        "servicesAvailable": None,
+        **arts.run_fields(ctx, run),
+    }
+
+
+def like(pattern: str, name: str) -> bool:
+    """SQL LIKE with % and _ (what RunFiles' ``pattern`` argument uses)."""
+    import re
+
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name) is not None
+
+
+def run_file_key(run: Run, name: str) -> str:
+    return f"runs/{run.entity}/{run.project}/{run.name}/{name}"
+
+
+def file_node(ctx: Ctx, run: Run, entry: RunFile) -> dict:
+    blob = ctx.state.blob(entry.blob_key) if entry.blob_key else None
+    download = f"{ctx.base_url}/files/{run.entity}/{run.project}/{run.name}/{entry.name}"
+    return {
+        "__typename": "File",
+        "id": node_id("File", run.entity, run.project, run.name, entry.name),
+        "name": entry.name,
+        "url": lambda a: ctx.storage_url(run_file_key(run, entry.name)) if a.get("upload") else download,
+        "directUrl": ctx.storage_url(run_file_key(run, entry.name)),
+        "sizeBytes": blob.size if blob else 0,
+        "mimetype": "application/octet-stream",
+        "updatedAt": iso(entry.updated_at),
+        "md5": blob.b64md5 if blob else None,
+        "digest": blob.b64md5 if blob else None,
+        "storagePath": run_file_key(run, entry.name),
+        "user": None,
+    }
+
+
+# ---------------------------------------------------------------- mutations
+
+
+def upsert_bucket(ctx: Ctx, args: dict, on_create) -> dict:
+    """Create or update a run. ``on_create(entity, project)`` enforces run-creation limits."""
+    data = args.get("input") or args
+    entity = ctx.entity(data.get("entityName"))
+    project = data.get("modelName") or "uncategorized"
+    name = data.get("name")
+    state = ctx.state
+    with state.lock:
+        run = None
+        if data.get("id"):
+            run = next((r for r in state.runs.values() if r.storage_id == data["id"]), None)
+            if run is None and not name:
+                raise GqlFieldError(f"run with id {data['id']!r} not found", code="NOT_FOUND")
+        if run is None and name:
+            run = state.runs.get((entity, project, name))
+        inserted = run is None
+        if inserted:
+            on_create(entity, project)
+            name = name or f"run{state.next_seq():07d}"
+            now = state.clock()
+            run = Run(
+                entity=entity,
+                project=project,
+                name=name,
+                storage_id=node_id("Run", name, project, entity),
+                seq=state.next_seq(),
+                created_at=now,
+                heartbeat_at=now,
+            )
+            state.runs[(entity, project, name)] = run
+            state.projects.add((entity, project))
+        apply_run_input(run, data)
+        run.heartbeat_at = state.clock()
+    return {"bucket": run_node(ctx, run), "inserted": inserted}
+
+
+def apply_run_input(run: Run, data: dict) -> None:
+    simple = {
+        "displayName": "display_name",
+        "groupName": "group",
+        "jobType": "job_type",
+        "notes": "notes",
+        "commit": "commit",
+        "host": "host",
+        "jobProgram": "program",
+        "jobRepo": "repo",
+        "sweep": "sweep",
+        "state": "state",
+    }
+    for key, attr in simple.items():
+        if data.get(key) is not None:
+            setattr(run, attr, data[key])
+    if data.get("description") is not None:
+        run.notes = data["description"]
+    if data.get("tags") is not None:
+        run.tags = list(data["tags"])
+    if data.get("config") is not None:
+        run.config = loads_json_arg(data["config"])
+    if data.get("summaryMetrics") is not None:
+        run.summary = loads_json_arg(data["summaryMetrics"])
+
+
+def create_run_files(ctx: Ctx, args: dict) -> dict:
+    data = args.get("input") or args
+    entity = ctx.entity(data.get("entityName"))
+    run = ctx.state.run(entity, data.get("projectName"), data.get("runName"))
+    if run is None:
+        raise GqlFieldError("run not found", code="NOT_FOUND")
+    files = []
+    with ctx.state.lock:
+        for name in data.get("files") or []:
+            entry = run.files.setdefault(name, RunFile(name))
+            entry.blob_key = run_file_key(run, name)
+            entry.updated_at = ctx.state.clock()
+            files.append({"name": name, "uploadUrl": ctx.storage_url(entry.blob_key)})
+    return {"runID": run.storage_id, "uploadHeaders": [], "files": files}
+
+
+def mark_run_files_uploaded(ctx: Ctx, args: dict) -> dict:
+    data = args.get("input") or args
+    entity = ctx.entity(data.get("entityName"))
+    run = ctx.state.run(entity, data.get("projectName"), data.get("runName"))
+    if run is None:
+        raise GqlFieldError("run not found", code="NOT_FOUND")
+    mark_uploaded(ctx.state, run, data.get("files") or [])
+    return {"success": True}
+
+
+def mark_uploaded(state: ServerState, run: Run, names: list[str]) -> None:
+    with state.lock:
+        for name in names:
+            entry = run.files.setdefault(name, RunFile(name, blob_key=run_file_key(run, name)))
+            entry.uploaded = True
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
