@@ -11,6 +11,7 @@ import base64
 import gzip
 import hashlib
 import json
+import math
 import os
 import secrets
 from typing import Any
@@ -35,9 +36,21 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+def _finite(value: Any) -> Any:
+    """Non-finite floats in JSON-typed fields become "NaN"/"Infinity"/"-Infinity" strings
+    (strict JSON parsers, e.g. wandb-core's Go decoder, reject bare NaN tokens)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _json(body: Any, status: int = 200, headers: dict | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(body, allow_nan=True),
+        text=json.dumps(_finite(body), allow_nan=False),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -162,6 +175,7 @@ async def graphql_handler(request: web.Request) -> web.Response:
         return _json({"errors": [error_entry(f"syntax error: {exc.message}")], "data": None}, 400)
     with state.lock:
         state.request_log.append(("graphql", parsed.name))
+        state.documents[parsed.name] = payload["query"]
     ctx = _ctx(request, caller)
     executor = Executor(parsed, root_resolvers(request, ctx))
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._filters import matches_filters, order_key
 from ._gql import GqlFieldError
+from ._refs import project_ref, stable_number
 from ._state import Run, RunFile, ServerState, iso, node_id
 
 SERVER_FEATURES = ("LARGE_FILENAMES", "MARK_RUN_FILES_UPLOADED", "TOTAL_COUNT_IN_FILE_CONNECTION")
@@ -77,6 +78,7 @@ def connection(items: list, args: dict, node_fn, default_first: int = 50, extra=
         "edges": edges,
         "totalCount": len(items),
         "pageInfo": {
+            "__typename": "PageInfo",
             "endCursor": edges[-1]["cursor"] if edges else args.get("after"),
             "hasNextPage": start + len(page) < len(items),
             "startCursor": edges[0]["cursor"] if edges else None,
@@ -165,7 +167,7 @@ def make_project(ctx: Ctx, entity: str, name: str) -> dict:
     return {
         "__typename": "Project",
         "id": node_id("Project", name, entity),
-        "internalId": node_id("Project", name, entity),
+        "internalId": str(stable_number(entity, name)),
         "name": name,
         "entityName": entity,
         "readOnly": False,
@@ -329,13 +331,8 @@ def run_node(ctx: Ctx, run: Run) -> dict:
         "fileCount": lambda a: len(run.files),
         "files": files,
         "user": {"name": ctx.username, "username": ctx.username, "id": node_id("User", ctx.username)},
-        "project": {
-            "id": node_id("Project", run.project, run.entity),
-            "name": run.project,
-            "entityName": run.entity,
-            "entity": {"id": node_id("Entity", run.entity), "name": run.entity},
-        },
-        "projectId": node_id("Project", run.project, run.entity),
+        "project": project_ref(run.entity, run.project),
+        "projectId": stable_number(run.entity, run.project),
         "runInfo": None,
         "servicesAvailable": None,
         **arts.run_fields(ctx, run),
