@@ -1,0 +1,445 @@
+"""The one HTTP client every HTTP-speaking adapter shares: retries, limits and error mapping.
+
+Each ``HttpClient`` owns one aiohttp session. Every request passes through the endpoint's
+adaptive limiter (``context.limiters``, one controller per ``scheme://host:port`` shared by all
+workers) and ends in one of: a result, or an ``engine.errors`` exception. Adapters decide what a
+response *means* by passing a classifier (``classify_default`` handles plain HTTP semantics);
+the client decides what to *do*: retry throttles and transient failures with jittered backoff
+within the endpoint's retry budget, and map the rest to ``AuthError``, ``NotFoundError`` or
+``FatalError`` with the server's own message. Secrets never reach messages: query strings
+(presigned URLs) are cut from URLs and headers are never quoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import email.utils
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from adapters.base import AdapterContext
+from engine.errors import (
+    AuthError,
+    FatalError,
+    NotFoundError,
+    RetryableError,
+    ThrottledError,
+    TransientError,
+)
+from ratelimit import EndpointLimiter, LimiterRegistry, endpoint_of
+
+T = TypeVar("T")
+
+
+class Classification(enum.Enum):
+    """What a response means for the caller (each adapter may classify its own way)."""
+
+    OK = "ok"
+    THROTTLE = "throttle"
+    TRANSIENT = "transient"
+    FATAL = "fatal"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+
+
+Classifier = Callable[[int, Mapping[str, str], bytes], Classification]
+
+# 429 Too Many Requests and 503 (S3 SlowDown, overloaded gateways) both mean "slow down".
+THROTTLE_STATUSES = frozenset({429, 503})
+# 408 Request Timeout: the server gave up waiting for us; worth another attempt.
+TRANSIENT_STATUSES = frozenset({408})
+
+
+def classify_default(status: int, headers: Mapping[str, str], body: bytes) -> Classification:
+    """Plain HTTP: 2xx OK; 401/403 auth; 404 not found; 429/503 throttle; 408/5xx transient."""
+    if 200 <= status < 300:
+        return Classification.OK
+    if status in (401, 403):
+        return Classification.AUTH
+    if status == 404:
+        return Classification.NOT_FOUND
+    if status in THROTTLE_STATUSES:
+        return Classification.THROTTLE
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return Classification.TRANSIENT
+    return Classification.FATAL
+
+
+def parse_retry_after(value: str | None, *, wall_now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if wall_now is None else wall_now
+    return max(0.0, when.timestamp() - now)
+
+
+_STRUCTURED_RATELIMIT = re.compile(r"\b(remaining|reset|r|t)\s*=\s*([0-9.]+)", re.IGNORECASE)
+
+
+def parse_rate_limit(headers: Mapping[str, str], *, wall_now: float | None = None) -> tuple[float, float] | None:
+    """``(remaining, seconds until reset)`` from ``RateLimit-Remaining``/``-Reset`` (IETF draft),
+    the structured ``RateLimit: remaining=.., reset=..`` form, or ``X-RateLimit-*`` (where a reset
+    above 10^9 is an epoch time). None when the server did not say."""
+    remaining = headers.get("RateLimit-Remaining") or headers.get("X-RateLimit-Remaining")
+    reset = headers.get("RateLimit-Reset") or headers.get("X-RateLimit-Reset")
+    if remaining is None or reset is None:
+        structured = headers.get("RateLimit")
+        if structured:
+            aliases = {"remaining": "r", "r": "r", "reset": "t", "t": "t"}
+            fields = {aliases[k.lower()]: v for k, v in _STRUCTURED_RATELIMIT.findall(structured)}
+            remaining, reset = fields.get("r"), fields.get("t")
+    if remaining is None or reset is None:
+        return None
+    try:
+        remaining_value, reset_value = float(remaining), float(reset)
+    except ValueError:
+        return None
+    if reset_value > 1e9:
+        reset_value -= time.time() if wall_now is None else wall_now
+    return remaining_value, max(0.0, reset_value)
+
+
+def redact_url(url: str) -> str:
+    """The URL without query, fragment or user info: what is safe to put in messages."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_XML_MESSAGE = re.compile(rb"<(Code|Message)>([^<]{0,300})</\1>")
+
+
+def server_message(body: bytes, limit: int = 500) -> str:
+    """The server's own explanation, from a JSON or XML error body, or its first bytes."""
+    text = ""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        parts = [str(data[k]) for k in ("error_code", "code", "error", "message", "detail", "errors") if data.get(k)]
+        text = ": ".join(parts)
+    if not text:
+        found = _XML_MESSAGE.findall(body[:4096])
+        text = ": ".join(v.decode("utf-8", "replace") for _, v in found)
+    if not text:
+        text = body[:limit].decode("utf-8", "replace").strip()
+    return text[:limit]
+
+
+class _BadBody(Exception):
+    """A 2xx response whose body could not be used (truncated or invalid JSON)."""
+
+
+def _decode_json(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _BadBody(f"invalid JSON body ({len(body)} bytes): {exc}") from exc
+
+
+# Failures of the exchange itself (not HTTP answers): resets, refused connections, timeouts,
+# bodies cut short. ``InvalidURL`` is a ClientError too, but retrying it cannot help.
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+class HttpClient:
+    """An aiohttp session with adaptive limits, retries and error mapping (see module doc).
+
+    :param base_url: prefix for relative paths (absolute URLs are used as given)
+    :param name: the adapter's name, used in error messages and events
+    :param classify: ``(status, headers, body) -> Classification``
+    :param max_attempts: attempts per request, the first included
+    :param timeout: seconds to connect, and seconds of silence while reading
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        name: str,
+        context: AdapterContext,
+        headers: Mapping[str, str] | None = None,
+        auth: aiohttp.BasicAuth | None = None,
+        classify: Classifier = classify_default,
+        max_attempts: int = 10,
+        timeout: float = 120.0,
+        limit_per_host: int = 64,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.base_url = base_url
+        self.name = name
+        self.context = context
+        self.classify = classify
+        self.max_attempts = max_attempts
+        self._headers = dict(headers or {})
+        self._auth = auth
+        self._timeout = timeout
+        self._limit_per_host = limit_per_host
+        self._limiters: Any = context.limiters if context.limiters is not None else LimiterRegistry()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            auth=self._auth,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout, sock_read=self._timeout
+            ),
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"{self.name}: HttpClient used outside 'async with'")
+        return self._session
+
+    def url(self, path_or_url: str) -> str:
+        if "://" in path_or_url:
+            return path_or_url
+        return self.base_url.rstrip("/") + "/" + path_or_url.lstrip("/")
+
+    def limiter_for(self, url: str) -> EndpointLimiter:
+        return self._limiters.get(endpoint_of(url))
+
+    async def request_json(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_transient: bool = True,
+    ) -> Any:
+        """Send a request and decode its JSON answer (None for an empty body).
+
+        ``retry_transient=False`` retries only throttles (requests the server refused before
+        doing anything), for calls that are not idempotent.
+        """
+        return await self._exchange(
+            method, path_or_url, lambda _, body: _decode_json(body), params=params, json=json, data=data,
+            headers=headers, retry_transient=retry_transient,
+        )
+
+    async def request_bytes(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_transient: bool = True,
+    ) -> bytes:
+        """Send a request and return its (small) body; use ``download`` for large ones."""
+        return await self._exchange(
+            method, path_or_url, lambda _, body: body, params=params, json=json, data=data,
+            headers=headers, retry_transient=retry_transient,
+        )
+
+    async def upload(
+        self,
+        method: str,
+        url: str,
+        body_factory: Callable[[], AsyncIterator[bytes] | bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
+        size: int | None = None,
+    ) -> Mapping[str, str]:
+        """Stream a request body and return the response headers.
+
+        ``body_factory`` is called once per attempt (a stream cannot be replayed). With ``size``
+        the body is sent with ``Content-Length``, otherwise chunked.
+        """
+        merged = dict(headers or {})
+        if size is not None:
+            merged["Content-Length"] = str(size)
+        return await self._exchange(
+            method, url, lambda response, _: response.headers, body_factory=body_factory, headers=merged
+        )
+
+    async def download(
+        self, url: str, *, headers: Mapping[str, str] | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """Stream a response body in pieces of at most ``chunk_size`` bytes.
+
+        Retries only until the first piece is yielded; a failure after that raises
+        ``TransientError`` and the caller restarts (or resumes with a Range header). Close the
+        generator when stopping early (``contextlib.aclosing``) to free the connection at once.
+        """
+        full_url = self.url(url)
+        limiter = self.limiter_for(full_url)
+        attempt = 0
+        delay = 0.0
+        while True:
+            attempt += 1
+            error: RetryableError | None = None
+            async with limiter.slot() as ticket:
+                try:
+                    async with self.session.request("GET", full_url, headers=headers) as response:
+                        verdict = self.classify(response.status, response.headers, b"")
+                        self._note_rate_limit(limiter, response.headers)
+                        if verdict is Classification.OK:
+                            ticket.success()
+                            try:
+                                async for piece in response.content.iter_chunked(chunk_size):
+                                    yield piece
+                            except _NETWORK_ERRORS as exc:
+                                ticket.failed()
+                                raise TransientError(
+                                    f"{self.name}: GET {redact_url(full_url)}: download broke off: {exc!r}",
+                                    adapter=self.name,
+                                ) from exc
+                            return
+                        body = await response.read()
+                        error = self._answer_error("GET", full_url, response, body, verdict, ticket)
+                except _NETWORK_ERRORS as exc:
+                    if isinstance(exc, aiohttp.InvalidURL):
+                        raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
+                    ticket.failed()
+                    error = self._network_error("GET", full_url, exc)
+            delay = await self._before_retry(limiter, full_url, error, attempt, delay, True)
+
+    async def _exchange(
+        self,
+        method: str,
+        path_or_url: str,
+        decode: Callable[[aiohttp.ClientResponse, bytes], T],
+        *,
+        body_factory: Callable[[], AsyncIterator[bytes] | bytes] | None = None,
+        retry_transient: bool = True,
+        **kwargs: Any,
+    ) -> T:
+        full_url = self.url(path_or_url)
+        limiter = self.limiter_for(full_url)
+        attempt = 0
+        delay = 0.0
+        while True:
+            attempt += 1
+            if body_factory is not None:
+                kwargs["data"] = body_factory()
+            error: RetryableError
+            async with limiter.slot() as ticket:
+                try:
+                    async with self.session.request(method, full_url, **kwargs) as response:
+                        body = await response.read()
+                        headers = response.headers
+                    self._note_rate_limit(limiter, headers)
+                    verdict = self.classify(response.status, headers, body)
+                    if verdict is Classification.OK:
+                        result = decode(response, body)
+                        ticket.success()
+                        return result
+                    error = self._answer_error(method, full_url, response, body, verdict, ticket)
+                except _BadBody as exc:
+                    ticket.failed()
+                    error = TransientError(
+                        f"{self.name}: {method} {redact_url(full_url)}: {exc}", adapter=self.name
+                    )
+                    error.__cause__ = exc
+                except _NETWORK_ERRORS as exc:
+                    if isinstance(exc, aiohttp.InvalidURL):
+                        raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
+                    ticket.failed()
+                    error = self._network_error(method, full_url, exc)
+            delay = await self._before_retry(limiter, full_url, error, attempt, delay, retry_transient)
+
+    def _answer_error(
+        self,
+        method: str,
+        url: str,
+        response: aiohttp.ClientResponse,
+        body: bytes,
+        verdict: Classification,
+        ticket: Any,
+    ) -> RetryableError:
+        """Map a non-OK answer: raise the final errors, return the retryable ones."""
+        where = f"{self.name}: {method} {redact_url(url)} -> {response.status}"
+        message = f"{where}: {server_message(body)}"
+        if verdict is Classification.THROTTLE:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            ticket.throttled(retry_after)
+            self.context.events(
+                "throttle", endpoint=endpoint_of(url), status=response.status, retry_after=retry_after
+            )
+            return ThrottledError(message, retry_after=retry_after, adapter=self.name)
+        if verdict is Classification.TRANSIENT:
+            ticket.failed()
+            return TransientError(message, adapter=self.name)
+        ticket.success()  # the endpoint is healthy; the answer is just final
+        if verdict is Classification.AUTH:
+            raise AuthError(message)
+        if verdict is Classification.NOT_FOUND:
+            raise NotFoundError(message, adapter=self.name)
+        raise FatalError(message, adapter=self.name)
+
+    def _network_error(self, method: str, url: str, exc: BaseException) -> TransientError:
+        kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
+        error = TransientError(f"{self.name}: {method} {redact_url(url)}: {kind}", adapter=self.name)
+        error.__cause__ = exc
+        return error
+
+    def _note_rate_limit(self, limiter: EndpointLimiter, headers: Mapping[str, str]) -> None:
+        quota = parse_rate_limit(headers)
+        if quota is not None:
+            limiter.note_quota(*quota)
+
+    async def _before_retry(
+        self,
+        limiter: EndpointLimiter,
+        url: str,
+        error: RetryableError,
+        attempt: int,
+        previous_delay: float,
+        retry_transient: bool,
+    ) -> float:
+        """Give up (raise ``error``) or wait the backoff delay and return it."""
+        throttled = isinstance(error, ThrottledError)
+        if not throttled and not retry_transient:
+            raise error
+        if attempt >= self.max_attempts or not limiter.allow_retry(throttled=throttled):
+            raise error
+        self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=attempt)
+        delay = limiter.backoff(attempt, previous_delay)
+        await limiter.clock.sleep(delay)
+        return delay

@@ -1,0 +1,264 @@
+"""Pure rate-limit policies: ``(state, outcome) -> state``, no I/O, no clock reads.
+
+Why these choices (see ../shared/reference/peers-and-ratelimits.md §2-3):
+
+* **Two knobs, two signals.** Pacing (request *rate*) answers throttles (429, 503 SlowDown),
+  because object stores and APIs limit requests per second, and on a fast link any concurrency
+  can exceed a rate. Concurrency (requests *in flight*) answers overload (timeouts, resets,
+  other 5xx) with AIMD (Chiu & Jain; Netflix ``AIMDLimit``): +1 per window of successes while
+  the window is in use, times ``concurrency_decrease`` on failure.
+* **CUBIC recovery of the rate** (botocore's adaptive mode, TCP CUBIC): on a throttle the rate
+  drops to ``rate_decrease * W_max`` where ``W_max`` is the rate the endpoint was accepting,
+  then follows ``W_max + C (t - K)^3``: fast back towards ``W_max``, a plateau near it, and a
+  slow then faster probe above it. We use beta = 0.9 rather than botocore's 0.7: the time-average
+  of a CUBIC cycle is ``W_max (1 - (1 - beta) / 4)``, i.e. 97.5% of the limit instead of 92.5%,
+  and our shared controller (one per endpoint, not one per client) makes the measured
+  ``W_max`` reliable enough for the smaller step.
+* **One reaction per round trip** (TCP): outcomes of requests that *started* before the last
+  decrease are ignored for the decrease, so a burst of throttles from one overshoot is one
+  signal, not a collapse to the floor.
+* **Unpaced until the first throttle** (botocore adaptive, rclone's S3 pacer): an endpoint that
+  never throttles is never slowed down. ``initial_rate`` starts paced instead.
+* **Server hints win**: ``Retry-After`` pauses the whole endpoint; ``RateLimit-Remaining`` /
+  ``RateLimit-Reset`` cap the rate (or pause at 0 remaining) until the reset.
+* **Jittered exponential backoff** per request (AWS "Exponential Backoff and Jitter": full and
+  decorrelated jitter do the least work) and a **retry budget** per endpoint (botocore's
+  standard-mode quota: a retry after a failure costs tokens, each success refunds some), so a
+  failing endpoint cannot multiply its load. Retries after a *throttle* cost nothing by default:
+  they go back through the paced limiter, so they cannot add load beyond the rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+NO_TIME = float("-inf")
+
+
+class Jitter(str, enum.Enum):
+    """How retry delays are randomised."""
+
+    FULL = "full"  # U(0, min(cap, base * 2^(n-1)))
+    DECORRELATED = "decorrelated"  # min(cap, U(base, 3 * previous))
+    NONE = "none"  # min(cap, base * 2^(n-1)); for tests and comparisons only
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlConfig:
+    """Tuning of one endpoint's controller; the defaults suit S3 and HTTP APIs alike.
+
+    Memory and load bounds: at most ``max_concurrency`` requests in flight per endpoint; retries
+    beyond the budget fail fast; no single request makes more than its caller's max attempts.
+    """
+
+    initial_concurrency: int = 16
+    min_concurrency: int = 1
+    max_concurrency: int = 256
+    concurrency_decrease: float = 0.7
+    initial_rate: float | None = None  # requests/s; None: unpaced until the first throttle
+    min_rate: float = 0.5  # botocore's floor
+    max_rate: float | None = None  # a hard cap (for example a known API quota)
+    rate_decrease: float = 0.9  # CUBIC beta
+    cubic_scale: float = 0.4  # CUBIC C, in (requests/s) per s^3
+    burst_seconds: float = 0.05  # pacing tolerance: bursts of up to rate * burst_seconds + 1
+    backoff_base: float = 0.1
+    backoff_cap: float = 20.0
+    jitter: Jitter = Jitter.FULL
+    max_pause: float = 300.0  # longest Retry-After / RateLimit-Reset we obey
+    retry_budget: float = 500.0
+    retry_cost: float = 5.0
+    throttle_retry_cost: float = 0.0
+    success_refund: float = 1.0
+    meter_window: float = 2.0  # seconds over which rates are measured
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_concurrency <= self.initial_concurrency <= self.max_concurrency:
+            raise ValueError("need 1 <= min_concurrency <= initial_concurrency <= max_concurrency")
+        if not 0 < self.concurrency_decrease < 1 or not 0 < self.rate_decrease < 1:
+            raise ValueError("concurrency_decrease and rate_decrease must be in (0, 1)")
+        if self.min_rate <= 0 or self.cubic_scale <= 0 or self.meter_window <= 0:
+            raise ValueError("min_rate, cubic_scale and meter_window must be > 0")
+        for name in ("initial_rate", "max_rate"):
+            value = getattr(self, name)
+            if value is not None and value < self.min_rate:
+                raise ValueError(f"{name} must be >= min_rate ({self.min_rate})")
+        if self.backoff_base < 0 or self.backoff_cap < self.backoff_base or self.burst_seconds < 0:
+            raise ValueError("need 0 <= backoff_base <= backoff_cap and burst_seconds >= 0")
+        if min(self.retry_budget, self.retry_cost, self.throttle_retry_cost, self.success_refund) < 0:
+            raise ValueError("retry budget figures must be >= 0")
+        object.__setattr__(self, "jitter", Jitter(self.jitter))
+
+    def replace(self, **changes: Any) -> ControlConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlState:
+    """Everything a controller decides from; replaced (never mutated) on each outcome."""
+
+    concurrency: float
+    rate: float | None  # requests/s; None = unpaced
+    w_max: float | None = None  # the rate the endpoint accepted when it last throttled
+    epoch: float = NO_TIME  # when the rate was last decreased (CUBIC's t = 0)
+    concurrency_epoch: float = NO_TIME  # when concurrency was last decreased
+    paused_until: float = NO_TIME  # Retry-After / exhausted RateLimit quota
+    quota_rate: float | None = None  # RateLimit-Remaining / RateLimit-Reset
+    quota_until: float = NO_TIME
+    budget: float = 0.0
+
+
+class OutcomeKind(enum.Enum):
+    SUCCESS = "success"  # the endpoint served the request (including 404s and other answers)
+    THROTTLE = "throttle"  # 429, 503 SlowDown: slow the rate down
+    TRANSIENT = "transient"  # timeout, reset, other 5xx: reduce concurrency
+    NEUTRAL = "neutral"  # no signal (cancelled, or a failure of our own)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What one request's end tells the controller, with the measurements taken at that time."""
+
+    kind: OutcomeKind
+    now: float
+    started_at: float
+    in_flight: int  # requests being sent at ``now``, this one included
+    accepted_rate: float  # measured successes/s over the meter window
+    retry_after: float | None = None
+
+
+def cubic_k(config: ControlConfig, w_max: float) -> float:
+    """Seconds CUBIC takes to climb back from ``beta * w_max`` to ``w_max``."""
+    return (w_max * (1.0 - config.rate_decrease) / config.cubic_scale) ** (1.0 / 3.0)
+
+
+def cubic_rate(config: ControlConfig, w_max: float, since_decrease: float) -> float:
+    return w_max + config.cubic_scale * (since_decrease - cubic_k(config, w_max)) ** 3
+
+
+def initial_state(config: ControlConfig, now: float) -> ControlState:
+    """A fresh controller. With ``initial_rate`` it starts on the CUBIC plateau at that rate."""
+    state = ControlState(
+        concurrency=float(config.initial_concurrency), rate=None, budget=config.retry_budget
+    )
+    if config.initial_rate is not None:
+        w_max = config.initial_rate
+        state = dataclasses.replace(
+            state, rate=w_max, w_max=w_max, epoch=now - cubic_k(config, w_max)
+        )
+    return state
+
+
+def effective_rate(state: ControlState, now: float) -> float | None:
+    """The pacing rate in force at ``now`` (the tighter of ours and the server's quota)."""
+    rates = [r for r in (state.rate,) if r is not None]
+    if state.quota_rate is not None and now < state.quota_until:
+        rates.append(state.quota_rate)
+    return min(rates) if rates else None
+
+
+def concurrency_limit(state: ControlState) -> int:
+    return max(1, math.floor(state.concurrency))
+
+
+def next_state(state: ControlState, outcome: Outcome, config: ControlConfig) -> ControlState:
+    """The controller's reaction to one request's outcome."""
+    if outcome.kind is OutcomeKind.SUCCESS:
+        return _on_success(state, outcome, config)
+    if outcome.kind is OutcomeKind.THROTTLE:
+        return _on_throttle(state, outcome, config)
+    if outcome.kind is OutcomeKind.TRANSIENT:
+        return _on_transient(state, outcome, config)
+    return state
+
+
+def _clamp_rate(config: ControlConfig, rate: float) -> float:
+    rate = max(config.min_rate, rate)
+    return rate if config.max_rate is None else min(config.max_rate, rate)
+
+
+def _on_success(state: ControlState, outcome: Outcome, config: ControlConfig) -> ControlState:
+    concurrency = state.concurrency
+    # Grow only while the window is in use (Netflix AIMDLimit): an idle client proves nothing.
+    if outcome.in_flight * 2 >= concurrency:
+        concurrency = min(float(config.max_concurrency), concurrency + 1.0 / concurrency)
+    rate = state.rate
+    if state.w_max is not None:
+        rate = cubic_rate(config, state.w_max, outcome.now - state.epoch)
+        # Do not let an idle endpoint's allowance grow without bound (botocore caps at 2x measured).
+        rate = min(rate, max(state.w_max, 2.0 * outcome.accepted_rate))
+        rate = _clamp_rate(config, rate)
+    budget = min(config.retry_budget, state.budget + config.success_refund)
+    return dataclasses.replace(state, concurrency=concurrency, rate=rate, budget=budget)
+
+
+def _pause(state: ControlState, now: float, seconds: float | None, config: ControlConfig) -> float:
+    if seconds is None or seconds <= 0:
+        return state.paused_until
+    return max(state.paused_until, now + min(seconds, config.max_pause))
+
+
+def _on_throttle(state: ControlState, outcome: Outcome, config: ControlConfig) -> ControlState:
+    paused_until = _pause(state, outcome.now, outcome.retry_after, config)
+    if outcome.started_at < state.epoch:
+        # Sent before our last decrease, at the old rate: already answered.
+        return dataclasses.replace(state, paused_until=paused_until)
+    current = effective_rate(state, outcome.now)
+    accepted = outcome.accepted_rate
+    if current is None:
+        basis = accepted
+    else:
+        basis = min(current, accepted) if accepted > 0 else current
+    w_max = _clamp_rate(config, basis)
+    return dataclasses.replace(
+        state,
+        w_max=w_max,
+        rate=_clamp_rate(config, config.rate_decrease * w_max),
+        epoch=outcome.now,
+        paused_until=paused_until,
+    )
+
+
+def _on_transient(state: ControlState, outcome: Outcome, config: ControlConfig) -> ControlState:
+    if outcome.started_at < state.concurrency_epoch:
+        return state
+    concurrency = max(float(config.min_concurrency), state.concurrency * config.concurrency_decrease)
+    return dataclasses.replace(state, concurrency=concurrency, concurrency_epoch=outcome.now)
+
+
+def apply_quota(
+    state: ControlState, now: float, remaining: float, reset_after: float, config: ControlConfig
+) -> ControlState:
+    """Honour ``RateLimit-Remaining`` / ``RateLimit-Reset``: spread what is left until the reset."""
+    reset_after = min(max(reset_after, 0.0), config.max_pause)
+    if reset_after <= 0:
+        return state
+    if remaining <= 0:
+        return dataclasses.replace(state, paused_until=_pause(state, now, reset_after, config))
+    quota_rate = max(config.min_rate, remaining / reset_after)
+    return dataclasses.replace(state, quota_rate=quota_rate, quota_until=now + reset_after)
+
+
+def spend_retry(state: ControlState, config: ControlConfig, *, throttled: bool) -> tuple[bool, ControlState]:
+    """Take a retry's cost from the budget; ``False`` (state unchanged) when it cannot pay."""
+    cost = config.throttle_retry_cost if throttled else config.retry_cost
+    if state.budget < cost:
+        return False, state
+    return True, dataclasses.replace(state, budget=state.budget - cost)
+
+
+def backoff_delay(config: ControlConfig, attempt: int, previous: float, uniform: float) -> float:
+    """Delay before retry number ``attempt`` (1-based); ``uniform`` is a draw from [0, 1)."""
+    if attempt < 1:
+        raise ValueError("attempt is 1-based")
+    base, cap = config.backoff_base, config.backoff_cap
+    if config.jitter is Jitter.DECORRELATED:
+        high = 3.0 * max(previous, base)
+        return min(cap, base + uniform * (high - base))
+    ceiling = min(cap, base * 2.0 ** (attempt - 1))
+    if config.jitter is Jitter.NONE:
+        return ceiling
+    return uniform * ceiling

@@ -1,0 +1,111 @@
+"""The process-wide set of limiters: one per endpoint, created on first use, shared by all.
+
+Endpoints are strings: ``scheme://host:port`` for HTTP APIs (``endpoint_of(url)``), and
+``s3://host:port/bucket/prefix`` for object stores, whose limits are per key prefix. Overrides
+configured for an endpoint also apply to every endpoint that starts with it, the longest match
+winning, so ``s3://host:9000/bucket`` tunes all of that bucket's prefixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from engine.errors import ConfigError
+
+from ._clock import Clock, MonotonicClock
+from ._limiter import EndpointLimiter, LimiterStatistics
+from ._policy import ControlConfig
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def endpoint_of(url: str) -> str:
+    """``scheme://host:port`` of a URL (default ports made explicit, host lower-cased)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        raise ValueError(f"not an absolute URL: {url!r}")
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}" if port else f"{parts.scheme}://{host}"
+
+
+class LimiterRegistry:
+    """Limiters by endpoint, with defaults and per-endpoint overrides.
+
+    ``seed`` makes retry jitter reproducible (each endpoint gets its own generator).
+    """
+
+    def __init__(
+        self,
+        *,
+        default: ControlConfig | None = None,
+        overrides: Mapping[str, ControlConfig] | None = None,
+        clock: Clock | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.default = default or ControlConfig()
+        self._overrides = dict(overrides or {})
+        self.clock = clock or MonotonicClock()
+        self._seed = seed
+        self._limiters: dict[str, EndpointLimiter] = {}
+
+    @classmethod
+    def from_mapping(
+        cls, table: Mapping[str, Any], *, origin: str = "[ratelimit]", clock: Clock | None = None
+    ) -> LimiterRegistry:
+        """Build from a config table: ``ControlConfig`` keys as defaults, plus an ``endpoints``
+        table of per-endpoint tables with the same keys. Raises ``ConfigError`` naming the key."""
+        table = dict(table)
+        endpoints = table.pop("endpoints", {}) or {}
+        if not isinstance(endpoints, Mapping):
+            raise ConfigError(f"{origin}.endpoints must be a table of endpoint tables")
+        default = _config_from(ControlConfig(), table, origin)
+        overrides = {
+            key: _config_from(default, value, f"{origin}.endpoints.{key!r}")
+            for key, value in endpoints.items()
+        }
+        return cls(default=default, overrides=overrides, clock=clock)
+
+    def config_for(self, endpoint: str) -> ControlConfig:
+        matches = [key for key in self._overrides if endpoint.startswith(key)]
+        return self._overrides[max(matches, key=len)] if matches else self.default
+
+    def get(self, endpoint: str) -> EndpointLimiter:
+        """The endpoint's limiter, created with its configuration on first use."""
+        limiter = self._limiters.get(endpoint)
+        if limiter is None:
+            rng = random.Random(None if self._seed is None else f"{self._seed}:{endpoint}")
+            limiter = EndpointLimiter(endpoint, self.config_for(endpoint), clock=self.clock, rng=rng)
+            self._limiters[endpoint] = limiter
+        return limiter
+
+    def for_url(self, url: str) -> EndpointLimiter:
+        return self.get(endpoint_of(url))
+
+    def statistics(self) -> list[LimiterStatistics]:
+        """Live figures of every endpoint used so far, sorted by endpoint."""
+        return [self._limiters[key].statistics() for key in sorted(self._limiters)]
+
+    def __repr__(self) -> str:
+        return f"<LimiterRegistry [{len(self._limiters)} endpoints]>"
+
+
+def _config_from(base: ControlConfig, values: Any, origin: str) -> ControlConfig:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{origin} must be a table")
+    known = {f.name: f for f in dataclasses.fields(ControlConfig)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"{origin}: unknown key {key!r}; expected one of: {', '.join(sorted(known))}"
+            )
+    try:
+        return base.replace(**dict(values))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: {exc}") from exc

@@ -1,0 +1,223 @@
+"""The mechanism under a FakeClock: pacing, pauses, concurrency slots, statistics."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from engine.errors import ConfigError
+from ratelimit import (
+    AdjustableSemaphore,
+    ControlConfig,
+    EndpointLimiter,
+    FakeClock,
+    LimiterRegistry,
+    RateMeter,
+    endpoint_of,
+)
+
+
+async def test_pacing_spaces_request_starts_at_the_rate() -> None:
+    clock = FakeClock(100.0)
+    limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=0.0), clock=clock)
+    starts = []
+    for _ in range(5):
+        async with limiter.slot() as ticket:
+            starts.append(ticket.started_at)
+            ticket.success()
+    assert starts == pytest.approx([100.0, 100.1, 100.2, 100.3, 100.4])
+
+
+async def test_burst_tolerance_lets_a_few_through_at_once() -> None:
+    clock = FakeClock(0.0)
+    limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=0.2), clock=clock)
+    starts = []
+    for _ in range(5):
+        async with limiter.slot() as ticket:
+            starts.append(ticket.started_at)
+    # GCRA with 0.2 s tolerance at 10/s: three back to back, then one per 0.1 s
+    assert starts == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2])
+
+
+async def test_unpaced_limiter_never_sleeps() -> None:
+    clock = FakeClock()
+    limiter = EndpointLimiter("e", clock=clock)
+    for _ in range(100):
+        async with limiter.slot() as ticket:
+            ticket.success()
+    assert clock.now() == 0.0
+    assert limiter.statistics().successes == 100
+
+
+async def test_retry_after_pauses_every_worker() -> None:
+    clock = FakeClock(0.0)
+    limiter = EndpointLimiter("e", clock=clock)
+    async with limiter.slot() as ticket:
+        ticket.throttled(retry_after=2.5)
+    assert limiter.statistics().paused_for == 2.5
+    async with limiter.slot() as ticket:
+        assert ticket.started_at >= 2.5
+    assert limiter.statistics().throttles == 1
+
+
+async def test_quota_header_zero_remaining_pauses_until_reset() -> None:
+    clock = FakeClock(10.0)
+    limiter = EndpointLimiter("e", clock=clock)
+    limiter.note_quota(0, 4.0)
+    async with limiter.slot() as ticket:
+        assert ticket.started_at == 14.0
+
+
+async def test_concurrency_limit_admits_waiters_in_order() -> None:
+    limiter = EndpointLimiter("e", ControlConfig(initial_concurrency=2), clock=FakeClock())
+    order: list[int] = []
+    release = anyio.Event()
+    entered = [anyio.Event() for _ in range(4)]
+
+    async def worker(i: int) -> None:
+        async with limiter.slot() as ticket:
+            order.append(i)
+            entered[i].set()
+            await release.wait()
+            ticket.success()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(worker, i)
+                await anyio.wait_all_tasks_blocked()
+            await entered[1].wait()
+            stats = limiter.statistics()
+            assert (stats.in_flight, stats.waiting) == (2, 2)
+            assert order == [0, 1]
+            release.set()
+    assert order == [0, 1, 2, 3]
+    assert limiter.statistics().in_flight == 0
+
+
+async def test_transient_failure_shrinks_concurrency_of_waiting_workers() -> None:
+    limiter = EndpointLimiter("e", ControlConfig(initial_concurrency=10, concurrency_decrease=0.5), clock=FakeClock())
+    async with limiter.slot() as ticket:
+        ticket.failed()
+    assert limiter.statistics().concurrency_limit == 5
+    assert limiter.statistics().failures == 1
+
+
+async def test_semaphore_cancelled_waiter_gives_no_token_away() -> None:
+    semaphore = AdjustableSemaphore(1)
+    await semaphore.acquire()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(semaphore.acquire)
+            await anyio.wait_all_tasks_blocked()
+            assert semaphore.waiting == 1
+            tg.cancel_scope.cancel()
+    assert (semaphore.used, semaphore.waiting) == (1, 0)
+    semaphore.release()
+    assert semaphore.used == 0
+
+
+async def test_semaphore_raising_limit_wakes_waiters() -> None:
+    semaphore = AdjustableSemaphore(1)
+    await semaphore.acquire()
+    got = anyio.Event()
+
+    async def take() -> None:
+        await semaphore.acquire()
+        got.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take)
+            await anyio.wait_all_tasks_blocked()
+            assert not got.is_set()
+            semaphore.set_limit(2)
+            await got.wait()
+    assert semaphore.used == 2
+
+
+async def test_cancelled_request_gives_no_signal() -> None:
+    limiter = EndpointLimiter("e", clock=FakeClock())
+    with anyio.CancelScope() as scope:
+        async with limiter.slot():
+            scope.cancel()
+            await anyio.sleep(1)
+    stats = limiter.statistics()
+    assert (stats.successes, stats.throttles, stats.failures, stats.in_flight) == (0, 0, 0, 0)
+
+
+async def test_retry_budget_counts() -> None:
+    limiter = EndpointLimiter("e", ControlConfig(retry_budget=10.0, retry_cost=5.0), clock=FakeClock())
+    assert [limiter.allow_retry(throttled=False) for _ in range(3)] == [True, True, False]
+    stats = limiter.statistics()
+    assert (stats.retries, stats.retries_refused, stats.budget) == (2, 1, 0.0)
+
+
+def test_backoff_is_reproducible_with_a_seeded_registry() -> None:
+    a = LimiterRegistry(seed=7).get("http://x:1")
+    b = LimiterRegistry(seed=7).get("http://x:1")
+    assert [a.backoff(n) for n in range(1, 6)] == [b.backoff(n) for n in range(1, 6)]
+    assert all(0.0 <= a.backoff(n) <= min(20.0, 0.1 * 2 ** (n - 1)) for n in range(1, 20))
+
+
+def test_rate_meter_window() -> None:
+    meter = RateMeter(window=2.0, start=0.0)
+    for i in range(100):
+        meter.add(i * 0.01)  # 100 events in the first second
+    assert meter.rate(1.0) == pytest.approx(100.0)
+    assert meter.rate(2.0) == pytest.approx(50.0)
+    assert meter.rate(3.5) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:5000/api/2.0/mlflow/runs/search", "http://127.0.0.1:5000"),
+        ("https://API.wandb.ai/graphql", "https://api.wandb.ai:443"),
+        ("http://example.com/x?sig=secret", "http://example.com:80"),
+        ("http://[::1]:9000/b", "http://[::1]:9000"),
+    ],
+)
+def test_endpoint_of(url: str, expected: str) -> None:
+    assert endpoint_of(url) == expected
+
+
+def test_endpoint_of_rejects_relative() -> None:
+    with pytest.raises(ValueError):
+        endpoint_of("/api/runs")
+
+
+def test_registry_shares_one_limiter_per_endpoint_and_applies_longest_override() -> None:
+    registry = LimiterRegistry.from_mapping(
+        {
+            "max_concurrency": 64,
+            "endpoints": {
+                "s3://127.0.0.1:9000/bucket": {"initial_rate": 100.0},
+                "s3://127.0.0.1:9000/bucket/hot": {"initial_rate": 10.0},
+            },
+        },
+        clock=FakeClock(),
+    )
+    assert registry.get("http://a:1") is registry.get("http://a:1")
+    assert registry.get("http://a:1").config.max_concurrency == 64
+    assert registry.get("s3://127.0.0.1:9000/bucket/cold").config.initial_rate == 100.0
+    hot = registry.get("s3://127.0.0.1:9000/bucket/hot/x").config
+    assert (hot.initial_rate, hot.max_concurrency) == (10.0, 64)
+    assert [s.endpoint for s in registry.statistics()] == [
+        "http://a:1", "s3://127.0.0.1:9000/bucket/cold", "s3://127.0.0.1:9000/bucket/hot/x",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"max_concurency": 3}, "unknown key 'max_concurency'"),
+        ({"rate_decrease": 2.0}, "rate_decrease"),
+        ({"endpoints": {"http://a:1": {"bogus": 1}}}, "[ratelimit].endpoints.'http://a:1': unknown key 'bogus'"),
+        ({"endpoints": 3}, "endpoints must be a table"),
+    ],
+)
+def test_registry_config_errors_name_the_key(table: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        LimiterRegistry.from_mapping(table)
+    assert message in str(info.value)
