@@ -1,0 +1,178 @@
+"""Where things live in a local export directory, and how a run's metadata becomes run.json.
+
+Layout (all names below ``<path>``)::
+
+    runs.parquet, runs.csv                       one row per run (rebuilt by ``finalize``)
+    runs/<entity>/<project>/<run_id>/
+        run.json                                 every RunRecord field, exact (NaN, ±inf, -0.0)
+        history.parquet                          long layout (HISTORY_SCHEMA), one row per point
+        history.parts/part-<offset:012d>.parquet durable chunks not merged yet (resume state)
+        files/<path>                             run files, folder structure kept
+        artifacts/<name>/<version>/<path>        artifact members
+        artifacts/<name>/<version>/artifact.json the ArtifactRef fields
+
+Directory names are sanitised deterministically and injectively (percent-encoding), so two
+different names never share a directory and nothing a source says can escape the export.
+run.json uses the stdlib ``json`` module with ``allow_nan``: orjson would turn NaN into null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from engine.errors import FatalError
+from engine.model import ArtifactRef, Namespace, RunRecord, RunRef, RunState
+
+FORMAT = "runferry.local/1"
+RUN_JSON = "run.json"
+HISTORY = "history.parquet"
+PARTS = "history.parts"
+FILES = "files"
+ARTIFACTS = "artifacts"
+ARTIFACT_JSON = "artifact.json"
+TMP_MARK = ".runferry-tmp-"
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+EMPTY_NAME = "_"
+
+_RECORD_FIELDS = (
+    "display_name", "user", "config", "summary", "tags", "labels", "notes", "group", "job_type",
+    "git_commit", "program", "host", "parent_id", "inputs", "system", "history_points", "file_bytes",
+    "start_time", "end_time",
+)  # fmt: skip
+
+
+def sanitise(name: str) -> str:
+    """A directory name for ``name``: safe characters kept, others %XX-encoded (UTF-8).
+
+    Injective: the empty name is ``_`` and a literal ``_`` becomes ``%5F``; a leading dot is
+    encoded so no name is hidden or special (``.``, ``..``).
+    """
+    if name == "":
+        return EMPTY_NAME
+    out = []
+    for i, ch in enumerate(name):
+        if ch in _SAFE and not (i == 0 and ch == ".") and not (name == EMPTY_NAME):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def run_rel_dir(namespace: Namespace, run_id: str) -> str:
+    return "/".join(("runs", sanitise(namespace.entity), sanitise(namespace.project), sanitise(run_id)))
+
+
+def safe_relative(path: str) -> PurePosixPath:
+    """``path`` as a relative path that stays inside its directory, or ``FatalError``."""
+    if not path or "\x00" in path or "\\" in path:
+        raise FatalError(f"unsafe file path {path!r}: empty, NUL or backslash")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or any(part in ("..", ".", "") for part in path.split("/")):
+        raise FatalError(f"unsafe file path {path!r}: must be relative without '.', '..' or empty parts")
+    return pure
+
+
+def file_target(run_dir: Path, path: str, artifact: ArtifactRef | None) -> Path:
+    """Where a run file or artifact member is stored."""
+    relative = safe_relative(path)
+    if artifact is None:
+        return run_dir / FILES / relative
+    if str(relative) == ARTIFACT_JSON:
+        raise FatalError(f"artifact {artifact.name}: a member named {ARTIFACT_JSON!r} clashes with the metadata file")
+    return artifact_dir(run_dir, artifact) / relative
+
+
+def artifact_dir(run_dir: Path, artifact: ArtifactRef) -> Path:
+    return run_dir / ARTIFACTS / sanitise(artifact.name) / sanitise(artifact.version or "v0")
+
+
+def temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{secrets.token_hex(4)}")
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` all or nothing (tmp + rename). Blocking: call off the loop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dumps(value: Any) -> bytes:
+    """JSON that keeps NaN / ±inf / -0.0 (stdlib ``json`` with ``allow_nan``)."""
+    return json.dumps(value, allow_nan=True, ensure_ascii=False, indent=1, default=str).encode("utf-8")
+
+
+def record_to_json(record: RunRecord) -> dict[str, Any]:
+    ref = record.ref
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "id": ref.id,
+        "entity": ref.namespace.entity,
+        "project": ref.namespace.project,
+        "name": ref.name,
+        "source_extra": [[k, v] for k, v in ref.extra],
+        "state": record.state.value,
+    }
+    for name in _RECORD_FIELDS:
+        doc[name] = getattr(record, name)
+    return doc
+
+
+def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
+    """The RunRecord stored in run.json; ``ref.extra`` holds this export's ``local_dir``."""
+    if doc.get("format") != FORMAT:
+        raise FatalError(f"{rel_dir}/{RUN_JSON}: unknown format {doc.get('format')!r}")
+    ref = RunRef(
+        id=doc["id"],
+        namespace=Namespace(doc["entity"], doc["project"]),
+        name=doc.get("name"),
+        extra=(("local_dir", rel_dir),),
+    )
+    fields = {name: doc.get(name) for name in _RECORD_FIELDS}
+    for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {})):
+        if fields[name] is None:
+            fields[name] = empty
+    return RunRecord(ref=ref, state=RunState(doc["state"]), **fields)
+
+
+def artifact_to_json(artifact: ArtifactRef) -> dict[str, Any]:
+    return {
+        "name": artifact.name,
+        "type": artifact.type,
+        "version": artifact.version,
+        "aliases": list(artifact.aliases),
+        "description": artifact.description,
+        "metadata": [[k, v] for k, v in artifact.metadata],
+    }
+
+
+def artifact_from_json(doc: dict[str, Any]) -> ArtifactRef:
+    return ArtifactRef(
+        name=doc["name"],
+        type=doc.get("type", "dataset"),
+        version=doc.get("version"),
+        aliases=tuple(doc.get("aliases") or ()),
+        description=doc.get("description"),
+        metadata=tuple((k, _freeze(v)) for k, v in doc.get("metadata") or ()),
+    )
+
+
+def _freeze(value: Any) -> Any:
+    """JSON lists back to tuples, so metadata stays hashable like the frozen ArtifactRef."""
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value

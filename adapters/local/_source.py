@@ -1,0 +1,208 @@
+"""A local export directory as a source, so exports can be checked, re-exported or migrated on.
+
+Reads exactly what ``LocalDestination`` wrote: run.json records, history from Parquet row
+groups (a resume start skips whole row groups by their metadata, then slices one), files and
+artifact members in pieces. Blocking reads run in worker threads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adapters.base import AdapterContext
+from adapters.local import _history, _layout, _tables
+from engine.errors import ConfigError, NotFoundError
+from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
+
+_MAX_PIECE = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalSourceConfig:
+    """``[source] type = "local"``: read an export directory written by the local destination.
+
+    - ``path`` (required): the export directory.
+    - ``projects``: only runs whose ``entity/project`` matches one of these globs (default: all).
+    - ``chunk_points``: history points per chunk (0 = the engine's ``chunk_points``).
+    """
+
+    path: str
+    projects: list[str] = field(default_factory=list)
+    chunk_points: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path must not be empty")
+        if self.chunk_points < 0:
+            raise ValueError("chunk_points must not be negative")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{path} does not exist", adapter="local") from exc
+
+
+async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
+    """Step a blocking iterator in worker threads, one item per hop."""
+    done = object()
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, iterator, done)
+            if item is done:
+                return
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
+
+
+class LocalSource:
+    """Runs of a local export directory, in sorted directory order."""
+
+    Config = LocalSourceConfig
+
+    def __init__(self, config: LocalSourceConfig, context: AdapterContext | None = None) -> None:
+        self.config = config
+        self.context = context or AdapterContext()
+        self.root = Path(config.path).expanduser().absolute()
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+    async def __aenter__(self) -> LocalSource:
+        if not await anyio.to_thread.run_sync((self.root / "runs").is_dir):
+            raise ConfigError(f"source path {self.root} is not a runferry export (no runs/ directory)")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    @property
+    def chunk_points(self) -> int:
+        return self.config.chunk_points or self.context.chunk_points
+
+    def _selected(self, doc: dict[str, Any]) -> bool:
+        patterns = self.config.projects
+        return not patterns or any(fnmatch.fnmatchcase(f"{doc['entity']}/{doc['project']}", p) for p in patterns)
+
+    def _refs(self) -> Iterator[RunRef]:
+        for path in _tables.run_json_paths(self.root):
+            doc = _load_json(path)
+            if self._selected(doc):
+                yield _layout.record_from_json(doc, str(path.parent.relative_to(self.root))).ref
+
+    async def list_runs(self) -> AsyncIterator[RunRef]:
+        refs = _drain_in_thread(self._refs())
+        async for ref in refs:
+            yield ref
+
+    def _run_dir(self, ref: RunRef) -> tuple[str, Path]:
+        rel = ref.hint("local_dir") or _layout.run_rel_dir(ref.namespace, ref.id)
+        return rel, self.root / rel
+
+    async def get_run(self, ref: RunRef) -> RunRecord:
+        rel, run_dir = self._run_dir(ref)
+        doc = await anyio.to_thread.run_sync(_load_json, run_dir / _layout.RUN_JSON)
+        return _layout.record_from_json(doc, rel)
+
+    def _history(self, run_dir: Path, start: int) -> Iterator[HistoryChunk]:
+        for seg in _history.segments(run_dir):
+            if seg.end <= start:
+                continue
+            with open(seg.path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                # skip whole row groups that end before ``start`` using only the footer
+                position, first_group = seg.offset, 0
+                while first_group < pf.num_row_groups:
+                    rows = pf.metadata.row_group(first_group).num_rows
+                    if position + rows > start:
+                        break
+                    position += rows
+                    first_group += 1
+                groups = list(range(first_group, pf.num_row_groups))
+                if not groups:
+                    continue
+                for batch in pf.iter_batches(batch_size=self.chunk_points, row_groups=groups):
+                    if position + batch.num_rows <= start:
+                        position += batch.num_rows
+                        continue
+                    if position < start:
+                        batch = batch.slice(start - position)
+                        position = start
+                    if not batch.schema.equals(HISTORY_SCHEMA):
+                        batch = batch.cast(HISTORY_SCHEMA)
+                    yield HistoryChunk(batch=batch, offset=position)
+                    position += batch.num_rows
+
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+        _, run_dir = self._run_dir(run.ref)
+        async for chunk in _drain_in_thread(self._history(run_dir, max(0, start))):
+            yield chunk
+
+    def _files(self, run_dir: Path) -> list[FileRef]:
+        found = [FileRef(path=rel, size=size) for rel, size in _walk(run_dir / _layout.FILES)]
+        artifacts = run_dir / _layout.ARTIFACTS
+        for name_dir in _tables.sorted_dirs(artifacts):
+            for version_dir in _tables.sorted_dirs(name_dir):
+                meta = version_dir / _layout.ARTIFACT_JSON
+                if not meta.is_file():
+                    continue
+                artifact = _layout.artifact_from_json(_load_json(meta))
+                found += [
+                    FileRef(path=rel, size=size, artifact=artifact)
+                    for rel, size in _walk(version_dir)
+                    if rel != _layout.ARTIFACT_JSON
+                ]
+        return found
+
+    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+        _, run_dir = self._run_dir(run.ref)
+        for file in await anyio.to_thread.run_sync(self._files, run_dir):
+            yield file
+
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        _, run_dir = self._run_dir(run.ref)
+        path = _layout.file_target(run_dir, file.path, file.artifact)
+        piece = min(self.context.part_bytes, _MAX_PIECE)
+        try:
+            handle = await anyio.to_thread.run_sync(open, path, "rb")
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{run.ref.id}: file {file.key!r} is missing", adapter="local") from exc
+        try:
+            while data := await anyio.to_thread.run_sync(handle.read, piece):
+                yield data
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(handle.close)
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, int]]:
+    """(relative POSIX path, size) of every regular file under ``folder``, sorted."""
+    if not folder.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if _layout.TMP_MARK in name:
+                continue
+            full = Path(dirpath) / name
+            yield full.relative_to(folder).as_posix(), full.stat().st_size

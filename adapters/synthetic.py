@@ -1,0 +1,413 @@
+"""A seeded source of realistic runs, so benchmarks and tests need no external system.
+
+Everything is a pure function of ``(seed, run index, ...)``: the same config yields the same
+runs, metadata, history points and file bytes on every machine and every call, and
+``iter_history(run, start)`` yields exactly the suffix of a full iteration (resume).
+
+History is generated vectorised with numpy straight into Arrow columns. Randomness comes in
+*blocks* of steps, each block drawing from its own PCG64 stream seeded by ``(seed, run index,
+block index)``; a chunk is assembled from the blocks it overlaps, so values never depend on
+the chunk size or the start point. Chunk boundaries are aligned to blocks where the requested
+chunk size allows, so no block is generated twice.
+
+File bytes come in 1 MiB pieces, each from its own stream seeded by ``(seed, run, file,
+piece)``: streamed, never whole in memory, identical however they are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+import pyarrow as pa
+
+from adapters.base import AdapterContext
+from engine.errors import NotFoundError
+from engine.model import (
+    HISTORY_SCHEMA,
+    ArtifactRef,
+    FileRef,
+    HistoryChunk,
+    Namespace,
+    RunRecord,
+    RunRef,
+    RunState,
+)
+
+# Stream tags keep the seeds of different kinds of randomness apart.
+_TAG_META, _TAG_HISTORY, _TAG_FILE, _TAG_ARTIFACT = 1, 2, 3, 4
+BLOCK_POINTS = 131_072
+"""Target points per random block (a block holds whole steps)."""
+FILE_PIECE = 1 << 20
+"""Bytes per generated file piece (and per random stream)."""
+
+_KEY_NAMES = (
+    "train/loss",
+    "train/accuracy",
+    "val/loss",
+    "val/accuracy",
+    "learning_rate",
+    "grad_norm",
+    "throughput",
+    "gpu/memory_used",
+    "epoch_progress",
+    "loss/aux",
+)
+_SPECIALS = np.array([np.nan, np.inf, -np.inf, -0.0])
+_STATES = (RunState.FINISHED, RunState.FAILED, RunState.KILLED, RunState.RUNNING)
+_STATE_WEIGHTS = (0.85, 0.07, 0.05, 0.03)
+_LABELS = ("baseline", "sweep", "ablation", "prod", "debug", "ünïcode-tag")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticConfig:
+    """``[source] type = "synthetic"``: generated runs (deterministic for a given ``seed``).
+
+    - ``seed``: everything derives from it (default 0).
+    - ``runs``: number of runs (default 50); ``projects``: spread over this many projects
+      named ``project-<i>`` in entity ``entity`` (default 2, ``"synthetic"``).
+    - ``steps`` / ``keys``: history steps per run and metric keys per step (default 2000 x 10
+      = 20,000 points per run). Steps are ``0, stride, 2*stride...`` (``step_stride``, default 1).
+    - ``params``: config entries per run (default 20), including nested values and, with
+      ``special_config``, NaN / inf / -0.0 values (default true).
+    - ``special_fraction``: fraction of history values replaced by NaN, +inf, -inf or -0.0
+      (default 0.001).
+    - ``file_sizes``: byte sizes of each run's files (default two: 4 KiB and 64 KiB);
+      ``artifact_sizes``: byte sizes of the members of one model artifact per run (default one
+      of 256 KiB; empty = no artifact).
+    - ``start_time``: epoch seconds of the first run's start (default 1.7e9).
+    - ``chunk_points``: history points per chunk (0 = the engine's ``chunk_points``).
+    """
+
+    seed: int = 0
+    runs: int = 50
+    projects: int = 2
+    entity: str = "synthetic"
+    steps: int = 2000
+    keys: int = 10
+    step_stride: int = 1
+    params: int = 20
+    special_config: bool = True
+    special_fraction: float = 0.001
+    file_sizes: list[int] = field(default_factory=lambda: [4096, 65536])
+    artifact_sizes: list[int] = field(default_factory=lambda: [262144])
+    start_time: float = 1.7e9
+    chunk_points: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("runs", "projects", "keys", "step_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("steps", "params", "chunk_points", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not 0.0 <= self.special_fraction <= 1.0:
+            raise ValueError("special_fraction must be between 0 and 1")
+        if any(size < 0 for size in [*self.file_sizes, *self.artifact_sizes]):
+            raise ValueError("file and artifact sizes must not be negative")
+
+    @property
+    def points_per_run(self) -> int:
+        return self.steps * self.keys
+
+    @property
+    def bytes_per_run(self) -> int:
+        return sum(self.file_sizes) + sum(self.artifact_sizes)
+
+
+def _rng(*entropy: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(list(entropy)))
+
+
+def run_id(index: int) -> str:
+    return f"run{index:06d}"
+
+
+def _run_index(ref: RunRef, runs: int) -> int:
+    index = ref.hint("index")
+    if index is None:
+        text = ref.id.removeprefix("run")
+        index = int(text) if text.isdigit() and ref.id.startswith("run") else -1
+    if not 0 <= index < runs:
+        raise NotFoundError(f"synthetic source has no run {ref.id!r}", adapter="synthetic", run=ref.id)
+    return int(index)
+
+
+@dataclass(frozen=True, slots=True)
+class _RunShape:
+    """Per-run constants of the history curves (drawn from the run's metadata stream)."""
+
+    start_time: float
+    t0: float
+    interval: float
+    amplitude: np.ndarray  # float32, like rate and sigma
+    rate: np.ndarray
+    base: np.ndarray  # float64
+    sigma: np.ndarray
+
+
+class _HistoryGenerator:
+    """Columns of one run's history for any point range, block by block."""
+
+    def __init__(self, cfg: SyntheticConfig, index: int, keys_column: pa.Array) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.nkeys = cfg.keys
+        self.total = cfg.points_per_run
+        self.block_steps = max(1, BLOCK_POINTS // cfg.keys)
+        self.block_points = self.block_steps * cfg.keys
+        self.shape = _run_shape(cfg, index)
+        self._keys_column = keys_column
+        self._cached: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(steps, timestamps, values) for every point of ``block``."""
+        if self._cached is not None and self._cached[0] == block:
+            return self._cached[1]
+        cfg, s, k = self.cfg, self.shape, self.nkeys
+        first = block * self.block_steps
+        last = min(first + self.block_steps, cfg.steps)
+        n_steps = last - first
+        n = n_steps * k
+        rng = _rng(cfg.seed, self.index, _TAG_HISTORY, block)
+        jitter = rng.random(n_steps)
+        noise = rng.standard_normal(n, dtype=np.float32).reshape(n_steps, k)
+        j = np.arange(first, last, dtype=np.int64)
+        # strictly increasing: consecutive steps differ by at least interval / 2
+        stamps = s.t0 + (j + 0.5 * jitter) * s.interval
+        decay = np.exp(np.multiply.outer(-j.astype(np.float32), s.rate))  # float32: 2x faster exp
+        decay *= s.amplitude
+        noise *= s.sigma
+        decay += noise
+        values = (decay + s.base).reshape(n)  # float64 from here on
+        if cfg.special_fraction > 0.0:
+            count = int(rng.binomial(n, cfg.special_fraction))
+            if count:
+                at = rng.integers(0, n, count)
+                values[at] = _SPECIALS[rng.integers(0, len(_SPECIALS), count)]
+        result = (np.repeat(j * cfg.step_stride, k), np.repeat(stamps, k), values)
+        self._cached = (block, result)
+        return result
+
+    def batch(self, start: int, stop: int) -> pa.RecordBatch:
+        """Points ``[start, stop)`` as a ``HISTORY_SCHEMA`` record batch."""
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        position = start
+        while position < stop:
+            block = position // self.block_points
+            block_start = block * self.block_points
+            lo = position - block_start
+            hi = min(stop, block_start + self.block_points) - block_start
+            steps, stamps, values = self._block(block)
+            parts.append((steps[lo:hi], stamps[lo:hi], values[lo:hi]))
+            position = block_start + hi
+        if len(parts) == 1:
+            steps, stamps, values = parts[0]
+        else:
+            steps, stamps, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        n = stop - start
+        keys = self._keys_column.slice(start % self.nkeys, n)
+        return pa.RecordBatch.from_arrays(
+            [keys, pa.array(steps), pa.array(stamps), pa.array(values), pa.nulls(n, pa.string())],
+            schema=HISTORY_SCHEMA,
+        )
+
+    def chunk_bounds(self, start: int, chunk_points: int) -> list[tuple[int, int]]:
+        """Chunk ranges from ``start``: block-aligned when chunks are at least half a block."""
+        if chunk_points * 2 >= self.block_points:
+            size = max(1, round(chunk_points / self.block_points)) * self.block_points
+        else:
+            size = chunk_points
+        bounds = []
+        position = start
+        while position < self.total:
+            stop = min(self.total, (position // size + 1) * size)
+            bounds.append((position, stop))
+            position = stop
+        return bounds
+
+
+def key_names(count: int) -> list[str]:
+    return [_KEY_NAMES[i] if i < len(_KEY_NAMES) else f"metric_{i:03d}" for i in range(count)]
+
+
+def _keys_column(names: list[str], length: int) -> pa.Array:
+    """A string column cycling through ``names`` for ``length`` rows, built from buffers."""
+    encoded = [name.encode() for name in names]
+    reps = -(-length // len(names))
+    lengths = np.tile(np.array([len(e) for e in encoded], dtype=np.int32), reps)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.frombuffer(b"".join(encoded) * reps, dtype=np.uint8)
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _run_shape(cfg: SyntheticConfig, index: int) -> _RunShape:
+    rng = _rng(cfg.seed, index, _TAG_META, 1)
+    k = cfg.keys
+    start_time = cfg.start_time + index * 3600.0 + float(rng.uniform(0.0, 60.0))
+    return _RunShape(
+        start_time=start_time,
+        t0=start_time + float(rng.uniform(1.0, 5.0)),
+        interval=float(rng.uniform(0.05, 2.0)),
+        amplitude=rng.uniform(0.5, 3.0, k).astype(np.float32),
+        rate=rng.uniform(1e-4, 1e-2, k).astype(np.float32),
+        base=rng.uniform(-1.0, 1.0, k),
+        sigma=rng.uniform(0.001, 0.1, k).astype(np.float32),
+    )
+
+
+def _run_record(cfg: SyntheticConfig, ref: RunRef, index: int, gen: _HistoryGenerator) -> RunRecord:
+    rng = _rng(cfg.seed, index, _TAG_META, 0)
+    shape = gen.shape
+    state = _STATES[int(rng.choice(len(_STATES), p=_STATE_WEIGHTS))]
+    summary: dict[str, Any] = {}
+    last_stamp = shape.t0
+    if gen.total:
+        tail = gen.batch(gen.total - cfg.keys, gen.total)
+        last_stamp = tail.column(2)[-1].as_py()
+        summary = dict(zip(tail.column(0).to_pylist(), tail.column(3).to_pylist(), strict=True))
+    end_time = None if state is RunState.RUNNING else last_stamp + float(rng.uniform(0.5, 5.0))
+    names = key_names(cfg.keys)
+    labels = sorted({_LABELS[int(i)] for i in rng.integers(0, len(_LABELS), 2)})
+    return RunRecord(
+        ref=ref,
+        display_name=f"{['brisk', 'calm', 'eager', 'fancy', 'gentle'][index % 5]}-{names[0].split('/')[0]}-{index}",
+        state=state,
+        start_time=shape.start_time,
+        end_time=end_time,
+        user=f"user{index % 7}",
+        config=_run_config(cfg, rng),
+        summary=summary,
+        tags={"team": f"team-{index % 3}", "dataset": "synthetic-v1"},
+        labels=labels,
+        notes=f"Synthetic run {index} — seed {cfg.seed}.\nSecond line with ünïcode.",
+        group=f"group-{index % 5}",
+        job_type="train" if index % 4 else "eval",
+        git_commit=rng.bytes(20).hex(),
+        program="train.py",
+        host=f"node-{index % 11:02d}",
+        parent_id=None,
+        system={"source": "synthetic", "seed": cfg.seed, "index": index},
+        history_points=cfg.points_per_run,
+        file_bytes=cfg.bytes_per_run,
+    )
+
+
+def _run_config(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, Any]:
+    fixed: dict[str, Any] = {
+        "learning_rate": float(rng.uniform(1e-5, 1e-2)),
+        "batch_size": int(rng.choice([16, 32, 64, 128])),
+        "optimizer": str(rng.choice(["adam", "adamw", "sgd"])),
+        "use_amp": bool(rng.integers(0, 2)),
+        "model": {"layers": int(rng.integers(2, 48)), "hidden": int(rng.choice([256, 512, 1024]))},
+        "schedule": ["warmup", "cosine"],
+    }
+    if cfg.special_config:
+        fixed.update({"clip_norm": float("inf"), "min_lr": -0.0, "label_smoothing": float("nan"), "floor": -float("inf")})
+    config = dict(list(fixed.items())[: cfg.params])
+    for i in range(len(config), cfg.params):
+        config[f"param_{i:03d}"] = float(rng.standard_normal())
+    return config
+
+
+def _files(cfg: SyntheticConfig, index: int) -> list[FileRef]:
+    files = [FileRef(path=f"outputs/part-{i:03d}.bin", size=size) for i, size in enumerate(cfg.file_sizes)]
+    if cfg.artifact_sizes:
+        artifact = ArtifactRef(
+            name=f"model-{run_id(index)}",
+            type="model",
+            version="v0",
+            aliases=("latest",),
+            description="Synthetic model weights",
+            metadata=(("framework", "synthetic"), ("shards", len(cfg.artifact_sizes))),
+        )
+        files += [
+            FileRef(path=f"weights/shard-{i:03d}.bin", size=size, artifact=artifact)
+            for i, size in enumerate(cfg.artifact_sizes)
+        ]
+    return files
+
+
+def file_pieces(seed: int, index: int, file: FileRef, tag: int, number: int) -> Any:
+    """The deterministic bytes of a file, piece by piece (a plain generator)."""
+    size = file.size or 0
+    for piece, offset in enumerate(range(0, size, FILE_PIECE)):
+        yield _rng(seed, index, tag, number, piece).bytes(min(FILE_PIECE, size - offset))
+
+
+class SyntheticSource:
+    """Generated runs; see ``SyntheticConfig`` for the knobs and the module docstring for the
+    determinism guarantees."""
+
+    Config = SyntheticConfig
+
+    def __init__(self, config: SyntheticConfig, context: AdapterContext | None = None) -> None:
+        self.config = config
+        self.context = context or AdapterContext()
+        self._keys_column: pa.Array | None = None
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"synthetic:seed={c.seed},runs={c.runs},projects={c.projects},entity={c.entity},"
+            f"steps={c.steps},keys={c.keys},stride={c.step_stride},params={c.params},"
+            f"special={c.special_fraction},files={c.file_sizes},artifacts={c.artifact_sizes}"
+        )
+
+    async def __aenter__(self) -> SyntheticSource:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    @property
+    def chunk_points(self) -> int:
+        return self.config.chunk_points or self.context.chunk_points
+
+    def _generator(self, index: int) -> _HistoryGenerator:
+        cfg = self.config
+        block_points = max(1, BLOCK_POINTS // cfg.keys) * cfg.keys
+        needed = max(block_points, self.chunk_points) * 2 + cfg.keys
+        if self._keys_column is None or len(self._keys_column) < needed:
+            self._keys_column = _keys_column(key_names(cfg.keys), needed)
+        return _HistoryGenerator(cfg, index, self._keys_column)
+
+    async def list_runs(self) -> AsyncIterator[RunRef]:
+        cfg = self.config
+        for index in range(cfg.runs):
+            namespace = Namespace(cfg.entity, f"project-{index % cfg.projects}")
+            yield RunRef(id=run_id(index), namespace=namespace, name=run_id(index), extra=(("index", index),))
+            await anyio.lowlevel.checkpoint()
+
+    async def get_run(self, ref: RunRef) -> RunRecord:
+        index = _run_index(ref, self.config.runs)
+        return _run_record(self.config, ref, index, self._generator(index))
+
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+        gen = self._generator(_run_index(run.ref, self.config.runs))
+        for lo, hi in gen.chunk_bounds(max(0, start), self.chunk_points):
+            yield HistoryChunk(batch=gen.batch(lo, hi), offset=lo)
+            await anyio.lowlevel.checkpoint()
+
+    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+        for file in _files(self.config, _run_index(run.ref, self.config.runs)):
+            yield file
+
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        index = _run_index(run.ref, self.config.runs)
+        keys = [f.key for f in _files(self.config, index)]
+        if file.key not in keys:
+            raise NotFoundError(f"synthetic run {run.ref.id} has no file {file.key!r}", adapter="synthetic")
+        number = keys.index(file.key)
+        tag = _TAG_FILE if file.artifact is None else _TAG_ARTIFACT
+        for piece in file_pieces(self.config.seed, index, file, tag, number):
+            yield piece
+            await anyio.lowlevel.checkpoint()

@@ -1,0 +1,52 @@
+"""The adapter contract (tests/adapters/contract.py) applied to the synthetic and local adapters.
+
+Other adapters subclass the same mixins in their own test directories."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.base import AdapterContext
+from adapters.local import LocalDestination, LocalSource
+from tests.adapters.contract import (
+    DestinationCase,
+    DestinationContract,
+    SourceCase,
+    SourceContract,
+    contract_source,
+    copy_run,
+    all_refs,
+)
+
+
+class TestSyntheticSource(SourceContract):
+    @pytest.fixture
+    async def source_case(self) -> AsyncIterator[SourceCase]:
+        async with contract_source(runs=3) as source:
+            yield SourceCase(source=source)
+
+
+class TestLocalSource(SourceContract):
+    @pytest.fixture
+    async def source_case(self, tmp_path: Path) -> AsyncIterator[SourceCase]:
+        async with contract_source(runs=3) as source, LocalDestination(LocalDestination.Config(path=str(tmp_path))) as d:
+            for ref in await all_refs(source):
+                await copy_run(source, await source.get_run(ref), d)
+            await d.finalize()
+        context = AdapterContext(chunk_points=45, part_bytes=100_000)  # starts land inside row groups
+        async with LocalSource(LocalSource.Config(path=str(tmp_path)), context) as local:
+            yield SourceCase(source=local)
+
+
+class TestLocalDestination(DestinationContract):
+    @pytest.fixture
+    async def destination_case(self, tmp_path: Path) -> AsyncIterator[DestinationCase]:
+        config = LocalDestination.Config(path=str(tmp_path / "export"))
+        async with LocalDestination(config) as destination:
+            yield DestinationCase(
+                destination=destination,
+                open_reader=lambda: LocalSource(LocalSource.Config(path=config.path)),
+            )
