@@ -1,0 +1,73 @@
+"""The ``[destination] type = "wandb"`` table, as a frozen dataclass (see adapters/base.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARTIFACT_LAYOUTS = ("files", "folders", "single")
+RUN_ID_MODES = ("source", "hash")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WandbDestinationConfig:
+    """W&B destination (``type = "wandb"``).
+
+    - ``base_url``: W&B server, default ``https://api.wandb.ai`` (self-hosted: your host).
+    - ``api_key_env``: environment variable holding the API key (default ``WANDB_API_KEY``).
+    - ``entity``: target entity; empty = the source namespace's entity, else the key's default.
+    - ``project``: project name template; ``{project}`` / ``{experiment}`` = source project or
+      MLflow experiment name, ``{entity}`` = source entity. Default ``{project}``.
+    - ``group``: run group template (same placeholders; empty = the source's group). Put the
+      experiment into a group of a fixed project with ``project = "imported"``,
+      ``group = "{experiment}"``.
+    - ``run_id``: ``source`` keeps the source run id when W&B accepts it (else hashes it);
+      ``hash`` always derives a 32-hex-char id from source URI + run id. Both are deterministic,
+      so re-running a migration updates the same W&B runs.
+    - ``artifact_layout``: where source files without an artifact go: ``files`` = run files
+      (paths kept), ``folders`` = one artifact per top-level folder (files at the top level stay
+      run files), ``single`` = one artifact per run holding the whole tree.
+    - ``artifact_type``: artifact type for ``folders`` / ``single`` (default
+      ``imported-artifacts``).
+    - ``max_request_bytes``: upper bound of one file_stream request body (default 8 MiB; W&B
+      refuses requests above ~10 MiB).
+    - ``filestream_rate``: requests per second per run on file_stream (default 2.0, the
+      documented per-run limit); the writer backs off on 429 / Retry-After and speeds up again.
+    - ``gzip``: gzip file_stream bodies (only for servers with the FILESTREAM_GZIP feature).
+    - ``multipart_threshold``: artifact files at least this large go multipart (default 2 GiB,
+      as the SDK); ``part_size``: multipart part size (default 100 MiB, as the SDK).
+    - ``upload_concurrency``: parallel artifact file uploads per run (default 8).
+    - ``spool_dir``: where file bytes are staged for retryable uploads and artifact digests
+      (default: the system temp dir). Staged files are removed once uploaded.
+    """
+
+    base_url: str = "https://api.wandb.ai"
+    api_key_env: str = "WANDB_API_KEY"
+    entity: str = ""
+    project: str = "{project}"
+    group: str = ""
+    run_id: str = "source"
+    artifact_layout: str = "files"
+    artifact_type: str = "imported-artifacts"
+    max_request_bytes: int = 8 * 1024 * 1024
+    filestream_rate: float = 2.0
+    gzip: bool = False
+    multipart_threshold: int = 2 * 1024**3
+    part_size: int = 100 * 1024**2
+    upload_concurrency: int = 8
+    spool_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.artifact_layout not in ARTIFACT_LAYOUTS:
+            raise ValueError(f"artifact_layout must be one of {ARTIFACT_LAYOUTS}")
+        if self.run_id not in RUN_ID_MODES:
+            raise ValueError(f"run_id must be one of {RUN_ID_MODES}")
+        if self.max_request_bytes < 64 * 1024:
+            raise ValueError("max_request_bytes must be at least 64 KiB")
+        if self.filestream_rate <= 0:
+            raise ValueError("filestream_rate must be positive")
+        if self.part_size < 1 or self.multipart_threshold < 1:
+            raise ValueError("part_size and multipart_threshold must be positive")
+        if self.upload_concurrency < 1:
+            raise ValueError("upload_concurrency must be at least 1")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")

@@ -1,0 +1,122 @@
+"""``WandbDestination``: opens sessions, checks the key, finds-or-creates runs idempotently."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from adapters.base import AdapterContext, Checkpoint
+from adapters.http import HttpClient
+from engine.errors import ConfigError, FatalError
+from engine.model import RunRecord
+
+from . import _gql
+from ._config import WandbDestinationConfig
+from ._filestream import FileStream, RunPacer
+from ._mapping import check_template, group_for, project_for, run_id_for, upsert_variables
+from ._staging import RunStaging, staging_root
+from ._writer import WandbRunWriter
+
+
+class WandbDestination:
+    """Writes runs to a W&B server (SaaS or self-hosted); see the package docstring."""
+
+    Config = WandbDestinationConfig
+
+    def __init__(self, config: WandbDestinationConfig, context: AdapterContext) -> None:
+        for template in (config.project, config.group):
+            try:
+                check_template(template)
+            except ValueError as exc:
+                raise ConfigError(f"[destination] {exc}") from None
+        self.config = config
+        self.context = context
+        self.clock: Any = context.extra.get("clock")
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.api: HttpClient | None = None
+        self.filestream_http: HttpClient | None = None
+        self.storage: HttpClient | None = None
+        self.default_entity = ""
+        self.source_uri = str(context.extra.get("source_uri", ""))
+
+    def describe(self) -> str:
+        return f"wandb:{self.config.base_url.rstrip('/')}/{self.config.entity or '*'}/{self.config.project}"
+
+    async def __aenter__(self) -> WandbDestination:
+        key = os.environ.get(self.config.api_key_env, "")
+        if not key:
+            raise ConfigError(f"[destination] environment variable {self.config.api_key_env} (api_key_env) is not set")
+        auth = aiohttp.BasicAuth("api", key)
+        base = self.config.base_url.rstrip("/")
+        async with contextlib.AsyncExitStack() as stack:
+            self.api = await stack.enter_async_context(HttpClient(
+                base_url=base, name="wandb", context=self.context, auth=auth,
+                classify=_gql.classify_graphql, headers={"User-Agent": "runferry"}))
+            self.filestream_http = await stack.enter_async_context(HttpClient(
+                base_url=base, name="wandb-filestream", context=self.context, auth=auth, max_attempts=1,
+                headers={"User-Agent": "runferry"}))
+            # presigned storage URLs never get W&B credentials
+            self.storage = await stack.enter_async_context(HttpClient(
+                base_url=base, name="wandb-storage", context=self.context))
+            viewer = await _gql.call(self.api, _gql.VIEWER, {}, name="Viewer")
+            self.default_entity = ((viewer.get("viewer") or {}).get("entity")) or ""
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def open_run(self, run: RunRecord, resume: Checkpoint | None) -> WandbRunWriter:
+        assert self.api is not None and self.filestream_http is not None and self.storage is not None
+        entity = self.config.entity or run.ref.namespace.entity or self.default_entity
+        if not entity:
+            raise ConfigError("[destination] entity is empty and the API key has no default entity")
+        project = project_for(run, self.config)
+        run_id = run_id_for(run, self.config, self.source_uri)
+        parent_run_id = None
+        if run.parent_id:
+            parent_run_id = run_id_for(
+                RunRecord(ref=type(run.ref)(id=run.parent_id, namespace=run.ref.namespace)), self.config, self.source_uri
+            )
+        variables = upsert_variables(run, entity=entity, project=project, run_id=run_id,
+                                     group=group_for(run, self.config, parent_run_id))
+        answer = await _gql.call(self.api, _gql.UPSERT_BUCKET, variables, name="UpsertBucket")
+        bucket = answer["upsertBucket"]["bucket"]
+        server_lines = int(bucket.get("historyLineCount") or 0)
+        state: dict[str, Any] = {}
+        points = lines = 0
+        if resume is not None and resume.state.get("run_id") == run_id:
+            state = dict(resume.state)
+            points, lines = resume.history_points, int(state.get("lines") or 0)
+            if server_lines < lines:
+                raise FatalError(
+                    f"wandb: run {entity}/{project}/{run_id} has {server_lines} history lines but the ledger "
+                    f"says {lines} were acknowledged; re-run with incremental = false to rewrite it",
+                    adapter="wandb", run=run.ref.id)
+        elif resume is not None and resume.history_points:
+            raise FatalError(f"wandb: ledger checkpoint for {run.ref.id} belongs to another run id", adapter="wandb")
+        if server_lines > lines:
+            self.context.events("history_overwrite", run=run.ref.id, from_line=lines, server_lines=server_lines)
+        dest_id = f"{entity}/{project}/{run_id}"
+        staging = RunStaging(staging_root(self.config.spool_dir), dest_id)
+        if resume is None:
+            staging.clear()
+        pacer = RunPacer(self.config.filestream_rate, self.clock)
+        stream = FileStream(self.filestream_http, f"files/{entity}/{project}/{run_id}/file_stream", pacer,
+                            use_gzip=self.config.gzip)
+        return WandbRunWriter(
+            config=self.config, api=self.api, storage=self.storage, stream=stream, staging=staging,
+            events=self.context.events, entity=entity, project=project, run_id=run_id, record=run,
+            start_points=points, start_lines=lines, state=state,
+        )
+
+    async def finalize(self) -> None:
+        return None

@@ -1,0 +1,123 @@
+"""One run's file_stream: line offsets it controls, request sizing, and per-run pacing.
+
+Why its own module: W&B limits file_stream per run (documented default 2 requests/s, 429 with
+``Retry-After`` above it) while the shared HTTP limiter works per host. ``RunPacer`` keeps one
+run under its limit and adapts: it doubles the interval (or honours ``Retry-After``) when the
+server throttles this run and shrinks it back towards the configured rate after accepted
+requests. Requests are sent one at a time per run, so offsets are acknowledged in order and a
+resumed migration re-sends the same (offset, lines) windows, which overwrite, never append.
+
+The HTTP client used here makes single attempts (``max_attempts=1``); this module owns the
+retry loop so that each run's throttles slow that run, not the others.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import orjson
+
+from adapters.http import HttpClient
+from engine.errors import ThrottledError, TransientError
+from ratelimit._clock import Clock, MonotonicClock
+
+HISTORY = "wandb-history.jsonl"
+EVENTS = "wandb-events.jsonl"
+SUMMARY = "wandb-summary.json"
+OUTPUT = "output.log"
+
+MAX_INTERVAL = 60.0
+
+
+class RunPacer:
+    """Spacing between one run's file_stream requests (pure state + an injected clock)."""
+
+    def __init__(self, rate: float, clock: Clock | None = None) -> None:
+        self.min_interval = 1.0 / rate
+        self.interval = self.min_interval
+        self.clock = clock or MonotonicClock()
+        self._next_at = 0.0
+        self.throttles = 0
+
+    async def wait_turn(self) -> None:
+        delay = self._next_at - self.clock.now()
+        if delay > 0:
+            await self.clock.sleep(delay)
+        self._next_at = self.clock.now() + self.interval
+
+    def throttled(self, retry_after: float | None) -> None:
+        """The server refused a request of this run: slow down (multiplicative)."""
+        self.throttles += 1
+        self.interval = min(MAX_INTERVAL, max(self.interval * 2.0, retry_after or 0.0))
+        self._next_at = max(self._next_at, self.clock.now() + max(self.interval, retry_after or 0.0))
+
+    def accepted(self) -> None:
+        """A request went through: drift back towards the configured rate."""
+        self.interval = max(self.min_interval, self.interval * 0.8)
+
+    def __repr__(self) -> str:
+        return f"<RunPacer interval={self.interval:.3f}s throttles={self.throttles}>"
+
+
+class FileStream:
+    """Sends one run's file_stream requests (see module docstring)."""
+
+    def __init__(
+        self,
+        http: HttpClient,
+        path: str,
+        pacer: RunPacer,
+        *,
+        use_gzip: bool = False,
+        max_failures: int = 10,
+    ) -> None:
+        self.http = http
+        self.path = path
+        self.pacer = pacer
+        self.use_gzip = use_gzip
+        self.max_failures = max_failures
+        self.requests = 0
+
+    async def send(
+        self,
+        files: Mapping[str, tuple[int, list[str]]],
+        *,
+        complete: bool | None = None,
+        exitcode: int | None = None,
+    ) -> Any:
+        """One request; returns when the server acknowledged it (retries inside the client)."""
+        payload: dict[str, Any] = {
+            "files": {name: {"offset": offset, "content": lines} for name, (offset, lines) in files.items()}
+        }
+        if complete is not None:
+            payload["complete"] = complete
+            payload["exitcode"] = exitcode
+        body, headers = await anyio.to_thread.run_sync(self._encode, payload)
+        failures = 0
+        while True:
+            await self.pacer.wait_turn()
+            try:
+                answer = await self.http.request_json("POST", self.path, data=body, headers=headers)
+            except ThrottledError as exc:
+                self.pacer.throttled(exc.retry_after)
+                continue  # throttles are the server pacing us, not failures: always retry
+            except TransientError:
+                failures += 1
+                if failures >= self.max_failures:
+                    raise
+                self.pacer.throttled(None)
+                continue
+            self.requests += 1
+            self.pacer.accepted()
+            return answer
+
+    def _encode(self, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        body = orjson.dumps(payload)
+        headers = {"Content-Type": "application/json"}
+        if self.use_gzip:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers

@@ -1,0 +1,151 @@
+"""RunRecord -> W&B run fields: identity, namespace, UpsertBucket variables, summary, exit.
+
+Pure functions (no I/O), so the mapping rules are table-tested and documented in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from engine.model import RunRecord, RunState
+
+from ._config import WandbDestinationConfig
+
+TAG_MAX_CHARS = 64  # W&B rejects longer tags (the SDK and UI enforce 64)
+_RUN_ID_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PROJECT_BAD = re.compile(r"[/\\#?%:]")
+PROJECT_MAX_CHARS = 128
+
+
+def run_id_for(record: RunRecord, config: WandbDestinationConfig, source_uri: str) -> str:
+    """Deterministic W&B run id: the source id when allowed, else a hash of URI + id."""
+    source_id = record.ref.id
+    if config.run_id == "source" and _RUN_ID_OK.match(source_id):
+        return source_id
+    return hashlib.blake2b(f"{source_uri}\x00{source_id}".encode(), digest_size=16).hexdigest()
+
+
+def _fill(template: str, record: RunRecord) -> str:
+    ns = record.ref.namespace
+    values = {"project": ns.project, "experiment": ns.project, "entity": ns.entity}
+    return template.format_map(values)
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError for placeholders other than {project}, {experiment}, {entity}."""
+    try:
+        template.format_map({"project": "", "experiment": "", "entity": ""})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"template {template!r}: use only {{project}}, {{experiment}}, {{entity}} ({exc})") from None
+
+
+def project_for(record: RunRecord, config: WandbDestinationConfig) -> str:
+    """Project from the template; characters W&B forbids (/ \\ # ? % :) become ``_``."""
+    name = _PROJECT_BAD.sub("_", _fill(config.project, record)).strip() or "uncategorized"
+    return name[:PROJECT_MAX_CHARS]
+
+
+def group_for(record: RunRecord, config: WandbDestinationConfig, parent_run_id: str | None) -> str | None:
+    if config.group:
+        return _fill(config.group, record) or None
+    if record.group:
+        return record.group
+    return parent_run_id
+
+
+def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
+    """The run config in W&B's ``{"key": {"value": v}}`` wire form (nested values kept)."""
+    out: dict[str, Any] = {key: {"value": value} for key, value in record.config.items()}
+    if record.tags:
+        out["source_tags"] = {"value": dict(record.tags)}
+    long_labels = [label for label in record.labels if len(label) > TAG_MAX_CHARS]
+    if long_labels:
+        out["source_labels"] = {"value": list(record.labels)}
+    source = {**record.system, "run_id": record.ref.id, "namespace": str(record.ref.namespace)}
+    if record.parent_id:
+        source["parent_run_id"] = record.parent_id
+    out["runferry_source"] = {"value": source}
+    wandb_internal: dict[str, Any] = {"t": {}, "runferry_run_id": run_id}
+    if record.start_time is not None:
+        wandb_internal["start_time"] = int(round(record.start_time * 1000))
+    out["_wandb"] = {"value": wandb_internal}
+    return out
+
+
+def wire_tags(record: RunRecord) -> list[str]:
+    """W&B tags: the source's labels, plus ``key:value`` of user (non ``mlflow.``) tags, each
+    only when it fits W&B's 64-character limit; everything is also kept in config."""
+    tags: list[str] = []
+    for label in record.labels:
+        if len(label) <= TAG_MAX_CHARS and label not in tags:
+            tags.append(label)
+    for key, value in record.tags.items():
+        if key.startswith("mlflow."):
+            continue
+        text = f"{key}:{value}"
+        if len(text) <= TAG_MAX_CHARS and text not in tags:
+            tags.append(text)
+    return tags
+
+
+def upsert_variables(
+    record: RunRecord, *, entity: str, project: str, run_id: str, group: str | None
+) -> dict[str, Any]:
+    return {
+        "name": run_id,
+        "entity": entity,
+        "project": project,
+        "displayName": record.display_name or record.ref.name or run_id,
+        "notes": record.notes,
+        "groupName": group,
+        "jobType": record.job_type,
+        "commit": record.git_commit,
+        "host": record.host,
+        "program": record.program,
+        "tags": wire_tags(record),
+        "config": dumps_extended(wire_config(record, run_id)),
+    }
+
+
+def dumps_extended(value: Any) -> str:
+    """JSON with NaN / Infinity / -Infinity as the SDK writes them (``json.dumps`` default)."""
+    return json.dumps(value, allow_nan=True, separators=(",", ":"), default=str)
+
+
+def summary_for(record: RunRecord, last_line: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary line: the source's summary (latest values), plus ``_step``/``_runtime``/
+    ``_timestamp`` of the last history line and ``_wandb.runtime`` like the SDK."""
+    summary: dict[str, Any] = dict(record.summary)
+    if last_line:
+        for key in ("_step", "_runtime", "_timestamp"):
+            if key in last_line:
+                summary.setdefault(key, last_line[key])
+    runtime = None
+    if record.start_time is not None and record.end_time is not None:
+        runtime = max(0.0, record.end_time - record.start_time)
+    elif last_line and isinstance(last_line.get("_runtime"), (int, float)):
+        runtime = float(last_line["_runtime"])
+    if runtime is not None and math.isfinite(runtime):
+        summary["_wandb"] = {"runtime": int(runtime)}
+    return summary
+
+
+def exit_for(state: RunState) -> tuple[bool, int | None, str | None]:
+    """(complete?, exitcode, state to set through UpsertBucket afterwards).
+
+    finished -> exit 0; failed -> exit 1; killed -> exit 255 then state "killed"; crashed ->
+    exit 1 then state "crashed"; running / scheduled -> left running (nothing sent).
+    """
+    if state is RunState.FINISHED:
+        return True, 0, None
+    if state is RunState.FAILED:
+        return True, 1, None
+    if state is RunState.KILLED:
+        return True, 255, "killed"
+    if state is RunState.CRASHED:
+        return True, 1, "crashed"
+    return False, None, None

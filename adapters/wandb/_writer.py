@@ -1,0 +1,207 @@
+"""One W&B run being written: history lines at explicit offsets, files, artifacts, finish.
+
+Durability: ``checkpoint()`` reports the source points whose lines the server acknowledged,
+with the next history offset in ``state["lines"]``. After a crash the engine reopens the run at
+that checkpoint, the writer continues at that offset, and since lines are a pure function of
+the points of their steps, whatever was written past the checkpoint is overwritten with the
+same lines: every line exists exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from adapters.base import Checkpoint
+from adapters.http import HttpClient
+from engine.model import ArtifactRef, FileRef, HistoryChunk, RunRecord
+
+from . import _gql
+from ._artifacts import ArtifactTarget, ArtifactUploader, PendingArtifact, artifact_name, parse_headers
+from ._config import WandbDestinationConfig
+from ._filestream import HISTORY, SUMMARY, FileStream
+from ._lines import AssemblyStats, HistoryAssembler, LineBlock, iter_request_slices
+from ._mapping import dumps_extended, exit_for, summary_for
+from ._spool import spool
+from ._staging import RunStaging
+
+REQUEST_OVERHEAD = 64 * 1024  # JSON framing and non-ASCII slack below max_request_bytes
+
+
+class WandbRunWriter:
+    """Implements ``adapters.base.RunWriter`` for one W&B run."""
+
+    def __init__(
+        self,
+        *,
+        config: WandbDestinationConfig,
+        api: HttpClient,
+        storage: HttpClient,
+        stream: FileStream,
+        staging: RunStaging,
+        events: Any,
+        entity: str,
+        project: str,
+        run_id: str,
+        record: RunRecord,
+        start_points: int,
+        start_lines: int,
+        state: dict[str, Any],
+    ) -> None:
+        self.config = config
+        self.api = api
+        self.storage = storage
+        self.stream = stream
+        self.staging = staging
+        self.events = events
+        self.entity, self.project, self.run_id = entity, project, run_id
+        self.dest_id = f"{entity}/{project}/{run_id}"
+        self._record = record
+        self._points = start_points
+        self._lines = start_lines
+        self._t0: float | None = state.get("t0", record.start_time)
+        self._last: dict[str, Any] | None = state.get("last")
+        numeric_keys = [k for k, v in record.summary.items() if isinstance(v, (int, float))]
+        self._assembler = HistoryAssembler(start_time=self._t0 or 0.0, single_key=len(numeric_keys) == 1)
+        self._reported = AssemblyStats()
+        self._durable = self._make_checkpoint()
+        self._artifacts: dict[str, PendingArtifact] = {}
+        for key, (meta, members) in staging.load().items():
+            self._artifacts[key] = PendingArtifact(
+                name=meta["name"], type=meta["type"], description=meta.get("description"),
+                aliases=tuple(meta.get("aliases") or ()), metadata=meta.get("metadata") or {}, members=members,
+            )
+
+    # -- history -------------------------------------------------------------------------------
+    async def write_history(self, chunk: HistoryChunk) -> None:
+        if self._t0 is None and len(chunk):
+            import pyarrow.compute as pc
+
+            self._t0 = float(pc.min(chunk.batch.column("timestamp")).as_py())
+            self._assembler.start_time = self._t0
+        blocks = await anyio.to_thread.run_sync(self._assembler.add, chunk.batch)
+        for block in blocks:
+            await self._send_block(block)
+
+    async def flush_history(self) -> None:
+        blocks = await anyio.to_thread.run_sync(self._assembler.finish)
+        for block in blocks:
+            await self._send_block(block)
+
+    def checkpoint(self) -> Checkpoint:
+        return self._durable
+
+    async def _send_block(self, block: LineBlock) -> None:
+        limit = self.config.max_request_bytes - REQUEST_OVERHEAD
+        for start, end in iter_request_slices(block.lines, limit):
+            await self.stream.send({HISTORY: (self._lines, block.lines[start:end])})
+            self._lines += end - start
+        self._points += block.points
+        if block.lines:
+            last = json.loads(block.lines[-1])
+            self._last = {k: last[k] for k in ("_step", "_runtime", "_timestamp") if k in last}
+        self._durable = self._make_checkpoint()
+        self._report_stats()
+
+    def _make_checkpoint(self) -> Checkpoint:
+        state = {"run_id": self.run_id, "lines": self._lines, "t0": self._t0, "last": self._last}
+        return Checkpoint(history_points=self._points, state=state)
+
+    def _report_stats(self) -> None:
+        now, before = self._assembler.stats, self._reported
+        run = self._record.ref.id
+        if now.collisions > before.collisions:
+            self.events("collision", n=now.collisions - before.collisions, run=run,
+                        rule="k-th value of a key at a step goes to the k-th line of that step")
+        if now.timestamp_merged > before.timestamp_merged:
+            self.events("timestamp_merged", n=now.timestamp_merged - before.timestamp_merged, run=run)
+        if now.out_of_order_points > before.out_of_order_points:
+            self.events("history_out_of_order", n=now.out_of_order_points - before.out_of_order_points, run=run)
+        self._reported = AssemblyStats(now.collisions, now.timestamp_merged, now.out_of_order_points,
+                                       now.buffered_points_peak)
+
+    # -- files ---------------------------------------------------------------------------------
+    def _artifact_for(self, file: FileRef) -> tuple[ArtifactRef | None, str]:
+        """Where a source file goes: (artifact, path inside it) or (None, run-file path)."""
+        if file.artifact is not None:
+            return file.artifact, file.path
+        layout = self.config.artifact_layout
+        if layout == "single":
+            return ArtifactRef(name=artifact_name(f"{self.run_id}-artifacts"), type=self.config.artifact_type), file.path
+        if layout == "folders" and "/" in file.path:
+            folder, _, rest = file.path.partition("/")
+            return ArtifactRef(name=artifact_name(folder), type=self.config.artifact_type), rest
+        return None, file.path
+
+    async def write_file(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
+        artifact, path = self._artifact_for(file)
+        if artifact is None:
+            await self._upload_run_file(path, data)
+            return
+        key = f"{artifact.name}:{artifact.version or ''}"
+        pending = self._artifacts.get(key)
+        if pending is None:
+            pending = PendingArtifact(
+                name=artifact_name(artifact.name), type=artifact.type, description=artifact.description,
+                aliases=tuple(artifact.aliases), metadata=dict(artifact.metadata),
+            )
+            self._artifacts[key] = pending
+        meta = {"name": pending.name, "type": pending.type, "description": pending.description,
+                "aliases": list(pending.aliases), "metadata": pending.metadata}
+        part_size = self.config.part_size if (file.size is None or file.size >= self.config.multipart_threshold) else 0
+        old = pending.members.get(path)
+        pending.members[path] = await self.staging.stage(key, meta, path, data, part_size)
+        if old is not None and old.path != pending.members[path].path:
+            old.discard()
+
+    async def _upload_run_file(self, path: str, data: AsyncIterator[bytes]) -> None:
+        spooled = await spool(data, self.config.spool_dir or None)
+        try:
+            answer = await _gql.call(self.api, _gql.CREATE_RUN_FILES, {
+                "entity": self.entity, "project": self.project, "run": self.run_id, "files": [path]},
+                name="CreateRunFiles")
+            created = answer["createRunFiles"]
+            url = next(f["uploadUrl"] for f in created["files"] if f["name"] == path)
+            headers = parse_headers(created.get("uploadHeaders"))
+            await self.storage.upload("PUT", url, lambda: spooled.read(), headers=headers, size=spooled.size)
+            await _gql.call(self.api, _gql.MARK_RUN_FILES_UPLOADED, {
+                "entity": self.entity, "project": self.project, "run": self.run_id, "files": [path]},
+                name="MarkRunFilesUploaded")
+        finally:
+            spooled.discard()
+
+    # -- finish ----------------------------------------------------------------------------------
+    async def finish(self, run: RunRecord) -> None:
+        uploader = ArtifactUploader(self.api, self.storage, multipart_threshold=self.config.multipart_threshold,
+                                    concurrency=self.config.upload_concurrency, events=self.events)
+        target = ArtifactTarget(self.entity, self.project, self.run_id)
+        for key in sorted(self._artifacts):
+            pending = self._artifacts[key]
+            if pending.members:
+                await uploader.commit(target, pending)
+        self.staging.clear()
+        self._artifacts.clear()
+        summary = summary_for(run, self._last)
+        complete, exitcode, final_state = exit_for(run.state)
+        await self.stream.send(
+            {SUMMARY: (0, [dumps_extended(summary)])},
+            complete=True if complete else None,
+            exitcode=exitcode,
+        )
+        if final_state is not None:
+            await _gql.call(self.api, _gql.UPSERT_BUCKET, {
+                "name": self.run_id, "entity": self.entity, "project": self.project, "state": final_state},
+                name="UpsertBucket")
+        stats = self._assembler.stats
+        self.events("wandb_run_finished", run=run.ref.id, dest=self.dest_id, lines=self._lines,
+                    collisions=stats.collisions, timestamp_merged=stats.timestamp_merged,
+                    buffered_points_peak=stats.buffered_points_peak, filestream_requests=self.stream.requests,
+                    throttles=self.stream.pacer.throttles)
+
+    async def aclose(self) -> None:
+        # staged artifact members stay on disk on purpose until finish() commits them, so a
+        # resumed migration can still commit the complete artifact.
+        return None
