@@ -176,6 +176,7 @@ async def graphql_handler(request: web.Request) -> web.Response:
     with state.lock:
         state.request_log.append(("graphql", parsed.name))
         state.documents[parsed.name] = payload["query"]
+        state.last_variables[parsed.name] = parsed.variables
     ctx = _ctx(request, caller)
     executor = Executor(parsed, root_resolvers(request, ctx))
     try:
@@ -330,6 +331,10 @@ async def storage_get(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(blob.path, headers={"ETag": blob.etag})
 
 
+async def health(request: web.Request) -> web.Response:
+    return _json({"ok": True})
+
+
 def build_app(state: ServerState, faults: Faults, keys: dict[str, list[str]], storage_token: str) -> web.Application:
     app = web.Application(middlewares=[faults_middleware], client_max_size=1 << 40)
     app[STATE_KEY] = state
@@ -340,6 +345,6 @@ def build_app(state: ServerState, faults: Faults, keys: dict[str, list[str]], st
     app.router.add_get("/files/{entity}/{project}/{run}/{path:.+}", run_file_download)
     app.router.add_put("/storage/{key:.+}", storage_put)
     app.router.add_get("/storage/{key:.+}", storage_get)
-    app.router.add_get("/healthz", lambda r: _json({"ok": True}))
-    app.router.add_get("/", lambda r: _json({"ok": True}))
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/", health)
     return app

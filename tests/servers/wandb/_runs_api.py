@@ -18,7 +18,12 @@ from ._gql import GqlFieldError
 from ._refs import project_ref, stable_number
 from ._state import Run, RunFile, ServerState, iso, node_id
 
-SERVER_FEATURES = ("LARGE_FILENAMES", "MARK_RUN_FILES_UPLOADED", "TOTAL_COUNT_IN_FILE_CONNECTION")
+SERVER_FEATURES = (
+    "LARGE_FILENAMES",
+    "MARK_RUN_FILES_UPLOADED",
+    "TOTAL_COUNT_IN_FILE_CONNECTION",
+    "EXPAND_DEFINED_METRIC_GLOBS",  # accepted so 0.27.0 does not warn; globs are stored, not expanded
+)
 
 
 class PermissionDenied(Exception):
@@ -254,13 +259,20 @@ def sampled_history(run: Run, args: dict) -> list[list[dict]]:
             step = row.get("_step", 0)
             if min_step is not None and step < min_step:
                 continue
-            if max_step is not None and step >= max_step:
+            if max_step is not None and step > max_step:  # inclusive here (see module notes)
                 continue
             if keys and not all(k in row for k in keys):
                 continue
             rows.append({k: row[k] for k in keys} if keys else row)
         out.append(sample(rows, spec.get("samples")))
     return out
+
+
+def parquet_history(run: Run, args: dict) -> dict:
+    """No parquet exports: every row is "live"; liveData holds the ``liveKeys`` of each row."""
+    keys = args.get("liveKeys") or ["_step"]
+    live = [{k: row[k] for k in keys if k in row} for row in run.history_rows()]
+    return {"parquetUrls": [], "liveData": live}
 
 
 def tail(lines: list[str | None], count: int = 10) -> str:
@@ -327,7 +339,7 @@ def run_node(ctx: Ctx, run: Run) -> dict:
         "history": lambda a: history_lines(run, a),
         "sampledHistory": lambda a: sampled_history(run, a),
         "events": lambda a: sample([l for l in run.events if l is not None], a.get("samples")),
-        "parquetHistory": lambda a: {"parquetUrls": [], "liveData": list(run.history_rows())},
+        "parquetHistory": lambda a: parquet_history(run, a),
         "fileCount": lambda a: len(run.files),
         "files": files,
         "user": {"name": ctx.username, "username": ctx.username, "id": node_id("User", ctx.username)},

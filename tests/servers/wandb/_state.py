@@ -181,6 +181,7 @@ class ServerState:
         self._seq = itertools.count(1)
         self.request_log: list[tuple[str, str]] = []  # (kind, name) e.g. ("graphql", "UpsertBucket")
         self.documents: dict[str, str] = {}  # last GraphQL document per operation name (debugging)
+        self.last_variables: dict[str, dict] = {}  # last variables per operation name (debugging)
         self.unknown_operations: list[str] = []  # gaps the SDK hit; tests assert this stays empty
 
     def close(self) -> None:
