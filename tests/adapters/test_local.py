@@ -1,0 +1,274 @@
+"""The local export directory: exact run.json, crash/resume without duplicates, path safety,
+run tables that pandas reads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from adapters.base import Checkpoint
+from adapters.local import LocalDestination, LocalSource
+from adapters.local import _layout
+from engine.errors import ConfigError, FatalError
+from engine.model import ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
+from tests.adapters.contract import (
+    all_refs,
+    assert_history_equal,
+    assert_records_equal,
+    contract_source,
+    copy_run,
+    read_history,
+)
+
+
+def destination(root: Path, **settings: object) -> LocalDestination:
+    return LocalDestination(LocalDestination.Config(path=str(root), **settings))  # type: ignore[arg-type]
+
+
+def reader(root: Path) -> LocalSource:
+    return LocalSource(LocalSource.Config(path=str(root)))
+
+
+async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def write_metadata_only(dest: LocalDestination, record: RunRecord):  # type: ignore[no-untyped-def]
+    writer = await dest.open_run(record, None)
+    await writer.flush_history()
+    await writer.finish(record)
+    await writer.aclose()
+    return writer
+
+
+def weird_record() -> RunRecord:
+    return RunRecord(
+        ref=RunRef(id="a/b..c", namespace=Namespace("", "ünï côde/..")),
+        display_name="naïve run ✓",
+        state=RunState.KILLED,
+        start_time=1700000000.123456,
+        end_time=None,
+        config={"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "nz": -0.0, "big": 2**70,
+                "nested": {"list": [1, -0.0, "x", None], "deep": {"a": True}}},  # fmt: skip
+        summary={"loss": math.nan, "acc": -0.0, "text": "hi"},
+        tags={"mlflow.note": "x"},
+        labels=["b", "a"],
+        notes="line1\nline2",
+        inputs=[{"name": "ds", "digest": "abc"}],
+        history_points=0,
+        file_bytes=None,
+    )
+
+
+async def test_run_json_round_trips_nan_inf_negative_zero_and_odd_names(tmp_path: Path) -> None:
+    record = weird_record()
+    async with destination(tmp_path) as dest:
+        writer = await write_metadata_only(dest, record)
+        await dest.finalize()
+    assert writer.dest_id.startswith("runs/_/")
+    async with reader(tmp_path) as local:
+        (ref,) = await all_refs(local)
+        assert_records_equal(await local.get_run(ref), record)
+    assert '"nz": -0.0' in (tmp_path / writer.dest_id / "run.json").read_text()
+
+
+def test_sanitised_names_are_injective_and_never_escape() -> None:
+    names = ["", "_", "%5F", ".", "..", ".hidden", "a/b", "a%2Fb", "a_b", "ü", "%C3%BC", "CON", "x" * 3]
+    encoded = [_layout.sanitise(n) for n in names]
+    assert len(set(encoded)) == len(names)
+    for e in encoded:
+        assert "/" not in e and not e.startswith(".") and e not in ("", ".", "..")
+
+
+@pytest.mark.parametrize(
+    "path", ["../escape.bin", "/etc/passwd", "a/../../b", "", "a//b", "./a", "a/.", "a\\..\\b", "x\x00y"]
+)
+async def test_file_paths_that_could_escape_are_rejected(tmp_path: Path, path: str) -> None:
+    async with destination(tmp_path / "export") as dest:
+        writer = await dest.open_run(weird_record(), None)
+        with pytest.raises(FatalError):
+            await writer.write_file(FileRef(path=path, size=1), pieces(b"x"))
+        artifact = ArtifactRef(name="../../up", version="..")
+        with pytest.raises(FatalError):
+            await writer.write_file(FileRef(path=path, size=1, artifact=artifact), pieces(b"x"))
+    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "export")]
+    assert outside == []
+
+
+async def test_artifact_names_cannot_climb_out_of_the_run(tmp_path: Path) -> None:
+    async with destination(tmp_path) as dest:
+        writer = await dest.open_run(weird_record(), None)
+        artifact = ArtifactRef(name="../../up", version="..")
+        await writer.write_file(FileRef(path="w.bin", artifact=artifact), pieces(b"abc"))
+    (stored,) = [p for p in tmp_path.rglob("w.bin")]
+    assert stored.is_relative_to(tmp_path / writer.dest_id / "artifacts")
+    assert stored.read_bytes() == b"abc"
+
+
+async def test_failed_file_stream_leaves_the_previous_copy_and_no_temporaries(tmp_path: Path) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise OSError("source connection reset")
+
+    async with destination(tmp_path) as dest:
+        writer = await dest.open_run(weird_record(), None)
+        file = FileRef(path="dir/f.txt")
+        await writer.write_file(file, pieces(b"old ", b"bytes"))
+        with pytest.raises(OSError):
+            await writer.write_file(file, broken())
+        await writer.write_file(FileRef(path="empty"), pieces())
+    folder = tmp_path / writer.dest_id / "files"
+    assert (folder / "dir" / "f.txt").read_bytes() == b"old bytes"
+    assert (folder / "empty").read_bytes() == b""
+    assert sorted(p.name for p in folder.rglob("*")) == ["dir", "empty", "f.txt"]
+
+
+async def expected_history(**settings: object):  # type: ignore[no-untyped-def]
+    src = contract_source(runs=1, **settings)
+    record = await src.get_run((await all_refs(src))[0])
+    return src, record, (await read_history(src, record))[0]
+
+
+async def stored_history(root: Path) -> object:
+    async with reader(root) as local:
+        (ref,) = await all_refs(local)
+        return (await read_history(local, await local.get_run(ref)))[0]
+
+
+async def test_crash_before_the_ledger_caught_up_drops_the_extra_parts(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        writer, checkpoints = await copy_run(src, record, dest, stop_after_chunks=3)
+        parts = sorted(os.listdir(tmp_path / writer.dest_id / _layout.PARTS))
+        assert parts == ["part-000000000000.parquet", "part-000000000070.parquet", "part-000000000140.parquet"]
+        assert [c.history_points for c in checkpoints] == [70, 140, 210]
+        await copy_run(src, record, dest, resume=checkpoints[0])
+    assert not (tmp_path / writer.dest_id / _layout.PARTS).exists()
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+async def test_crash_after_the_merge_truncates_the_merged_file(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        _, checkpoints = await copy_run(src, record, dest)  # merged, but say the ledger saw only 2 chunks
+        writer, _ = await copy_run(src, record, dest, resume=checkpoints[1])
+    assert pq.ParquetFile(tmp_path / writer.dest_id / _layout.HISTORY).metadata.num_rows == full.num_rows
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+async def test_resume_inside_a_part_keeps_only_its_first_points(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        await copy_run(src, record, dest, stop_after_chunks=2)
+        # a ledger written with another chunk size: 100 lies inside the second part
+        writer = await dest.open_run(record, Checkpoint(history_points=100))
+        assert writer.checkpoint().history_points == 100
+        await writer.aclose()
+    src_small = contract_source(runs=1, chunk_points=100)
+    async with destination(tmp_path) as dest:
+        await copy_run(src_small, record, dest, resume=Checkpoint(history_points=100))
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+async def test_merge_interrupted_before_cleanup_does_not_duplicate(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        writer, checkpoints = await copy_run(src, record, dest, stop_after_chunks=5)
+    run_dir = tmp_path / writer.dest_id
+    saved = {p.name: p.read_bytes() for p in (run_dir / _layout.PARTS).iterdir()}
+    async with destination(tmp_path) as dest:
+        await copy_run(src, record, dest, resume=checkpoints[-1])  # merges and removes the parts
+    (run_dir / _layout.PARTS).mkdir()
+    for name, data in saved.items():  # as if the process died between rename and rmtree
+        (run_dir / _layout.PARTS / name).write_bytes(data)
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+    async with destination(tmp_path) as dest:
+        await copy_run(src, record, dest, resume=Checkpoint(history_points=full.num_rows))
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+    assert not (run_dir / _layout.PARTS).exists()
+
+
+async def test_ledger_ahead_of_the_export_is_a_fatal_error(tmp_path: Path) -> None:
+    src, record, _ = await expected_history()
+    async with destination(tmp_path) as dest:
+        await copy_run(src, record, dest, stop_after_chunks=1)
+        with pytest.raises(FatalError, match="only 70 history points"):
+            await dest.open_run(record, Checkpoint(history_points=140))
+
+
+async def test_fresh_open_discards_previous_history(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        await copy_run(src, record, dest, stop_after_chunks=2)
+        writer = await dest.open_run(record, None)
+        assert writer.checkpoint().history_points == 0
+        await writer.aclose()
+        await copy_run(src, record, dest)
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+async def test_run_tables_are_readable_by_pandas_with_exact_values(tmp_path: Path) -> None:
+    src = contract_source(runs=3)
+    records = [await src.get_run(ref) for ref in await all_refs(src)]
+    mixed = weird_record()
+    mixed.config["batch_size"] = "not a number"  # mixed types become a text column
+    async with destination(tmp_path) as dest:
+        for record in records:
+            await copy_run(src, record, dest, files=False)
+        await write_metadata_only(dest, mixed)
+        await dest.finalize()
+    table = pd.read_parquet(tmp_path / "runs.parquet")
+    csv = pd.read_csv(tmp_path / "runs.csv")
+    assert len(table) == len(csv) == 4
+    by_id = table.set_index("id")
+    first = records[0]
+    row = by_id.loc[first.ref.id]
+    assert row["name"] == first.display_name and row["state"] == first.state.value
+    assert row["start_time"] == first.start_time and row["history_points"] == first.history_points
+    assert row["start_time_iso"].startswith("2023-11-14T22:")
+    assert row["config.model.layers"] == first.config["model"]["layers"]
+    assert math.isinf(row["config.clip_norm"]) and math.isnan(row["config.label_smoothing"])
+    assert math.copysign(1.0, row["config.min_lr"]) == -1.0
+    assert json.loads(row["labels"]) == first.labels
+    assert row["tags.team"] == first.tags["team"]
+    for key, value in first.summary.items():
+        got = row[f"summary.{key}"]
+        assert (math.isnan(got) and math.isnan(value)) or got == value
+    assert table["config.batch_size"].tolist().count("not a number") == 1
+    assert by_id.loc[mixed.ref.id, "config.nested.list"] == "[1, -0.0, \"x\", null]"
+    assert list(csv.columns) == list(table.columns)
+
+
+async def test_history_parquet_is_plain_long_layout_for_pandas(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        writer, _ = await copy_run(src, record, dest, files=False)
+    frame = pd.read_parquet(tmp_path / writer.dest_id / _layout.HISTORY)
+    assert list(frame.columns) == ["key", "step", "timestamp", "value", "value_json"]
+    assert frame["key"].tolist() == full.column("key").to_pylist()
+    assert frame["step"].dtype == "int64" and frame["value"].dtype == "float64"
+
+
+async def test_local_source_filters_projects_and_rejects_non_exports(tmp_path: Path) -> None:
+    src = contract_source(runs=4, projects=2, steps=2)
+    async with destination(tmp_path) as dest:
+        for ref in await all_refs(src):
+            await copy_run(src, await src.get_run(ref), dest, files=False)
+    only = LocalSource(LocalSource.Config(path=str(tmp_path), projects=["synthetic/*-1"]))
+    async with only:
+        assert [r.id for r in await all_refs(only)] == ["run000001", "run000003"]
+    with pytest.raises(ConfigError):
+        async with reader(tmp_path / "missing"):
+            pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError):
+        async with destination(tmp_path / "file"):
+            pass
