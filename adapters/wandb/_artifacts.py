@@ -133,7 +133,7 @@ class ArtifactUploader:
         artifact = created["createArtifact"]["artifact"]
         artifact_id = artifact["id"]
         if artifact.get("state") == "COMMITTED":
-            self.events("artifact_deduplicated", name=art.name, digest=digest)
+            self.events("artifact_deduplicated", artifact=art.name, digest=digest)
             return {"id": artifact_id, "digest": digest, "deduplicated": True, "uploaded_files": 0}
         base = ((artifact.get("artifactSequence") or {}).get("latestArtifact") or {}).get("id")
         common = {"artifactID": artifact_id, "baseArtifactID": base, "name": "wandb_manifest.json",
@@ -175,7 +175,7 @@ class ArtifactUploader:
         headers = parse_headers(file.get("uploadHeaders"))
         await self.storage.upload("PUT", file["uploadUrl"], lambda: manifest, headers=headers, size=len(manifest))
         await _gql.call(self.api, _gql.COMMIT_ARTIFACT, {"artifactID": artifact_id}, name="CommitArtifact")
-        self.events("artifact_committed", name=art.name, files=len(art.members), uploaded=uploaded)
+        self.events("artifact_committed", artifact=art.name, files=len(art.members), uploaded=uploaded)
         return {"id": artifact_id, "digest": digest, "deduplicated": False, "uploaded_files": uploaded}
 
     async def _upload_member(self, artifact_id: str, spooled: Spooled, node: dict[str, Any]) -> None:

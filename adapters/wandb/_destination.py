@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 
 from adapters.base import AdapterContext, Checkpoint
 from adapters.http import HttpClient
@@ -50,15 +50,17 @@ class WandbDestination:
         key = os.environ.get(self.config.api_key_env, "")
         if not key:
             raise ConfigError(f"[destination] environment variable {self.config.api_key_env} (api_key_env) is not set")
-        auth = aiohttp.BasicAuth("api", key)
+        # HTTP Basic with user "api" (as the SDK); the header lives only inside the sessions
+        auth_headers = {"Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode(),
+                        "User-Agent": "runferry"}
         base = self.config.base_url.rstrip("/")
         async with contextlib.AsyncExitStack() as stack:
             self.api = await stack.enter_async_context(HttpClient(
-                base_url=base, name="wandb", context=self.context, auth=auth,
-                classify=_gql.classify_graphql, headers={"User-Agent": "runferry"}))
+                base_url=base, name="wandb", context=self.context,
+                classify=_gql.classify_graphql, headers=auth_headers))
             self.filestream_http = await stack.enter_async_context(HttpClient(
-                base_url=base, name="wandb-filestream", context=self.context, auth=auth, max_attempts=1,
-                headers={"User-Agent": "runferry"}))
+                base_url=base, name="wandb-filestream", context=self.context, max_attempts=1,
+                headers=auth_headers))
             # presigned storage URLs never get W&B credentials
             self.storage = await stack.enter_async_context(HttpClient(
                 base_url=base, name="wandb-storage", context=self.context))

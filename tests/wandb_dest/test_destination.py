@@ -1,0 +1,278 @@
+"""The W&B destination against the loopback W&B-compatible server, read back with wandb.Api."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from adapters.base import Checkpoint
+from engine.errors import AuthError, ConfigError
+from engine.model import ArtifactRef, FileRef, HistoryChunk, Namespace, RunRecord, RunRef, RunState, history_batch
+
+from .conftest import Events, make_destination, pieces, same_value, wandb_api
+
+NAN, INF = float("nan"), float("inf")
+
+
+def record(project: str, run_id: str = "run1", **kw) -> RunRecord:
+    kw.setdefault("start_time", 1700000000.0)
+    kw.setdefault("end_time", 1700000100.0)
+    return RunRecord(ref=RunRef(id=run_id, namespace=Namespace("", project)), **kw)
+
+
+def step_major(steps: int, keys: list[str], *, t0: float = 1700000000.0) -> tuple[list, list, list, list]:
+    rng = np.random.default_rng(7)
+    k, s, t, v = [], [], [], []
+    for step in range(steps):
+        for key in keys:
+            k.append(key)
+            s.append(step)
+            t.append(t0 + step * 0.125 + 0.001)
+            v.append(float(rng.normal()))
+    for i, special in zip(range(3, len(v), 97), [NAN, INF, -INF, -0.0] * 1000):
+        v[i] = special
+    return k, s, t, v
+
+
+def chunks(cols: tuple[list, list, list, list], size: int, start: int = 0) -> list[HistoryChunk]:
+    k, s, t, v = cols
+    return [HistoryChunk(history_batch(k[i:i + size], s[i:i + size], t[i:i + size], v[i:i + size]), i)
+            for i in range(start, len(k), size)]
+
+
+def expected_rows(cols: tuple[list, list, list, list], t0: float) -> list[dict]:
+    rows: dict[int, dict] = {}
+    for key, step, ts, value in zip(*cols):
+        row = rows.setdefault(step, {"_step": step})
+        row[key] = value
+        row["_timestamp"] = max(row.get("_timestamp", ts), ts)
+    for row in rows.values():
+        row["_runtime"] = row["_timestamp"] - t0
+    return [rows[s] for s in sorted(rows)]
+
+
+def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert set(g) == set(w), (g, w)
+        for key in w:
+            assert same_value(float(g[key]), float(w[key])), (key, g[key], w[key])
+
+
+async def test_history_config_summary_state_read_back_exactly(server, project) -> None:
+    events = Events()
+    cols = step_major(400, ["loss", "acc", "lr/group 0"])
+    rec = record(project, display_name="first run", config={"lr": "0.001", "nested": {"depth": [1, 2]}},
+                 summary={"loss": 0.5, "acc": NAN, "best": INF}, tags={"team": "vision", "mlflow.user": "ann"},
+                 labels=["baseline"], notes="some notes", group="g1", job_type="train", git_commit="abc123",
+                 host="box", program="train.py", state=RunState.FINISHED)
+    async with make_destination(server, events) as dest:
+        writer = await dest.open_run(rec, None)
+        for chunk in chunks(cols, 250):
+            await writer.write_history(chunk)
+        await writer.flush_history()
+        assert writer.checkpoint().history_points == 1200
+        await writer.finish(rec)
+        await writer.aclose()
+
+    stored = server.state.run(server.entity, project, "run1")
+    assert len(stored.history) == 400
+    # bit-exact text on the wire: -0.0 stays -0.0, NaN/Infinity as the SDK writes them
+    raw = "\n".join(stored.history)
+    values = cols[3]
+    assert raw.count(":NaN") == sum(1 for x in values if math.isnan(x))
+    assert raw.count(":Infinity") == values.count(INF) and raw.count(":-Infinity") == values.count(-INF)
+    assert raw.count(":-0.0,") + raw.count(":-0.0}") == sum(1 for x in values if x == 0 and math.copysign(1, x) < 0)
+    run = wandb_api(server).run(f"{server.entity}/{project}/run1")
+    assert run.config["lr"] == "0.001" and run.config["nested"] == {"depth": [1, 2]}
+    assert run.config["source_tags"] == {"team": "vision", "mlflow.user": "ann"}
+    assert run.config["runferry_source"]["run_id"] == "run1"
+    assert run.summary["loss"] == 0.5 and math.isnan(run.summary["acc"]) and run.summary["best"] == INF
+    assert run.state == "finished"
+    assert run.name == "first run" and run.notes == "some notes" and run.group == "g1" and run.job_type == "train"
+    assert set(run.tags) == {"baseline", "team:vision"}
+    got = list(run.scan_history(page_size=1000))
+    assert_rows_equal(got, expected_rows(cols, 1700000000.0))
+
+
+async def test_key_major_history_with_collisions(server, project) -> None:
+    events = Events()
+    # MLflow order: one key's whole history, then the next; key "a" logged twice at step 1
+    keys = ["a", "a", "a", "a", "b", "b", "b"]
+    steps = [0, 1, 1, 2, 0, 1, 2]
+    ts = [1.0, 2.0, 2.5, 3.0, 1.0, 2.5, 3.0]
+    values = [1.0, 2.0, 2.1, 3.0, -1.0, -2.0, -3.0]
+    rec = record(project, start_time=0.0, end_time=5.0)
+    async with make_destination(server, events) as dest:
+        writer = await dest.open_run(rec, None)
+        await writer.write_history(HistoryChunk(history_batch(keys[:4], steps[:4], ts[:4], values[:4]), 0))
+        await writer.write_history(HistoryChunk(history_batch(keys[4:], steps[4:], ts[4:], values[4:]), 4))
+        assert writer.checkpoint().history_points == 0  # nothing durable before the sorted flush
+        await writer.flush_history()
+        assert writer.checkpoint().history_points == 7
+        await writer.finish(rec)
+    lines = [json.loads(x) for x in server.state.run(server.entity, project, "run1").history]
+    assert lines == [
+        {"_step": 0, "_runtime": 1.0, "_timestamp": 1.0, "a": 1.0, "b": -1.0},
+        {"_step": 1, "_runtime": 2.5, "_timestamp": 2.5, "a": 2.0, "b": -2.0},
+        {"_step": 1, "_runtime": 2.5, "_timestamp": 2.5, "a": 2.1},
+        {"_step": 2, "_runtime": 3.0, "_timestamp": 3.0, "a": 3.0, "b": -3.0},
+    ]
+    assert sum(e["n"] for e in events.named("collision")) == 1
+    assert sum(e["n"] for e in events.named("timestamp_merged")) == 1
+
+
+async def test_resume_rewrites_the_same_offsets_without_duplicates(server, project) -> None:
+    cols = step_major(300, ["x", "y"])
+    all_chunks = chunks(cols, 100)
+    rec = record(project)
+    async with make_destination(server, max_request_bytes=64 * 1024) as dest:
+        writer = await dest.open_run(rec, None)
+        for chunk in all_chunks[:3]:
+            await writer.write_history(chunk)
+        ledger_checkpoint = writer.checkpoint()  # what the ledger holds when the process dies
+        for chunk in all_chunks[3:5]:
+            await writer.write_history(chunk)  # written to the server, never recorded
+        # the process is killed here: no flush, no finish
+    assert 0 < ledger_checkpoint.history_points < 300
+    stored = server.state.run(server.entity, project, "run1")
+    assert len(stored.history) > ledger_checkpoint.state["lines"]
+    resumed = Checkpoint(history_points=ledger_checkpoint.history_points, state=json.loads(json.dumps(ledger_checkpoint.state)))
+    async with make_destination(server) as dest:
+        writer = await dest.open_run(rec, resumed)
+        assert writer.checkpoint() == resumed
+        k, s, t, v = cols
+        start = resumed.history_points
+        for chunk in chunks(cols, 100, start):
+            await writer.write_history(chunk)
+        await writer.flush_history()
+        await writer.finish(rec)
+    stored = server.state.run(server.entity, project, "run1")
+    steps = [json.loads(line)["_step"] for line in stored.history]
+    assert steps == list(range(300))  # every line exactly once, in order
+    run = wandb_api(server).run(f"{server.entity}/{project}/run1")
+    assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
+
+
+async def test_throttling_and_server_errors_lose_nothing(server, project, fake_clock) -> None:
+    events = Events()
+    server.faults.clock = fake_clock.now
+    server.faults.filestream_rps_per_run = 2
+    server.faults.error_rate = 0.2
+    server.faults.error_status = 500
+    server.faults.targets = ("graphql", "filestream")
+    cols = step_major(200, ["m1", "m2", "m3"])
+    rec = record(project, summary={"m1": 1.0})
+    async with make_destination(server, events, clock=fake_clock, filestream_rate=20.0,
+                                max_request_bytes=64 * 1024) as dest:
+        writer = await dest.open_run(rec, None)
+        for chunk in chunks(cols, 50):
+            await writer.write_history(chunk)
+        await writer.flush_history()
+        await writer.finish(rec)
+        throttles = writer.stream.pacer.throttles
+    injected = dict(server.faults.injected)
+    server.faults.reset()
+    assert injected.get("ratelimit:filestream", 0) > 0 and injected.get("error:filestream", 0) + injected.get("error:graphql", 0) > 0
+    stored = server.state.run(server.entity, project, "run1")
+    assert [json.loads(x)["_step"] for x in stored.history] == list(range(200))
+    assert throttles > 0
+    assert events.named("throttle") or events.named("retry")
+    run = wandb_api(server).run(f"{server.entity}/{project}/run1")
+    assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
+
+
+async def test_run_files_and_artifacts_byte_for_byte(server, project, tmp_path) -> None:
+    events = Events()
+    big = os.urandom(300_000)
+    blobs = {
+        "README.md": b"# top-level file\n",
+        "model/weights.bin": big,
+        "model/sub/dir/config.json": b'{"a": 1}',
+        "model/empty.txt": b"",
+        "data/part-0.csv": b"x,y\n1,2\n",
+    }
+    rec = record(project, state=RunState.FAILED)
+    async with make_destination(server, events, artifact_layout="folders", multipart_threshold=100_000,
+                                part_size=64 * 1024, spool_dir=str(tmp_path)) as dest:
+        writer = await dest.open_run(rec, None)
+        for path, data in blobs.items():
+            await writer.write_file(FileRef(path, size=len(data)), pieces(data, 50_000))
+        await writer.write_file(FileRef("eval/report.txt", artifact=ArtifactRef(name="evaluation", type="report")),
+                                pieces(b"score=1\n"))
+        await writer.flush_history()
+        await writer.finish(rec)
+    api = wandb_api(server)
+    run = api.run(f"{server.entity}/{project}/run1")
+    assert run.state == "failed"
+    files = {f.name: f for f in run.files()}
+    assert "README.md" in files
+    files["README.md"].download(root=str(tmp_path / "runfiles"), replace=True)
+    assert (tmp_path / "runfiles" / "README.md").read_bytes() == blobs["README.md"]
+    arts = {a.name.split(":")[0]: a for a in run.logged_artifacts()}
+    assert set(arts) == {"model", "data", "evaluation"}
+    root = arts["model"].download(root=str(tmp_path / "model"))
+    for path in ("weights.bin", "sub/dir/config.json", "empty.txt"):
+        assert open(os.path.join(root, path), "rb").read() == blobs[f"model/{path}"]
+    assert arts["evaluation"].type == "report"
+    committed = events.named("artifact_committed")
+    assert {c["artifact"] for c in committed} == {"model", "data", "evaluation"}
+    assert not os.listdir(tmp_path / "runferry-wandb-staging")  # staging removed after commit
+
+    # the same run again: the server already has identical artifacts -> deduplicated
+    events2 = Events()
+    async with make_destination(server, events2, artifact_layout="folders", spool_dir=str(tmp_path)) as dest:
+        writer = await dest.open_run(rec, None)
+        for path, data in blobs.items():
+            if path.startswith("model/"):
+                await writer.write_file(FileRef(path), pieces(data, 65_536))
+        await writer.flush_history()
+        await writer.finish(rec)
+    assert [d["artifact"] for d in events2.named("artifact_deduplicated")] == ["model"]
+
+
+async def test_staged_artifact_members_survive_a_crash(server, project, tmp_path) -> None:
+    rec = record(project)
+    async with make_destination(server, artifact_layout="single", spool_dir=str(tmp_path)) as dest:
+        writer = await dest.open_run(rec, None)
+        await writer.write_file(FileRef("a/one.txt"), pieces(b"one"))
+        # killed before finish: the ledger says a/one.txt is done
+    async with make_destination(server, artifact_layout="single", spool_dir=str(tmp_path)) as dest:
+        writer = await dest.open_run(rec, Checkpoint(history_points=0, state={"run_id": "run1", "lines": 0}))
+        await writer.write_file(FileRef("b/two.txt"), pieces(b"two"))
+        await writer.flush_history()
+        await writer.finish(rec)
+    (art,) = wandb_api(server).run(f"{server.entity}/{project}/run1").logged_artifacts()
+    root = art.download(root=str(tmp_path / "dl"))
+    assert open(os.path.join(root, "a/one.txt"), "rb").read() == b"one"
+    assert open(os.path.join(root, "b/two.txt"), "rb").read() == b"two"
+
+
+@pytest.mark.parametrize(("state", "wandb_state"), [(RunState.KILLED, "killed"), (RunState.RUNNING, "running")])
+async def test_final_states(server, project, state, wandb_state) -> None:
+    rec = record(project, state=state)
+    async with make_destination(server) as dest:
+        writer = await dest.open_run(rec, None)
+        await writer.flush_history()
+        await writer.finish(rec)
+    assert wandb_api(server).run(f"{server.entity}/{project}/run1").state == wandb_state
+
+
+async def test_wrong_key_is_an_auth_error(server, monkeypatch) -> None:
+    monkeypatch.setenv("RUNFERRY_BAD_KEY", "0" * 40)
+    with pytest.raises(AuthError) as info:
+        async with make_destination(server, api_key_env="RUNFERRY_BAD_KEY"):
+            pass
+    assert "0" * 40 not in str(info.value)
+
+
+async def test_missing_key_is_a_config_error(server, monkeypatch) -> None:
+    monkeypatch.delenv("RUNFERRY_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError):
+        async with make_destination(server, api_key_env="RUNFERRY_UNSET_KEY"):
+            pass
