@@ -17,6 +17,10 @@ A destination write always happens before the ledger line that records it, so af
 the ledger may lag the destination but never lead it; writers reconcile on reopen (see
 ``adapters/base.py``). Lines are flushed to the OS at once (enough for SIGKILL); ``done`` lines
 are also fsynced (power loss).
+
+Crash testing: with ``RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE=N`` in the environment the process
+kills itself with SIGKILL instead of appending its N-th line — the worst moment, when the
+destination already holds what the ledger never heard of. Tests use it to prove resume exact.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +71,8 @@ class Ledger:
         self.pair = pair
         self._clock = clock
         self._fh: TextIO | None = None
+        self._appended = 0
+        self._kill_at = int(os.environ.get("RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE", "0") or 0)
         self.entries: dict[str, RunEntry] = {}
         self.torn_lines = 0
 
@@ -141,6 +148,9 @@ class Ledger:
         self._fold(event)
         if self._fh is None:
             raise RuntimeError("ledger is not open for writing")
+        self._appended += 1
+        if self._appended == self._kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         self._fh.write(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n")
         self._fh.flush()
         if sync:

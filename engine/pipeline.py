@@ -61,11 +61,9 @@ def make_context(config: Config, progress: Progress) -> AdapterContext:
 
 
 def _make_limiters() -> Any:
-    try:
-        from ratelimit import Registry  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return Registry()
+    from ratelimit import LimiterRegistry
+
+    return LimiterRegistry()
 
 
 def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Destination]:
