@@ -1,0 +1,163 @@
+"""Shared bench helpers: run a child and measure it (wall, CPU, peak RSS), print tables.
+
+Every figure comes from a child process measured by ``os.wait4``, so the numbers belong to
+exactly that process (not to the bench driver, and not to other children).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How one child process went."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    peak_rss_bytes: int
+    stdout: str
+    stderr: str
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.peak_rss_bytes / 1e6
+
+    def check(self) -> ChildResult:
+        if self.returncode != 0:
+            sys.stderr.write(self.stderr[-4000:])
+            raise SystemExit(f"child failed with exit code {self.returncode}: {' '.join(self.argv)}")
+        return self
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def run_child(argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> ChildResult:
+    """Run ``argv`` to completion; measure its wall time, CPU time and peak RSS (``wait4``)."""
+    started = time.perf_counter()
+    with subprocess.Popen(
+        list(argv), cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        # communicate() would reap the child and lose its rusage: read the pipes, then wait4
+        out, err = _drain(proc)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    return ChildResult(
+        argv=tuple(argv),
+        returncode=proc.returncode,
+        wall_s=wall,
+        user_s=usage.ru_utime,
+        sys_s=usage.ru_stime,
+        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+        stdout=out,
+        stderr=err,
+    )
+
+
+def _drain(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    import threading
+
+    chunks: dict[str, list[str]] = {"out": [], "err": []}
+
+    def pump(stream: Any, key: str) -> None:
+        for line in stream:
+            chunks[key].append(line)
+
+    threads = [
+        threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return "".join(chunks["out"]), "".join(chunks["err"])
+
+
+def python_child(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """A flat TOML file: ``{"source": {...}, "destination": {...}, "transfer": {...}}``."""
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def human(value: float, unit: str = "") -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {suffix}{unit}".rstrip()
+    return f"{value:.2f} {unit}".rstrip()
+
+
+def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None, file: Any = None) -> None:
+    """A plain, aligned text table (numbers right-aligned)."""
+    rows = list(rows)
+    if not rows:
+        return
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    out = file or sys.stdout
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for r, row in zip(cells, rows, strict=True):
+        print(
+            "  ".join(
+                v.rjust(w) if isinstance(row.get(c), (int, float)) else v.ljust(w)
+                for v, w, c in zip(r, widths, columns, strict=True)
+            ),
+            file=out,
+        )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1e6 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
