@@ -12,6 +12,7 @@ import random
 
 HISTORY_RUN = "hist01"
 FAILED_RUN = "failed01"
+RESUMED_RUN = "resumed01"
 GRID_RUNS = [f"grid{i:02d}" for i in range(6)]
 GRID_LR = [0.1, 0.03, 0.3, 0.01, 0.2, 0.05]
 STEPS = 1500  # more than one scan_history page (1000)

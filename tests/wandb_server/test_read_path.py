@@ -24,8 +24,8 @@ def names(runs) -> list[str]:
 
 def test_runs_default_order_is_creation_across_pages(public_api, path):
     runs = public_api.runs(path, per_page=3)
-    assert names(runs) == [dataset.HISTORY_RUN, dataset.FAILED_RUN, *dataset.GRID_RUNS]
-    assert len(runs) == 2 + len(dataset.GRID_RUNS)
+    assert names(runs) == [dataset.HISTORY_RUN, dataset.FAILED_RUN, *dataset.GRID_RUNS, dataset.RESUMED_RUN]
+    assert len(runs) == 3 + len(dataset.GRID_RUNS)
 
 
 def test_runs_order_by_config_and_summary(public_api, path):
@@ -45,9 +45,10 @@ def test_runs_order_by_config_and_summary(public_api, path):
         ({"state": "failed"}, [dataset.FAILED_RUN]),
         ({"config.lr": {"$gte": 0.1}}, ["grid00", "grid02", "grid04"]),
         ({"config.lr.value": {"$lt": 0.05}}, [dataset.HISTORY_RUN, "grid01", "grid03"]),
+        ({"config.lr": {"$exists": False}}, [dataset.FAILED_RUN, dataset.RESUMED_RUN]),
         ({"$and": [{"tags": "grid"}, {"tags": {"$nin": ["even"]}}]}, ["grid01", "grid03", "grid05"]),
         ({"$or": [{"name": "grid00"}, {"displayName": "Failed run"}]}, [dataset.FAILED_RUN, "grid00"]),
-        ({"$nor": [{"tags": "grid"}, {"state": "failed"}]}, [dataset.HISTORY_RUN]),
+        ({"$nor": [{"tags": "grid"}, {"state": "failed"}]}, [dataset.HISTORY_RUN, dataset.RESUMED_RUN]),
         ({"displayName": {"$regex": "^Grid [45]$"}}, ["grid04", "grid05"]),
         ({"summary_metrics.best_acc": {"$exists": True}}, [dataset.HISTORY_RUN]),
         ({"name": {"$in": ["grid02", "nope"]}, "state": {"$ne": "failed"}}, ["grid02"]),
@@ -130,3 +131,15 @@ def test_logged_artifact_downloads_byte_for_byte(public_api, path, tmp_path):
     same = public_api.artifact(f"{path}/dataset:best")
     assert same.id == artifact.id
     assert sorted(entry for entry in same.manifest.entries) == sorted(dataset.artifact_files())
+
+
+def test_used_artifacts(public_api, path):
+    run = public_api.run(f"{path}/{dataset.FAILED_RUN}")
+    assert [a.name for a in run.used_artifacts()] == ["dataset:v0"]
+    logged = public_api.run(f"{path}/{dataset.HISTORY_RUN}").logged_artifacts()
+    assert [r.id for r in list(logged)[0].used_by()] == [dataset.FAILED_RUN]
+
+
+def test_resumed_run_history_is_continuous(public_api, path):
+    run = public_api.run(f"{path}/{dataset.RESUMED_RUN}")
+    assert [(r["_step"], r["x"]) for r in run.scan_history()] == [(s, s * 10) for s in range(10)]

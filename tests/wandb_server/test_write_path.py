@@ -84,3 +84,11 @@ def test_artifact_committed_with_exact_files(wandb_server, sdk_dataset):
         assert blob.hexmd5 == dataset.md5_hex(content)
     run = state.run(wandb_server.entity, "sdk", dataset.HISTORY_RUN)
     assert run.output_artifacts == [art.id]
+
+
+def test_resume_continues_at_server_line_count(wandb_server, sdk_dataset):
+    run = wandb_server.state.run(wandb_server.entity, "sdk", dataset.RESUMED_RUN)
+    assert [json.loads(line)["_step"] for line in run.history] == list(range(10))
+    assert run.state == "finished"
+    names = [name for kind, name in wandb_server.state.request_log if kind == "graphql"]
+    assert "RunResumeStatus" in names

@@ -79,6 +79,7 @@ class Faults:
             self.targets = TARGETS
             self.filestream_rps_per_run = self.run_creation_rps_per_project = None
             self.storage_slowdown_rps = None
+            self.clock = time.monotonic
             self._scripted.clear()
             self._window = None
             self.injected.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from graphql import GraphQLError, OperationType, parse
+from graphql import GraphQLError, OperationType, Undefined, parse
 from graphql.language import (
     FieldNode,
     FragmentDefinitionNode,
@@ -104,10 +104,11 @@ class Executor:
         return data
 
     def _args(self, node: FieldNode) -> dict[str, Any]:
-        return {
-            arg.name.value: value_from_ast_untyped(arg.value, self.request.variables)
+        args = {
+            arg.name.value: _defined(value_from_ast_untyped(arg.value, self.request.variables))
             for arg in node.arguments or ()
         }
+        return {k: v for k, v in args.items() if v is not Undefined}
 
     def _included(self, node: Any) -> bool:
         for directive in getattr(node, "directives", None) or ():
@@ -162,6 +163,15 @@ class Executor:
                     raw = None
             out[key] = self.project(raw, node.selection_set, path + [key])
         return out
+
+
+def _defined(value: Any) -> Any:
+    """Drop input-object fields bound to variables the client did not send."""
+    if isinstance(value, dict):
+        return {k: _defined(v) for k, v in value.items() if v is not Undefined}
+    if isinstance(value, list):
+        return [None if v is Undefined else _defined(v) for v in value]
+    return value
 
 
 def _matches(condition: str | None, typename: str | None, value: Any) -> bool:

@@ -48,9 +48,25 @@ def write_history_run(entity: str, project: str, with_artifact: bool) -> None:
 
 def write_failed_run(entity: str, project: str) -> None:
     run = wandb.init(entity=entity, project=project, id=dataset.FAILED_RUN, name="Failed run")
+    run.use_artifact("dataset:best")
     for step in range(3):
         run.log({"loss": float(step)}, step=step)
     run.finish(exit_code=1)
+
+
+def write_resumed_run(entity: str, project: str) -> None:
+    """Two sessions of one run: the second continues history at the server's line count."""
+    for session, steps in enumerate((range(0, 5), range(5, 10))):
+        run = wandb.init(
+            entity=entity,
+            project=project,
+            id=dataset.RESUMED_RUN,
+            name="Resumed run",
+            resume="allow" if session == 0 else "must",
+        )
+        for step in steps:
+            run.log({"x": step * 10}, step=step)
+        run.finish()
 
 
 def write_grid(entity: str, project: str) -> None:
@@ -73,6 +89,7 @@ def main() -> int:
     if mode == "full":
         write_failed_run(entity, project)
         write_grid(entity, project)
+        write_resumed_run(entity, project)
     print("WROTE", wandb.__version__)
     return 0
 
