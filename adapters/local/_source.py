@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adapters.base import AdapterContext

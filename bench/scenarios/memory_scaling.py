@@ -72,7 +72,9 @@ def main(argv: list[str]) -> int:
                 "points/s": human(rate(stored, child.wall_s)),
                 "points/cpu-s": human(rate(stored, child.cpu_s)),
             })  # fmt: skip
-            results.append({"points": stored, "wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_bytes": child.peak_rss_bytes})
+            results.append(
+                {"points": stored, "wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_bytes": child.peak_rss_bytes}
+            )
             shutil.rmtree(workdir / f"run-{points}-export", ignore_errors=True)
         print(f"one run, synthetic -> local, {a.keys} keys per step, chunk_points={a.chunk_points}")
         print_table(rows)

@@ -16,9 +16,9 @@ from tests.adapters.contract import (
     DestinationContract,
     SourceCase,
     SourceContract,
+    all_refs,
     contract_source,
     copy_run,
-    all_refs,
 )
 
 

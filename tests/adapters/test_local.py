@@ -14,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from adapters.base import Checkpoint
-from adapters.local import LocalDestination, LocalSource
-from adapters.local import _layout
+from adapters.local import LocalDestination, LocalSource, _layout
 from engine.errors import ConfigError, FatalError
 from engine.model import ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
 from tests.adapters.contract import (
