@@ -488,17 +488,22 @@ def create_artifact_files(ctx, args: dict) -> dict:
 
 
 def complete_multipart(ctx, args: dict) -> dict:
+    """Concatenate uploaded parts (streamed, on disk) once every part's ETag matches."""
     args = args.get("input") or args
     state: ServerState = ctx.state
     with state.lock:
-        upload = state.multipart.pop(args.get("uploadID"), None)
+        upload = state.multipart.get(args.get("uploadID"))
     if upload is None:
         raise GqlFieldError("upload not found", code="NOT_FOUND")
     if args.get("completeMultipartAction") == "Abort":
+        with state.lock:
+            state.multipart.pop(upload.upload_id, None)
         for blob in upload.parts.values():
             blob.path.unlink(missing_ok=True)
         return {"digest": None}
     wanted = sorted(args.get("completedParts") or [], key=lambda p: p["partNumber"])
+    if not wanted:
+        raise GqlFieldError("no parts to complete", code="INVALID_ARGUMENT")
     for part in wanted:
         blob = upload.parts.get(part["partNumber"])
         if blob is None or blob.etag.strip('"') != str(part["hexMD5"]).strip('"'):
@@ -513,6 +518,8 @@ def complete_multipart(ctx, args: dict) -> dict:
                     md5.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
+    with state.lock:
+        state.multipart.pop(upload.upload_id, None)
     for blob in upload.parts.values():
         blob.path.unlink(missing_ok=True)
     digest = md5.digest()
