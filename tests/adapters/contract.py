@@ -57,6 +57,8 @@ def assert_history_equal(actual: pa.Table, expected: pa.Table) -> None:
     """Exact equality of two history tables: keys, steps, float bit patterns, JSON values."""
     assert actual.num_rows == expected.num_rows, f"{actual.num_rows} points, expected {expected.num_rows}"
     for name in ("key", "step", "value_json"):
+        if actual.column(name).equals(expected.column(name)):
+            continue
         got, want = actual.column(name).to_pylist(), expected.column(name).to_pylist()
         if got != want:
             first = next(i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w)
@@ -207,6 +209,11 @@ class DestinationCase:
     normalise_history: Callable[[pa.Table], pa.Table] = field(default=lambda table: table)
     exact_record: bool = True
     """Compare every RunRecord field after the round trip (false: only id and history)."""
+    check_files: bool = True
+    """Move and compare run files and artifact members."""
+    source_settings: dict[str, Any] = field(default_factory=dict)
+    """Overrides for ``contract_source`` (e.g. ``special_fraction=0.0`` where a system cannot
+    store NaN at all; say so in the adapter's docs when you need this)."""
 
 
 class SourceContract:
@@ -279,6 +286,8 @@ class DestinationContract:
                 assert_records_equal(back, record)
             got, _ = await read_history(reader, back)
             assert_history_equal(case.normalise_history(got), case.normalise_history(expected))
+            if not case.check_files:
+                return
             want_files = {f.key: f for f in await all_files(source, record)}
             got_files = {f.key: f for f in await all_files(reader, back)}
             assert sorted(got_files) == sorted(want_files)
@@ -286,30 +295,35 @@ class DestinationContract:
                 assert await read_bytes(reader, back, file) == await read_bytes(source, record, want_files[key]), key
 
     async def test_round_trip_is_exact(self, destination_case: DestinationCase) -> None:
-        async with contract_source() as source:
+        async with contract_source(**destination_case.source_settings) as source:
             for ref in await all_refs(source):
                 record = await source.get_run(ref)
-                writer, checkpoints = await copy_run(source, record, destination_case.destination)
+                writer, checkpoints = await copy_run(
+                    source, record, destination_case.destination, files=destination_case.check_files
+                )
                 assert checkpoints[-1].history_points == record.history_points
                 assert writer.checkpoint().history_points == record.history_points
                 await destination_case.destination.finalize()
                 await self._check_round_trip(destination_case, source, record, writer.dest_id)
 
     async def test_resume_after_crash_stores_no_point_twice(self, destination_case: DestinationCase) -> None:
-        async with contract_source(runs=1) as source:
+        async with contract_source(**{**destination_case.source_settings, "runs": 1}) as source:
             record = await source.get_run((await all_refs(source))[0])
             # crash after 4 chunks while the ledger only recorded the second checkpoint
             _, checkpoints = await copy_run(source, record, destination_case.destination, stop_after_chunks=4)
             ledger = checkpoints[1]
             assert 0 < ledger.history_points < record.history_points
-            writer, _ = await copy_run(source, record, destination_case.destination, resume=ledger)
+            writer, _ = await copy_run(
+                source, record, destination_case.destination, resume=ledger, files=destination_case.check_files
+            )
             await destination_case.destination.finalize()
             await self._check_round_trip(destination_case, source, record, writer.dest_id)
 
     async def test_writing_a_run_again_from_scratch_replaces_it(self, destination_case: DestinationCase) -> None:
-        async with contract_source(runs=1) as source:
+        async with contract_source(**{**destination_case.source_settings, "runs": 1}) as source:
             record = await source.get_run((await all_refs(source))[0])
-            await copy_run(source, record, destination_case.destination)
-            writer, _ = await copy_run(source, record, destination_case.destination)
+            files = destination_case.check_files
+            await copy_run(source, record, destination_case.destination, files=files)
+            writer, _ = await copy_run(source, record, destination_case.destination, files=files)
             await destination_case.destination.finalize()
             await self._check_round_trip(destination_case, source, record, writer.dest_id)

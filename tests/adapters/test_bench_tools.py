@@ -1,0 +1,72 @@
+"""bench/ plumbing: the scenario dispatcher, child measurement, config writing, and a tiny
+synthetic_local run through the real CLI (numbers are not asserted: timing belongs in bench)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pytest
+
+from bench.__main__ import main as bench_main
+from bench.common import print_table, run_child, write_toml
+
+
+def test_listing_names_every_scenario_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main([]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic_local" in out and "memory_scaling" in out
+    assert "Peak RSS vs history length" in out
+
+
+def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["no_such_scenario"]) == 2
+    assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_child_measurement_reports_its_exit_code_cpu_and_peak_rss() -> None:
+    code = "b = bytearray(80 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); import sys; sys.exit(3)"
+    child = run_child([sys.executable, "-c", code])
+    assert child.returncode == 3
+    assert child.peak_rss_bytes >= 80 * 1024 * 1024
+    assert child.cpu_s > 0 and child.wall_s > 0
+
+
+def test_written_toml_reads_back(tmp_path: Path) -> None:
+    tables = {"source": {"type": "synthetic", "file_sizes": [1, 2], "special_fraction": 0.5, "x": 'q"\\'},
+              "transfer": {"incremental": False}}  # fmt: skip
+    path = write_toml(tmp_path / "c.toml", tables)
+    assert tomllib.loads(path.read_text()) == tables
+
+
+def test_table_printing_aligns_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    print_table([{"a": "x", "b": 1234.5}, {"a": "longer", "c": 7}])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["a", "b", "c"]
+    assert lines[2].startswith("x       1,234.50")
+
+
+async def test_generate_and_write_phases_move_every_point_and_byte(tmp_path: Path) -> None:
+    from bench.scenarios.synthetic_local import _args, _generate, _write, make_config
+
+    a = _args(["--runs", "2", "--steps", "5", "--keys", "2", "--file-sizes", "10,0", "--artifact-sizes", "3"])
+    generated = await _generate(make_config(tmp_path, a, "generate"))
+    written = await _write(make_config(tmp_path, a, "write"))
+    assert generated == {"points": 20, "bytes": 26}
+    assert (written["points"], written["bytes"]) == (20, 26)
+    assert pacsv.read_csv(tmp_path / "write-export" / "runs.csv").num_rows == 2
+
+
+def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.scenarios.synthetic_local import main
+
+    args = ["--runs", "2", "--steps", "5", "--keys", "2", "--file-sizes", "10", "--artifact-sizes", "",
+            "--phases", "migrate", "--workdir", str(tmp_path), "--json"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["points"] == 20 and result["bytes"] == 20
+    assert set(result["phases"]) == {"migrate"} and result["phases"]["migrate"]["peak_rss_bytes"] > 0
+    assert (tmp_path / "migrate-export" / "runs.parquet").is_file()
