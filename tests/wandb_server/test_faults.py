@@ -122,3 +122,12 @@ def test_official_sdk_rides_out_injected_faults(wandb_server, faults, tmp_path):
     assert (run.state, run.exitcode) == ("finished", 0)
     assert faults.injected == {"scripted:graphql:503": 1, "scripted:filestream:500": 1, "scripted:filestream:429": 1}
     assert "WROTE" in write.stdout
+
+
+async def test_latency_is_applied_to_targets_only(session, wandb_server, faults):
+    faults.latency_s = 0.01
+    faults.targets = ("graphql",)
+    assert (await gql(session, wandb_server, "{ viewer { username } }"))[0] == 200
+    async with session.get(f"{wandb_server.base_url}/healthz") as response:
+        assert response.status == 200
+    assert faults.injected == {"latency:graphql": 1}

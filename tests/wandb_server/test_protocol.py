@@ -93,6 +93,19 @@ async def test_file_stream_offsets_overwrite_and_finish(session, wandb_server):
     assert json.loads(json.loads(bucket["historyTail"])[-1]) == {"_step": 4, "v": 40}
 
 
+async def test_file_stream_accepts_gzip_bodies(session, wandb_server):
+    import gzip
+
+    await upsert_run(session, wandb_server, "gz1")
+    body = json.dumps({"files": {"wandb-history.jsonl": {"offset": 0, "content": ['{"_step":0,"v":NaN}']}}}).encode()
+    url = f"{wandb_server.base_url}/files/runferry/proto/gz1/file_stream"
+    headers = {**auth(wandb_server.api_key), "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    async with session.post(url, data=gzip.compress(body), headers=headers) as response:
+        assert response.status == 200
+    run = wandb_server.state.run(wandb_server.entity, "proto", "gz1")
+    assert run.history == ['{"_step":0,"v":NaN}']
+
+
 async def test_file_stream_for_missing_run_is_404(session, wandb_server):
     status, _, _ = await file_stream(session, wandb_server, "never-created", {"files": {}})
     assert status == 404

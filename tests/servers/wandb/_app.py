@@ -76,7 +76,8 @@ def _target(path: str) -> str:
 async def faults_middleware(request: web.Request, handler):
     faults = request.app[FAULTS_KEY]
     target = _target(request.path)
-    if faults.latency_s:
+    if faults.latency_s and target in faults.targets:
+        faults.note(f"latency:{target}")
         await asyncio.sleep(faults.latency_s)
     outcome = faults.decide(target)
     if outcome == "drop":
@@ -165,8 +166,7 @@ async def graphql_handler(request: web.Request) -> web.Response:
     if caller is None:
         return _unauthorized()
     raw = await request.read()
-    if request.headers.get("Content-Encoding") == "gzip":
-        raw = gzip.decompress(raw)
+    raw = _maybe_gunzip(request, raw)
     payload = json.loads(raw)
     state = request.app[STATE_KEY]
     try:
@@ -203,6 +203,13 @@ async def graphql_handler(request: web.Request) -> web.Response:
     return _json(body)
 
 
+def _maybe_gunzip(request: web.Request, raw: bytes) -> bytes:
+    """aiohttp already inflates ``Content-Encoding: gzip`` bodies; inflate only if it did not."""
+    if request.headers.get("Content-Encoding") == "gzip" and raw[:2] == b"\x1f\x8b":
+        return gzip.decompress(raw)
+    return raw
+
+
 def _write_lines(lines: list, offset: int, content: list[str]) -> None:
     if offset > len(lines):
         lines.extend([None] * (offset - len(lines)))
@@ -229,8 +236,7 @@ async def file_stream_handler(request: web.Request) -> web.Response:
     retry = faults.rate_limited("filestream", (entity, project, name), faults.filestream_rps_per_run)
     if retry is not None:
         return _json({"error": "Filestream rate limit exceeded"}, 429, {"Retry-After": str(retry)})
-    if request.headers.get("Content-Encoding") == "gzip":
-        raw = gzip.decompress(raw)
+    raw = _maybe_gunzip(request, raw)
     payload = json.loads(raw) if raw else {}
     with state.lock:
         state.request_log.append(("filestream", name))

@@ -91,6 +91,11 @@ class Faults:
         with self._lock:
             self._scripted.setdefault(target, deque()).extend(outcomes)
 
+    def note(self, kind: str) -> None:
+        """Count an injected effect (thread-safe)."""
+        with self._lock:
+            self._count(kind)
+
     def _count(self, kind: str) -> None:
         self.injected[kind] = self.injected.get(kind, 0) + 1
 
