@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from adapters.base import AdapterContext
+from adapters.s3 import MIB, S3Config, S3Store
+from ratelimit import LimiterRegistry
+from tests.servers.s3front import FrontSettings, S3Stack, start_s3_stack
+
+PART = 5 * MIB  # S3's minimum part size: many parts with little data
+
+
+@pytest.fixture(scope="session")
+def s3_stack() -> Iterator[S3Stack]:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    with start_s3_stack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def front(s3_stack: S3Stack) -> Iterator[S3Stack]:
+    """The stack, with the front's settings restored to defaults after the test."""
+    s3_stack.reset_stats()
+    yield s3_stack
+    s3_stack.configure(**{k: v for k, v in vars(FrontSettings()).items()})
+
+
+class Events:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.fields: list[dict[str, object]] = []
+
+    def __call__(self, name: str, **fields: object) -> None:
+        self.names.append(name)
+        self.fields.append(fields)
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def registry() -> LimiterRegistry:
+    return LimiterRegistry(seed=3)
+
+
+@pytest.fixture
+async def store(front: S3Stack, events: Events, registry: LimiterRegistry) -> AsyncIterator[S3Store]:
+    config = S3Config(endpoint_url=front.front_url, part_size=PART, multipart_threshold=PART, part_concurrency=6)
+    async with S3Store(config, AdapterContext(events=events, limiters=registry)) as s3:
+        yield s3
+
+
+@pytest.fixture
+async def bucket(store: S3Store) -> str:
+    name = f"rf-{uuid.uuid4().hex[:12]}"
+    await store.client.create_bucket(Bucket=name)
+    return name
+
+
+class Generated:
+    """``size`` pseudo-random bytes from ``seed``, produced piece by piece, never all at once."""
+
+    def __init__(self, size: int, seed: int = 0, piece: int = 1 << 20) -> None:
+        self.size, self.seed, self.piece = size, seed, piece
+        digest = hashlib.sha256()
+        for block in self._blocks():
+            digest.update(block)
+        self.sha256 = digest.hexdigest()
+
+    def _blocks(self) -> Iterator[bytes]:
+        rng = random.Random(self.seed)
+        left = self.size
+        while left:
+            n = min(self.piece, left)
+            yield rng.randbytes(n)
+            left -= n
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for block in self._blocks():
+            yield block
+
+
+async def sha256_of(pieces: AsyncIterator[bytes]) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    async for piece in pieces:
+        digest.update(piece)
+        size += len(piece)
+    return digest.hexdigest(), size

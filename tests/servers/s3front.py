@@ -1,0 +1,412 @@
+"""A throttling front for an S3 server (moto's server mode): S3's request limits, on loopback.
+
+Real S3 serves a bounded request rate per partitioned key prefix (3,500 writes/s, 5,500 reads/s)
+and answers ``503 SlowDown`` above it. This reverse proxy models that in front of moto (or any
+HTTP storage, such as the W&B test server's): a token bucket per prefix for writes
+(PUT/POST/DELETE) and one for reads (GET/HEAD), a ``503`` with S3's ``SlowDown`` XML body for
+requests over the limit, and optional added latency and dropped connections (seeded).
+Rejected requests do not consume tokens (S3 serves what it can).
+
+Control (JSON over HTTP, under a path no bucket can have):
+
+* ``POST /__front__/config``  change settings (keys of ``FrontSettings``); resets the buckets
+* ``GET  /__front__/stats``   ``{prefix: {accepted, throttled, dropped, timeline}}``
+* ``POST /__front__/reset``   zero the statistics
+
+Run it in-process (``S3Front(upstream, settings).start()`` in a thread) or as a process:
+``python -m tests.servers.s3front --upstream URL [--port 0] [--write-rate R] ...`` prints
+``READY <port>``. ``start_s3_stack()`` starts moto's server and a front as processes on free
+loopback ports and stops both at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import yarl
+from aiohttp import web
+
+CONTROL = "/__front__"
+WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those aiohttp recomputes: never forwarded.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+              "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Expect")
+)
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message><RequestId>{rid}</RequestId></Error>"
+)
+
+
+@dataclass(kw_only=True)
+class FrontSettings:
+    """What the front enforces. Rates are requests/s per prefix; None means unlimited."""
+
+    write_rate: float | None = None
+    read_rate: float | None = None
+    burst_seconds: float = 0.2  # bucket capacity = max(1, rate * burst_seconds)
+    prefix_depth: int = 1  # bucket + this many leading key segments make a prefix
+    latency: float = 0.0  # seconds added before forwarding each request
+    drop_rate: float = 0.0  # probability of closing the connection instead of answering
+    retry_after: float | None = None  # add a Retry-After header to SlowDown answers
+    seed: int = 0
+
+    def update(self, values: dict[str, Any]) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
+class TokenBucket:
+    """Tokens refill at ``rate``/s up to ``capacity``; time passed in, so it is testable."""
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class PrefixStats:
+    accepted: int = 0
+    throttled: int = 0
+    dropped: int = 0
+    timeline: dict[int, list[int]] = field(default_factory=dict)  # second -> [accepted, throttled]
+
+    def note(self, second: int, accepted: bool) -> None:
+        cell = self.timeline.setdefault(second, [0, 0])
+        if accepted:
+            self.accepted += 1
+            cell[0] += 1
+        else:
+            self.throttled += 1
+            cell[1] += 1
+
+
+def prefix_of(path: str, depth: int) -> str:
+    """``bucket/seg1/../segN`` of a path-style S3 request path (or fewer if the key is short)."""
+    parts = path.lstrip("/").split("/")
+    bucket, key_parts = parts[0], parts[1:]
+    if key_parts and key_parts[-1] == "":
+        key_parts = key_parts[:-1]
+    return "/".join([bucket, *key_parts[: max(0, min(depth, len(key_parts) - 1))]])
+
+
+class S3Front:
+    """The proxy (see module docstring). ``url`` is set once started."""
+
+    def __init__(self, upstream: str, settings: FrontSettings | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.settings = settings or FrontSettings()
+        self.url = ""
+        self._buckets: dict[tuple[str, bool], TokenBucket] = {}
+        self._stats: dict[str, PrefixStats] = {}
+        self._rng = random.Random(self.settings.seed)
+        self._epoch = time.monotonic()
+        self._session: aiohttp.ClientSession | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _admit(self, prefix: str, is_write: bool, now: float) -> bool:
+        rate = self.settings.write_rate if is_write else self.settings.read_rate
+        if rate is None:
+            return True
+        bucket = self._buckets.get((prefix, is_write))
+        if bucket is None or bucket.rate != rate:
+            capacity = max(1.0, rate * self.settings.burst_seconds)
+            bucket = self._buckets[(prefix, is_write)] = TokenBucket(rate, capacity, now)
+        return bucket.take(now)
+
+    def _reconfigure(self, values: dict[str, Any]) -> None:
+        self.settings.update(values)
+        self._buckets.clear()
+        self._rng = random.Random(self.settings.seed)
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith(CONTROL):
+            return await self._control(request)
+        prefix = prefix_of(request.path, self.settings.prefix_depth)
+        stats = self._stats.setdefault(prefix, PrefixStats())
+        if self.settings.drop_rate and self._rng.random() < self.settings.drop_rate:
+            stats.dropped += 1
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # aiohttp ends the handler quietly
+        now = time.monotonic()
+        admitted = self._admit(prefix, request.method in WRITE_METHODS, now)
+        stats.note(int(now - self._epoch), admitted)
+        if not admitted:
+            return await self._slow_down(request)
+        if self.settings.latency:
+            await asyncio.sleep(self.settings.latency)
+        return await self._forward(request)
+
+    async def _slow_down(self, request: web.Request) -> web.StreamResponse:
+        # Drain the body so the client reads our answer rather than a reset.
+        async for _ in request.content.iter_chunked(1 << 20):
+            pass
+        body = SLOWDOWN_BODY.replace(b"{rid}", os.urandom(8).hex().encode())
+        headers = {"Content-Type": "application/xml"}
+        if self.settings.retry_after is not None:
+            headers["Retry-After"] = f"{self.settings.retry_after:g}"
+        return web.Response(status=503, body=body, headers=headers)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Host"] = request.host
+        data = request.content if request.body_exists else None
+        async with self._session.request(
+            request.method,
+            yarl.URL(self.upstream + request.raw_path, encoded=True),
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            auto_decompress=False,
+        ) as upstream:
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+            response = web.StreamResponse(status=upstream.status, headers=out_headers)
+            if upstream.headers.get("Content-Length") is not None:
+                response.content_length = int(upstream.headers["Content-Length"])
+            await response.prepare(request)
+            if request.method != "HEAD":
+                async for piece in upstream.content.iter_chunked(1 << 20):
+                    await response.write(piece)
+            await response.write_eof()
+            return response
+
+    async def _control(self, request: web.Request) -> web.StreamResponse:
+        action = request.path[len(CONTROL) :].strip("/")
+        if action == "config" and request.method == "POST":
+            try:
+                self._reconfigure(orjson.loads(await request.read()))
+            except (ValueError, TypeError) as exc:
+                return web.Response(status=400, text=str(exc))
+            return web.json_response(dataclasses.asdict(self.settings))
+        if action == "config":
+            return web.json_response(dataclasses.asdict(self.settings))
+        if action == "stats":
+            return web.Response(
+                body=orjson.dumps(
+                    {p: dataclasses.asdict(s) for p, s in self._stats.items()},
+                    option=orjson.OPT_NON_STR_KEYS,
+                ),
+                content_type="application/json",
+            )
+        if action == "reset" and request.method == "POST":
+            self._stats.clear()
+            self._buckets.clear()
+            self._epoch = time.monotonic()
+            return web.json_response({})
+        return web.Response(status=404, text=f"no control action {action!r}")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, ready: Any = None) -> None:
+        """Serve until ``stop()``; ``ready(port)`` is called once listening."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+        app = web.Application(client_max_size=1 << 40)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{host}:{bound}"
+        if ready is not None:
+            ready(bound)
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            await self._session.close()
+
+    def start(self) -> S3Front:
+        """Serve from a daemon thread (for in-process tests); returns once listening."""
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.serve(ready=lambda _: started.set())), daemon=True
+        )
+        self._thread.start()
+        if not started.wait(30):
+            raise RuntimeError("S3 front did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(30)
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, deadline: float) -> None:
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - loopback only
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class S3Stack:
+    """A moto S3 server and a throttling front in front of it, both on loopback."""
+
+    moto_url: str
+    front_url: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        return _post_json(f"{self.front_url}{CONTROL}/config", settings)
+
+    def reset_stats(self) -> None:
+        _post_json(f"{self.front_url}{CONTROL}/reset", {})
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.front_url}{CONTROL}/stats", timeout=30) as response:  # noqa: S310
+            return orjson.loads(response.read())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def _post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=orjson.dumps(payload), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return orjson.loads(response.read())  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def start_s3_stack(settings: FrontSettings | None = None, *, attempts: int = 5) -> Iterator[S3Stack]:
+    """Start ``moto.server`` and an ``S3Front`` process on free 127.0.0.1 ports; stop both after."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stack: S3Stack | None = None
+    try:
+        for attempt in range(attempts):
+            port = free_port()
+            moto = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            )
+            try:
+                _wait_http(f"http://127.0.0.1:{port}/moto-api/", time.monotonic() + 60)
+            except RuntimeError:
+                moto.kill()
+                moto.wait()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            break
+        moto_url = f"http://127.0.0.1:{port}"
+        args = [sys.executable, "-m", "tests.servers.s3front", "--upstream", moto_url]
+        for key, value in dataclasses.asdict(settings or FrontSettings()).items():
+            if value is not None:
+                args += [f"--{key.replace('_', '-')}", str(value)]
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        front = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, cwd=root)
+        stack = S3Stack(moto_url=moto_url, front_url="", processes=[moto, front])
+        assert front.stdout is not None
+        line = front.stdout.readline().decode().split()
+        if len(line) != 2 or line[0] != "READY":
+            raise RuntimeError(f"S3 front failed to start: {line!r}")
+        stack.front_url = f"http://127.0.0.1:{line[1]}"
+        yield stack
+    finally:
+        if stack is not None:
+            stack.stop()
+        else:
+            with contextlib.suppress(NameError):
+                moto.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    for f in dataclasses.fields(FrontSettings):
+        kind = int if f.name in ("prefix_depth", "seed") else float
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FrontSettings)}
+    settings = FrontSettings(**{k: v for k, v in values.items() if v is not None})
+    front = S3Front(args.upstream, settings)
+
+    def ready(port: int) -> None:
+        print(f"READY {port}", flush=True)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        serving = asyncio.ensure_future(front.serve(args.host, args.port, ready))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, front.stop)
+        await serving
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
