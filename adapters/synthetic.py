@@ -357,7 +357,8 @@ class SyntheticSource:
         return (
             f"synthetic:seed={c.seed},runs={c.runs},projects={c.projects},entity={c.entity},"
             f"steps={c.steps},keys={c.keys},stride={c.step_stride},params={c.params},"
-            f"special={c.special_fraction},files={c.file_sizes},artifacts={c.artifact_sizes}"
+            f"special={c.special_fraction},special_config={c.special_config},start={c.start_time!r},"
+            f"files={c.file_sizes},artifacts={c.artifact_sizes}"
         )
 
     async def __aenter__(self) -> SyntheticSource:

@@ -46,8 +46,11 @@ class ChildResult:
         return self
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None, *, arrow_pool: str = "default") -> dict[str, str]:
+    """The bench's environment for a child: the repo importable, optionally an Arrow pool."""
     env = dict(os.environ)
+    if arrow_pool != "default":
+        env["ARROW_DEFAULT_MEMORY_POOL"] = arrow_pool
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
     return env

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.common import human, print_table, python_child, rate, run_child, write_toml
+from bench.common import child_env, human, print_table, python_child, rate, run_child, write_toml
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -22,6 +22,12 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sizes", default="1000000,10000000", help="history points of the single run, per case")
     p.add_argument("--keys", type=int, default=10)
     p.add_argument("--chunk-points", type=int, default=100_000)
+    p.add_argument(
+        "--arrow-pool",
+        choices=("default", "jemalloc", "mimalloc", "system"),
+        default="default",
+        help="Arrow memory pool of the children (ARROW_DEFAULT_MEMORY_POOL); default: pyarrow's choice",
+    )
     p.add_argument("--workdir", help="keep outputs here (default: a temporary directory, removed)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -55,13 +61,15 @@ def main(argv: list[str]) -> int:
     rows, results = [], []
     try:
         # what every child pays before moving anything: the interpreter and the engine's imports
-        startup = run_child(python_child("bench", "synthetic_local", "--phase", "startup", "--config", "-"), cwd=workdir)
+        env = child_env(arrow_pool=a.arrow_pool)
+        startup = run_child(python_child("bench", "synthetic_local", "--phase", "startup", "--config", "-"), cwd=workdir, env=env)
         startup.check()
         rows.append({"history points": "start-up only", "wall s": startup.wall_s, "cpu s": startup.cpu_s,
                      "peak RSS MB": startup.peak_rss_mb})  # fmt: skip
         for points in sizes:
             config = _config(workdir, points, a.keys, a.chunk_points)
-            child = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"), cwd=workdir)
+            argv = python_child("engine", "migrate", str(config), "--log-format", "plain")
+            child = run_child(argv, cwd=workdir, env=env)
             child.check()
             stored = (points // a.keys) * a.keys
             rows.append({
@@ -76,7 +84,7 @@ def main(argv: list[str]) -> int:
                 {"points": stored, "wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_bytes": child.peak_rss_bytes}
             )
             shutil.rmtree(workdir / f"run-{points}-export", ignore_errors=True)
-        print(f"one run, synthetic -> local, {a.keys} keys per step, chunk_points={a.chunk_points}")
+        print(f"one run, synthetic -> local, {a.keys} keys per step, chunk_points={a.chunk_points}, arrow pool={a.arrow_pool}")
         print_table(rows)
         if len(results) >= 2:
             small, large = results[0], results[-1]

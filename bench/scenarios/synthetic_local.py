@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench.common import ChildResult, human, print_table, python_child, rate, run_child, write_toml
+from bench.common import ChildResult, child_env, human, print_table, python_child, rate, run_child, write_toml
 
 PHASES = ("startup", "generate", "write", "migrate")
 
@@ -39,6 +39,12 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs-concurrency", type=int, default=4)
     p.add_argument("--chunk-points", type=int, default=100_000)
     p.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
+    p.add_argument(
+        "--arrow-pool",
+        choices=("default", "jemalloc", "mimalloc", "system"),
+        default="default",
+        help="Arrow memory pool of the children (ARROW_DEFAULT_MEMORY_POOL); default: pyarrow's choice",
+    )
     p.add_argument("--workdir", help="keep outputs here (default: a temporary directory, removed)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
@@ -161,11 +167,13 @@ def _run_phase(phase: str, config_path: Path) -> int:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def measure(phase: str, config: Path, workdir: Path) -> tuple[ChildResult, dict[str, Any]]:
+def measure(phase: str, config: Path, workdir: Path, arrow_pool: str) -> tuple[ChildResult, dict[str, Any]]:
+    env = child_env(arrow_pool=arrow_pool)
     if phase == "migrate":
-        child = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"), cwd=workdir)
-        return child.check(), {}
-    child = run_child(python_child("bench", "synthetic_local", "--phase", phase, "--config", str(config)), cwd=workdir)
+        argv = python_child("engine", "migrate", str(config), "--log-format", "plain")
+        return run_child(argv, cwd=workdir, env=env).check(), {}
+    argv = python_child("bench", "synthetic_local", "--phase", phase, "--config", str(config))
+    child = run_child(argv, cwd=workdir, env=env)
     child.check()
     return child, json.loads(child.stdout.strip().splitlines()[-1])
 
@@ -180,13 +188,14 @@ def main(argv: list[str]) -> int:
     points = a.runs * a.steps * a.keys
     nbytes = a.runs * (sum(_sizes(a.file_sizes)) + sum(_sizes(a.artifact_sizes)))
     print(f"synthetic -> local: {a.runs} runs x {a.steps} steps x {a.keys} keys = {points:,} points, "
-          f"{nbytes / 1e6:.1f} MB of files; runs_concurrency={a.runs_concurrency}, chunk_points={a.chunk_points}")  # fmt: skip
+          f"{nbytes / 1e6:.1f} MB of files; runs_concurrency={a.runs_concurrency}, chunk_points={a.chunk_points}, "
+          f"arrow pool={a.arrow_pool}")  # fmt: skip
     rows, results = [], {}
     try:
         for phase in phases:
             config = make_config(workdir, a, phase)
             shutil.rmtree(workdir / f"{phase}-export", ignore_errors=True)
-            child, inner = measure(phase, config, workdir)
+            child, inner = measure(phase, config, workdir, a.arrow_pool)
             counted = phase != "startup"
             row = {
                 "phase": phase,
