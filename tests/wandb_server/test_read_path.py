@@ -143,3 +143,27 @@ def test_used_artifacts(public_api, path):
 def test_resumed_run_history_is_continuous(public_api, path):
     run = public_api.run(f"{path}/{dataset.RESUMED_RUN}")
     assert [(r["_step"], r["x"]) for r in run.scan_history()] == [(s, s * 10) for s in range(10)]
+
+
+def test_projects_artifact_types_collections_and_versions(public_api, path):
+    assert "sdk" in [p.name for p in public_api.projects("runferry")]
+    assert [t.name for t in public_api.artifact_types(path)] == ["dataset"]
+    assert [c.name for c in public_api.artifact_collections(path, "dataset")] == ["dataset"]
+    collection = public_api.artifact_collection("dataset", f"{path}/dataset")
+    assert [a.name for a in collection.artifacts()] == ["dataset:v0"]
+    assert [a.name for a in public_api.artifacts("dataset", f"{path}/dataset")] == ["dataset:v0"]
+    assert public_api.artifact_exists(f"{path}/dataset:v0")
+    assert not public_api.artifact_exists(f"{path}/dataset:v7")
+    assert public_api.artifact(f"{path}/dataset:v0").logged_by().id == dataset.HISTORY_RUN
+
+
+def test_public_api_summary_and_config_updates_are_stored(public_api, path, wandb_server):
+    run = public_api.run(f"{path}/{dataset.RESUMED_RUN}")
+    run.summary.update({"added": 5})
+    run.config["extra"] = "yes"
+    run.update()
+    fresh = public_api.run(f"{path}/{dataset.RESUMED_RUN}")
+    assert fresh.summary["added"] == 5
+    assert fresh.config["extra"] == "yes"
+    stored = wandb_server.state.run(wandb_server.entity, "sdk", dataset.RESUMED_RUN)
+    assert stored.config["extra"] == {"value": "yes", "desc": None} or stored.config["extra"]["value"] == "yes"

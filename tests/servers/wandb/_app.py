@@ -151,6 +151,8 @@ def root_resolvers(request: web.Request, ctx: runs_api.Ctx) -> dict:
         "serverInfo": lambda a: runs_api.server_info(ctx),
         "project": lambda a: runs_api.project_node(ctx, a),
         "model": lambda a: runs_api.project_node(ctx, a),
+        "models": lambda a: runs_api.projects_connection(ctx, a),
+        "projects": lambda a: runs_api.projects_connection(ctx, a),
         "upsertBucket": lambda a: runs_api.upsert_bucket(ctx, a, on_create),
         "createRunFiles": lambda a: runs_api.create_run_files(ctx, a),
         "markRunFilesUploaded": lambda a: runs_api.mark_run_files_uploaded(ctx, a),

@@ -123,8 +123,9 @@ def viewer(ctx: Ctx) -> dict:
         "admin": False,
         "flags": "{}",
         "photoUrl": None,
-        "apiKeys": None,
+        "apiKeys": {"edges": []},
         "userInfo": None,
+        "deletedAt": None,
         "teams": {"edges": [{"node": {"name": e}} for e in ctx.entities]},
     }
 
@@ -155,6 +156,14 @@ def project_node(ctx: Ctx, args: dict, create: bool = False) -> dict | None:
     return make_project(ctx, entity, name)
 
 
+def projects_connection(ctx: Ctx, args: dict) -> dict:
+    """``models(entityName)``: the entity's projects in name order."""
+    entity = ctx.entity(args.get("entityName"))
+    with ctx.state.lock:
+        names = sorted(p for e, p in ctx.state.projects if e == entity)
+    return connection(names, args, lambda name: make_project(ctx, entity, name))
+
+
 def make_project(ctx: Ctx, entity: str, name: str) -> dict:
     from . import _artifacts_api as arts  # local import: artifact resolvers need project nodes
 
@@ -178,8 +187,10 @@ def make_project(ctx: Ctx, entity: str, name: str) -> dict:
         "readOnly": False,
         "access": "PRIVATE",
         "createdAt": "2026-01-01T00:00:00",
+        "updatedAt": "2026-01-01T00:00:00",
+        "description": None,
         "isBenchmark": False,
-        "user": {"name": ctx.username, "username": ctx.username},
+        "user": viewer(ctx),
         "entity": {"id": node_id("Entity", entity), "name": entity},
         "run": run,
         "bucket": run,
