@@ -271,3 +271,47 @@ async def test_local_source_filters_projects_and_rejects_non_exports(tmp_path: P
     with pytest.raises(ConfigError):
         async with destination(tmp_path / "file"):
             pass
+
+
+async def test_an_unfinished_export_reads_back_its_durable_points(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path) as dest:
+        await copy_run(src, record, dest, stop_after_chunks=3)
+    assert_history_equal(await stored_history(tmp_path), full.slice(0, 210))  # type: ignore[arg-type]
+    async with reader(tmp_path) as local:
+        run = await local.get_run((await all_refs(local))[0])
+        suffix, offsets = await read_history(local, run, 100)
+    assert offsets[0] == 100
+    assert_history_equal(suffix, full.slice(100, 110))
+
+
+async def test_fsync_mode_round_trips_too(tmp_path: Path) -> None:
+    src, record, full = await expected_history()
+    async with destination(tmp_path, fsync=True) as dest:
+        await copy_run(src, record, dest)
+        await dest.finalize()
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+async def test_history_batches_in_compatible_types_are_stored_in_the_standard_schema(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from engine.model import HISTORY_SCHEMA, HistoryChunk
+
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["a", "b"]).dictionary_encode(), pa.array([0, 0]), pa.array([1.5, 1.5]),
+         pa.array([-0.0, None]), pa.array([None, '{"x": 1}'], pa.large_string())],  # fmt: skip
+        names=HISTORY_SCHEMA.names,
+    )
+    async with destination(tmp_path) as dest:
+        writer = await dest.open_run(weird_record(), None)
+        await writer.write_history(HistoryChunk(batch=batch, offset=0))
+        with pytest.raises(FatalError, match="expected 2"):
+            await writer.write_history(HistoryChunk(batch=batch, offset=0))
+        with pytest.raises(FatalError, match="HISTORY_SCHEMA"):
+            await writer.write_history(HistoryChunk(batch=batch.drop_columns(["value"]), offset=2))
+        await writer.flush_history()
+        await writer.finish(weird_record())
+    stored = await stored_history(tmp_path)
+    assert_history_equal(stored, pa.Table.from_batches([batch.cast(HISTORY_SCHEMA)]))  # type: ignore[arg-type]
+    assert stored.column("value_json").to_pylist() == [None, '{"x": 1}']  # type: ignore[attr-defined]
