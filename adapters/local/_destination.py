@@ -160,6 +160,7 @@ class LocalDestination:
 
         def prepare() -> int:
             run_dir.mkdir(parents=True, exist_ok=True)
+            _remove_temporaries(run_dir)
             return _history.recover(run_dir, wanted, fsync=self.config.fsync)
 
         durable = await anyio.to_thread.run_sync(prepare)
@@ -169,3 +170,12 @@ class LocalDestination:
 
     async def finalize(self) -> None:
         await anyio.to_thread.run_sync(lambda: _tables.write_runs_tables(self.root, csv=self.config.csv))
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Delete half-written files a killed process left behind (they were never renamed into
+    place, so nothing durable refers to them)."""
+    for folder, _dirs, names in os.walk(run_dir):
+        for name in names:
+            if _layout.TMP_MARK in name:
+                os.unlink(os.path.join(folder, name))
