@@ -82,11 +82,12 @@ class WandbDestination:
         if not entity:
             raise ConfigError("[destination] entity is empty and the API key has no default entity")
         project = project_for(run, self.config)
-        run_id = run_id_for(run, self.config, self.source_uri)
+        source_uri = self.source_uri or str(run.system.get("uri", ""))
+        run_id = run_id_for(run, self.config, source_uri)
         parent_run_id = None
         if run.parent_id:
             parent_run_id = run_id_for(
-                RunRecord(ref=type(run.ref)(id=run.parent_id, namespace=run.ref.namespace)), self.config, self.source_uri
+                RunRecord(ref=type(run.ref)(id=run.parent_id, namespace=run.ref.namespace)), self.config, source_uri
             )
         variables = upsert_variables(run, entity=entity, project=project, run_id=run_id,
                                      group=group_for(run, self.config, parent_run_id))

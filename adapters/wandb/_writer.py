@@ -28,7 +28,10 @@ from ._mapping import dumps_extended, exit_for, summary_for
 from ._spool import spool
 from ._staging import RunStaging
 
-REQUEST_OVERHEAD = 64 * 1024  # JSON framing and non-ASCII slack below max_request_bytes
+
+def content_budget(max_request_bytes: int) -> int:
+    """Bytes of history content per request: 5 % + 1 KiB slack for JSON framing and UTF-8."""
+    return int(max_request_bytes * 0.95) - 1024
 
 
 class WandbRunWriter:
@@ -95,7 +98,7 @@ class WandbRunWriter:
         return self._durable
 
     async def _send_block(self, block: LineBlock) -> None:
-        limit = self.config.max_request_bytes - REQUEST_OVERHEAD
+        limit = content_budget(self.config.max_request_bytes)
         for start, end in iter_request_slices(block.lines, limit):
             await self.stream.send({HISTORY: (self._lines, block.lines[start:end])})
             self._lines += end - start
