@@ -16,6 +16,7 @@ piece)``: streamed, never whole in memory, identical however they are read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -75,6 +76,9 @@ class SyntheticConfig:
       = 20,000 points per run). Steps are ``0, stride, 2*stride...`` (``step_stride``, default 1).
     - ``params``: config entries per run (default 20), including nested values and, with
       ``special_config``, NaN / inf / -0.0 values (default true).
+    - ``json_keys``: how many of the ``keys`` (the last ones, named ``media/sample_<i>``) log
+      JSON values like W&B media references instead of numbers: ``value`` null, ``value_json``
+      the JSON text (default 0).
     - ``special_fraction``: fraction of history values replaced by NaN, +inf, -inf or -0.0
       (default 0.001).
     - ``file_sizes``: byte sizes of each run's files (default two: 4 KiB and 64 KiB);
@@ -93,6 +97,7 @@ class SyntheticConfig:
     step_stride: int = 1
     params: int = 20
     special_config: bool = True
+    json_keys: int = 0
     special_fraction: float = 0.001
     file_sizes: list[int] = field(default_factory=lambda: [4096, 65536])
     artifact_sizes: list[int] = field(default_factory=lambda: [262144])
@@ -106,6 +111,8 @@ class SyntheticConfig:
         for name in ("steps", "params", "chunk_points", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if not 0 <= self.json_keys <= self.keys:
+            raise ValueError("json_keys must be between 0 and keys")
         if not 0.0 <= self.special_fraction <= 1.0:
             raise ValueError("special_fraction must be between 0 and 1")
         if any(size < 0 for size in [*self.file_sizes, *self.artifact_sizes]):
@@ -212,10 +219,24 @@ class _HistoryGenerator:
             steps, stamps, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
         n = stop - start
         keys = self._keys_column.slice(start % self.nkeys, n)
+        if self.cfg.json_keys:
+            value_column, json_column = self._json_columns(start, steps, values)
+        else:
+            value_column, json_column = pa.array(values), pa.nulls(n, pa.string())
         return pa.RecordBatch.from_arrays(
-            [keys, pa.array(steps), pa.array(stamps), pa.array(values), pa.nulls(n, pa.string())],
-            schema=HISTORY_SCHEMA,
+            [keys, pa.array(steps), pa.array(stamps), value_column, json_column], schema=HISTORY_SCHEMA
         )
+
+    def _json_columns(self, start: int, steps: np.ndarray, values: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """Null values and JSON media references for the points of the JSON keys."""
+        key_index = (np.arange(start, start + len(steps)) % self.nkeys).astype(np.int64)
+        first_json = self.nkeys - self.cfg.json_keys
+        is_json = key_index >= first_json
+        texts = np.full(len(steps), None, dtype=object)
+        texts[is_json] = [
+            media_json(int(k) - first_json, int(step)) for k, step in zip(key_index[is_json], steps[is_json], strict=True)
+        ]
+        return pa.array(values, mask=is_json), pa.array(texts, pa.string())
 
     def chunk_bounds(self, start: int, chunk_points: int) -> list[tuple[int, int]]:
         """Chunk ranges from ``start``: block-aligned when chunks are at least half a block."""
@@ -232,8 +253,19 @@ class _HistoryGenerator:
         return bounds
 
 
-def key_names(count: int) -> list[str]:
-    return [_KEY_NAMES[i] if i < len(_KEY_NAMES) else f"metric_{i:03d}" for i in range(count)]
+def key_names(count: int, json_keys: int = 0) -> list[str]:
+    numeric = count - json_keys
+    names = [_KEY_NAMES[i] if i < len(_KEY_NAMES) else f"metric_{i:03d}" for i in range(numeric)]
+    return names + [f"media/sample_{i}" for i in range(json_keys)]
+
+
+def media_json(number: int, step: int) -> str:
+    """A W&B-style image reference, as a JSON text (what a media key logs at a step)."""
+    return json.dumps(
+        {"_type": "image-file", "path": f"media/images/sample_{number}_{step}.png", "width": 64, "height": 64,
+         "format": "png", "size": 1024 + (step * 7919 + number) % 4096},  # fmt: skip
+        separators=(",", ":"),
+    )
 
 
 def _keys_column(names: list[str], length: int) -> pa.Array:
@@ -271,9 +303,14 @@ def _run_record(cfg: SyntheticConfig, ref: RunRef, index: int, gen: _HistoryGene
     if gen.total:
         tail = gen.batch(gen.total - cfg.keys, gen.total)
         last_stamp = tail.column(2)[-1].as_py()
-        summary = dict(zip(tail.column(0).to_pylist(), tail.column(3).to_pylist(), strict=True))
+        summary = {
+            key: json.loads(text) if text is not None else value
+            for key, value, text in zip(
+                tail.column(0).to_pylist(), tail.column(3).to_pylist(), tail.column(4).to_pylist(), strict=True
+            )
+        }
     end_time = None if state is RunState.RUNNING else last_stamp + float(rng.uniform(0.5, 5.0))
-    names = key_names(cfg.keys)
+    names = key_names(cfg.keys, cfg.json_keys)
     labels = sorted({_LABELS[int(i)] for i in rng.integers(0, len(_LABELS), 2)})
     return RunRecord(
         ref=ref,
@@ -356,7 +393,7 @@ class SyntheticSource:
         c = self.config
         return (
             f"synthetic:seed={c.seed},runs={c.runs},projects={c.projects},entity={c.entity},"
-            f"steps={c.steps},keys={c.keys},stride={c.step_stride},params={c.params},"
+            f"steps={c.steps},keys={c.keys},json_keys={c.json_keys},stride={c.step_stride},params={c.params},"
             f"special={c.special_fraction},special_config={c.special_config},start={c.start_time!r},"
             f"files={c.file_sizes},artifacts={c.artifact_sizes}"
         )
@@ -378,7 +415,7 @@ class SyntheticSource:
         block_points = max(1, BLOCK_POINTS // cfg.keys) * cfg.keys
         needed = max(block_points, self.chunk_points) * 2 + cfg.keys
         if self._keys_column is None or len(self._keys_column) < needed:
-            self._keys_column = _keys_column(key_names(cfg.keys), needed)
+            self._keys_column = _keys_column(key_names(cfg.keys, cfg.json_keys), needed)
         return _HistoryGenerator(cfg, index, self._keys_column)
 
     async def list_runs(self) -> AsyncIterator[RunRef]:

@@ -23,7 +23,7 @@ Use it for a new adapter in your own test directory (fixtures resolve there)::
                 )
 
 Destination tests feed ``contract_source()`` (a small synthetic source with NaN, ±inf, -0.0,
-empty and multi-piece files, an artifact) and compare what the reader gives back, exactly.
+a JSON-valued key (``value_json``), empty and multi-piece files, an artifact) and compare what the reader gives back, exactly.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ def contract_source(**overrides: Any) -> SyntheticSource:
         projects=2,
         steps=60,
         keys=5,
+        json_keys=1,
         special_fraction=0.05,
         file_sizes=[0, 3000, (1 << 20) + 5],
         artifact_sizes=[1234],

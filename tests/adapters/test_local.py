@@ -238,6 +238,8 @@ async def test_run_tables_are_readable_by_pandas_with_exact_values(tmp_path: Pat
     assert math.copysign(1.0, row["config.min_lr"]) == -1.0
     assert json.loads(row["labels"]) == first.labels
     assert row["tags.team"] == first.tags["team"]
+    media = first.summary.pop("media/sample_0")  # dicts are flattened into dotted columns
+    assert row["summary.media/sample_0.path"] == media["path"] and row["summary.media/sample_0.width"] == 64
     for key, value in first.summary.items():
         got = row[f"summary.{key}"]
         assert (math.isnan(got) and math.isnan(value)) or got == value

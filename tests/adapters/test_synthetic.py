@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -168,3 +169,15 @@ async def test_batches_follow_the_history_schema_exactly() -> None:
     async for chunk in src.iter_history(await first_run(src)):
         assert chunk.batch.schema.equals(HISTORY_SCHEMA)
         assert isinstance(chunk.batch.column(0), pa.StringArray)
+
+
+async def test_json_keys_log_media_references_instead_of_numbers() -> None:
+    src = source(runs=1, steps=4, keys=3, json_keys=1, chunk_points=5)
+    run = await first_run(src)
+    table = (await read_history(src, run))[0]
+    assert table.column("key").to_pylist()[:3] == ["train/loss", "train/accuracy", "media/sample_0"]
+    texts, values = table.column("value_json").to_pylist(), table.column("value").to_pylist()
+    assert [t is None for t in texts] == [False if i % 3 == 2 else True for i in range(12)]
+    assert all(v is None for v in values[2::3]) and all(v is not None for v in values[0::3])
+    assert json.loads(texts[-1]) == run.summary["media/sample_0"]
+    assert run.summary["media/sample_0"]["path"] == "media/images/sample_0_3.png"
