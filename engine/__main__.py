@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine {migrate,plan,status} CONFIG`` (also the ``runferry`` script).
+"""Command line: ``python -m engine {migrate,plan,status,export} CONFIG`` (also the ``runferry`` script).
 
 Exit codes: 0 every selected run made it; 1 some runs failed (listed in the report); 2 bad
 configuration or credentials (one line on stderr, nothing written); 130 interrupted (resumable).
@@ -7,11 +7,13 @@ configuration or credentials (one line on stderr, nothing written); 130 interrup
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 import anyio
 
-from engine.config import load_config
+from engine.config import Config, load_config
 from engine.errors import AuthError, ConfigError
 from engine.progress import Progress
 
@@ -23,10 +25,13 @@ def _parser() -> argparse.ArgumentParser:
         ("migrate", "move every selected run (resumable, incremental)"),
         ("plan", "dry run: what would move (runs, history points, bytes); writes nothing"),
         ("status", "what the ledger says: done, failed (with reasons), in progress"),
+        ("export", "copy the configured source into a local Parquet/CSV export (ignores [destination])"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="path of the TOML configuration")
-        if name == "migrate":
+        if name == "export":
+            p.add_argument("--to", required=True, metavar="DIR", help="export directory (ledger kept inside it)")
+        if name in ("migrate", "export"):
             p.add_argument(
                 "--log-format",
                 choices=("auto", "rich", "plain", "json"),
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
             status(config, sys.stdout)
             return 0
+        if args.command == "export":
+            config = export_config(config, args.to)
         return _migrate(config, args)
     except (ConfigError, AuthError) as exc:
         kind = "configuration error" if isinstance(exc, ConfigError) else "credentials rejected"
@@ -58,7 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _migrate(config: object, args: argparse.Namespace) -> int:
+def export_config(config: Config, directory: str) -> Config:
+    """The same migration with a local export directory as destination."""
+    from adapters.local import LocalDestination
+
+    return dataclasses.replace(
+        config,
+        destination_type="local",
+        destination=LocalDestination.Config(path=directory),
+        transfer=dataclasses.replace(config.transfer, ledger=str(Path(directory) / "runferry-ledger.jsonl")),
+    )
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
     from engine.pipeline import migrate
 
     mode = args.log_format
@@ -66,7 +85,7 @@ def _migrate(config: object, args: argparse.Namespace) -> int:
         mode = "rich" if sys.stderr.isatty() else "plain"
     progress = Progress(mode=mode, stream=sys.stderr, interval=args.interval)
     with progress:
-        report = anyio.run(lambda: migrate(config, progress=progress, handle_signals=True))  # type: ignore[arg-type]
+        report = anyio.run(lambda: migrate(config, progress=progress, handle_signals=True))
     progress.final_report(sys.stdout, interrupted=report.interrupted)
     return report.exit_code
 

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 @dataclass
 class Totals:
     runs_selected: int = 0
+    runs_started: int = 0
     runs_done: int = 0
     runs_failed: int = 0
     runs_skipped: int = 0
@@ -69,6 +70,8 @@ class Progress:
             t.bytes += int(fields.get("n", 0))
         elif name == "run_selected":
             t.runs_selected += 1
+        elif name == "run_started":
+            t.runs_started += 1
         elif name == "run_done":
             t.runs_done += 1
         elif name == "file_done":

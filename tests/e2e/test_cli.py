@@ -161,6 +161,15 @@ async def test_synthetic_to_local_to_local_is_exact(configs: dict[str, Path]) ->
         assert total_special > 0  # the comparison covered NaN and inf
 
 
+def test_export_equals_a_migration_to_local(configs: dict[str, Path], tmp_path: Path) -> None:
+    assert engine("migrate", str(configs["to_local"])).returncode == 0
+    exported = engine("export", str(configs["local_to_local"]), "--to", str(tmp_path / "exported"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "exported" / "runferry-ledger.jsonl").exists()
+    assert not configs["copy"].exists()
+    assert_exports_equal(configs["export"], tmp_path / "exported")
+
+
 def test_plan_writes_nothing(configs: dict[str, Path], tmp_path: Path) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
     result = engine("plan", str(configs["to_local"]))
