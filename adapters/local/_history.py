@@ -79,11 +79,20 @@ def segments(run_dir: Path) -> list[Segment]:
 
 
 def write_part(run_dir: Path, batch: pa.RecordBatch, offset: int, *, fsync: bool) -> None:
+    """Store one chunk durably. The first part is written in the merged file's final form, so a
+    run that fits in one chunk needs no merge: ``merge`` just renames it."""
     target = part_path(run_dir, offset)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
+    final_form = offset == 0
     try:
-        pq.write_table(pa.Table.from_batches([batch]), tmp, compression=PART_COMPRESSION, **_WRITE_OPTIONS)
+        pq.write_table(
+            pa.Table.from_batches([batch]),
+            tmp,
+            compression=FINAL_COMPRESSION if final_form else PART_COMPRESSION,
+            store_schema=not final_form,
+            **_WRITE_OPTIONS,
+        )
         if fsync:
             _fsync(tmp)
         os.replace(tmp, target)
@@ -144,7 +153,9 @@ def merge(run_dir: Path, *, fsync: bool) -> int:
     segs = segments(run_dir)
     total = segs[-1].end if segs else 0
     merged = run_dir / HISTORY
-    if any(seg.path != merged for seg in segs) or not segs:
+    if len(segs) == 1 and segs[0].path == part_path(run_dir, 0):
+        os.replace(segs[0].path, merged)  # already in final form (see write_part)
+    elif any(seg.path != merged for seg in segs) or not segs:
         _rewrite(merged, segs, total, fsync=fsync)
     shutil.rmtree(run_dir / PARTS, ignore_errors=True)
     return total
