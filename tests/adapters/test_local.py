@@ -317,3 +317,15 @@ async def test_history_batches_in_compatible_types_are_stored_in_the_standard_sc
     stored = await stored_history(tmp_path)
     assert_history_equal(stored, pa.Table.from_batches([batch.cast(HISTORY_SCHEMA)]))  # type: ignore[arg-type]
     assert stored.column("value_json").to_pylist() == [None, '{"x": 1}']  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("steps", "groups"), [(10, 1), (60, 5)])
+async def test_merged_history_has_one_zstd_row_group_per_chunk(tmp_path: Path, steps: int, groups: int) -> None:
+    src, record, full = await expected_history(steps=steps)
+    async with destination(tmp_path) as dest:
+        writer, _ = await copy_run(src, record, dest, files=False)
+    meta = pq.ParquetFile(tmp_path / writer.dest_id / _layout.HISTORY).metadata
+    assert meta.num_row_groups == groups
+    assert {meta.row_group(g).column(c).compression for g in range(groups) for c in range(5)} == {"ZSTD"}
+    assert not (tmp_path / writer.dest_id / _layout.PARTS).exists()
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
