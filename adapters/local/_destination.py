@@ -80,7 +80,7 @@ class LocalRunWriter:
         if file.artifact is not None:
             meta = _layout.dumps(_layout.artifact_to_json(file.artifact))
             meta_path = _layout.artifact_dir(self.run_dir, file.artifact) / _layout.ARTIFACT_JSON
-            await anyio.to_thread.run_sync(lambda: _layout.write_atomic(meta_path, meta, fsync=self._fsync))
+            await anyio.to_thread.run_sync(lambda: _layout.write_if_changed(meta_path, meta, fsync=self._fsync))
         tmp = _layout.temp_sibling(target)
 
         def open_tmp() -> BinaryIO:

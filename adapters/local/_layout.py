@@ -111,6 +111,16 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
         raise
 
 
+def write_if_changed(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """``write_atomic`` unless ``path`` already holds exactly ``data`` (shared metadata files)."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    write_atomic(path, data, fsync=fsync)
+
+
 def dumps(value: Any) -> bytes:
     """JSON that keeps NaN / ±inf / -0.0 (stdlib ``json`` with ``allow_nan``)."""
     return json.dumps(value, allow_nan=True, ensure_ascii=False, indent=1, default=str).encode("utf-8")
