@@ -89,6 +89,7 @@ class Config:
     destination: Any
     transfer: TransferConfig = field(default_factory=TransferConfig)
     remap: tuple[Remap, ...] = ()
+    ratelimit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
@@ -112,10 +113,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
-    _reject_unknown(origin, "", data, ["source", "destination", "transfer", "remap"])
+    _reject_unknown(origin, "", data, ["source", "destination", "transfer", "remap", "ratelimit"])
     source_type, source = _adapter_table(origin, "source", data, registry.SOURCES)
     destination_type, destination = _adapter_table(origin, "destination", data, registry.DESTINATIONS)
     transfer = _build(origin, "[transfer]", TransferConfig, _table(origin, "transfer", data.get("transfer", {})))
+    ratelimit = _table(origin, "[ratelimit]", data.get("ratelimit", {}))
+    from ratelimit import LimiterRegistry
+
+    LimiterRegistry.from_mapping(ratelimit, origin=f"{origin}: [ratelimit]")  # validate now, fail early
     remaps = []
     raw_remap = data.get("remap", [])
     if not isinstance(raw_remap, list):
@@ -136,6 +141,7 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
         destination=destination,
         transfer=transfer,
         remap=tuple(remaps),
+        ratelimit=ratelimit,
     )
 
 

@@ -34,6 +34,7 @@ from engine.ledger import Ledger, RunStatus, pair_key
 from engine.mapping import apply_remap
 from engine.model import FileRef, RunRecord, RunRef
 from engine.progress import Progress
+from ratelimit import LimiterRegistry
 
 
 @dataclass
@@ -56,14 +57,8 @@ def make_context(config: Config, progress: Progress) -> AdapterContext:
         chunk_points=config.transfer.chunk_points,
         part_bytes=config.transfer.part_bytes,
         events=progress.event,
-        limiters=_make_limiters(),
+        limiters=LimiterRegistry.from_mapping(config.ratelimit, origin=f"{config.path}: [ratelimit]"),
     )
-
-
-def _make_limiters() -> Any:
-    from ratelimit import LimiterRegistry
-
-    return LimiterRegistry()
 
 
 def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Destination]:
@@ -85,7 +80,9 @@ async def migrate(
     replaces the configured source and destination (tests, embedding)."""
     progress = progress or Progress(mode="plain")
     if adapters is None:
-        source, destination = open_adapters(config, make_context(config, progress))
+        context = make_context(config, progress)
+        progress.limiters = context.limiters
+        source, destination = open_adapters(config, context)
     else:
         source, destination = adapters
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))

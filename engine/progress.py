@@ -60,6 +60,7 @@ class Progress:
         self._live: Any = None
         self._tasks: dict[str, Any] = {}
         self.expected_runs = expected_runs
+        self.limiters: Any = None  # the run's ratelimit registry, for live per-endpoint figures
 
     # -- the event hook ----------------------------------------------------------------------
     def event(self, name: str, **fields: Any) -> None:
@@ -109,6 +110,7 @@ class Progress:
             self._tasks["runs"] = self._live.add_task("runs", total=self.expected_runs, detail="")
             self._tasks["points"] = self._live.add_task("history", total=None, detail="")
             self._tasks["bytes"] = self._live.add_task("files", total=None, detail="")
+            self._tasks["endpoints"] = self._live.add_task("limits", total=None, detail="", visible=False)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -138,6 +140,9 @@ class Progress:
                 completed=t.bytes,
                 detail=f"{t.bytes / el / 1e6:,.1f} MB/s  throttled {t.throttles}  retries {t.retries}",
             )
+            figures = self.endpoint_figures()
+            if figures:
+                self._live.update(self._tasks["endpoints"], visible=True, detail="; ".join(figures))
         elif self.mode == "plain" and (force or now - self._last_line >= self.interval):
             self._last_line = now
             self.stream.write(self.status_line() + "\n")
@@ -149,11 +154,26 @@ class Progress:
     def status_line(self) -> str:
         t = self.totals
         el = self.elapsed()
-        return (
+        line = (
             f"[{el:7.1f}s] runs done {t.runs_done} failed {t.runs_failed} skipped {t.runs_skipped}"
             f" | points {t.points:,} ({t.points / el:,.0f}/s) | bytes {t.bytes / 1e6:,.1f} MB"
             f" ({t.bytes / el / 1e6:,.1f} MB/s) | throttled {t.throttles} retries {t.retries}"
         )
+        endpoints = self.endpoint_figures()
+        return line + ("".join(f"\n    {e}" for e in endpoints) if endpoints else "")
+
+    def endpoint_figures(self) -> list[str]:
+        """Per-endpoint limiter figures: concurrency in use / allowed, paced and accepted rate."""
+        if self.limiters is None:
+            return []
+        out = []
+        for s in self.limiters.statistics():
+            rate = "unpaced" if s.rate_limit is None else f"paced {s.rate_limit:,.1f}/s"
+            out.append(
+                f"{s.endpoint}: in flight {s.in_flight}/{s.concurrency_limit}, {rate},"
+                f" accepted {s.accepted_rate:,.1f}/s, throttles {s.throttles}, retries {s.retries}"
+            )
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         t = self.totals
@@ -170,6 +190,12 @@ class Progress:
             "bytes_per_s": round(t.bytes / el, 1),
             "throttles": t.throttles,
             "retries": t.retries,
+            "endpoints": [] if self.limiters is None else [
+                {"endpoint": s.endpoint, "concurrency": s.concurrency_limit, "in_flight": s.in_flight,
+                 "rate_limit": s.rate_limit, "accepted_rate": round(s.accepted_rate, 2),
+                 "throttles": s.throttles, "retries": s.retries}
+                for s in self.limiters.statistics()
+            ],
             **{f"events.{k}": v for k, v in sorted(t.other.items())},
         }
 
