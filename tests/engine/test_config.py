@@ -68,6 +68,8 @@ def test_a_valid_document_becomes_frozen_objects() -> None:
         ({"destination": {"type": "demo", "url": "u"}}, "c.toml: missing [source] table"),
         (doc(extra=1), "c.toml: unknown key 'extra'"),
         (doc(transfer={"runs_concurrency": 0}), "c.toml: [transfer] runs_concurrency must be at least 1"),
+        (doc(ratelimit={"initial_concurrency": "many"}), "c.toml: [ratelimit]"),
+        (doc(ratelimit={"max_concurency": 3}), "c.toml: [ratelimit]: unknown key 'max_concurency'"),
         (doc(remap=[{"from": "a", "to": "c/d"}]), "c.toml: [[remap]] #1 key 'from' must be a string 'entity/project'"),
         (
             doc(source={"type": "demo", "url": "u", "api_key": "s3cret"}),
