@@ -329,3 +329,19 @@ async def test_merged_history_has_one_zstd_row_group_per_chunk(tmp_path: Path, s
     assert {meta.row_group(g).column(c).compression for g in range(groups) for c in range(5)} == {"ZSTD"}
     assert not (tmp_path / writer.dest_id / _layout.PARTS).exists()
     assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_repeated_crashes_at_random_points_never_duplicate_or_lose_points(tmp_path: Path, seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    src, record, full = await expected_history(steps=90, chunk_points=rnd.choice([7, 33, 64]))
+    ledger: Checkpoint | None = None
+    async with destination(tmp_path) as dest:
+        for _ in range(4):  # each attempt dies after a few chunks; the ledger lags behind
+            _, checkpoints = await copy_run(src, record, dest, resume=ledger, stop_after_chunks=rnd.randint(0, 5))
+            if checkpoints:
+                ledger = rnd.choice([ledger, *checkpoints]) or checkpoints[0]
+        await copy_run(src, record, dest, resume=ledger, files=False)
+    assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
