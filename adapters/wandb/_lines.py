@@ -29,7 +29,7 @@ point whose line is not durable.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +37,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.model import HISTORY_SCHEMA
 
 
 class Order(enum.Enum):
@@ -67,20 +66,23 @@ class AssemblyStats:
     buffered_points_peak: int = 0
 
 
-_INT_TEXT = r"^-?\d+$"
+def _float_text(values: pa.Array | np.ndarray) -> pa.Array:
+    """float64 -> JSON number text exactly as the SDK would write it (NaN/Infinity extended).
 
-
-def _float_text(values: pa.Array) -> pa.Array:
-    """float64 -> JSON number text exactly as the SDK would write it (NaN/Infinity extended)."""
-    text = pc.cast(values, pa.string())
-    integral = pc.match_substring_regex(text, _INT_TEXT)
-    text = pc.if_else(integral, pc.binary_join_element_wise(text, pa.scalar(".0"), ""), text)
-    nan = pc.is_nan(values)
-    inf = pc.is_inf(values)
-    neg = pc.less(values, pa.scalar(0.0))
-    text = pc.if_else(nan, pa.scalar("NaN"), text)
-    text = pc.if_else(pc.and_(inf, neg), pa.scalar("-Infinity"), text)
-    text = pc.if_else(pc.and_(inf, pc.invert(neg)), pa.scalar("Infinity"), text)
+    Arrow's cast gives the shortest round-trip text; integral values come out without a
+    fraction ("1", "-0"), so ``.0`` is appended where the text has neither "." nor "e".
+    """
+    array = values if isinstance(values, np.ndarray) else values.to_numpy(zero_copy_only=False)
+    array = np.asarray(array, dtype=np.float64)
+    text = pc.cast(pa.array(array), pa.string())
+    finite = np.isfinite(array)
+    needs_fraction = pc.and_(
+        pc.invert(pc.or_(pc.match_substring(text, "."), pc.match_substring(text, "e"))), pa.array(finite)
+    )
+    text = pc.if_else(needs_fraction, pc.binary_join_element_wise(text, pa.scalar(".0"), ""), text)
+    if not finite.all():
+        special = np.where(np.isnan(array), "NaN", np.where(array > 0, "Infinity", "-Infinity"))
+        text = pc.if_else(pa.array(finite), text, pa.array(special.astype(object), pa.string()))
     return text
 
 
@@ -89,47 +91,138 @@ def format_float(value: float) -> str:
     return _float_text(pa.array([value], pa.float64()))[0].as_py()
 
 
+@dataclass(slots=True)
+class Points:
+    """Compact columns of buffered points: keys as int32 indices into a ``KeyTable``."""
+
+    key: np.ndarray  # int32
+    step: np.ndarray  # int64
+    ts: np.ndarray  # float64
+    value: np.ndarray  # float64 (NaN where value_json holds the value)
+    value_json: pa.Array | None  # string, null where the value is numeric; None = all numeric
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def take(self, index: np.ndarray) -> Points:
+        json_part = None if self.value_json is None else self.value_json.take(pa.array(index))
+        return Points(self.key[index], self.step[index], self.ts[index], self.value[index], json_part)
+
+    def head(self, n: int) -> Points:
+        json_part = None if self.value_json is None else self.value_json.slice(0, n)
+        return Points(self.key[:n], self.step[:n], self.ts[:n], self.value[:n], json_part)
+
+    def tail(self, n: int) -> Points:
+        json_part = None if self.value_json is None else self.value_json.slice(n)
+        return Points(self.key[n:], self.step[n:], self.ts[n:], self.value[n:], json_part)
+
+    @staticmethod
+    def concat(parts: list[Points]) -> Points:
+        if len(parts) == 1:
+            return parts[0]
+        json_part = None
+        if any(p.value_json is not None for p in parts):
+            json_part = pa.concat_arrays(
+                [p.value_json if p.value_json is not None else pa.nulls(len(p), pa.string()) for p in parts]
+            )
+        return Points(
+            np.concatenate([p.key for p in parts]),
+            np.concatenate([p.step for p in parts]),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.value for p in parts]),
+            json_part,
+        )
+
+
+class KeyTable:
+    """Metric names seen in a run -> small integer ids, and each name as JSON text."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._json: list[str] = []
+        self._json_array: pa.Array | None = None
+
+    def encode(self, keys: pa.Array) -> np.ndarray:
+        encoded = pc.dictionary_encode(keys)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        mapping = np.empty(len(encoded.dictionary), dtype=np.int32)
+        for i, name in enumerate(encoded.dictionary.to_pylist()):
+            index = self._ids.get(name)
+            if index is None:
+                index = self._ids[name] = len(self._json)
+                self._json.append(orjson.dumps(name).decode())
+                self._json_array = None
+            mapping[i] = index
+        return mapping[encoded.indices.to_numpy(zero_copy_only=False)]
+
+    def json_texts(self) -> pa.Array:
+        if self._json_array is None:
+            self._json_array = pa.array(self._json, pa.string())
+        return self._json_array
+
+    def __len__(self) -> int:
+        return len(self._json)
+
+
+def points_from_batch(batch: pa.RecordBatch, keys: KeyTable) -> Points:
+    value_json = batch.column("value_json")
+    return Points(
+        keys.encode(batch.column("key")),
+        batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64, copy=False),
+        batch.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
+        batch.column("value").to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
+        value_json if value_json.null_count < len(value_json) else None,
+    )
+
+
 def encode_lines(batch: pa.RecordBatch, start_time: float, stats: AssemblyStats) -> list[str]:
     """Turn a batch that holds *complete* steps into lines, ordered by step (stable)."""
-    n = batch.num_rows
+    keys = KeyTable()
+    return encode_points(points_from_batch(batch, keys), keys, start_time, stats)
+
+
+def encode_points(points: Points, keys: KeyTable, start_time: float, stats: AssemblyStats) -> list[str]:
+    """Lines for points that hold *complete* steps, ordered by step (stable)."""
+    n = len(points)
     if n == 0:
         return []
-    keys = batch.column("key")
-    steps = batch.column("step").to_numpy(zero_copy_only=False)
-    encoded = pc.dictionary_encode(keys)
-    key_idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    position = np.arange(n, dtype=np.int64)
-    # occurrence of (step, key) within its step, in source order
-    by_step_key = np.lexsort((position, key_idx, steps))
-    s_sorted = steps[by_step_key]
-    k_sorted = key_idx[by_step_key]
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = (s_sorted[1:] != s_sorted[:-1]) | (k_sorted[1:] != k_sorted[:-1])
-    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
-    occurrence = np.empty(n, dtype=np.int64)
-    occurrence[by_step_key] = np.arange(n) - run_start
-    stats.collisions += int(np.count_nonzero(occurrence))
-    # final order: step, occurrence, source position
-    order = np.lexsort((position, occurrence, steps))
+    steps, key_idx = points.step, points.key.astype(np.int64)
+    d_step = np.diff(steps)
+    if bool(np.all((d_step > 0) | ((d_step == 0) & (np.diff(key_idx) > 0)))):
+        # fast path (step-major sources): sorted by step, keys strictly increasing within a
+        # step, hence no collisions and the source order is already the line order
+        order = np.arange(n, dtype=np.int64)
+        occ_o = np.zeros(n, dtype=np.int64)
+    else:
+        position = np.arange(n, dtype=np.int64)
+        # occurrence of (step, key) within its step, in source order
+        by_step_key = np.lexsort((position, key_idx, steps))
+        s_sorted = steps[by_step_key]
+        k_sorted = key_idx[by_step_key]
+        new_run = np.ones(n, dtype=bool)
+        new_run[1:] = (s_sorted[1:] != s_sorted[:-1]) | (k_sorted[1:] != k_sorted[:-1])
+        run_start = np.maximum.accumulate(np.where(new_run, position, 0))
+        occurrence = np.empty(n, dtype=np.int64)
+        occurrence[by_step_key] = position - run_start
+        stats.collisions += int(np.count_nonzero(occurrence))
+        # final order: step, occurrence, source position
+        order = np.lexsort((position, occurrence, steps))
+        occ_o = occurrence[order]
     steps_o = steps[order]
-    occ_o = occurrence[order]
     starts_mask = np.ones(n, dtype=bool)
     starts_mask[1:] = (steps_o[1:] != steps_o[:-1]) | (occ_o[1:] != occ_o[:-1])
     starts = np.flatnonzero(starts_mask)
-    ts = batch.column("timestamp").to_numpy(zero_copy_only=False)[order]
+    ts = points.ts[order]
     line_ts = np.maximum.reduceat(ts, starts)
     counts = np.diff(np.append(starts, n))
     stats.timestamp_merged += int(np.count_nonzero(ts != np.repeat(line_ts, counts)))
 
-    taken = batch.take(pa.array(order))
-    key_text = pc.take(
-        pa.array([orjson.dumps(k).decode() for k in encoded.dictionary.to_pylist()], pa.string()),
-        pa.array(key_idx[order]),
-    )
-    values = taken.column("value")
-    value_text = _float_text(values)
-    value_json = taken.column("value_json")
-    value_text = pc.if_else(pc.is_null(values), pc.fill_null(value_json, "null"), value_text)
+    key_text = pc.take(keys.json_texts(), pa.array(points.key[order]))
+    value_text = _float_text(pa.array(points.value[order]))
+    if points.value_json is not None:
+        value_json = points.value_json.take(pa.array(order))
+        value_text = pc.if_else(pc.is_null(value_json), value_text, value_json)
     pairs = pc.binary_join_element_wise(key_text, value_text, ":")
     offsets = pa.array(np.append(starts, n).astype(np.int32))
     joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), ",")
@@ -154,14 +247,17 @@ class HistoryAssembler:
     """Collects a run's points and releases complete steps as lines (see module docstring).
 
     ``single_key`` tells that the run has at most one metric key, in which case every order is
-    step-major and lines stream from the first chunk.
+    step-major and lines stream from the first chunk. Buffered points are held compactly
+    (about 28 bytes each); ``finish()`` releases them in step windows of ``window_points``.
     """
 
     start_time: float
     single_key: bool = False
+    window_points: int = 200_000
     stats: AssemblyStats = field(default_factory=AssemblyStats)
     order: Order = Order.UNDECIDED
-    _pending: list[pa.RecordBatch] = field(default_factory=list)
+    keys: KeyTable = field(default_factory=KeyTable)
+    _pending: list[Points] = field(default_factory=list)
     _pending_points: int = 0
     _max_step: int | None = None
     _emitted_max_step: int | None = None
@@ -178,7 +274,8 @@ class HistoryAssembler:
         """Take the next chunk (source order); return the blocks it completes."""
         if batch.num_rows == 0:
             return []
-        steps = batch.column("step").to_numpy(zero_copy_only=False)
+        points = points_from_batch(batch, self.keys)
+        steps = points.step
         monotone = bool(np.all(steps[1:] >= steps[:-1])) and (
             self._max_step is None or int(steps[0]) >= self._max_step
         )
@@ -186,9 +283,10 @@ class HistoryAssembler:
             if self._emitted_max_step is not None and int(steps.min()) <= self._emitted_max_step:
                 self.stats.out_of_order_points += int(np.count_nonzero(steps <= self._emitted_max_step))
             self.order = Order.BUFFER
-        self._max_step = int(steps.max()) if self._max_step is None else max(self._max_step, int(steps.max()))
-        self._pending.append(batch)
-        self._pending_points += batch.num_rows
+        high = int(steps.max())
+        self._max_step = high if self._max_step is None else max(self._max_step, high)
+        self._pending.append(points)
+        self._pending_points += len(points)
         self.stats.buffered_points_peak = max(self.stats.buffered_points_peak, self._pending_points)
         if self.order is Order.UNDECIDED and self._has_multi_key_complete_step():
             self.order = Order.STREAM
@@ -196,51 +294,57 @@ class HistoryAssembler:
             return []
         return self._release_below(self._max_step)
 
-    def finish(self) -> list[LineBlock]:
-        """No more points: release everything still held."""
+    def finish(self) -> Iterator[LineBlock]:
+        """No more points: release everything still held, in step windows. Only the last
+        block counts the held points (they are not a source-order prefix before that)."""
         if not self._pending:
-            return []
-        table = pa.Table.from_batches(self._pending, schema=HISTORY_SCHEMA).combine_chunks()
-        batch = table.to_batches()[0] if table.num_rows else None
-        self._pending, points = [], self._pending_points
-        self._pending_points = 0
-        if batch is None:
-            return []
-        lines = encode_lines(batch, self.start_time, self.stats)
-        steps = batch.column("step")
-        self._note_emitted(int(pc.max(steps).as_py()))
-        return [LineBlock(lines, points, (int(pc.min(steps).as_py()), int(pc.max(steps).as_py())))]
+            return
+        points = Points.concat(self._pending)
+        total = self._pending_points
+        self._pending, self._pending_points = [], 0
+        order = np.argsort(points.step, kind="stable")
+        sorted_steps = points.step[order]
+        start = 0
+        n = len(order)
+        while start < n:
+            end = min(n, start + self.window_points)
+            if end < n:  # never split a step: extend to the end of the step at the boundary
+                end = int(np.searchsorted(sorted_steps, sorted_steps[end - 1], side="right"))
+            window = points.take(order[start:end])
+            lines = encode_points(window, self.keys, self.start_time, self.stats)
+            first, last = int(sorted_steps[start]), int(sorted_steps[end - 1])
+            self._note_emitted(last)
+            yield LineBlock(lines, total if end == n else 0, (first, last))
+            start = end
 
     # -- internals --------------------------------------------------------------------------
     def _has_multi_key_complete_step(self) -> bool:
         """Evidence of step-major order: a step below the current maximum holding two keys."""
         assert self._max_step is not None
-        for batch in self._pending[-2:]:
-            steps = batch.column("step")
-            complete = pc.less(steps, self._max_step)
-            if not pc.any(complete).as_py():
-                continue
-            sub = batch.filter(complete)
-            pairs = pa.table({"s": sub.column("step"), "k": sub.column("key")}).group_by("s").aggregate(
-                [("k", "count_distinct")]
-            )
-            if pc.max(pairs.column("k_count_distinct")).as_py() >= 2:
+        recent = Points.concat(self._pending[-2:])
+        complete = recent.step < self._max_step
+        if not complete.any():
+            return False
+        steps, keys = recent.step[complete], recent.key[complete]
+        boundaries = np.flatnonzero(np.diff(steps)) + 1  # monotone here, so steps come in runs
+        for group in np.split(keys, boundaries):
+            if len(group) > 1 and (group != group[0]).any():
                 return True
         return False
 
     def _release_below(self, limit: int) -> list[LineBlock]:
         """Emit every pending point with step < limit (a source-order prefix in STREAM)."""
-        table = pa.Table.from_batches(self._pending, schema=HISTORY_SCHEMA).combine_chunks()
-        steps = table.column("step")
-        cut = int(pc.sum(pc.less(steps, limit)).as_py() or 0)
+        points = Points.concat(self._pending)
+        cut = int(np.searchsorted(points.step, limit, side="left"))
         if cut == 0:
+            self._pending = [points]
             return []
-        done = table.slice(0, cut).combine_chunks().to_batches()[0]
-        rest = table.slice(cut)
-        self._pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+        done = points.head(cut)
+        rest = points.tail(cut)
+        self._pending = [rest] if len(rest) else []
         self._pending_points -= cut
-        lines = encode_lines(done, self.start_time, self.stats)
-        first, last = int(pc.min(done.column("step")).as_py()), int(pc.max(done.column("step")).as_py())
+        lines = encode_points(done, self.keys, self.start_time, self.stats)
+        first, last = int(done.step[0]), int(done.step[-1])
         self._note_emitted(last)
         return [LineBlock(lines, cut, (first, last))]
 

@@ -90,8 +90,9 @@ class WandbRunWriter:
             await self._send_block(block)
 
     async def flush_history(self) -> None:
-        blocks = await anyio.to_thread.run_sync(self._assembler.finish)
-        for block in blocks:
+        # buffered (key-major) history is encoded window by window, never all lines at once
+        blocks = self._assembler.finish()
+        while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
             await self._send_block(block)
 
     def checkpoint(self) -> Checkpoint:

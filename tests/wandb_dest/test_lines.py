@@ -79,7 +79,7 @@ def test_step_major_source_streams_complete_steps_as_prefixes() -> None:
     assert [(b.points, b.steps, len(b.lines)) for b in first] == [(4, (0, 1), 2)]
     second = assembler.add(history_batch(["b", "a"], [2, 3], [1.0, 1.0], [2.0, 3.0]))
     assert [(b.points, b.steps) for b in second] == [(2, (2, 2))]  # step 2 straddled the boundary
-    last = assembler.finish()
+    last = list(assembler.finish())
     assert [(b.points, b.steps) for b in last] == [(1, (3, 3))]
 
 
@@ -108,7 +108,7 @@ def test_lines_do_not_depend_on_chunking() -> None:
     ts = [100.0 + s * 0.25 for s in steps]
     values = [float(i) for i in range(120)]
     whole = HistoryAssembler(start_time=100.0)
-    expected = [line for b in whole.add(history_batch(keys, steps, ts, values)) + whole.finish() for line in b.lines]
+    expected = [line for b in whole.add(history_batch(keys, steps, ts, values)) + list(whole.finish()) for line in b.lines]
     for size in (1, 2, 5, 7, 50):
         assembler = HistoryAssembler(start_time=100.0)
         got: list[str] = []
@@ -132,3 +132,12 @@ def test_request_slices_respect_the_byte_budget() -> None:
     for start, end in windows:
         body = json.dumps(lines[start:end])
         assert len(body) <= 4096 or end - start == 1
+
+
+def test_buffered_history_is_released_in_step_windows_without_splitting_steps() -> None:
+    assembler = HistoryAssembler(start_time=0.0, window_points=5)
+    for key in ("a", "b", "c"):  # key-major, 4 steps each
+        assembler.add(history_batch([key] * 4, [0, 1, 2, 3], [1.0] * 4, [1.0] * 4))
+    blocks = list(assembler.finish())
+    assert [(b.points, b.steps, len(b.lines)) for b in blocks] == [(0, (0, 1), 2), (12, (2, 3), 2)]
+    assert all(line.count('"a"') == 1 and line.count('"c"') == 1 for b in blocks for line in b.lines)
