@@ -23,7 +23,7 @@ from . import _artifacts_api as arts
 from . import _runs_api as runs_api
 from ._faults import Faults
 from ._gql import Executor, GqlFieldError, UnknownOperation, error_entry, parse_request
-from ._state import Blob, ServerState
+from ._state import Blob, ServerState, write_lines
 
 STATE_KEY = web.AppKey("state", ServerState)
 FAULTS_KEY = web.AppKey("faults", Faults)
@@ -212,16 +212,6 @@ def _maybe_gunzip(request: web.Request, raw: bytes) -> bytes:
     return raw
 
 
-def _write_lines(lines: list, offset: int, content: list[str]) -> None:
-    if offset > len(lines):
-        lines.extend([None] * (offset - len(lines)))
-    for i, line in enumerate(content):
-        if offset + i < len(lines):
-            lines[offset + i] = line
-        else:
-            lines.append(line)
-
-
 async def file_stream_handler(request: web.Request) -> web.Response:
     caller = _caller(request)
     if caller is None:
@@ -245,11 +235,11 @@ async def file_stream_handler(request: web.Request) -> web.Response:
         for fname, chunk in (payload.get("files") or {}).items():
             offset, content = int(chunk.get("offset", 0)), list(chunk.get("content") or [])
             if fname == "wandb-history.jsonl":
-                _write_lines(run.history, offset, content)
+                run.write_history(offset, content)
             elif fname == "wandb-events.jsonl":
-                _write_lines(run.events, offset, content)
+                write_lines(run.events, offset, content)
             elif fname == "output.log":
-                _write_lines(run.logs, offset, content)
+                write_lines(run.logs, offset, content)
             elif fname == "wandb-summary.json":
                 if content:
                     run.summary = json.loads(content[-1])

@@ -9,6 +9,7 @@ set.  Any top-level field without a resolver raises ``UnknownOperation`` so gaps
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,9 +52,15 @@ class Request:
         return "mutation" if self.operation.operation == OperationType.MUTATION else "query"
 
 
+@functools.lru_cache(maxsize=512)
+def _parse_document(query: str):
+    """The SDK sends the same few documents over and over; parse each once."""
+    return parse(query)
+
+
 def parse_request(query: str, variables: dict | None, operation_name: str | None) -> Request:
     """Parse ``query`` and pick the operation; raises GraphQLError on syntax errors."""
-    document = parse(query)
+    document = _parse_document(query)
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)

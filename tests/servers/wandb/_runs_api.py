@@ -242,36 +242,23 @@ def sample(rows: list, samples: int | None) -> list:
 
 
 def history_lines(run: Run, args: dict) -> list[str]:
-    min_step = args.get("minStep")
-    max_step = args.get("maxStep")
-    lines = []
-    with_steps = min_step is not None or max_step is not None
-    for line in run.history:
-        if line is None:
-            continue
-        if with_steps:
-            step = json.loads(line).get("_step", 0)
-            if min_step is not None and step < int(min_step):
-                continue
-            if max_step is not None and step >= int(max_step):
-                continue
-        lines.append(line)
+    """``history(minStep, maxStep, samples)``: maxStep is exclusive (HistoryPage pages by it)."""
+    min_step, max_step = args.get("minStep"), args.get("maxStep")
+    lines = run.history_window(
+        None if min_step is None else int(min_step), None if max_step is None else int(max_step)
+    )
     return sample(lines, args.get("samples"))
 
 
 def sampled_history(run: Run, args: dict) -> list[list[dict]]:
+    """One list per spec; rows must hold every key; spec maxStep is inclusive (wandb-core)."""
     out = []
     for raw_spec in args.get("specs") or []:
         spec = loads_json_arg(raw_spec)
-        keys = spec.get("keys") or []
-        min_step, max_step = spec.get("minStep"), spec.get("maxStep")
+        keys = list(dict.fromkeys(spec.get("keys") or []))
         rows = []
-        for row in run.history_rows():
-            step = row.get("_step", 0)
-            if min_step is not None and step < min_step:
-                continue
-            if max_step is not None and step > max_step:  # inclusive here (see module notes)
-                continue
+        for line in run.history_window(spec.get("minStep"), spec.get("maxStep"), inclusive=True):
+            row = json.loads(line)
             if keys and not all(k in row for k in keys):
                 continue
             rows.append({k: row[k] for k in keys} if keys else row)

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import itertools
 import json
+import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -79,12 +80,32 @@ class Run:
     repo: str | None = None
     sweep: str | None = None
     history: list[str | None] = field(default_factory=list)
+    history_steps: list[int | None] = field(default_factory=list)  # ``_step`` of each line (index)
     events: list[str | None] = field(default_factory=list)
     logs: list[str | None] = field(default_factory=list)
     files: dict[str, RunFile] = field(default_factory=dict)
     output_artifacts: list[str] = field(default_factory=list)
     input_artifacts: list[str] = field(default_factory=list)
     preempting: bool = False
+
+    def write_history(self, offset: int, content: list[str]) -> None:
+        """Lines at ``offset`` (re-sent windows overwrite), keeping the step index in sync."""
+        write_lines(self.history, offset, content)
+        write_lines(self.history_steps, offset, [step_of(line) for line in content])
+
+    def history_window(self, min_step: int | None, max_step: int | None, inclusive: bool = False) -> list[str]:
+        """Lines whose ``_step`` is in [min_step, max_step) (or ``]`` when ``inclusive``)."""
+        out = []
+        for line, step in zip(self.history, self.history_steps):
+            if line is None:
+                continue
+            step = 0 if step is None else step
+            if min_step is not None and step < min_step:
+                continue
+            if max_step is not None and (step > max_step if inclusive else step >= max_step):
+                continue
+            out.append(line)
+        return out
 
     def history_rows(self) -> Iterator[dict[str, Any]]:
         """Rows in line order (decoded lazily; gaps from sparse offsets are skipped)."""
@@ -97,6 +118,29 @@ class Run:
             k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
             for k, v in self.config.items()
         }
+
+
+def write_lines(lines: list, offset: int, content: list) -> None:
+    """Place ``content`` at line ``offset``; gaps (offset past the end) become None."""
+    if offset > len(lines):
+        lines.extend([None] * (offset - len(lines)))
+    end = offset + len(content)
+    lines[offset:end] = content
+
+
+_STEP = re.compile(r'"_step"\s*:\s*(-?\d+)(?=\s*[,}])')
+
+
+def step_of(line: str) -> int | None:
+    """``_step`` of a history line; a regex first (ingest speed), full JSON decode otherwise."""
+    found = _STEP.search(line)
+    if found and line.count('"_step"') == 1:
+        return int(found.group(1))
+    try:
+        step = json.loads(line).get("_step")
+    except (ValueError, AttributeError):
+        return None
+    return int(step) if isinstance(step, (int, float)) else None
 
 
 @dataclass
