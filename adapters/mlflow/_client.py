@@ -1,0 +1,189 @@
+"""MLflow's REST API as a handful of async calls over the shared ``HttpClient``.
+
+Why a layer of its own: the source and destination need the same paging loops, the same
+encoding of metric values (NaN and infinities travel as the JSON strings ``"NaN"``,
+``"Infinity"``, ``"-Infinity"``, which stdlib ``json`` would write as invalid bare literals)
+and the same URL rules for proxied artifacts. Nothing here knows about runs as the engine
+sees them; ``_source`` and ``_destination`` do the mapping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from adapters.base import AdapterContext
+from adapters.http import Classification, HttpClient, classify_default
+from adapters.mlflow._config import Connection
+
+API = "/api/2.0/mlflow/"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/"
+VIEW_TYPES = {False: "ACTIVE_ONLY", True: "ALL"}
+
+# Databricks answers some overloads with a 4xx/5xx carrying these codes instead of a plain 429.
+_THROTTLE_CODES = (b"REQUEST_LIMIT_EXCEEDED", b"TOO_MANY_REQUESTS")
+_TRANSIENT_CODES = (b"TEMPORARILY_UNAVAILABLE",)
+
+
+def classify_mlflow(status: int, headers: Mapping[str, str], body: bytes) -> Classification:
+    """Plain HTTP semantics, plus MLflow/Databricks error codes that mean "try again later"."""
+    verdict = classify_default(status, headers, body)
+    if verdict is Classification.FATAL:
+        head = body[:512]
+        if any(code in head for code in _THROTTLE_CODES):
+            return Classification.THROTTLE
+        if any(code in head for code in _TRANSIENT_CODES):
+            return Classification.TRANSIENT
+    return verdict
+
+
+def encode_value(value: float) -> float | str:
+    """A metric value as MLflow's JSON wants it (protobuf JSON mapping of doubles)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def decode_value(value: Any) -> float:
+    """Inverse of ``encode_value``; ints become floats, absent values are 0.0 (proto default)."""
+    if value is None:
+        return 0.0
+    return float(value)  # float("NaN"), float("Infinity") and float("-Infinity") all parse
+
+
+def proxied_artifact_path(artifact_uri: str, rel_path: str = "") -> str | None:
+    """``mlflow-artifacts:/1/<run>/artifacts`` + ``a b/c.txt`` -> the proxy's URL path, quoted.
+
+    None when the run's artifacts are not served by the tracking server's proxy.
+    """
+    if not artifact_uri.startswith("mlflow-artifacts:"):
+        return None
+    root = urlsplit(artifact_uri).path.strip("/")
+    full = f"{root}/{rel_path}" if rel_path else root
+    return ARTIFACTS_API + "artifacts/" + quote(full, safe="/")
+
+
+class MlflowRest:
+    """One tracking server: JSON calls, paged searches, artifact streams. ``async with`` it."""
+
+    def __init__(self, connection: Connection, *, name: str, context: AdapterContext, timeout: float) -> None:
+        self.connection = connection
+        self.http = HttpClient(
+            base_url=connection.base_url,
+            name=name,
+            context=context,
+            headers={"Accept": "application/json", **connection.headers},
+            auth=connection.auth,
+            classify=classify_mlflow,
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> MlflowRest:
+        await self.http.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.__aexit__(exc_type, exc, tb)
+
+    # -- plain calls ---------------------------------------------------------------------------
+    async def get(self, endpoint: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.http.request_json("GET", API + endpoint, params=params) or {}
+
+    async def post(self, endpoint: str, body: Mapping[str, Any], *, retry_transient: bool = True) -> dict[str, Any]:
+        data = orjson.dumps(body)
+        return (
+            await self.http.request_json(
+                "POST",
+                API + endpoint,
+                data=data,
+                headers={"Content-Type": "application/json"},
+                retry_transient=retry_transient,
+            )
+            or {}
+        )
+
+    async def check_access(self) -> None:
+        """One cheap authenticated call, so bad credentials fail before any work starts."""
+        await self.get("experiments/search", {"max_results": 1})
+
+    # -- paged searches -------------------------------------------------------------------------
+    async def search_experiments(self, *, include_deleted: bool, page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        token = None
+        while True:
+            body: dict[str, Any] = {"max_results": page_size, "view_type": VIEW_TYPES[include_deleted]}
+            if token:
+                body["page_token"] = token
+            page = await self.post("experiments/search", body)
+            for experiment in page.get("experiments", ()):
+                yield experiment
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    async def search_runs(
+        self,
+        experiment_ids: list[str],
+        *,
+        filter: str = "",
+        include_deleted: bool = False,
+        page_size: int = 1000,
+        order_by: tuple[str, ...] = ("attributes.start_time ASC",),
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching run (all pages), in a stable order (offset paging needs one)."""
+        token = None
+        while True:
+            body: dict[str, Any] = {
+                "experiment_ids": experiment_ids,
+                "max_results": page_size,
+                "run_view_type": VIEW_TYPES[include_deleted],
+                "order_by": list(order_by),
+            }
+            if filter:
+                body["filter"] = filter
+            if token:
+                body["page_token"] = token
+            page = await self.post("runs/search", body)
+            for run in page.get("runs", ()):
+                yield run
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    async def metric_history(self, run_id: str, key: str, *, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """Pages of a key's full history. Old servers ignore ``max_results`` and answer
+        everything at once without a token; both end the loop the same way."""
+        token = None
+        while True:
+            params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": page_size}
+            if token:
+                params["page_token"] = token
+            page = await self.get("metrics/get-history", params)
+            yield page.get("metrics", [])
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    async def list_artifacts(self, run_id: str, path: str) -> list[dict[str, Any]]:
+        """One directory level (OSS never pages it; follow a token anyway, Databricks does)."""
+        entries: list[dict[str, Any]] = []
+        token = None
+        while True:
+            params: dict[str, Any] = {"run_id": run_id}
+            if path:
+                params["path"] = path
+            if token:
+                params["page_token"] = token
+            page = await self.get("artifacts/list", params)
+            entries.extend(page.get("files", ()))
+            token = page.get("next_page_token")
+            if not token:
+                return entries

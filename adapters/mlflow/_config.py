@@ -1,0 +1,167 @@
+"""The ``[source]`` / ``[destination]`` tables of ``type = "mlflow"`` and how they find credentials.
+
+Kept apart from the I/O code so the config loader (and the README) can read them without
+touching the network. Secrets are read from the environment at ``__aenter__`` time only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from engine.errors import ConfigError
+
+# Server limits of runs/log-batch (mlflow/utils/validation.py); the 1 MB body cap is kept with
+# a margin for the JSON envelope.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+MAX_BATCH_BYTES = 900_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowSourceConfig:
+    """MLflow source (``[source] type = "mlflow"``).
+
+    - ``tracking_uri``: ``http(s)://host[:port]`` of the tracking server, or ``databricks``
+      (host and token from ``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN``, bearer auth).
+    - ``experiments``: experiment names, ids or shell globs over names (default ``["*"]``).
+    - ``filter``: MLflow search filter pushed down to ``runs/search``, e.g.
+      ``"params.lr > '0.001' and attributes.status = 'FINISHED'"`` (default: none).
+    - ``include_deleted``: also copy deleted experiments and runs (default false).
+    - ``artifacts``: copy run artifacts (default true; ``[transfer] artifacts`` must be on too).
+    - ``username_env`` / ``password_env``: environment variables holding the user and password
+      of a server running MLflow's basic-auth app (default: none).
+    - ``token_env``: environment variable holding a bearer token (default: none; for
+      ``databricks`` it defaults to ``DATABRICKS_TOKEN``).
+    - ``page_size``: runs per ``runs/search`` page (default 1000, at most 50,000).
+    - ``history_page_size``: points per ``metrics/get-history`` page (default 25,000, the
+      Databricks cap). Servers older than 3.1.1 ignore paging and send the whole history.
+    - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
+      still yielded in order (keys sorted, the server's order within a key).
+    - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
+    """
+
+    tracking_uri: str
+    experiments: list[str] = field(default_factory=lambda: ["*"])
+    filter: str = ""
+    include_deleted: bool = False
+    artifacts: bool = True
+    username_env: str = ""
+    password_env: str = ""
+    token_env: str = ""
+    page_size: int = 1000
+    history_page_size: int = 25_000
+    key_concurrency: int = 4
+    timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        check_tracking_uri(self.tracking_uri)
+        if not self.experiments:
+            raise ValueError("experiments must name at least one experiment (or '*')")
+        if not 1 <= self.page_size <= 50_000:
+            raise ValueError("page_size must be between 1 and 50000")
+        if not 1 <= self.history_page_size <= 25_000:
+            raise ValueError("history_page_size must be between 1 and 25000")
+        if self.key_concurrency < 1:
+            raise ValueError("key_concurrency must be at least 1")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowDestinationConfig:
+    """MLflow destination (``[destination] type = "mlflow"``).
+
+    - ``tracking_uri``: ``http(s)://host[:port]`` or ``databricks`` (as for the source).
+    - ``experiment``: experiment name template, created when missing. ``{experiment}`` = the
+      source experiment (MLflow) or project (W&B), ``{entity}`` = the source entity (W&B).
+      Default ``{experiment}``.
+    - ``username_env`` / ``password_env`` / ``token_env``: as for the source.
+    - ``source_tag``: tag holding the source run's identity on every destination run; a
+      re-run finds the run by it instead of creating a duplicate (default
+      ``runferry.source_run_id``; ``runferry.source`` holds the source URI).
+    - ``batch_concurrency``: ``log-batch`` requests in flight per run (default 4; use 1 for a
+      file-store server, which keeps points in arrival order).
+    - ``multipart_threshold``: artifact files at least this large try the proxy's multipart
+      upload (``mpu/create``; only S3/GCS/Azure artifact stores offer it), default 100 MiB;
+      ``part_size``: multipart part size (default 0 = the engine's ``part_bytes``).
+    - ``restore_deleted``: ``false`` (default) deletes runs that were deleted at the source
+      after copying them; ``true`` leaves them active.
+    - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
+    """
+
+    tracking_uri: str
+    experiment: str = "{experiment}"
+    username_env: str = ""
+    password_env: str = ""
+    token_env: str = ""
+    source_tag: str = "runferry.source_run_id"
+    batch_concurrency: int = 4
+    multipart_threshold: int = 100 * 1024 * 1024
+    part_size: int = 0
+    restore_deleted: bool = False
+    timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        check_tracking_uri(self.tracking_uri)
+        if not self.experiment.strip():
+            raise ValueError("experiment must not be empty")
+        if not self.source_tag or len(self.source_tag) > 250:
+            raise ValueError("source_tag must be 1..250 characters")
+        if self.batch_concurrency < 1:
+            raise ValueError("batch_concurrency must be at least 1")
+        if self.multipart_threshold < 1 or self.part_size < 0:
+            raise ValueError("multipart_threshold must be positive and part_size not negative")
+        if self.part_size and self.part_size < 5 * 1024 * 1024:
+            raise ValueError("part_size must be at least 5 MiB (S3's minimum part)")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+
+
+def check_tracking_uri(uri: str) -> None:
+    if uri != "databricks" and not uri.startswith(("http://", "https://")):
+        raise ValueError("tracking_uri must be http(s)://host[:port] or 'databricks'")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where to send requests and how to authenticate; never logged (holds secrets)."""
+
+    base_url: str
+    headers: dict[str, str]
+    auth: aiohttp.BasicAuth | None
+
+    def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
+        return f"Connection({self.base_url!r})"
+
+
+def resolve_connection(
+    tracking_uri: str, *, username_env: str, password_env: str, token_env: str, where: str
+) -> Connection:
+    """Turn a tracking URI and the names of secret variables into a ``Connection``."""
+    headers: dict[str, str] = {}
+    base_url = tracking_uri.rstrip("/")
+    if tracking_uri == "databricks":
+        host = os.environ.get("DATABRICKS_HOST", "").strip().rstrip("/")
+        if not host:
+            raise ConfigError(f"{where}: tracking_uri 'databricks' needs DATABRICKS_HOST in the environment")
+        base_url = host if host.startswith(("http://", "https://")) else f"https://{host}"
+        token_env = token_env or "DATABRICKS_TOKEN"
+    if token_env:
+        token = os.environ.get(token_env, "")
+        if not token:
+            raise ConfigError(f"{where}: environment variable {token_env} (token_env) is not set")
+        headers["Authorization"] = f"Bearer {token}"
+    auth = None
+    if username_env or password_env:
+        if not (username_env and password_env):
+            raise ConfigError(f"{where}: set both username_env and password_env for basic auth")
+        user, password = os.environ.get(username_env), os.environ.get(password_env)
+        if user is None or password is None:
+            missing = username_env if user is None else password_env
+            raise ConfigError(f"{where}: environment variable {missing} is not set")
+        auth = aiohttp.BasicAuth(user, password)
+    return Connection(base_url, headers, auth)

@@ -1,0 +1,303 @@
+"""Reading runs out of an MLflow tracking server, with every point exactly as stored.
+
+Runs come from ``runs/search`` (all pages, one stable order); each search result already holds
+params, tags, latest metrics and dataset inputs, so ``get_run`` costs no request. History is
+``metrics/get-history`` per key (never the sampled bulk-interval endpoint), keys sorted and the
+server's order within a key, so the same run always yields the same point sequence and resume
+cursors (point counts) stay valid. Several keys are fetched ahead while earlier ones are
+yielded, within ``key_concurrency`` keys and two pages per key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import orjson
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from adapters.base import AdapterContext
+from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
+from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
+from engine.errors import ConfigError, FatalError, NotFoundError
+from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef, RunState, history_batch
+
+STATES = {
+    "RUNNING": RunState.RUNNING,
+    "SCHEDULED": RunState.SCHEDULED,
+    "FINISHED": RunState.FINISHED,
+    "FAILED": RunState.FAILED,
+    "KILLED": RunState.KILLED,
+}
+
+_DOWNLOAD_PIECE = 1 << 20
+
+
+def millis_to_seconds(ms: Any) -> float | None:
+    """MLflow's integer milliseconds as float seconds (exact inverse of ``seconds_to_millis``)."""
+    return None if ms is None else int(ms) / 1000
+
+
+class MlflowSource:
+    """``[source] type = "mlflow"``; see ``MlflowSourceConfig`` for the keys."""
+
+    Config = MlflowSourceConfig
+
+    def __init__(self, config: MlflowSourceConfig, context: AdapterContext) -> None:
+        self.config = config
+        self.context = context
+        self._rest: MlflowRest | None = None
+        self._experiments: list[dict[str, Any]] = []
+
+    def describe(self) -> str:
+        return f"mlflow:{self.config.tracking_uri.rstrip('/')}"
+
+    async def __aenter__(self) -> MlflowSource:
+        c = self.config
+        connection = resolve_connection(
+            c.tracking_uri,
+            username_env=c.username_env,
+            password_env=c.password_env,
+            token_env=c.token_env,
+            where="[source]",
+        )
+        rest = MlflowRest(connection, name="mlflow-source", context=self.context, timeout=c.timeout)
+        await rest.__aenter__()
+        try:
+            await rest.check_access()
+            self._experiments = await self._select_experiments(rest)
+        except BaseException:
+            await rest.__aexit__(None, None, None)
+            raise
+        self._rest = rest
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            await rest.__aexit__(exc_type, exc, tb)
+
+    @property
+    def rest(self) -> MlflowRest:
+        if self._rest is None:
+            raise RuntimeError("MlflowSource used outside 'async with'")
+        return self._rest
+
+    @property
+    def experiments(self) -> list[dict[str, Any]]:
+        """The selected experiments (``experiments/search`` objects), in selection order."""
+        return list(self._experiments)
+
+    async def _select_experiments(self, rest: MlflowRest) -> list[dict[str, Any]]:
+        """Match every selector (id, exact name or glob over names); a selector that is not a
+        glob and matches nothing is a config error (a typo should not copy nothing quietly)."""
+        everything = [e async for e in rest.search_experiments(include_deleted=self.config.include_deleted)]
+        chosen: dict[str, dict[str, Any]] = {}
+        for selector in self.config.experiments:
+            is_glob = any(ch in selector for ch in "*?[")
+            matches = [
+                e
+                for e in everything
+                if e.get("experiment_id") == selector
+                or e.get("name") == selector
+                or (is_glob and fnmatch.fnmatchcase(e.get("name", ""), selector))
+            ]
+            if not matches and not is_glob:
+                raise ConfigError(f"[source] experiments: no experiment named or numbered '{selector}' at {self.config.tracking_uri}")
+            for e in sorted(matches, key=_experiment_order):
+                chosen.setdefault(e["experiment_id"], e)
+        return list(chosen.values())
+
+    # -- runs -----------------------------------------------------------------------------------
+    async def list_runs(self) -> AsyncIterator[RunRef]:
+        for experiment in self._experiments:
+            namespace = Namespace("", experiment["name"])
+            async for run in self.rest.search_runs(
+                [experiment["experiment_id"]],
+                filter=self.config.filter,
+                include_deleted=self.config.include_deleted,
+                page_size=self.config.page_size,
+            ):
+                info = run.get("info", {})
+                yield RunRef(
+                    id=info["run_id"],
+                    namespace=namespace,
+                    name=info.get("run_name"),
+                    extra=(("experiment_id", experiment["experiment_id"]), ("run_json", orjson.dumps(run))),
+                )
+
+    async def get_run(self, ref: RunRef) -> RunRecord:
+        raw = ref.hint("run_json")
+        if raw is not None:
+            run = orjson.loads(raw)
+        else:
+            try:
+                run = (await self.rest.get("runs/get", {"run_id": ref.id}))["run"]
+            except KeyError:
+                raise NotFoundError(f"mlflow: run {ref.id} not found", adapter="mlflow", run=ref.id) from None
+        return self.record_from_run(ref, run)
+
+    def record_from_run(self, ref: RunRef, run: dict[str, Any]) -> RunRecord:
+        """Map one MLflow ``Run`` JSON object onto the engine's ``RunRecord``."""
+        info = run.get("info", {})
+        data = run.get("data", {})
+        tags = {t["key"]: t.get("value", "") for t in data.get("tags", ())}
+        params = {p["key"]: p.get("value", "") for p in data.get("params", ())}
+        latest = {m["key"]: decode_value(m.get("value")) for m in data.get("metrics", ())}
+        return RunRecord(
+            ref=ref,
+            display_name=info.get("run_name") or tags.get("mlflow.runName"),
+            state=STATES.get(info.get("status", "FINISHED"), RunState.FINISHED),
+            start_time=millis_to_seconds(info.get("start_time")),
+            end_time=millis_to_seconds(info.get("end_time")),
+            user=info.get("user_id") or tags.get("mlflow.user"),
+            config=params,
+            summary=latest,
+            tags=tags,
+            notes=tags.get("mlflow.note.content"),
+            git_commit=tags.get("mlflow.source.git.commit"),
+            program=tags.get("mlflow.source.name"),
+            parent_id=tags.get("mlflow.parentRunId"),
+            inputs=list(run.get("inputs", {}).get("dataset_inputs", ())),
+            system={
+                "source": "mlflow",
+                "tracking_uri": self.config.tracking_uri,
+                "run_id": info.get("run_id", ref.id),
+                "experiment_id": info.get("experiment_id"),
+                "artifact_uri": info.get("artifact_uri", ""),
+                "lifecycle_stage": info.get("lifecycle_stage", "active"),
+                "metric_keys": sorted(latest),
+            },
+        )
+
+    # -- history --------------------------------------------------------------------------------
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+        """Points from index ``start`` on, keys sorted, the server's order within a key.
+
+        The points before ``start`` are fetched and skipped: MLflow cannot seek into a key's
+        history, and counting is what keeps cursors exact. Close with ``aclosing`` when
+        stopping early (a task group lives inside).
+        """
+        keys: list[str] = list(run.system.get("metric_keys") or sorted(run.summary))
+        chunk_points = max(1, self.context.chunk_points)
+        builder = _ChunkBuilder(chunk_points, offset=start)
+        position = 0  # index of the next point of the run's history
+        run_id = run.ref.id
+        window = self.config.key_concurrency
+        async with anyio.create_task_group() as tg:
+            pending: list[ObjectReceiveStream[list[dict[str, Any]]]] = []
+            next_key = 0
+
+            def start_fetches() -> None:
+                nonlocal next_key
+                while next_key < len(keys) and len(pending) < window:
+                    send, recv = anyio.create_memory_object_stream[list[dict[str, Any]]](1)
+                    tg.start_soon(self._fetch_key, run_id, keys[next_key], send)
+                    pending.append(recv)
+                    next_key += 1
+
+            start_fetches()
+            try:
+                while pending:
+                    receive = pending.pop(0)
+                    async with receive:
+                        async for page in receive:
+                            if position + len(page) <= start:
+                                position += len(page)
+                                continue
+                            skip = max(0, start - position)
+                            position += len(page)
+                            for chunk in builder.add(page, skip):
+                                yield chunk
+                    start_fetches()
+                last = builder.flush()
+                if last is not None:
+                    yield last
+            finally:
+                for receive in pending:
+                    receive.close()
+
+    async def _fetch_key(self, run_id: str, key: str, send: ObjectSendStream[list[dict[str, Any]]]) -> None:
+        async with send:
+            try:
+                async for page in self.rest.metric_history(run_id, key, page_size=self.config.history_page_size):
+                    await send.send(page)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the consumer stopped early
+
+    # -- artifacts ------------------------------------------------------------------------------
+    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+        """Every file of the artifact tree, depth first, names sorted (one list call per dir)."""
+        if not self.config.artifacts:
+            return
+        directories = [""]
+        while directories:
+            path = directories.pop()
+            entries = await self.rest.list_artifacts(run.ref.id, path)
+            subdirs = []
+            for entry in sorted(entries, key=lambda e: e["path"]):
+                if entry.get("is_dir"):
+                    subdirs.append(entry["path"])
+                else:
+                    size = entry.get("file_size")
+                    yield FileRef(path=entry["path"], size=int(size) if size is not None else None)
+            directories.extend(reversed(subdirs))
+
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        artifact_uri = run.system.get("artifact_uri", "")
+        url = proxied_artifact_path(artifact_uri, file.path)
+        if url is None:
+            if artifact_uri.startswith("dbfs:") or self.config.tracking_uri == "databricks":
+                raise FatalError(
+                    f"mlflow: artifacts stored at {artifact_uri.split(':')[0]}: are not supported yet "
+                    "(set artifacts = false)",
+                    adapter="mlflow",
+                    run=run.ref.id,
+                )
+            url = f"/get-artifact?run_uuid={quote(run.ref.id)}&path={quote(file.path, safe='')}"
+        async for piece in self.rest.http.download(url, chunk_size=_DOWNLOAD_PIECE):
+            yield piece
+
+
+def _experiment_order(experiment: dict[str, Any]) -> tuple[int, str]:
+    ident = experiment.get("experiment_id", "")
+    return (int(ident), "") if ident.isdigit() else (1 << 62, ident)
+
+
+class _ChunkBuilder:
+    """Collects metric points into Arrow chunks of ``size`` rows, tracking offsets."""
+
+    def __init__(self, size: int, *, offset: int) -> None:
+        self.size = size
+        self.offset = offset
+        self._keys: list[str] = []
+        self._steps: list[int] = []
+        self._times: list[float] = []
+        self._values: list[float] = []
+
+    def add(self, page: list[dict[str, Any]], skip: int) -> list[HistoryChunk]:
+        out: list[HistoryChunk] = []
+        for point in page[skip:] if skip else page:
+            self._keys.append(point["key"])
+            self._steps.append(int(point.get("step", 0)))
+            self._times.append(int(point.get("timestamp", 0)) / 1000)
+            self._values.append(decode_value(point.get("value")))
+            if len(self._steps) >= self.size:
+                out.append(self._emit())
+        return out
+
+    def flush(self) -> HistoryChunk | None:
+        return self._emit() if self._steps else None
+
+    def _emit(self) -> HistoryChunk:
+        batch = history_batch(self._keys, self._steps, self._times, self._values)
+        chunk = HistoryChunk(batch=batch, offset=self.offset)
+        self.offset += batch.num_rows
+        self._keys, self._steps, self._times, self._values = [], [], [], []
+        return chunk

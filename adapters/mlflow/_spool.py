@@ -1,0 +1,94 @@
+"""A one-shot byte stream made replayable, so an upload can be retried mid-file.
+
+The engine hands a writer each file as a stream it can read once. HTTP retries need the body
+again from its first byte; instead of holding the file in memory, everything pulled from the
+stream is kept in a spool (memory up to ``memory_limit`` bytes, then a temporary file on disk)
+and each new attempt replays the spool before pulling the rest. The spool is removed when
+closed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from typing import IO
+
+import anyio.to_thread
+
+_READ_PIECE = 1 << 20
+
+
+class ReplayableStream:
+    """Wrap ``source``; call ``attempt()`` once per try; ``aclose()`` when done."""
+
+    def __init__(self, source: AsyncIterator[bytes], *, memory_limit: int = 8 << 20) -> None:
+        self._source = source
+        self._memory_limit = memory_limit
+        self._memory: bytearray | None = bytearray()
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._exhausted = False
+
+    @property
+    def size(self) -> int:
+        """Bytes pulled from the source so far."""
+        return self._size
+
+    async def attempt(self) -> AsyncIterator[bytes]:
+        """The whole stream: replay what was spooled, then go on reading (and spooling)."""
+        async for piece in self._replay():
+            yield piece
+        while not self._exhausted:
+            try:
+                piece = await self._source.__anext__()
+            except StopAsyncIteration:
+                self._exhausted = True
+                return
+            if not piece:
+                continue
+            await self._keep(piece)  # kept before it is sent: an aborted attempt loses nothing
+            yield piece
+
+    async def _keep(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._memory is not None and len(self._memory) + len(piece) <= self._memory_limit:
+            self._memory += piece
+            return
+        if self._file is None:
+            self._file = await anyio.to_thread.run_sync(tempfile.TemporaryFile)
+            if self._memory:
+                await anyio.to_thread.run_sync(_append, self._file, bytes(self._memory))
+            self._memory = None
+        await anyio.to_thread.run_sync(_append, self._file, piece)
+
+    async def _replay(self) -> AsyncIterator[bytes]:
+        if self._memory is not None:
+            snapshot = bytes(self._memory)
+            for i in range(0, len(snapshot), _READ_PIECE):
+                yield snapshot[i : i + _READ_PIECE]
+            return
+        assert self._file is not None
+        handle = self._file
+        end = self._size
+        position = 0
+        while position < end:
+            def read_at(pos: int = position) -> bytes:
+                handle.seek(pos)
+                return handle.read(min(_READ_PIECE, end - pos))
+
+            piece = await anyio.to_thread.run_sync(read_at)
+            if not piece:
+                return
+            position += len(piece)
+            yield piece
+
+    async def aclose(self) -> None:
+        handle, self._file = self._file, None
+        self._memory = None
+        if handle is not None:
+            await anyio.to_thread.run_sync(handle.close)
+
+
+def _append(handle: IO[bytes], data: bytes) -> None:
+    handle.seek(0, 2)  # a replay may have moved the position
+    handle.write(data)
