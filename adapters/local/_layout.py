@@ -18,6 +18,7 @@ run.json uses the stdlib ``json`` module with ``allow_nan``: orjson would turn N
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -38,6 +39,7 @@ TMP_MARK = ".runferry-tmp-"
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 EMPTY_NAME = "_"
+MAX_NAME = 200
 
 _RECORD_FIELDS = (
     "display_name", "user", "config", "summary", "tags", "labels", "notes", "group", "job_type",
@@ -50,7 +52,8 @@ def sanitise(name: str) -> str:
     """A directory name for ``name``: safe characters kept, others %XX-encoded (UTF-8).
 
     Injective: the empty name is ``_`` and a literal ``_`` becomes ``%5F``; a leading dot is
-    encoded so no name is hidden or special (``.``, ``..``).
+    encoded so no name is hidden or special (``.``, ``..``). Names longer than ``MAX_NAME``
+    once encoded keep a prefix and a SHA-256 digest of the full name.
     """
     if name == "":
         return EMPTY_NAME
@@ -60,7 +63,12 @@ def sanitise(name: str) -> str:
             out.append(ch)
         else:
             out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
+    encoded = "".join(out)
+    if len(encoded) > MAX_NAME:
+        # file systems cap names at 255 bytes: keep a readable prefix plus a digest of the whole
+        # name; "~" never appears in an encoded name (it would be %7E), so no clash with one
+        encoded = f"{encoded[:MAX_NAME - 33]}~{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+    return encoded
 
 
 def run_rel_dir(namespace: Namespace, run_id: str) -> str:

@@ -80,11 +80,13 @@ async def test_run_json_round_trips_nan_inf_negative_zero_and_odd_names(tmp_path
 
 
 def test_sanitised_names_are_injective_and_never_escape() -> None:
-    names = ["", "_", "%5F", ".", "..", ".hidden", "a/b", "a%2Fb", "a_b", "ü", "%C3%BC", "CON", "x" * 3]
+    long = "ü" * 300
+    names = ["", "_", "%5F", ".", "..", ".hidden", "a/b", "a%2Fb", "a_b", "ü", "%C3%BC", "CON", "x" * 3, long, long + "x"]
     encoded = [_layout.sanitise(n) for n in names]
     assert len(set(encoded)) == len(names)
     for e in encoded:
         assert "/" not in e and not e.startswith(".") and e not in ("", ".", "..")
+        assert len(e.encode()) <= 200
 
 
 @pytest.mark.parametrize(
