@@ -117,12 +117,17 @@ class LimiterStatistics:
 
 
 class Ticket:
-    """One request's pass through the limiter; the holder reports how it ended."""
+    """One request's pass through the limiter; the holder reports how it ended.
 
-    __slots__ = ("started_at", "kind", "retry_after")
+    ``started_at`` is when it was sent; ``paced_at`` when its pacing turn was decided, i.e.
+    under which controller state it went out (what "sent before the last decrease" means).
+    """
 
-    def __init__(self, started_at: float) -> None:
+    __slots__ = ("started_at", "paced_at", "kind", "retry_after")
+
+    def __init__(self, started_at: float, paced_at: float | None = None) -> None:
         self.started_at = started_at
+        self.paced_at = started_at if paced_at is None else paced_at
         self.kind = OutcomeKind.NEUTRAL
         self.retry_after: float | None = None
 
@@ -157,8 +162,8 @@ class EndpointLimiter:
         self._slots = AdjustableSemaphore(concurrency_limit(self._state))
         self._next_start = now  # GCRA theoretical arrival time
         self._sending = 0
-        self._accepted = RateMeter(self.config.meter_window, now)
-        self._attempts = RateMeter(self.config.meter_window, now)
+        self._accepted = RateMeter(self.config.meter_window)
+        self._attempts = RateMeter(self.config.meter_window)
         self._counts = {kind: 0 for kind in OutcomeKind}
         self._retries = 0
         self._retries_refused = 0
@@ -172,8 +177,8 @@ class EndpointLimiter:
         """Wait for a slot, the end of any pause and our pacing turn; hold it for the request."""
         await self._slots.acquire()
         try:
-            await self._wait_for_turn()
-            ticket = Ticket(self.clock.now())
+            paced_at = await self._wait_for_turn()
+            ticket = Ticket(self.clock.now(), paced_at)
             self._sending += 1
             self._attempts.add(ticket.started_at)
             try:
@@ -184,7 +189,8 @@ class EndpointLimiter:
         finally:
             self._slots.release()
 
-    async def _wait_for_turn(self) -> None:
+    async def _wait_for_turn(self) -> float:
+        """Wait for our turn; returns when the turn was decided (the pacing reservation)."""
         while True:
             now = self.clock.now()
             if now < self._state.paused_until:
@@ -193,12 +199,12 @@ class EndpointLimiter:
             rate = effective_rate(self._state, now)
             if rate is None:
                 await anyio.lowlevel.checkpoint()
-                return
+                return self.clock.now()
             start = max(now, self._next_start - self.config.burst_seconds)
             self._next_start = max(self._next_start, now) + 1.0 / rate
             await self.clock.sleep(start - now)
             if self.clock.now() >= self._state.paused_until:
-                return
+                return now
 
     def _record(self, ticket: Ticket) -> None:
         now = self.clock.now()
@@ -208,10 +214,11 @@ class EndpointLimiter:
         outcome = Outcome(
             kind=ticket.kind,
             now=now,
-            started_at=ticket.started_at,
+            started_at=ticket.paced_at,
             in_flight=self._sending,
             accepted_rate=self._accepted.rate(now),
             retry_after=ticket.retry_after,
+            attempt_rate=self._attempts.rate(now),
         )
         self._state = next_state(self._state, outcome, self.config)
         self._slots.set_limit(concurrency_limit(self._state))

@@ -8,11 +8,11 @@ from collections import deque
 class RateMeter:
     """Counts events in ``buckets`` slices of ``window`` seconds; ``rate(now)`` is events/s.
 
-    Before a full window has passed since ``start``, the rate is over the elapsed time (at
-    least one bucket), so a young meter is not biased low.
+    Before a full window has passed since the first event, the rate is over the elapsed time
+    (at least one bucket), so a young meter is not biased low by the idle time before it.
     """
 
-    def __init__(self, window: float, start: float, buckets: int = 20) -> None:
+    def __init__(self, window: float, start: float | None = None, buckets: int = 20) -> None:
         self._width = window / buckets
         self._window = window
         self._start = start
@@ -20,6 +20,7 @@ class RateMeter:
         self._total = 0
 
     def _bucket(self, t: float) -> int:
+        assert self._start is not None
         return int((t - self._start) // self._width)
 
     def _expire(self, now: float) -> None:
@@ -28,6 +29,8 @@ class RateMeter:
             self._total -= self._counts.popleft()[1]
 
     def add(self, now: float, count: int = 1) -> None:
+        if self._start is None:
+            self._start = now
         self._expire(now)
         index = self._bucket(now)
         if self._counts and self._counts[-1][0] == index:
@@ -37,6 +40,8 @@ class RateMeter:
         self._total += count
 
     def rate(self, now: float) -> float:
+        if self._start is None:
+            return 0.0
         self._expire(now)
         elapsed = min(self._window, max(self._width, now - self._start))
         return self._total / elapsed

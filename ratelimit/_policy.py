@@ -73,7 +73,9 @@ class ControlConfig:
     retry_cost: float = 5.0
     throttle_retry_cost: float = 0.0
     success_refund: float = 1.0
-    meter_window: float = 2.0  # seconds over which rates are measured
+    # Seconds over which the accepted rate is measured; W_max is taken from it on a throttle,
+    # so it must be short enough not to lag a ramp (botocore: 0.5 s buckets, smoothed).
+    meter_window: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_concurrency <= self.initial_concurrency <= self.max_concurrency:
@@ -124,10 +126,11 @@ class Outcome:
 
     kind: OutcomeKind
     now: float
-    started_at: float
+    started_at: float  # when the request was admitted (its pacing turn was decided)
     in_flight: int  # requests being sent at ``now``, this one included
     accepted_rate: float  # measured successes/s over the meter window
     retry_after: float | None = None
+    attempt_rate: float | None = None  # measured request starts/s over the meter window
 
 
 def cubic_k(config: ControlConfig, w_max: float) -> float:
@@ -188,8 +191,13 @@ def _on_success(state: ControlState, outcome: Outcome, config: ControlConfig) ->
     rate = state.rate
     if state.w_max is not None:
         rate = cubic_rate(config, state.w_max, outcome.now - state.epoch)
-        # Do not let an idle endpoint's allowance grow without bound (botocore caps at 2x measured).
-        rate = min(rate, max(state.w_max, 2.0 * outcome.accepted_rate))
+        # Probe only with an allowance we use: a client held back by something else (CPU, its
+        # own concurrency, idle workers) must not build up a rate it would then burst at.
+        # (botocore caps at 2x the measured rate; we cap at 1.25x what we actually attempt.)
+        if outcome.attempt_rate is not None:
+            rate = min(rate, max(state.w_max, 1.25 * outcome.attempt_rate))
+        else:
+            rate = min(rate, max(state.w_max, 2.0 * outcome.accepted_rate))
         rate = _clamp_rate(config, rate)
     budget = min(config.retry_budget, state.budget + config.success_refund)
     return dataclasses.replace(state, concurrency=concurrency, rate=rate, budget=budget)

@@ -161,12 +161,13 @@ def test_backoff_is_reproducible_with_a_seeded_registry() -> None:
 
 
 def test_rate_meter_window() -> None:
-    meter = RateMeter(window=2.0, start=0.0)
+    meter = RateMeter(window=2.0)
+    assert meter.rate(0.0) == 0.0
     for i in range(100):
-        meter.add(i * 0.01)  # 100 events in the first second
-    assert meter.rate(1.0) == pytest.approx(100.0)
-    assert meter.rate(2.0) == pytest.approx(50.0)
-    assert meter.rate(3.5) == 0.0
+        meter.add(5.0 + i * 0.01)  # 100 events in one second, after 5 idle seconds
+    assert meter.rate(6.0) == pytest.approx(100.0)  # young meter: over the time since its first event
+    assert meter.rate(7.0) == pytest.approx(50.0)
+    assert meter.rate(8.5) == 0.0
 
 
 @pytest.mark.parametrize(

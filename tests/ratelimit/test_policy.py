@@ -27,9 +27,9 @@ CFG = ControlConfig()
 
 
 def outcome(kind: OutcomeKind, now: float, *, started_at: float | None = None, in_flight: int = 16,
-            accepted: float = 0.0, retry_after: float | None = None) -> Outcome:
+            accepted: float = 0.0, retry_after: float | None = None, attempted: float | None = None) -> Outcome:
     return Outcome(kind=kind, now=now, started_at=now if started_at is None else started_at,
-                   in_flight=in_flight, accepted_rate=accepted, retry_after=retry_after)
+                   in_flight=in_flight, accepted_rate=accepted, retry_after=retry_after, attempt_rate=attempted)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +89,16 @@ def test_cubic_k_matches_formula() -> None:
     assert cubic_k(CFG, 100.0) == pytest.approx(25.0 ** (1 / 3))
     botocore_like = CFG.replace(rate_decrease=0.7)
     assert cubic_k(botocore_like, 100.0) == pytest.approx(4.217, abs=1e-3)  # reference §0.7
+
+
+def test_allowance_grows_only_as_far_as_it_is_used() -> None:
+    throttled = next_state(initial_state(CFG, 0.0), outcome(OutcomeKind.THROTTLE, 0.0, accepted=100.0), CFG)
+    busy = next_state(throttled, outcome(OutcomeKind.SUCCESS, 30.0, accepted=150.0, attempted=160.0), CFG)
+    assert busy.rate == pytest.approx(200.0)  # 1.25 x attempted
+    held_back = next_state(throttled, outcome(OutcomeKind.SUCCESS, 30.0, accepted=40.0, attempted=40.0), CFG)
+    assert held_back.rate == pytest.approx(100.0)  # never below W_max on that account
+    early = next_state(throttled, outcome(OutcomeKind.SUCCESS, 1.0, accepted=90.0, attempted=90.0), CFG)
+    assert early.rate == pytest.approx(cubic_rate(CFG, 100.0, 1.0))  # the cap does not bind
 
 
 def test_idle_endpoint_allowance_capped_at_twice_accepted() -> None:
@@ -245,6 +255,7 @@ def simulate(capacity: float, seconds: float, config: ControlConfig = CFG, dt: f
     """
     state: ControlState = initial_state(config, 0.0)
     accepted_rates: list[float] = []
+    sent_rates: list[float] = []
     owed = 0.0
     throttled_early = throttled_late = 0
     for step in range(int(seconds / dt)):
@@ -257,11 +268,14 @@ def simulate(capacity: float, seconds: float, config: ControlConfig = CFG, dt: f
         accepted_count = int(accepted)
         throttles = sent - accepted_count
         accepted_rates.append(accepted_count / dt)
-        measured = sum(accepted_rates[-int(config.meter_window / dt):]) / min(len(accepted_rates), int(config.meter_window / dt))
+        sent_rates.append(sent / dt)
+        window = int(config.meter_window / dt)
+        measured = sum(accepted_rates[-window:]) / min(len(accepted_rates), window)
+        attempted = sum(sent_rates[-window:]) / min(len(sent_rates), window)
         for _ in range(accepted_count):
-            state = next_state(state, outcome(OutcomeKind.SUCCESS, now + dt, started_at=now, accepted=measured), config)
+            state = next_state(state, outcome(OutcomeKind.SUCCESS, now + dt, started_at=now, accepted=measured, attempted=attempted), config)
         for _ in range(throttles):
-            state = next_state(state, outcome(OutcomeKind.THROTTLE, now + dt, started_at=now, accepted=measured), config)
+            state = next_state(state, outcome(OutcomeKind.THROTTLE, now + dt, started_at=now, accepted=measured, attempted=attempted), config)
         if now < 10.0:
             throttled_early += throttles
         else:

@@ -13,6 +13,10 @@ Control (JSON over HTTP, under a path no bucket can have):
 * ``GET  /__front__/stats``   ``{prefix: {accepted, throttled, dropped, timeline}}``
 * ``POST /__front__/reset``   zero the statistics
 
+``upstream="sink"`` answers admitted requests itself instead of forwarding them (writes get
+200 and the body's MD5 as ETag, other requests 200 with an empty body): a back end with no
+capacity limit of its own, so that a benchmark measures the front's limit, not moto's speed.
+
 Run it in-process (``S3Front(upstream, settings).start()`` in a thread) or as a process:
 ``python -m tests.servers.s3front --upstream URL [--port 0] [--write-rate R] ...`` prints
 ``READY <port>``. ``start_s3_stack()`` starts moto's server and a front as processes on free
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import random
 import signal
@@ -175,7 +180,16 @@ class S3Front:
             return await self._slow_down(request)
         if self.settings.latency:
             await asyncio.sleep(self.settings.latency)
+        if self.upstream == "sink":
+            return await self._sink(request)
         return await self._forward(request)
+
+    async def _sink(self, request: web.Request) -> web.StreamResponse:
+        digest = hashlib.md5()  # noqa: S324 - S3's ETag
+        async for piece in request.content.iter_chunked(1 << 20):
+            digest.update(piece)
+        headers = {"ETag": f'"{digest.hexdigest()}"'} if request.method in WRITE_METHODS else {}
+        return web.Response(status=200, body=b"", headers=headers)
 
     async def _slow_down(self, request: web.Request) -> web.StreamResponse:
         # Drain the body so the client reads our answer rather than a reset.
@@ -339,34 +353,25 @@ def _post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def start_s3_stack(settings: FrontSettings | None = None, *, attempts: int = 5) -> Iterator[S3Stack]:
-    """Start ``moto.server`` and an ``S3Front`` process on free 127.0.0.1 ports; stop both after."""
+def start_s3_stack(
+    settings: FrontSettings | None = None, *, sink: bool = False, attempts: int = 5
+) -> Iterator[S3Stack]:
+    """Start ``moto.server`` and an ``S3Front`` process on free 127.0.0.1 ports; stop both after.
+
+    With ``sink=True`` no moto is started and the front answers admitted requests itself.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    stack: S3Stack | None = None
+    stack = S3Stack(moto_url="", front_url="")
     try:
-        for attempt in range(attempts):
-            port = free_port()
-            moto = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-            )
-            try:
-                _wait_http(f"http://127.0.0.1:{port}/moto-api/", time.monotonic() + 60)
-            except RuntimeError:
-                moto.kill()
-                moto.wait()
-                if attempt == attempts - 1:
-                    raise
-                continue
-            break
-        moto_url = f"http://127.0.0.1:{port}"
-        args = [sys.executable, "-m", "tests.servers.s3front", "--upstream", moto_url]
+        if not sink:
+            stack.moto_url = _start_moto(stack, env, attempts)
+        args = [sys.executable, "-m", "tests.servers.s3front", "--upstream", stack.moto_url or "sink"]
         for key, value in dataclasses.asdict(settings or FrontSettings()).items():
             if value is not None:
                 args += [f"--{key.replace('_', '-')}", str(value)]
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         front = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, cwd=root)
-        stack = S3Stack(moto_url=moto_url, front_url="", processes=[moto, front])
+        stack.processes.append(front)
         assert front.stdout is not None
         line = front.stdout.readline().decode().split()
         if len(line) != 2 or line[0] != "READY":
@@ -374,11 +379,27 @@ def start_s3_stack(settings: FrontSettings | None = None, *, attempts: int = 5) 
         stack.front_url = f"http://127.0.0.1:{line[1]}"
         yield stack
     finally:
-        if stack is not None:
-            stack.stop()
-        else:
-            with contextlib.suppress(NameError):
-                moto.kill()
+        stack.stop()
+
+
+def _start_moto(stack: S3Stack, env: dict[str, str], attempts: int) -> str:
+    for attempt in range(attempts):
+        port = free_port()  # moto needs a port number; retry if another process takes it
+        moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/moto-api/", time.monotonic() + 60)
+        except RuntimeError:
+            moto.kill()
+            moto.wait()
+            if attempt == attempts - 1:
+                raise
+            continue
+        stack.processes.append(moto)
+        return f"http://127.0.0.1:{port}"
+    raise RuntimeError("moto server did not start")
 
 
 def main(argv: list[str] | None = None) -> int:

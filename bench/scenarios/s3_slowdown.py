@@ -1,0 +1,405 @@
+"""S3 SlowDown: runferry's adaptive limiter vs boto3 standard/adaptive on a prefix limited to R req/s; bytes vs rclone.
+
+Part 1 (request rate): the throttling front limits one prefix to ``--rate`` writes/s and answers
+503 SlowDown above it. Each client writes small objects into its own prefix for ``--seconds``:
+
+* runferry: ``--workers`` tasks through one ``S3Store`` (its shared adaptive limiter decides);
+* boto3 ``standard`` and ``adaptive`` retry modes, ``--boto-threads`` threads sharing one client
+  (fixed concurrency, botocore's default attempts).
+
+Figures come from the front's own per-second counts: goodput = accepted / (R x seconds),
+including the ramp-up; the throttled share is over the requests after the first 10 s; failed
+transfers are objects the client gave up on. The back end is the front's ``sink`` (no capacity
+limit of its own) unless ``--upstream moto``.
+
+Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and downloaded from moto's S3
+server (direct, no throttling) by runferry's ``S3Store`` and by ``rclone copy`` with matching
+parallelism. Reported as MiB/s and runferry / rclone ratios.
+
+Part 3 (optional, ``--large-mib N``): one N MiB object generated on the fly, uploaded, copied
+server-side and downloaded through the front with SlowDown on, every byte checked by SHA-256.
+
+Outputs: a table on stdout, ``results.json`` and ``s3_slowdown.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from adapters.base import AdapterContext
+from adapters.s3 import MIB, S3Config, S3Store, S3Url
+from engine.errors import TransferError
+from ratelimit import LimiterRegistry
+from tests.servers.s3front import S3Stack, start_s3_stack
+
+BUCKET = "rf-bench"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench s3_slowdown", description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="writes/s the front allows the prefix")
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each client's run")
+    parser.add_argument("--burst-seconds", type=float, default=0.2, help="front token bucket depth")
+    parser.add_argument("--workers", type=int, default=64, help="runferry tasks writing objects")
+    parser.add_argument("--boto-threads", type=int, default=16, help="boto3 fixed concurrency")
+    parser.add_argument("--object-bytes", type=int, default=1024)
+    parser.add_argument("--upstream", choices=("sink", "moto"), default="sink")
+    parser.add_argument("--clients", default="runferry,standard,adaptive")
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--file-mib", type=int, default=128)
+    parser.add_argument("--skip-bytes", action="store_true", help="skip the rclone comparison")
+    parser.add_argument("--large-mib", type=int, default=0, help="also round-trip one object this big")
+    parser.add_argument("--out", default="bench/out/s3_slowdown")
+    return parser.parse_args(argv)
+
+
+# -- part 1: request rate ----------------------------------------------------------------
+
+
+def server_figures(stack: S3Stack, prefix: str, rate: float, seconds: float) -> dict[str, Any]:
+    cell = stack.stats().get(f"{BUCKET}/{prefix}", {"timeline": {}})
+    timeline = {int(k): v for k, v in cell["timeline"].items()}
+    whole = range(int(seconds))
+    accepted = sum(timeline.get(s, [0, 0])[0] for s in whole)
+    late_accepted = sum(timeline.get(s, [0, 0])[0] for s in whole if s >= 10)
+    late_throttled = sum(timeline.get(s, [0, 0])[1] for s in whole if s >= 10)
+    return {
+        "goodput": accepted / (rate * int(seconds)),
+        "throttled_after_10s": late_throttled / max(1, late_accepted + late_throttled),
+        "throttled_total": sum(v[1] for v in timeline.values()),
+        "accepted_total": sum(v[0] for v in timeline.values()),
+        "timeline": [[s, *timeline.get(s, [0, 0])] for s in whole],
+    }
+
+
+async def _one_piece(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def runferry_rate(stack: S3Stack, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    registry = LimiterRegistry()
+    samples: list[dict[str, float]] = []
+    done = failed = 0
+    body = os.urandom(args.object_bytes)
+    config = S3Config(endpoint_url=stack.front_url, max_attempts=20)
+    async with S3Store(config, AdapterContext(limiters=registry)) as s3:
+        limiter = s3.limiter_for(S3Url(BUCKET, f"{prefix}/x"))
+        start = time.monotonic()
+        deadline = start + args.seconds
+
+        async def worker(number: int) -> None:
+            nonlocal done, failed
+            sequence = 0
+            while time.monotonic() < deadline:
+                sequence += 1
+                try:
+                    await s3.put_stream(f"s3://{BUCKET}/{prefix}/w{number}-{sequence}", _one_piece(body))
+                    done += 1
+                except TransferError:
+                    failed += 1
+
+        async def sampler() -> None:
+            while time.monotonic() < deadline:
+                stats = limiter.statistics()
+                samples.append({
+                    "t": time.monotonic() - start,
+                    "concurrency": stats.concurrency_limit,
+                    "in_flight": stats.in_flight,
+                    "rate_limit": stats.rate_limit or 0.0,
+                    "accepted_rate": stats.accepted_rate,
+                })
+                await anyio.sleep(0.25)
+
+        stack.reset_stats()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sampler)
+            for number in range(args.workers):
+                tg.start_soon(worker, number)
+        final = limiter.statistics()
+    return {"done": done, "failed": failed, "samples": samples, "retries": final.retries,
+            "client_throttles": final.throttles}
+
+
+def boto_rate(stack: S3Stack, args: argparse.Namespace, prefix: str, mode: str) -> dict[str, Any]:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client(
+        "s3", endpoint_url=stack.front_url,
+        config=Config(retries={"mode": mode}, max_pool_connections=args.boto_threads),
+    )
+    body = os.urandom(args.object_bytes)
+    counts = {"done": 0, "failed": 0}
+    lock = threading.Lock()
+    stack.reset_stats()
+    deadline = time.monotonic() + args.seconds
+
+    def worker(number: int) -> None:
+        sequence = 0
+        while time.monotonic() < deadline:
+            sequence += 1
+            try:
+                client.put_object(Bucket=BUCKET, Key=f"{prefix}/w{number}-{sequence}", Body=body)
+                outcome = "done"
+            except (ClientError, BotoCoreError):
+                outcome = "failed"
+            with lock:
+                counts[outcome] += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(args.boto_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return dict(counts)
+
+
+def rate_part(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    results = []
+    with start_s3_stack(sink=args.upstream == "sink") as stack:
+        stack.configure(write_rate=args.rate, burst_seconds=args.burst_seconds)
+        if args.upstream == "moto":
+            asyncio.run(_create_bucket(stack.moto_url))
+        for client in args.clients.split(","):
+            prefix = f"{client}-{int(time.time())}"
+            print(f"  running {client} for {args.seconds:.0f} s ...", flush=True)
+            if client == "runferry":
+                run = asyncio.run(runferry_rate(stack, args, prefix))
+            else:
+                run = boto_rate(stack, args, prefix, client)
+            run.update(server_figures(stack, prefix, args.rate, args.seconds))
+            run["client"] = client if client == "runferry" else f"boto3 {client}"
+            results.append(run)
+    plot_rate(results, args, out / "s3_slowdown.png")
+    return results
+
+
+async def _create_bucket(url: str) -> None:
+    async with S3Store(S3Config(endpoint_url=url)) as s3:
+        try:
+            await s3.client.create_bucket(Bucket=BUCKET)
+        except Exception as exc:  # noqa: BLE001 - already there is fine
+            if "BucketAlready" not in str(exc):
+                raise
+
+
+def plot_rate(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
+    ours = next((r for r in results if r["client"] == "runferry"), None)
+    if ours is not None:
+        t = [s["t"] for s in ours["samples"]]
+        axes[0].plot(t, [s["rate_limit"] for s in ours["samples"]], label="pacing rate (req/s)")
+        axes[0].plot(t, [s["accepted_rate"] for s in ours["samples"]], label="accepted rate, measured (req/s)")
+        axes[0].axhline(args.rate, color="grey", linestyle="--", label=f"R = {args.rate:g}")
+        twin = axes[0].twinx()
+        twin.plot(t, [s["concurrency"] for s in ours["samples"]], color="tab:red", alpha=0.6, label="concurrency limit")
+        twin.set_ylabel("concurrency limit")
+        twin.legend(loc="lower right")
+        axes[0].set_title("runferry limiter for the prefix")
+        axes[0].set_ylabel("requests/s")
+        axes[0].legend(loc="upper right")
+    for run in results:
+        seconds = [row[0] for row in run["timeline"]]
+        axes[1].plot(seconds, [row[1] for row in run["timeline"]], label=run["client"])
+        axes[2].plot(seconds, [row[2] for row in run["timeline"]], label=run["client"])
+    axes[1].axhline(args.rate, color="grey", linestyle="--")
+    axes[1].set_title("accepted requests per second (front's count)")
+    axes[2].set_title("throttled (503 SlowDown) requests per second (front's count)")
+    axes[2].set_xlabel("seconds")
+    axes[2].set_yscale("symlog")
+    for axis in axes[1:]:
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# -- part 2: bytes vs rclone ---------------------------------------------------------------
+
+
+def make_files(directory: Path, count: int, mib: int) -> None:
+    rng = random.Random(7)
+    for index in range(count):
+        with open(directory / f"file{index}.bin", "wb") as handle:
+            for _ in range(mib):
+                handle.write(rng.randbytes(MIB))
+
+
+async def _file_pieces(path: Path) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as handle:
+        while piece := await handle.read(8 * MIB):
+            yield piece
+
+
+async def runferry_bytes(url: str, src: Path, dst: Path, prefix: str) -> tuple[float, float]:
+    files = sorted(src.iterdir())
+    async with S3Store(S3Config(endpoint_url=url, part_concurrency=8)) as s3:
+        start = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for path in files:
+                tg.start_soon(lambda p=path: s3.put_stream(f"s3://{BUCKET}/{prefix}/{p.name}", _file_pieces(p), size=p.stat().st_size))
+        upload = time.monotonic() - start
+
+        async def fetch(path: Path) -> None:
+            async with await anyio.open_file(dst / path.name, "wb") as handle:
+                async for piece in s3.get_stream(f"s3://{BUCKET}/{prefix}/{path.name}"):
+                    await handle.write(piece)
+
+        start = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for path in files:
+                tg.start_soon(fetch, path)
+        download = time.monotonic() - start
+    return upload, download
+
+
+def rclone_bytes(url: str, src: Path, dst: Path, prefix: str, files: int) -> tuple[float, float]:
+    env = {
+        **os.environ,
+        "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ENDPOINT": url, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": "bench",
+        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": "bench", "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
+        "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+    }
+    # rclone's AWS SDK fails on a custom CA bundle with its own transport; the endpoint is
+    # plain HTTP on loopback, so it needs none.
+    env.pop("AWS_CA_BUNDLE", None)
+    common = ["--transfers", str(files), "--checkers", str(files), "--s3-upload-concurrency", "8",
+              "--s3-chunk-size", "8M", "--multi-thread-streams", "8", "--no-check-dest", "-q"]
+    start = time.monotonic()
+    subprocess.run(["rclone", "copy", str(src), f"bench:{BUCKET}/{prefix}", *common], env=env, check=True)
+    upload = time.monotonic() - start
+    start = time.monotonic()
+    subprocess.run(["rclone", "copy", f"bench:{BUCKET}/{prefix}", str(dst), *common], env=env, check=True)
+    download = time.monotonic() - start
+    return upload, download
+
+
+def same_files(a: Path, b: Path) -> bool:
+    def digest(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while piece := handle.read(8 * MIB):
+                h.update(piece)
+        return h.hexdigest()
+
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(digest(a / n) == digest(b / n) for n in names)
+
+
+def bytes_part(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("rclone") is None:
+        return {"skipped": "rclone is not installed (apt-get install rclone)"}
+    total_mib = args.files * args.file_mib
+    with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp, start_s3_stack() as stack:
+        root = Path(tmp)
+        src, ours, theirs = root / "src", root / "runferry", root / "rclone"
+        for directory in (src, ours, theirs):
+            directory.mkdir()
+        make_files(src, args.files, args.file_mib)
+        asyncio.run(_create_bucket(stack.moto_url))
+        print(f"  runferry bytes: {total_mib} MiB up and down ...", flush=True)
+        up_ours, down_ours = asyncio.run(runferry_bytes(stack.moto_url, src, ours, "rf"))
+        print(f"  rclone bytes: {total_mib} MiB up and down ...", flush=True)
+        up_theirs, down_theirs = rclone_bytes(stack.moto_url, src, theirs, "rc", args.files)
+        return {
+            "mib": total_mib,
+            "runferry_upload_mib_s": total_mib / up_ours, "runferry_download_mib_s": total_mib / down_ours,
+            "rclone_upload_mib_s": total_mib / up_theirs, "rclone_download_mib_s": total_mib / down_theirs,
+            "runferry_files_identical": same_files(src, ours), "rclone_files_identical": same_files(src, theirs),
+        }
+
+
+# -- part 3: one large object --------------------------------------------------------------
+
+
+async def _generated(size: int, digest: Any) -> AsyncIterator[bytes]:
+    rng = random.Random(size)
+    left = size
+    while left:
+        piece = rng.randbytes(min(8 * MIB, left))
+        digest.update(piece)
+        left -= len(piece)
+        yield piece
+
+
+async def large_object(stack: S3Stack, mib: int, rate: float) -> dict[str, Any]:
+    size = mib * MIB + 17
+    sent = hashlib.sha256()
+    async with S3Store(S3Config(endpoint_url=stack.front_url, part_size=16 * MIB, multipart_threshold=16 * MIB)) as s3:
+        await s3.client.create_bucket(Bucket="rf-large")
+        stack.configure(write_rate=rate, read_rate=rate * 1.5)
+        start = time.monotonic()
+        put = await s3.put_stream("s3://rf-large/big/obj", _generated(size, sent), size=size)
+        upload = time.monotonic() - start
+        start = time.monotonic()
+        copied = await s3.copy("s3://rf-large/big/obj", "s3://rf-large/big/copy")
+        copy = time.monotonic() - start
+        start = time.monotonic()
+        got = hashlib.sha256()
+        async for piece in s3.get_stream("s3://rf-large/big/copy"):
+            got.update(piece)
+        download = time.monotonic() - start
+        open_uploads = await s3.list_open_uploads("s3://rf-large/")
+    return {"bytes": size, "parts": put.parts, "copy_parts": copied.parts, "upload_s": upload, "copy_s": copy,
+            "download_s": download, "identical": got.hexdigest() == sent.hexdigest(), "open_uploads": len(open_uploads)}
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"args": vars(args)}
+    print(f"S3 SlowDown bench: R = {args.rate:g} writes/s per prefix, {args.seconds:g} s per client, upstream {args.upstream}")
+    report["rate"] = rate_part(args, out)
+    print()
+    print(f"{'client':<18}{'goodput/R':>10}{'throttled>10s':>15}{'failed':>8}{'objects':>9}{'throttles':>11}")
+    for run in report["rate"]:
+        print(f"{run['client']:<18}{run['goodput']:>10.3f}{run['throttled_after_10s']:>15.4f}"
+              f"{run['failed']:>8}{run['done']:>9}{run['throttled_total']:>11}")
+    if not args.skip_bytes:
+        report["bytes"] = b = bytes_part(args)
+        if "skipped" in b:
+            print(f"\nbytes: {b['skipped']}")
+        else:
+            print(f"\nbytes vs rclone ({b['mib']} MiB, moto S3 server direct):")
+            print(f"  upload   runferry {b['runferry_upload_mib_s']:.1f} MiB/s, rclone {b['rclone_upload_mib_s']:.1f} MiB/s,"
+                  f" ratio {b['runferry_upload_mib_s'] / b['rclone_upload_mib_s']:.2f}")
+            print(f"  download runferry {b['runferry_download_mib_s']:.1f} MiB/s, rclone {b['rclone_download_mib_s']:.1f} MiB/s,"
+                  f" ratio {b['runferry_download_mib_s'] / b['rclone_download_mib_s']:.2f}")
+            print(f"  identical: runferry {b['runferry_files_identical']}, rclone {b['rclone_files_identical']}")
+    if args.large_mib:
+        with start_s3_stack() as stack:
+            print(f"\n  large object: {args.large_mib} MiB ...", flush=True)
+            report["large"] = large = asyncio.run(large_object(stack, args.large_mib, args.rate))
+        print(f"large object {large['bytes']} bytes, {large['parts']} parts: upload {large['upload_s']:.1f} s, "
+              f"copy {large['copy_s']:.1f} s, download {large['download_s']:.1f} s, identical {large['identical']}, "
+              f"open uploads {large['open_uploads']}")
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nwrote {out / 'results.json'} and {out / 's3_slowdown.png'}")
+    return 0
