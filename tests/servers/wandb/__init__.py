@@ -18,6 +18,7 @@ From a test::
         server.sdk_env(dir)   # WANDB_* environment for an SDK subprocess (online, silent, ...)
         server.state          # ServerState: runs, history lines, files, artifacts (see _state.py)
         server.faults         # Faults: knobs below, changeable while it runs
+        server.export_history(entity, project, run)   # parquet export (see History below)
 
 ``launch(...)`` returns the same handle without a context manager (call ``close()``).
 ``ServerState(clock=...)`` may be passed as ``state=`` to control created/heartbeat times.
@@ -57,9 +58,12 @@ in ``state.unknown_operations``):
   heartbeat_at, name, config and summary keys; ties by creation order).
 * History: ``history(minStep, maxStep[exclusive], samples)``, ``sampledHistory(specs)``
   (spec maxStep is *inclusive*, matching what wandb-core sends), ``historyKeys``
-  (``lastStep``), ``events(samples)``, ``parquetHistory`` (no parquet exports: every row is
-  reported as live data, so the SDK falls back to HistoryPage/SampledHistoryPage).
-  Sampling keeps first and last rows and spaces the rest evenly.
+  (``lastStep``), ``events(samples)``, ``parquetHistory(liveKeys)``: signed URLs of the run's
+  parquet exports (made by ``server.export_history(...)``, or for every run on completion when
+  ``state.export_history_on_finish = True``) plus ``liveData`` for rows not exported; without
+  an export every row is live and wandb-core reads it through HistoryPage/SampledHistoryPage.
+  ``history``/``sampledHistory`` always return all rows (older SDKs rely on it), so, as on
+  W&B, export a run only once it is complete. Sampling keeps first and last rows.
 * Run files: CreateRunFiles, MarkRunFilesUploaded, RunFiles (names, pattern, paging),
   authenticated GET ``/files/{entity}/{project}/{run}/{path}`` and presigned storage URLs.
 * Artifacts: ArtifactType, CreateArtifact (digest dedup -> COMMITTED), CreateArtifactManifest,
@@ -80,8 +84,9 @@ in ``state.unknown_operations``):
 
 Not implemented (known gaps; keep this list honest)
 ---------------------------------------------------
-* Real parquet history exports (``parquetUrls`` is always empty); system-metrics sampling
-  beyond returning ``wandb-events.jsonl`` lines; console-log queries (RunConsoleLogPage).
+* Parquet exports are one file per run with float64 columns for numbers and JSON text for
+  anything else (W&B's exact export schema is not public); system-metrics sampling beyond
+  returning ``wandb-events.jsonl`` lines; console-log queries (RunConsoleLogPage).
 * Schema introspection (``__type`` returns empty field lists), sweeps, launch queues,
   registries/portfolios (LinkArtifact), artifact deletion, DeleteRun, tags/alias mutations,
   TTLs, reference (``ref``) artifact entries are stored but not resolved.

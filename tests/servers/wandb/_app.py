@@ -21,6 +21,7 @@ from graphql import GraphQLError
 
 from . import _artifacts_api as arts
 from . import _runs_api as runs_api
+from ._exports import export_history
 from ._faults import Faults
 from ._gql import Executor, GqlFieldError, UnknownOperation, error_entry, parse_request
 from ._state import Blob, ServerState, write_lines
@@ -253,6 +254,8 @@ async def file_stream_handler(request: web.Request) -> web.Response:
             run.exitcode = payload.get("exitcode")
             run.state = "finished" if not run.exitcode else "failed"
         run.heartbeat_at = state.clock()
+    if payload.get("complete") and state.export_history_on_finish:
+        export_history(state, run)
     return _json({"exitcode": None, "limits": {}})
 
 

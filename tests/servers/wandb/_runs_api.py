@@ -266,11 +266,14 @@ def sampled_history(run: Run, args: dict) -> list[list[dict]]:
     return out
 
 
-def parquet_history(run: Run, args: dict) -> dict:
-    """No parquet exports: every row is "live"; liveData holds the ``liveKeys`` of each row."""
+def parquet_history(ctx: Ctx, run: Run, args: dict) -> dict:
+    """Signed URLs of the run's parquet exports plus ``liveKeys`` of the rows not exported."""
     keys = args.get("liveKeys") or ["_step"]
-    live = [{k: row[k] for k in keys if k in row} for row in run.history_rows()]
-    return {"parquetUrls": [], "liveData": live}
+    with ctx.state.lock:
+        urls = [ctx.storage_url(key) for key in run.parquet_exports]
+        tail = [line for line in run.history[run.exported_lines :] if line is not None]
+    live = [{k: row[k] for k in keys if k in row} for row in map(json.loads, tail)]
+    return {"parquetUrls": urls, "liveData": live}
 
 
 def tail(lines: list[str | None], count: int = 10) -> str:
@@ -337,7 +340,7 @@ def run_node(ctx: Ctx, run: Run) -> dict:
         "history": lambda a: history_lines(run, a),
         "sampledHistory": lambda a: sampled_history(run, a),
         "events": lambda a: sample([l for l in run.events if l is not None], a.get("samples")),
-        "parquetHistory": lambda a: parquet_history(run, a),
+        "parquetHistory": lambda a: parquet_history(ctx, run, a),
         "fileCount": lambda a: len(run.files),
         "files": files,
         "user": {"name": ctx.username, "username": ctx.username, "id": node_id("User", ctx.username)},

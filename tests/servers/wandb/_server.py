@@ -64,6 +64,15 @@ class WandbServer:
             "WANDB_DISABLE_SERVICE_TELEMETRY": "true",
         }
 
+    def export_history(self, entity: str, project: str, run: str) -> str | None:
+        """Write the run's current history to a parquet export (``parquetHistory`` path)."""
+        from ._exports import export_history
+
+        found = self.state.run(entity, project, run)
+        if found is None:
+            raise KeyError(f"no run {entity}/{project}/{run}")
+        return export_history(self.state, found)
+
     def close(self) -> None:
         if self._stop is not None:
             self._stop()

@@ -81,6 +81,8 @@ class Run:
     sweep: str | None = None
     history: list[str | None] = field(default_factory=list)
     history_steps: list[int | None] = field(default_factory=list)  # ``_step`` of each line (index)
+    parquet_exports: list[str] = field(default_factory=list)  # blob keys of history exports
+    exported_lines: int = 0  # history lines covered by ``parquet_exports``
     events: list[str | None] = field(default_factory=list)
     logs: list[str | None] = field(default_factory=list)
     files: dict[str, RunFile] = field(default_factory=dict)
@@ -223,6 +225,7 @@ class ServerState:
         self.views: dict[str, View] = {}
         self.projects: set[tuple[str, str]] = set()
         self._seq = itertools.count(1)
+        self.export_history_on_finish = False  # parquet-export a run's history when it completes
         self.request_log: list[tuple[str, str]] = []  # (kind, name) e.g. ("graphql", "UpsertBucket")
         self.documents: dict[str, str] = {}  # last GraphQL document per operation name (debugging)
         self.last_variables: dict[str, dict] = {}  # last variables per operation name (debugging)
