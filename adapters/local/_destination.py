@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from adapters.base import AdapterContext, Checkpoint
 from adapters.local import _history, _layout, _tables
+from adapters.local._io import blocking
 from engine.errors import ConfigError, FatalError
 from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord
 
@@ -64,13 +65,13 @@ class LocalRunWriter:
                 batch = batch.cast(HISTORY_SCHEMA)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
                 raise FatalError(f"{self.dest_id}: history batch does not fit HISTORY_SCHEMA: {exc}") from exc
-        await anyio.to_thread.run_sync(
+        await blocking(
             lambda: _history.write_part(self.run_dir, batch, chunk.offset, fsync=self._fsync)
         )
         self._durable = chunk.end
 
     async def flush_history(self) -> None:
-        self._durable = await anyio.to_thread.run_sync(lambda: _history.merge(self.run_dir, fsync=self._fsync))
+        self._durable = await blocking(lambda: _history.merge(self.run_dir, fsync=self._fsync))
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(history_points=self._durable)
@@ -80,21 +81,21 @@ class LocalRunWriter:
         if file.artifact is not None:
             meta = _layout.dumps(_layout.artifact_to_json(file.artifact))
             meta_path = _layout.artifact_dir(self.run_dir, file.artifact) / _layout.ARTIFACT_JSON
-            await anyio.to_thread.run_sync(lambda: _layout.write_if_changed(meta_path, meta, fsync=self._fsync))
+            await blocking(lambda: _layout.write_if_changed(meta_path, meta, fsync=self._fsync))
         tmp = _layout.temp_sibling(target)
 
         def open_tmp() -> BinaryIO:
             target.parent.mkdir(parents=True, exist_ok=True)
             return open(tmp, "wb")
 
-        handle = await anyio.to_thread.run_sync(open_tmp)
+        handle = await blocking(open_tmp)
         try:
             async for piece in data:
-                await anyio.to_thread.run_sync(handle.write, piece)
-            await anyio.to_thread.run_sync(self._close_and_publish, handle, tmp, target)
+                await blocking(handle.write, piece)
+            await blocking(self._close_and_publish, handle, tmp, target)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._discard, handle, tmp)
+                await blocking(self._discard, handle, tmp)
             raise
 
     def _close_and_publish(self, handle: BinaryIO, tmp: Path, target: Path) -> None:
@@ -118,7 +119,7 @@ class LocalRunWriter:
 
 async def _write_run_json(run_dir: Path, run: RunRecord, *, fsync: bool) -> None:
     data = _layout.dumps(_layout.record_to_json(run))
-    await anyio.to_thread.run_sync(lambda: _layout.write_atomic(run_dir / _layout.RUN_JSON, data, fsync=fsync))
+    await blocking(lambda: _layout.write_atomic(run_dir / _layout.RUN_JSON, data, fsync=fsync))
 
 
 class LocalDestination:
@@ -145,7 +146,7 @@ class LocalDestination:
             if not os.access(self.root, os.W_OK):
                 raise ConfigError(f"destination path {self.root} is not writable")
 
-        await anyio.to_thread.run_sync(prepare)
+        await blocking(prepare)
         return self
 
     async def __aexit__(
@@ -163,13 +164,13 @@ class LocalDestination:
             _remove_temporaries(run_dir)
             return _history.recover(run_dir, wanted, fsync=self.config.fsync)
 
-        durable = await anyio.to_thread.run_sync(prepare)
+        durable = await blocking(prepare)
         # run.json now, so an unfinished run is visible in the export; finish() rewrites it
         await _write_run_json(run_dir, run, fsync=self.config.fsync)
         return LocalRunWriter(run_dir, rel, durable, fsync=self.config.fsync)
 
     async def finalize(self) -> None:
-        await anyio.to_thread.run_sync(lambda: _tables.write_runs_tables(self.root, csv=self.config.csv))
+        await blocking(lambda: _tables.write_runs_tables(self.root, csv=self.config.csv))
 
 
 def _remove_temporaries(run_dir: Path) -> None:

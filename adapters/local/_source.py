@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from adapters.base import AdapterContext
 from adapters.local import _history, _layout, _tables
+from adapters.local._io import blocking
 from engine.errors import ConfigError, NotFoundError
 from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
 
@@ -61,7 +62,7 @@ async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
     done = object()
     try:
         while True:
-            item = await anyio.to_thread.run_sync(next, iterator, done)
+            item = await blocking(next, iterator, done)
             if item is done:
                 return
             yield item
@@ -69,7 +70,7 @@ async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
         close = getattr(iterator, "close", None)
         if close is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(close)
+                await blocking(close)
 
 
 class LocalSource:
@@ -86,7 +87,7 @@ class LocalSource:
         return f"local:{self.root}"
 
     async def __aenter__(self) -> LocalSource:
-        if not await anyio.to_thread.run_sync((self.root / "runs").is_dir):
+        if not await blocking((self.root / "runs").is_dir):
             raise ConfigError(f"source path {self.root} is not a runferry export (no runs/ directory)")
         return self
 
@@ -120,7 +121,7 @@ class LocalSource:
 
     async def get_run(self, ref: RunRef) -> RunRecord:
         rel, run_dir = self._run_dir(ref)
-        doc = await anyio.to_thread.run_sync(_load_json, run_dir / _layout.RUN_JSON)
+        doc = await blocking(_load_json, run_dir / _layout.RUN_JSON)
         return _layout.record_from_json(doc, rel)
 
     def _history(self, run_dir: Path, start: int) -> Iterator[HistoryChunk]:
@@ -175,23 +176,20 @@ class LocalSource:
 
     async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
         _, run_dir = self._run_dir(run.ref)
-        for file in await anyio.to_thread.run_sync(self._files, run_dir):
+        for file in await blocking(self._files, run_dir):
             yield file
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
         _, run_dir = self._run_dir(run.ref)
         path = _layout.file_target(run_dir, file.path, file.artifact)
         piece = min(self.context.part_bytes, _MAX_PIECE)
+        handle = await blocking(open, path, "rb")  # NotFoundError when it is missing
         try:
-            handle = await anyio.to_thread.run_sync(open, path, "rb")
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{run.ref.id}: file {file.key!r} is missing", adapter="local") from exc
-        try:
-            while data := await anyio.to_thread.run_sync(handle.read, piece):
+            while data := await blocking(handle.read, piece):
                 yield data
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(handle.close)
+                await blocking(handle.close)
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, int]]:

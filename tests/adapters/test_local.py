@@ -23,6 +23,7 @@ from tests.adapters.contract import (
     assert_records_equal,
     contract_source,
     copy_run,
+    read_bytes,
     read_history,
 )
 
@@ -347,3 +348,23 @@ async def test_repeated_crashes_at_random_points_never_duplicate_or_lose_points(
                 ledger = rnd.choice([ledger, *checkpoints]) or checkpoints[0]
         await copy_run(src, record, dest, resume=ledger, files=False)
     assert_history_equal(await stored_history(tmp_path), full)  # type: ignore[arg-type]
+
+
+async def test_disk_errors_become_transfer_errors(tmp_path: Path) -> None:
+    from engine.errors import NotFoundError
+
+    src, record, _ = await expected_history()
+    async with destination(tmp_path) as dest:
+        writer, _ = await copy_run(src, record, dest, files=False)
+        (tmp_path / writer.dest_id / "files").write_bytes(b"a file where a folder should be")
+        writer = await dest.open_run(record, Checkpoint(history_points=record.history_points or 0))
+        with pytest.raises(FatalError) as caught:
+            await writer.write_file(FileRef(path="x/y.bin"), pieces(b"1"))
+        assert isinstance(caught.value.__cause__, OSError)
+    (tmp_path / writer.dest_id / _layout.HISTORY).write_bytes(b"PAR1 not really parquet")
+    async with reader(tmp_path) as local:
+        run = await local.get_run((await all_refs(local))[0])
+        with pytest.raises(FatalError):
+            await read_history(local, run)
+        with pytest.raises(NotFoundError):
+            await read_bytes(local, run, FileRef(path="never/written.bin"))

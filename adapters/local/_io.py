@@ -1,0 +1,29 @@
+"""Blocking file work off the event loop, with disk errors translated into the error tree.
+
+Every local-adapter call that touches the disk goes through ``blocking``: it runs in a worker
+thread (the event loop never waits on the disk) and turns ``OSError`` / Arrow errors into
+``NotFoundError`` (missing file) or ``FatalError`` (disk full, permissions, corrupt Parquet),
+keeping the original on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio.to_thread
+import pyarrow as pa
+
+from engine.errors import FatalError, NotFoundError
+
+T = TypeVar("T")
+
+
+async def blocking(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a worker thread. :raises NotFoundError, FatalError: see module doc."""
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise NotFoundError(f"local export: {exc}", adapter="local") from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise FatalError(f"local export: {type(exc).__name__}: {exc}", adapter="local") from exc
