@@ -1,9 +1,10 @@
 """Blocking file work off the event loop, with disk errors translated into the error tree.
 
-Every local-adapter call that touches the disk goes through ``blocking``: it runs in a worker
-thread (the event loop never waits on the disk) and turns ``OSError`` / Arrow errors into
-``NotFoundError`` (missing file) or ``FatalError`` (disk full, permissions, corrupt Parquet),
-keeping the original on ``__cause__``.
+Every local-adapter call that touches the disk goes through ``blocking`` (writing) or
+``blocking_read``: it runs in a worker thread (the event loop never waits on the disk) and
+turns ``OSError`` / Arrow errors into ``FatalError`` (disk full, a file where a folder should
+be, corrupt Parquet) — or, when reading, a missing path into ``NotFoundError`` — keeping the
+original on ``__cause__``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ T = TypeVar("T")
 
 
 async def blocking(fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in a worker thread. :raises NotFoundError, FatalError: see module doc."""
+    """``fn(*args)`` in a worker thread. :raises FatalError: on any disk or Arrow error."""
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except (OSError, pa.ArrowException) as exc:
+        raise FatalError(f"local export: {type(exc).__name__}: {exc}", adapter="local") from exc
+
+
+async def blocking_read(fn: Callable[..., T], *args: object) -> T:
+    """Like ``blocking``. :raises NotFoundError: when a path does not exist."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
     except (FileNotFoundError, NotADirectoryError) as exc:

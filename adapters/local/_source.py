@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from adapters.base import AdapterContext
 from adapters.local import _history, _layout, _tables
-from adapters.local._io import blocking
+from adapters.local._io import blocking_read
 from engine.errors import ConfigError, NotFoundError
 from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
 
@@ -62,7 +62,7 @@ async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
     done = object()
     try:
         while True:
-            item = await blocking(next, iterator, done)
+            item = await blocking_read(next, iterator, done)
             if item is done:
                 return
             yield item
@@ -70,7 +70,7 @@ async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
         close = getattr(iterator, "close", None)
         if close is not None:
             with anyio.CancelScope(shield=True):
-                await blocking(close)
+                await blocking_read(close)
 
 
 class LocalSource:
@@ -87,7 +87,7 @@ class LocalSource:
         return f"local:{self.root}"
 
     async def __aenter__(self) -> LocalSource:
-        if not await blocking((self.root / "runs").is_dir):
+        if not await blocking_read((self.root / "runs").is_dir):
             raise ConfigError(f"source path {self.root} is not a runferry export (no runs/ directory)")
         return self
 
@@ -121,7 +121,7 @@ class LocalSource:
 
     async def get_run(self, ref: RunRef) -> RunRecord:
         rel, run_dir = self._run_dir(ref)
-        doc = await blocking(_load_json, run_dir / _layout.RUN_JSON)
+        doc = await blocking_read(_load_json, run_dir / _layout.RUN_JSON)
         return _layout.record_from_json(doc, rel)
 
     def _history(self, run_dir: Path, start: int) -> Iterator[HistoryChunk]:
@@ -176,20 +176,20 @@ class LocalSource:
 
     async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
         _, run_dir = self._run_dir(run.ref)
-        for file in await blocking(self._files, run_dir):
+        for file in await blocking_read(self._files, run_dir):
             yield file
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
         _, run_dir = self._run_dir(run.ref)
         path = _layout.file_target(run_dir, file.path, file.artifact)
         piece = min(self.context.part_bytes, _MAX_PIECE)
-        handle = await blocking(open, path, "rb")  # NotFoundError when it is missing
+        handle = await blocking_read(open, path, "rb")  # NotFoundError when it is missing
         try:
-            while data := await blocking(handle.read, piece):
+            while data := await blocking_read(handle.read, piece):
                 yield data
         finally:
             with anyio.CancelScope(shield=True):
-                await blocking(handle.close)
+                await blocking_read(handle.close)
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, int]]:
