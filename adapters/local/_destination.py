@@ -8,6 +8,7 @@ runs in worker threads (``anyio.to_thread``), never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -65,9 +66,7 @@ class LocalRunWriter:
                 batch = batch.cast(HISTORY_SCHEMA)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
                 raise FatalError(f"{self.dest_id}: history batch does not fit HISTORY_SCHEMA: {exc}") from exc
-        await blocking(
-            lambda: _history.write_part(self.run_dir, batch, chunk.offset, fsync=self._fsync)
-        )
+        await blocking(lambda: _history.write_part(self.run_dir, batch, chunk.offset, fsync=self._fsync))
         self._durable = chunk.end
 
     async def flush_history(self) -> None:
@@ -107,8 +106,11 @@ class LocalRunWriter:
 
     @staticmethod
     def _discard(handle: BinaryIO, tmp: Path) -> None:
-        handle.close()
-        tmp.unlink(missing_ok=True)
+        """Best effort: the error being raised already says what went wrong."""
+        with contextlib.suppress(OSError):
+            handle.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
     async def finish(self, run: RunRecord) -> None:
         await _write_run_json(self.run_dir, run, fsync=self._fsync)
