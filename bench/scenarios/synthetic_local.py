@@ -25,6 +25,7 @@ from typing import Any
 from bench.common import ChildResult, child_env, human, print_table, python_child, rate, run_child, write_toml
 
 PHASES = ("startup", "generate", "write", "migrate")
+PREBUILT_CHUNKS = 8
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -112,8 +113,8 @@ async def _generate(config_path: Path) -> dict[str, Any]:
 
 
 async def _write(config_path: Path) -> dict[str, Any]:
-    """Fill the destination from pre-built records, one run's chunks and one random piece
-    (built before the clock starts)."""
+    """Fill the destination from pre-built records, the first run's first chunks (cycled) and
+    one random piece, all built before the clock starts."""
     import os
 
     from engine.model import HistoryChunk
@@ -122,7 +123,13 @@ async def _write(config_path: Path) -> dict[str, Any]:
     async with source:
         records = [await source.get_run(ref) async for ref in source.list_runs()]  # bench sizes: fine
         first = records[0]
-        chunks = [c async for c in source.iter_history(first)]
+        # at most PREBUILT_CHUNKS real chunks, cycled: memory stays bounded for long histories
+        chunks = []
+        async for chunk in source.iter_history(first):
+            if len(chunks) == PREBUILT_CHUNKS:
+                break
+            chunks.append(chunk.batch)
+        total = first.history_points or 0
         files = [f async for f in source.list_files(first)]
     piece = os.urandom(1 << 20)
 
@@ -135,9 +142,14 @@ async def _write(config_path: Path) -> dict[str, Any]:
     async with destination:
         for record in records:
             writer = await destination.open_run(record, None)
-            for chunk in chunks:
-                await writer.write_history(HistoryChunk(batch=chunk.batch, offset=chunk.offset))
-                points += len(chunk)
+            offset, i = 0, 0
+            while offset < total:
+                batch = chunks[i % len(chunks)]
+                batch = batch.slice(0, min(batch.num_rows, total - offset))
+                await writer.write_history(HistoryChunk(batch=batch, offset=offset))
+                offset += batch.num_rows
+                i += 1
+            points += offset
             await writer.flush_history()
             for file in files:
                 await writer.write_file(file, stream(file.size or 0))
