@@ -6,6 +6,7 @@ touching the network. Secrets are read from the environment at ``__aenter__`` ti
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 
@@ -163,5 +164,6 @@ def resolve_connection(
         if user is None or password is None:
             missing = username_env if user is None else password_env
             raise ConfigError(f"{where}: environment variable {missing} is not set")
-        auth = aiohttp.BasicAuth(user, password)
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {credentials}"
     return Connection(base_url, headers, auth)

@@ -39,7 +39,13 @@ from adapters.mlflow._batching import (
     pack_params_and_tags,
 )
 from adapters.mlflow._client import ARTIFACTS_API, MlflowRest, encode_value, proxied_artifact_path
-from adapters.mlflow._config import MlflowDestinationConfig, resolve_connection
+from adapters.mlflow._config import (
+    MAX_BATCH_BYTES,
+    MAX_ENTITIES_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MlflowDestinationConfig,
+    resolve_connection,
+)
 from adapters.mlflow._spool import ReplayableStream
 from engine.errors import FatalError, NotFoundError, RetryableError
 from engine.model import FileRef, HistoryChunk, RunRecord, RunState, seconds_to_millis
@@ -100,6 +106,34 @@ def param_text(value: Any) -> str:
     if isinstance(value, (dict, list, tuple)):
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
     return str(value)
+
+
+def prepare_metadata(destination: MlflowDestination, record: RunRecord) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Params and tags as log-batch entries: values cut to the server's limits (each cut is
+    reported), over-long keys dropped (reported), the parent remapped or marked pending."""
+    config = destination.config
+    tags = {
+        k: v
+        for k, v in run_tags(record).items()
+        if k not in (PARENT_TAG, "mlflow.runName", config.source_tag, SOURCE_URI_TAG, PENDING_PARENT_TAG)
+    }
+    parent = parent_identity(record)
+    if parent is not None:
+        found = destination.find_run(parent)
+        if found is not None:
+            tags[PARENT_TAG] = found.run_id
+        else:
+            tags[PENDING_PARENT_TAG] = parent
+    packed = Packed()
+    params = clean_entries(
+        ((k, param_text(v)) for k, v in record.config.items()), max_value=MAX_PARAM_VALUE, packed=packed
+    )
+    tag_entries = clean_entries(tags.items(), max_value=MAX_TAG_VALUE, packed=packed)
+    for key in packed.truncated:
+        destination.context.events("value_truncated", run=record.ref.id, key=key)
+    for key in packed.dropped:
+        destination.context.events("key_dropped", run=record.ref.id, key=key)
+    return params, tag_entries
 
 
 @dataclass
@@ -230,27 +264,35 @@ class MlflowDestination:
         identity = source_identity(run)
         existing = experiment.index.get(identity)
         start_points = 0
+        params, tags = prepare_metadata(self, run)
         if existing is None:
-            existing = await self._create_run(experiment, run, identity)
+            # small tag sets ride along with runs/create; params go with the first metrics batch
+            inline = tags if len(tags) <= MAX_PARAMS_TAGS_PER_BATCH and sum(len(t["value"]) for t in tags) < 200_000 else []
+            existing = await self._create_run(experiment, run, identity, inline)
+            tags = [] if inline else tags
         else:
             if existing.lifecycle_stage == "deleted":
                 await self.rest.post("runs/restore", {"run_id": existing.run_id})
                 existing.lifecycle_stage = "active"
             if resume is not None and resume.state.get("dest_run_id") in (None, existing.run_id):
                 start_points = resume.history_points
-        writer = MlflowRunWriter(self, run, existing, start_points)
-        await writer.write_metadata()
-        return writer
+        return MlflowRunWriter(self, run, existing, start_points, pending=list(pack_params_and_tags(params, tags)))
 
-    async def _create_run(self, experiment: _Experiment, run: RunRecord, identity: str) -> _DestRun:
-        tags = [{"key": self.config.source_tag, "value": identity}]
+    async def _create_run(
+        self, experiment: _Experiment, run: RunRecord, identity: str, inline_tags: list[dict[str, str]]
+    ) -> _DestRun:
+        tags = {t["key"]: t["value"] for t in inline_tags}
+        tags[self.config.source_tag] = identity
         source_uri = run.system.get("tracking_uri") or run.system.get("source")
         if source_uri:
-            tags.append({"key": SOURCE_URI_TAG, "value": str(source_uri)[:MAX_TAG_VALUE]})
+            tags[SOURCE_URI_TAG] = str(source_uri)[:MAX_TAG_VALUE]
         user_tag = run_tags(run).get("mlflow.user")
         if user_tag:
-            tags.append({"key": "mlflow.user", "value": user_tag})
-        body: dict[str, Any] = {"experiment_id": experiment.experiment_id, "tags": tags}
+            tags["mlflow.user"] = user_tag
+        body: dict[str, Any] = {
+            "experiment_id": experiment.experiment_id,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
         if run.start_time is not None:
             body["start_time"] = seconds_to_millis(run.start_time)
         if run.display_name:
@@ -312,13 +354,22 @@ class MlflowDestination:
 class MlflowRunWriter:
     """One destination run (see the module docstring for the durability rules)."""
 
-    def __init__(self, destination: MlflowDestination, record: RunRecord, dest: _DestRun, start_points: int) -> None:
+    def __init__(
+        self,
+        destination: MlflowDestination,
+        record: RunRecord,
+        dest: _DestRun,
+        start_points: int,
+        *,
+        pending: list[dict[str, Any]],
+    ) -> None:
         self.destination = destination
         self.record = record
         self.dest = dest
         self.dest_id = dest.run_id
         self._durable = start_points
         self._in_flight = anyio.Semaphore(destination.config.batch_concurrency)
+        self._pending = pending  # log-batch bodies of params/tags not sent yet
         self.skipped_points = 0
         self.dropped_keys: set[str] = set()
 
@@ -333,37 +384,11 @@ class MlflowRunWriter:
         return Checkpoint(history_points=self._durable, state={"dest_run_id": self.dest_id})
 
     # -- metadata -------------------------------------------------------------------------------
-    def _tags(self) -> dict[str, str]:
-        """Source tags plus system tags filled from the record's fields, our own removed."""
-        r = self.record
-        config = self.destination.config
-        tags = {
-            k: v
-            for k, v in run_tags(r).items()
-            if k not in (PARENT_TAG, "mlflow.runName", config.source_tag, SOURCE_URI_TAG, PENDING_PARENT_TAG)
-        }
-        parent = parent_identity(r)
-        if parent is not None:
-            found = self.destination.find_run(parent)
-            if found is not None:
-                tags[PARENT_TAG] = found.run_id
-            else:
-                tags[PENDING_PARENT_TAG] = parent
-        return tags
-
-    async def write_metadata(self) -> None:
-        """Params and tags (idempotent: same param values are no-ops, tags upsert)."""
-        packed = Packed()
-        params = clean_entries(
-            ((k, param_text(v)) for k, v in self.record.config.items()), max_value=MAX_PARAM_VALUE, packed=packed
-        )
-        tags = clean_entries(self._tags().items(), max_value=MAX_TAG_VALUE, packed=packed)
-        for key in packed.truncated:
-            self._event("value_truncated", key=key)
-        for key in packed.dropped:
-            self._event("key_dropped", key=key)
-        for body in pack_params_and_tags(params, tags):
-            await self.rest.post("runs/log-batch", {"run_id": self.dest_id, **body})
+    async def send_pending(self) -> None:
+        """Params and tags not sent yet (idempotent: same param values are no-ops, tags upsert)."""
+        while self._pending:
+            await self.rest.post("runs/log-batch", {"run_id": self.dest_id, **self._pending[0]})
+            self._pending.pop(0)
 
     # -- history --------------------------------------------------------------------------------
     async def write_history(self, chunk: HistoryChunk) -> None:
@@ -392,7 +417,17 @@ class MlflowRunWriter:
             longest = max(longest, len(key))
         if len(metrics) < len(keys):
             self._event("points_skipped", n=len(keys) - len(metrics))
-        bodies = [
+        first: dict[str, Any] = {}
+        if self._pending:  # params/tags ride along with the first points when they fit
+            first = self._pending.pop(0)
+            room = MAX_ENTITIES_PER_BATCH - sum(len(v) for v in first.values())
+            per_entry = 4 * longest + 2 + 120
+            room = min(room, max(0, (MAX_BATCH_BYTES - len(orjson.dumps(first))) // per_entry))
+            first = {**first, "metrics": metrics[:room]}
+            metrics = metrics[room:]
+        await self.send_pending()
+        bodies = [orjson.dumps({"run_id": self.dest_id, **first})] if first else []
+        bodies += [
             orjson.dumps({"run_id": self.dest_id, "metrics": part})
             for part in pack_metrics(metrics, key_bytes=4 * longest + 2)
         ]
@@ -411,7 +446,7 @@ class MlflowRunWriter:
             self._in_flight.release()
 
     async def flush_history(self) -> None:
-        return None  # nothing is buffered between write_history calls
+        await self.send_pending()  # no points came: params and tags still go
 
     # -- files ----------------------------------------------------------------------------------
     def _artifact_url(self, path: str) -> str:
@@ -514,6 +549,7 @@ class MlflowRunWriter:
     # -- the end --------------------------------------------------------------------------------
     async def finish(self, run: RunRecord) -> None:
         """Dataset inputs, then the original status and end time, then deletion if deleted."""
+        await self.send_pending()
         if run.inputs:
             datasets = [i for i in run.inputs if isinstance(i, dict) and "dataset" in i]
             if datasets:

@@ -1,0 +1,157 @@
+"""A loopback proxy in front of a real MLflow server that injects the failures a healthy server
+never shows: 429 with Retry-After, 503, connection resets, truncated JSON bodies, and the
+behaviour of servers older than 3.1.1 that ignore ``metrics/get-history`` paging.
+
+Runs in its own thread and event loop. ``fail(path_part, *actions)`` queues what the next
+requests whose path contains ``path_part`` get instead of (or on top of) the real answer;
+everything else is forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Answer this instead of forwarding."""
+
+    status: int
+    body: bytes = b'{"error_code": "INJECTED", "message": "injected by the fault proxy"}'
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+RESET = _Marker("RESET")  # close the connection without an answer
+TRUNCATE = _Marker("TRUNCATE")  # forward, then send half of the real body (declared in full) and close
+BAD_JSON = _Marker("BAD_JSON")  # forward, then answer 200 with the body cut in half (length matches)
+LOST_ANSWER = _Marker("LOST_ANSWER")  # forward (the server acts), then reset instead of answering
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.ignore_paging = False
+        self.requests: list[tuple[str, str]] = []
+        self._faults: dict[str, deque[object]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="mlflow-fault-proxy")
+        self.url = ""
+
+    def fail(self, path_part: str, *actions: object) -> None:
+        with self._lock:
+            self._faults[path_part].extend(actions)
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._faults.values())
+
+    def count(self, path_part: str) -> int:
+        with self._lock:
+            return sum(1 for _, path in self.requests if path.endswith(path_part))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self.requests.clear()
+            self.ignore_paging = False
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            self._session = session
+            app = web.Application(client_max_size=1 << 31)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://127.0.0.1:{port}"
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await runner.cleanup()
+
+    def _next_action(self, path: str, method: str) -> object | None:
+        with self._lock:
+            self.requests.append((method, path))
+            for suffix, queue in self._faults.items():
+                if suffix in path and queue:
+                    return queue.popleft()
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        action = self._next_action(request.path, request.method)
+        if isinstance(action, Answer):
+            await request.read()
+            return web.Response(status=action.status, body=action.body, headers=action.headers)
+        if action is RESET:
+            await request.read()
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        query = list(request.query.items())
+        history = request.path.endswith("metrics/get-history")
+        if history and self.ignore_paging:
+            query = [(k, v) for k, v in query if k not in ("max_results", "page_token")]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        body = await request.read()  # test traffic is small; a plain body keeps the server simple
+        async with self._session.request(
+            request.method, self.upstream + request.path, params=query, headers=headers, data=body
+        ) as upstream:
+            payload = await upstream.read()
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+            status = upstream.status
+        if history and self.ignore_paging and status == 200:
+            document = orjson.loads(payload)
+            document.pop("next_page_token", None)
+            payload = orjson.dumps(document)
+        if action is LOST_ANSWER:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if action is TRUNCATE:
+            response = web.StreamResponse(status=status, headers=out_headers)
+            response.content_length = len(payload)
+            await response.prepare(request)
+            await response.write(payload[: len(payload) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        if action is BAD_JSON:
+            payload = payload[: max(1, len(payload) // 2)]
+        return web.Response(status=status, body=payload, headers=out_headers)

@@ -1,0 +1,133 @@
+"""Failures between us and a real MLflow server: throttles, 5xx, resets, truncated bodies,
+lost answers, servers that ignore paging, rejected credentials."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adapters.mlflow import MlflowDestination, MlflowSource
+from engine.errors import AuthError
+from tests.adapters.contract import assert_history_equal
+from tests.mlflow.fault_proxy import BAD_JSON, LOST_ANSWER, RESET, TRUNCATE, Answer, FaultProxy
+from tests.mlflow.helpers import Events, assert_same_run, context, copy_all, dest_config, dest_run_for, source_config
+from tests.mlflow.seed import EDGE_POINTS, Seeded
+from tests.servers.mlflow_server import MlflowServer
+
+THROTTLE = Answer(429, headers={"Retry-After": "0.05"})
+OVERLOADED = Answer(503)
+BROKEN = Answer(500)
+
+
+@pytest.fixture(scope="module")
+def source_proxy(source_server: MlflowServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(source_server.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def dest_proxy(dest_server: MlflowServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(dest_server.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def proxies(source_proxy: FaultProxy, dest_proxy: FaultProxy) -> Iterator[tuple[FaultProxy, FaultProxy]]:
+    source_proxy.reset()
+    dest_proxy.reset()
+    yield source_proxy, dest_proxy
+    source_proxy.reset()
+    dest_proxy.reset()
+
+
+async def read_history(source: MlflowSource, run_id: str) -> pa.Table:
+    async with contextlib.aclosing(source.list_runs()) as refs:
+        async for ref in refs:
+            if ref.id == run_id:
+                record = await source.get_run(ref)
+                break
+        else:
+            raise AssertionError(f"run {run_id} not listed")
+    async with contextlib.aclosing(source.iter_history(record)) as chunks:
+        return pa.Table.from_batches([c.batch async for c in chunks])
+
+
+async def test_source_rides_out_faults(source_server: MlflowServer, seeded: Seeded, proxies: Any) -> None:
+    proxy, _ = proxies
+    direct_cfg = source_config(source_server.url, experiments=[seeded.edge_name], history_page_size=400)
+    async with MlflowSource(direct_cfg, context()) as direct:
+        expected = await read_history(direct, seeded.runs["edge"])
+    proxy.fail("experiments/search", THROTTLE, RESET)
+    proxy.fail("runs/search", OVERLOADED, BAD_JSON)
+    proxy.fail("metrics/get-history", TRUNCATE, THROTTLE, BROKEN, RESET, BAD_JSON)
+    events = Events()
+    cfg = source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=400)
+    async with MlflowSource(cfg, context(700, events)) as source:
+        got = await read_history(source, seeded.runs["edge"])
+    assert proxy.pending() == 0
+    assert_history_equal(got, expected)
+    assert got.num_rows == 2500 + 300 + len(EDGE_POINTS)
+    throttles = sorted((e["status"], e["retry_after"] or 0.0) for e in events.named("throttle"))
+    assert throttles == [(429, 0.05), (429, 0.05), (503, 0.0)]
+    errors = [e["error"] for e in events.named("retry")]
+    # every injected failure was retried (a reset of a reused connection may instead be retried
+    # inside aiohttp, which re-sends idempotent requests once on its own)
+    for sign in ("-> 429", "-> 503", "-> 500", "invalid JSON body"):
+        assert any(sign in e for e in errors), (sign, errors)
+    assert any("get-history" in e and ("Payload" in e or "invalid JSON" in e) for e in errors), errors
+
+
+async def test_server_that_ignores_paging(source_server: MlflowServer, seeded: Seeded, proxies: Any) -> None:
+    proxy, _ = proxies
+    async with MlflowSource(source_config(source_server.url, experiments=[seeded.edge_name], history_page_size=100), context()) as direct:
+        expected = await read_history(direct, seeded.runs["edge"])
+    assert expected.num_rows == 2500 + 300 + len(EDGE_POINTS)
+    proxy.ignore_paging = True
+    async with MlflowSource(source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=100), context()) as source:
+        got = await read_history(source, seeded.runs["edge"])
+    assert_history_equal(got, expected)
+    assert proxy.count("metrics/get-history") == 3  # one answer per key, no page loop
+
+
+async def test_destination_rides_out_faults_without_duplicates(
+    source_server: MlflowServer, seeded: Seeded, proxies: Any, source_client: MlflowClient, dest_client: MlflowClient
+) -> None:
+    _, proxy = proxies
+    # a lost answer to runs/create: the run exists; the retry must find it, not make a second one
+    proxy.fail("runs/create", LOST_ANSWER, OVERLOADED)
+    proxy.fail("runs/log-batch", THROTTLE, LOST_ANSWER, OVERLOADED, RESET, LOST_ANSWER, BROKEN)
+    proxy.fail("runs/update", RESET)
+    proxy.fail("mlflow-artifacts/artifacts/", OVERLOADED, LOST_ANSWER)
+    cfg_src = source_config(source_server.url, experiments=[seeded.edge_name], include_deleted=True)
+    cfg_dst = dest_config(proxy.url, experiment=f"faults-{seeded.suffix}{{experiment}}")
+    async with MlflowSource(cfg_src, context()) as src, MlflowDestination(cfg_dst, context()) as dst:
+        mapping = await copy_all(src, dst)
+    assert proxy.pending() == 0
+    for src_id, dst_id in mapping.items():
+        assert len(dest_run_for(dest_client, f"faults-{seeded.suffix}{seeded.edge_name}", src_id)) == 1
+        assert_same_run(source_client, dest_client, src_id, dst_id, parent_map=mapping)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_rejected_credentials_fail_before_any_work(
+    seeded: Seeded, proxies: Any, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, _ = proxies
+    monkeypatch.setenv("RF_TEST_USER", "someone")
+    monkeypatch.setenv("RF_TEST_PASSWORD", "s3cret-password")
+    proxy.fail("experiments/search", Answer(status, b'{"error_code": "UNAUTHENTICATED", "message": "bad user"}'))
+    cfg = source_config(proxy.url, username_env="RF_TEST_USER", password_env="RF_TEST_PASSWORD")
+    with pytest.raises(AuthError) as caught:
+        async with MlflowSource(cfg, context()):
+            pass
+    message = str(caught.value)
+    assert str(status) in message and "bad user" in message
+    assert "s3cret" not in message
+    assert proxy.count("runs/search") == 0
