@@ -18,6 +18,13 @@ DESTINATIONS: dict[str, str] = {
     "wandb": "adapters.wandb:WandbDestination",
 }
 
+READERS: dict[str, str] = {
+    "local": "adapters.local._readback:readback",
+    "mlflow": "adapters.mlflow._readback:readback",
+}
+"""Destinations that can be read back for ``verify``: ``readback(dest_config, context)`` returns
+a Source over the destination and ``ref_for(dest_id, source_ref) -> RunRef``."""
+
 
 def load(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine {migrate,plan,status,export} CONFIG`` (also the ``runferry`` script).
+"""Command line: ``python -m engine {migrate,plan,status,verify,export} CONFIG`` (also the ``runferry`` script).
 
 Exit codes: 0 every selected run made it; 1 some runs failed (listed in the report); 2 bad
 configuration or credentials (one line on stderr, nothing written); 130 interrupted (resumable).
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         ("migrate", "move every selected run (resumable, incremental)"),
         ("plan", "dry run: what would move (runs, history points, bytes); writes nothing"),
         ("status", "what the ledger says: done, failed (with reasons), in progress"),
+        ("verify", "read the destination back and compare every migrated run with its source; writes nothing"),
         ("export", "copy the configured source into a local Parquet/CSV export (ignores [destination])"),
     ):
         p = sub.add_parser(name, help=text, description=text)
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
             status(config, sys.stdout)
             return 0
+        if args.command == "verify":
+            from engine.verify import verify
+
+            return anyio.run(verify, config, sys.stdout).exit_code
         if args.command == "export":
             config = export_config(config, args.to)
         return _migrate(config, args)

@@ -161,6 +161,28 @@ async def test_synthetic_to_local_to_local_is_exact(configs: dict[str, Path]) ->
         assert total_special > 0  # the comparison covered NaN and inf
 
 
+def test_verify_finds_identical_runs_and_then_a_changed_one(configs: dict[str, Path]) -> None:
+    assert engine("migrate", str(configs["to_local"])).returncode == 0
+    ok = engine("verify", str(configs["to_local"]))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "runs identical:      6" in ok.stdout
+
+    # change one value bit (-0.0 vs 0.0 would do too) in one run's history, and one file byte
+    history = sorted(configs["export"].rglob("history.parquet"))[1]
+    table = pq.read_table(history)
+    values = table.column("value").to_numpy(zero_copy_only=False).copy()
+    values[17] = np.nextafter(values[17], np.inf) if np.isfinite(values[17]) else 0.5
+    pq.write_table(table.set_column(3, "value", pa.array(values)), history)
+    victim = sorted(p for p in configs["export"].rglob("*.bin") if p.stat().st_size > 0)[0]
+    data = victim.read_bytes()
+    victim.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+    bad = engine("verify", str(configs["to_local"]))
+    assert bad.returncode == 1
+    assert "runs different:      2" in bad.stdout
+    assert "history content differs (21,000 points on both sides)" in bad.stdout
+    assert "files differ: 1 source file(s) missing or changed, 1 unexpected at the destination" in bad.stdout
+
+
 def test_export_equals_a_migration_to_local(configs: dict[str, Path], tmp_path: Path) -> None:
     assert engine("migrate", str(configs["to_local"])).returncode == 0
     exported = engine("export", str(configs["local_to_local"]), "--to", str(tmp_path / "exported"))
