@@ -1,0 +1,46 @@
+"""The history digest: order-independent, exact to the bit, NaN-canonical, millisecond-aware."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.model import history_batch
+from engine.verify import HistoryDigest
+
+KEYS = ["a", "b", "a", "c"]
+STEPS = [0, 0, 1, 1]
+STAMPS = [1.7e9 + 0.0001, 1.7e9 + 0.0002, 1.7e9 + 1.0, 1.7e9 + 1.5]
+VALUES = [1.0, float("nan"), float("inf"), -0.0]
+
+
+def digest(*batches) -> HistoryDigest:  # type: ignore[no-untyped-def]
+    d = HistoryDigest()
+    for b in batches:
+        d.add(b)
+    return d
+
+
+def test_order_and_chunking_do_not_matter() -> None:
+    whole = history_batch(KEYS, STEPS, STAMPS, VALUES)
+    order = [3, 1, 0, 2]
+    shuffled = history_batch([KEYS[i] for i in order], [STEPS[i] for i in order], [STAMPS[i] for i in order], [VALUES[i] for i in order])
+    assert digest(whole) == digest(shuffled.slice(0, 1), shuffled.slice(1))
+
+
+def test_every_bit_counts_but_nan_payloads_do_not() -> None:
+    base = digest(history_batch(KEYS, STEPS, STAMPS, VALUES))
+    zero = digest(history_batch(KEYS, STEPS, STAMPS, [1.0, float("nan"), float("inf"), 0.0]))
+    assert zero.exact != base.exact
+    other_nan = np.frombuffer(np.array([0x7FF8000000000123], dtype=np.uint64).tobytes(), dtype=np.float64)[0]
+    assert digest(history_batch(KEYS, STEPS, STAMPS, [1.0, other_nan, float("inf"), -0.0])) == base
+    as_json = digest(history_batch(KEYS, STEPS, STAMPS, [1.0, None, float("inf"), -0.0], [None, '"x"', None, None]))
+    assert as_json.exact != base.exact
+
+
+def test_millisecond_rounding_is_told_apart() -> None:
+    base = digest(history_batch(KEYS, STEPS, STAMPS, VALUES))
+    rounded = digest(history_batch(KEYS, STEPS, [round(t * 1000) / 1000 for t in STAMPS], VALUES))
+    assert rounded.exact != base.exact
+    assert rounded.millis == base.millis
+    moved = digest(history_batch(KEYS, [0, 0, 1, 2], STAMPS, VALUES))
+    assert moved.millis != base.millis
