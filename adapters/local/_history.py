@@ -1,7 +1,8 @@
 """A run's history on disk: durable part files per chunk, merged into one Parquet file.
 
-Each chunk is written as ``history.parts/part-<offset>.parquet`` (tmp + rename), so once
-``write_part`` returns those points survive a crash and the writer's checkpoint may advance.
+Each chunk is written as ``history.parts/part-<offset>.parquet`` (tmp + rename) — the first
+one directly as ``history.parquet`` — so once ``write_part`` returns those points survive a
+crash and the writer's checkpoint may advance.
 ``merge`` streams the parts, one row group each, behind whatever ``history.parquet`` already
 holds, into a new ``history.parquet`` (tmp + rename) and then removes the parts. ``recover``
 puts a run directory back to exactly ``resume`` points after a crash at any moment.
@@ -79,18 +80,23 @@ def segments(run_dir: Path) -> list[Segment]:
 
 
 def write_part(run_dir: Path, batch: pa.RecordBatch, offset: int, *, fsync: bool) -> None:
-    """Store one chunk durably. The first part is written in the merged file's final form, so a
-    run that fits in one chunk needs no merge: ``merge`` just renames it."""
-    target = part_path(run_dir, offset)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Store one chunk durably (all or nothing).
+
+    The first chunk (offset 0) goes straight to ``history.parquet`` in its final form: a run
+    that fits in one chunk then needs no merge and no parts folder (file-system metadata
+    operations dominate the cost of small runs). Later chunks become part files.
+    """
+    first = offset == 0
+    target = run_dir / HISTORY if first else part_path(run_dir, offset)
+    if not first:
+        target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
-    final_form = offset == 0
     try:
         pq.write_table(
             pa.Table.from_batches([batch]),
             tmp,
-            compression=FINAL_COMPRESSION if final_form else PART_COMPRESSION,
-            store_schema=not final_form,
+            compression=FINAL_COMPRESSION if first else PART_COMPRESSION,
+            store_schema=not first,
             **_WRITE_OPTIONS,
         )
         if fsync:
@@ -153,11 +159,10 @@ def merge(run_dir: Path, *, fsync: bool) -> int:
     segs = segments(run_dir)
     total = segs[-1].end if segs else 0
     merged = run_dir / HISTORY
-    if len(segs) == 1 and segs[0].path == part_path(run_dir, 0):
-        os.replace(segs[0].path, merged)  # already in final form (see write_part)
-    elif any(seg.path != merged for seg in segs) or not segs:
+    if any(seg.path != merged for seg in segs) or not segs:
         _rewrite(merged, segs, total, fsync=fsync)
-    shutil.rmtree(run_dir / PARTS, ignore_errors=True)
+    if (run_dir / PARTS).exists():
+        shutil.rmtree(run_dir / PARTS, ignore_errors=True)
     return total
 
 

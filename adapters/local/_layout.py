@@ -6,7 +6,8 @@ Layout (all names below ``<path>``)::
     runs/<entity>/<project>/<run_id>/
         run.json                                 every RunRecord field, exact (NaN, ±inf, -0.0)
         history.parquet                          long layout (HISTORY_SCHEMA), one row per point
-        history.parts/part-<offset:012d>.parquet durable chunks not merged yet (resume state)
+                                                 (while a run is written: its first chunk)
+        history.parts/part-<offset:012d>.parquet durable later chunks not merged yet
         files/<path>                             run files, folder structure kept
         artifacts/<name>/<version>/<path>        artifact members
         artifacts/<name>/<version>/artifact.json the ArtifactRef fields
@@ -131,7 +132,8 @@ def write_if_changed(path: Path, data: bytes, *, fsync: bool = False) -> None:
 
 def dumps(value: Any) -> bytes:
     """JSON that keeps NaN / ±inf / -0.0 (stdlib ``json`` with ``allow_nan``)."""
-    return json.dumps(value, allow_nan=True, ensure_ascii=False, indent=1, default=str).encode("utf-8")
+    # one line: ``indent`` would switch json to its pure-Python encoder (several times slower)
+    return json.dumps(value, allow_nan=True, ensure_ascii=False, default=str).encode("utf-8")
 
 
 def record_to_json(record: RunRecord) -> dict[str, Any]:

@@ -150,7 +150,8 @@ async def test_crash_before_the_ledger_caught_up_drops_the_extra_parts(tmp_path:
     async with destination(tmp_path) as dest:
         writer, checkpoints = await copy_run(src, record, dest, stop_after_chunks=3)
         parts = sorted(os.listdir(tmp_path / writer.dest_id / _layout.PARTS))
-        assert parts == ["part-000000000000.parquet", "part-000000000070.parquet", "part-000000000140.parquet"]
+        assert parts == ["part-000000000070.parquet", "part-000000000140.parquet"]  # chunk 0: history.parquet
+        assert pq.ParquetFile(tmp_path / writer.dest_id / _layout.HISTORY).metadata.num_rows == 70
         assert [c.history_points for c in checkpoints] == [70, 140, 210]
         await copy_run(src, record, dest, resume=checkpoints[0])
     assert not (tmp_path / writer.dest_id / _layout.PARTS).exists()
