@@ -70,3 +70,14 @@ def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert result["points"] == 20 and result["bytes"] == 20
     assert set(result["phases"]) == {"migrate"} and result["phases"]["migrate"]["peak_rss_bytes"] > 0
     assert (tmp_path / "migrate-export" / "runs.parquet").is_file()
+
+
+def test_memory_scaling_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.scenarios.memory_scaling import main
+
+    assert main(["--sizes", "100,300", "--keys", "10", "--workdir", str(tmp_path), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert [case["points"] for case in result["cases"]] == [100, 300]
+    assert all(case["peak_rss_bytes"] > 0 for case in result["cases"]) and result["startup_peak_rss_bytes"] > 0
+    assert any(line.startswith("peak RSS ratio 300 / 100 points") for line in lines)
