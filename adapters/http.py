@@ -19,7 +19,8 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -146,6 +147,13 @@ def server_message(body: bytes, limit: int = 500) -> str:
     if not text:
         text = body[:limit].decode("utf-8", "replace").strip()
     return text[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class _Done(Generic[T]):
+    """A successful exchange's decoded result (told apart from a retryable error)."""
+
+    value: T
 
 
 class _BadBody(Exception):
@@ -358,31 +366,48 @@ class HttpClient:
             attempt += 1
             if body_factory is not None:
                 kwargs["data"] = body_factory()
-            error: RetryableError
-            async with limiter.slot() as ticket:
-                try:
-                    async with self.session.request(method, full_url, **kwargs) as response:
-                        body = await response.read()
-                        headers = response.headers
-                    self._note_rate_limit(limiter, headers)
-                    verdict = self.classify(response.status, headers, body)
-                    if verdict is Classification.OK:
-                        result = decode(response, body)
-                        ticket.success()
-                        return result
-                    error = self._answer_error(method, full_url, response, body, verdict, ticket)
-                except _BadBody as exc:
-                    ticket.failed()
-                    error = TransientError(
-                        f"{self.name}: {method} {redact_url(full_url)}: {exc}", adapter=self.name
-                    )
-                    error.__cause__ = exc
-                except _NETWORK_ERRORS as exc:
-                    if isinstance(exc, aiohttp.InvalidURL):
-                        raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
-                    ticket.failed()
-                    error = self._network_error(method, full_url, exc)
-            delay = await self._before_retry(limiter, full_url, error, attempt, delay, retry_transient)
+            try:
+                outcome = await self._attempt(method, full_url, decode, limiter, kwargs)
+            finally:
+                # A body stream made for this attempt is closed, whether it was sent or not.
+                close = getattr(kwargs.get("data"), "aclose", None)
+                if close is not None:
+                    await close()
+            if not isinstance(outcome, RetryableError):
+                return outcome.value
+            delay = await self._before_retry(limiter, full_url, outcome, attempt, delay, retry_transient)
+
+    async def _attempt(
+        self,
+        method: str,
+        full_url: str,
+        decode: Callable[[aiohttp.ClientResponse, bytes], T],
+        limiter: EndpointLimiter,
+        kwargs: dict[str, Any],
+    ) -> _Done[T] | RetryableError:
+        """One exchange: the result, a retryable error to weigh, or a final error raised."""
+        async with limiter.slot() as ticket:
+            try:
+                async with self.session.request(method, full_url, **kwargs) as response:
+                    body = await response.read()
+                    headers = response.headers
+                self._note_rate_limit(limiter, headers)
+                verdict = self.classify(response.status, headers, body)
+                if verdict is Classification.OK:
+                    result = decode(response, body)
+                    ticket.success()
+                    return _Done(result)
+                return self._answer_error(method, full_url, response, body, verdict, ticket)
+            except _BadBody as exc:
+                ticket.failed()
+                error = TransientError(f"{self.name}: {method} {redact_url(full_url)}: {exc}", adapter=self.name)
+                error.__cause__ = exc
+                return error
+            except _NETWORK_ERRORS as exc:
+                if isinstance(exc, aiohttp.InvalidURL):
+                    raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
+                ticket.failed()
+                return self._network_error(method, full_url, exc)
 
     def _answer_error(
         self,

@@ -114,10 +114,22 @@ class S3Config:
     part_size: int = 8 * MIB
     multipart_threshold: int = 8 * MIB
     part_concurrency: int = 8
+    copy_threshold: int = 64 * MIB  # server-side copies above this use parallel UploadPartCopy
     max_attempts: int = 10
     limiter_prefix_depth: int = 1  # key segments that make the throttling prefix
     connect_timeout: float = 30.0
     read_timeout: float = 120.0
+
+    @classmethod
+    def from_mlflow_env(cls, **overrides: Any) -> S3Config:
+        """The store MLflow's own S3 artifact client would use: ``MLFLOW_S3_ENDPOINT_URL`` (if
+        set) and the usual AWS credential chain; for reading ``s3://`` artifact URIs directly."""
+        values: dict[str, Any] = {"endpoint_url": os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+        values.update(overrides)
+        return cls(**values)
 
     def __post_init__(self) -> None:
         if self.part_size < MIN_PART or self.part_size > MAX_PART:
@@ -262,6 +274,11 @@ class S3Store:
         except BaseException:
             await stack.aclose()
             raise
+        if (self.config.endpoint_url or "https").startswith("http://"):
+            # Over plain HTTP botocore signs a SHA-256 of every body, on the event loop; an
+            # 8 MiB part costs ~20 ms of loop time. Hash it in a thread instead (same signature).
+            for operation in ("PutObject", "UploadPart"):
+                self._client.meta.events.register(f"before-sign.s3.{operation}", _hash_payload_in_thread)
         self._stack = stack
         return self
 
@@ -537,12 +554,18 @@ class S3Store:
     ) -> AsyncIterator[bytes]:
         """The object's bytes in order, fetched as parallel ranged GETs (see module docstring).
 
-        Consume it to the end or close it (``contextlib.aclosing``) in the task that iterates.
+        ``parallelism=1`` streams one plain GET instead (pieces of at most ``part_size``; retried
+        only before the first byte, a later break raises ``TransientError``): for stores whose
+        ranged reads are expensive. Consume to the end or close it (``contextlib.aclosing``).
         """
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
         info = await self.head(target)
         ranges, verify = await self._read_plan(info, part_size or self.config.part_size)
         window = parallelism or self.config.part_concurrency
+        if window == 1:
+            async for piece in self._get_streaming(target, info, ranges, verify):
+                yield piece
+            return
         whole = hashlib.md5()  # noqa: S324
         part_digests: list[bytes] = []
         # The fetches run in tasks this generator owns, cancelled and awaited in ``finally``.
@@ -571,6 +594,52 @@ class S3Store:
                 task.cancel()
             if fetching:
                 await asyncio.gather(*fetching.values(), return_exceptions=True)
+        if verify == "whole" and whole.hexdigest() != info.etag:
+            raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
+        if verify == "parts" and multipart_etag(part_digests) != info.etag:
+            raise TransientError(f"{self.name}: {target}: downloaded parts do not match ETag {info.etag}", adapter=self.name)
+
+    async def _get_streaming(
+        self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str
+    ) -> AsyncIterator[bytes]:
+        """One GET, streamed; verified like the ranged reads, at the same range boundaries."""
+        piece_size = (ranges[0][1] + 1) if ranges else MIB
+        response = await self._call(
+            target, "GetObject",
+            lambda: self.client.get_object(Bucket=target.bucket, Key=target.key, IfMatch=f'"{info.etag}"'),
+        )
+        whole = hashlib.md5()  # noqa: S324
+        part_digests: list[bytes] = []
+        current = hashlib.md5()  # noqa: S324
+        in_current = 0
+        received = 0
+        # The request went through the limiter; reading its body holds no slot.
+        async with response["Body"] as stream:
+            try:
+                while True:
+                    want = min(piece_size - in_current, 8 * MIB) if verify == "parts" else 8 * MIB
+                    piece = await stream.read(want)
+                    if not piece:
+                        break
+                    received += len(piece)
+                    digest = whole if verify == "whole" else current
+                    if len(piece) >= MIB:
+                        await anyio.to_thread.run_sync(digest.update, piece)
+                    else:
+                        digest.update(piece)
+                    in_current += len(piece)
+                    if verify == "parts" and in_current == piece_size:
+                        part_digests.append(current.digest())
+                        current, in_current = hashlib.md5(), 0  # noqa: S324
+                    yield bytes(piece)
+            except _NETWORK_ERRORS as exc:
+                raise TransientError(
+                    f"{self.name}: GetObject {target}: broke off after {received} bytes: {exc!r}", adapter=self.name
+                ) from exc
+        if verify == "parts" and in_current:
+            part_digests.append(current.digest())
+        if received != info.size:
+            raise TransientError(f"{self.name}: {target}: got {received} of {info.size} bytes", adapter=self.name)
         if verify == "whole" and whole.hexdigest() != info.etag:
             raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
         if verify == "parts" and multipart_etag(part_digests) != info.etag:
@@ -608,13 +677,13 @@ class S3Store:
     # -- copy ----------------------------------------------------------------------------
 
     async def copy(self, source: str | S3Url, destination: str | S3Url) -> PutResult:
-        """Server-side copy within this store: ``CopyObject`` up to the multipart threshold,
+        """Server-side copy within this store: ``CopyObject`` up to ``copy_threshold``,
         parallel ``UploadPartCopy`` above it (the upload aborted on failure)."""
         src = source if isinstance(source, S3Url) else S3Url.parse(source)
         dst = destination if isinstance(destination, S3Url) else S3Url.parse(destination)
         info = await self.head(src)
         copy_source = {"Bucket": src.bucket, "Key": src.key}
-        if info.size <= max(self.config.multipart_threshold, MIN_PART) or info.size == 0:
+        if info.size <= min(max(self.config.copy_threshold, MIN_PART), MAX_PART):
 
             async def attempt() -> Any:
                 return await self.client.copy_object(
@@ -688,10 +757,25 @@ async def copy_between(source: S3Store, source_url: str | S3Url, destination: S3
         await stream.aclose()  # type: ignore[attr-defined]
 
 
+async def _hash_payload_in_thread(request: Any, **_: Any) -> None:
+    """Set the SigV4 payload hash ourselves, computed off the event loop (botocore uses a
+    precomputed ``X-Amz-Content-SHA256`` header as is)."""
+    body = request.body
+    if isinstance(body, (bytes, bytearray)) and "X-Amz-Content-SHA256" not in request.headers:
+        if len(body) >= MIB:
+            digest = await anyio.to_thread.run_sync(lambda: hashlib.sha256(body).hexdigest())
+        else:
+            digest = hashlib.sha256(body).hexdigest()
+        request.headers["X-Amz-Content-SHA256"] = digest
+
+
 async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
     """Pieces of exactly ``size`` bytes (the last may be shorter; never an empty one)."""
     buffer = bytearray()
     async for piece in data:
+        if not buffer and len(piece) == size:
+            yield piece  # already a part: no copy
+            continue
         buffer += piece
         while len(buffer) >= size:
             yield bytes(buffer[:size])

@@ -185,6 +185,7 @@ def rate_part(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
             else:
                 run = boto_rate(stack, args, prefix, client)
             run.update(server_figures(stack, prefix, args.rate, args.seconds))
+            run["load_average"] = os.getloadavg()[0]
             run["client"] = client if client == "runferry" else f"boto3 {client}"
             results.append(run)
     plot_rate(results, args, out / "s3_slowdown.png")
@@ -296,6 +297,29 @@ def rclone_bytes(url: str, src: Path, dst: Path, prefix: str, files: int) -> tup
     return upload, download
 
 
+def boto3_bytes(url: str, src: Path, dst: Path, prefix: str) -> tuple[float, float]:
+    """boto3's s3transfer (threads, 8 concurrent parts per file, 8 MiB parts), files in parallel."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    client = boto3.client("s3", endpoint_url=url)
+    config = TransferConfig(max_concurrency=8, multipart_chunksize=8 * MIB, multipart_threshold=8 * MIB)
+    files = sorted(src.iterdir())
+
+    def each(action: Any) -> float:
+        start = time.monotonic()
+        threads = [threading.Thread(target=action, args=(path,)) for path in files]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.monotonic() - start
+
+    upload = each(lambda p: client.upload_file(str(p), BUCKET, f"{prefix}/{p.name}", Config=config))
+    download = each(lambda p: client.download_file(BUCKET, f"{prefix}/{p.name}", str(dst / p.name), Config=config))
+    return upload, download
+
+
 def same_files(a: Path, b: Path) -> bool:
     def digest(path: Path) -> str:
         h = hashlib.sha256()
@@ -314,8 +338,8 @@ def bytes_part(args: argparse.Namespace) -> dict[str, Any]:
     total_mib = args.files * args.file_mib
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp, start_s3_stack() as stack:
         root = Path(tmp)
-        src, ours, theirs = root / "src", root / "runferry", root / "rclone"
-        for directory in (src, ours, theirs):
+        src, ours, theirs, boto = root / "src", root / "runferry", root / "rclone", root / "boto3"
+        for directory in (src, ours, theirs, boto):
             directory.mkdir()
         make_files(src, args.files, args.file_mib)
         asyncio.run(_create_bucket(stack.moto_url))
@@ -323,7 +347,11 @@ def bytes_part(args: argparse.Namespace) -> dict[str, Any]:
         up_ours, down_ours = asyncio.run(runferry_bytes(stack.moto_url, src, ours, "rf"))
         print(f"  rclone bytes: {total_mib} MiB up and down ...", flush=True)
         up_theirs, down_theirs = rclone_bytes(stack.moto_url, src, theirs, "rc", args.files)
+        print(f"  boto3 bytes: {total_mib} MiB up and down ...", flush=True)
+        up_boto, down_boto = boto3_bytes(stack.moto_url, src, boto, "bt")
         return {
+            "boto3_upload_mib_s": total_mib / up_boto, "boto3_download_mib_s": total_mib / down_boto,
+            "boto3_files_identical": same_files(src, boto), "load_average": os.getloadavg(),
             "mib": total_mib,
             "runferry_upload_mib_s": total_mib / up_ours, "runferry_download_mib_s": total_mib / down_ours,
             "rclone_upload_mib_s": total_mib / up_theirs, "rclone_download_mib_s": total_mib / down_theirs,
@@ -378,10 +406,10 @@ def main(argv: list[str]) -> int:
     print(f"S3 SlowDown bench: R = {args.rate:g} writes/s per prefix, {args.seconds:g} s per client, upstream {args.upstream}")
     report["rate"] = rate_part(args, out)
     print()
-    print(f"{'client':<18}{'goodput/R':>10}{'throttled>10s':>15}{'failed':>8}{'objects':>9}{'throttles':>11}")
+    print(f"{'client':<18}{'goodput/R':>10}{'throttled>10s':>15}{'failed':>8}{'objects':>9}{'throttles':>11}{'load':>7}")
     for run in report["rate"]:
         print(f"{run['client']:<18}{run['goodput']:>10.3f}{run['throttled_after_10s']:>15.4f}"
-              f"{run['failed']:>8}{run['done']:>9}{run['throttled_total']:>11}")
+              f"{run['failed']:>8}{run['done']:>9}{run['throttled_total']:>11}{run['load_average']:>7.1f}")
     if not args.skip_bytes:
         report["bytes"] = b = bytes_part(args)
         if "skipped" in b:
@@ -392,7 +420,9 @@ def main(argv: list[str]) -> int:
                   f" ratio {b['runferry_upload_mib_s'] / b['rclone_upload_mib_s']:.2f}")
             print(f"  download runferry {b['runferry_download_mib_s']:.1f} MiB/s, rclone {b['rclone_download_mib_s']:.1f} MiB/s,"
                   f" ratio {b['runferry_download_mib_s'] / b['rclone_download_mib_s']:.2f}")
-            print(f"  identical: runferry {b['runferry_files_identical']}, rclone {b['rclone_files_identical']}")
+            print(f"  boto3 s3transfer: upload {b['boto3_upload_mib_s']:.1f} MiB/s, download {b['boto3_download_mib_s']:.1f} MiB/s")
+            print(f"  identical: runferry {b['runferry_files_identical']}, rclone {b['rclone_files_identical']},"
+                  f" boto3 {b['boto3_files_identical']}; load average after: {b['load_average'][0]:.1f}")
     if args.large_mib:
         with start_s3_stack() as stack:
             print(f"\n  large object: {args.large_mib} MiB ...", flush=True)

@@ -313,3 +313,25 @@ async def test_used_outside_context_manager_fails_clearly(context: AdapterContex
     http = HttpClient(base_url="http://127.0.0.1:1", name="t", context=context)
     with pytest.raises(RuntimeError, match="outside 'async with'"):
         await http.request_json("GET", "/x")
+
+
+async def test_upload_closes_each_attempts_body_stream(scripted_server: ScriptedServer, context: AdapterContext) -> None:
+    closed: list[int] = []
+
+    def body() -> AsyncIterator[bytes]:
+        number = len(closed)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            try:
+                yield b"abc"
+                yield b"def"
+            finally:
+                closed.append(number)
+
+        return pieces()
+
+    scripted_server.script("/upload", reply(429))
+    async with client(scripted_server, context) as http:
+        headers = await http.upload("PUT", "/upload", body, size=6)
+    assert headers["X-Received"] == "6"
+    assert closed == [0, 1]

@@ -54,7 +54,9 @@ def registry() -> LimiterRegistry:
 
 @pytest.fixture
 async def store(front: S3Stack, events: Events, registry: LimiterRegistry) -> AsyncIterator[S3Store]:
-    config = S3Config(endpoint_url=front.front_url, part_size=PART, multipart_threshold=PART, part_concurrency=6)
+    config = S3Config(
+        endpoint_url=front.front_url, part_size=PART, multipart_threshold=PART, copy_threshold=PART, part_concurrency=6
+    )
     async with S3Store(config, AdapterContext(events=events, limiters=registry)) as s3:
         yield s3
 
