@@ -1,0 +1,209 @@
+"""A Python API shaped like W&B's own importer (``wandb.apis.importers``, removed in wandb
+0.27.1), running on runferry's engine, so W&B users can switch by changing one import::
+
+    from engine.importers import MlflowImporter, Namespace
+
+    importer = MlflowImporter(
+        mlflow_tracking_uri="http://127.0.0.1:5000",
+        dst_base_url="https://api.wandb.ai",
+        dst_api_key=os.environ["WANDB_API_KEY"],
+    )
+    runs = importer.collect_runs()                      # or any iterable of runs
+    report = importer.import_runs(runs, artifacts=False, namespace=Namespace("my-team", "imported"))
+
+Differences from W&B's importer, all on purpose: every MLflow run is found (page tokens, not
+only the first 1000 per experiment); history keeps timestamps and several values per step
+(see ``adapters/wandb``); state, job type, commit and program are migrated; progress is kept
+in a ledger (``ledger=``), so calling ``import_runs`` again resumes and skips finished runs.
+``import_runs`` returns the engine's report instead of ``None`` and raises ``ConfigError`` /
+``AuthError`` for unusable settings; failed runs are listed in the report, never swallowed.
+
+``runs`` may hold what ``collect_runs`` returns (``RunRef``), MLflow run ids, MLflow ``Run``
+objects (``run.info.run_id``), or W&B importer runs (``run.run_id()``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from adapters.base import Source
+from engine.config import Config, parse_config
+from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from engine.pipeline import Report, make_context, open_adapters, migrate
+from engine.progress import Progress
+
+__all__ = ["MlflowImporter", "Namespace"]
+
+
+def _run_id_of(run: Any) -> str:
+    if isinstance(run, RunRef):
+        return run.id
+    if isinstance(run, str):
+        return run
+    info = getattr(run, "info", None)
+    if info is not None and getattr(info, "run_id", None):
+        return str(info.run_id)
+    run_id = getattr(run, "run_id", None)
+    if callable(run_id):
+        return str(run_id())
+    if isinstance(run_id, str):
+        return run_id
+    raise TypeError(f"cannot tell the MLflow run id of {run!r}")
+
+
+class _SelectedRuns:
+    """A source that yields only the given runs (in the given order) and delegates the rest."""
+
+    def __init__(self, inner: Any, runs: list[Any]) -> None:
+        self.inner = inner
+        self.runs = runs
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    async def __aenter__(self) -> _SelectedRuns:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.inner.__aexit__(exc_type, exc, tb)
+
+    async def list_runs(self) -> AsyncIterator[RunRef]:
+        refs = [r for r in self.runs if isinstance(r, RunRef)]
+        wanted = [_run_id_of(r) for r in self.runs if not isinstance(r, RunRef)]
+        for ref in refs:
+            yield ref
+        if wanted:  # bare ids: find their experiments by listing (filters pushed down by the source)
+            remaining = dict.fromkeys(wanted)
+            async for ref in self.inner.list_runs():
+                if ref.id in remaining:
+                    remaining.pop(ref.id)
+                    yield ref
+                    if not remaining:
+                        break
+
+    async def get_run(self, ref: RunRef) -> RunRecord:
+        return await self.inner.get_run(ref)
+
+    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+        return self.inner.iter_history(run, start)
+
+    def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+        return self.inner.list_files(run)
+
+    def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        return self.inner.read_file(run, file)
+
+
+class MlflowImporter:
+    """MLflow -> W&B with W&B's importer API (see module docstring).
+
+    :param mlflow_tracking_uri: the MLflow server (``http(s)://...`` or ``databricks``)
+    :param dst_base_url: the W&B server, e.g. ``https://api.wandb.ai``
+    :param dst_api_key: the W&B API key (kept in this process's environment only)
+    :param ledger: journal of progress (default ``runferry-ledger.jsonl`` in the working dir)
+    :param options: more ``[transfer]`` keys (``runs_concurrency``, ``chunk_points``...) and
+        destination keys (``artifact_layout``, ``filestream_rate``...), by name
+    """
+
+    _TRANSFER_KEYS = frozenset(
+        {"incremental", "runs_concurrency", "file_workers", "chunk_points", "queue_chunks", "run_queue",
+         "part_bytes", "max_runs"}
+    )
+
+    def __init__(
+        self,
+        mlflow_tracking_uri: str,
+        dst_base_url: str = "https://api.wandb.ai",
+        dst_api_key: str | None = None,
+        *,
+        ledger: str = "runferry-ledger.jsonl",
+        experiments: list[str] | None = None,
+        progress: str = "plain",
+        **options: Any,
+    ) -> None:
+        self.mlflow_tracking_uri = mlflow_tracking_uri
+        self.dst_base_url = dst_base_url
+        self.ledger = ledger
+        self.experiments = experiments or ["*"]
+        self.progress_mode = progress
+        self.options = options
+        # the key lives in this process's environment under a private name, never in config objects
+        self._key_env = f"RUNFERRY_IMPORTER_KEY_{secrets.token_hex(6).upper()}"
+        key = dst_api_key if dst_api_key is not None else os.environ.get("WANDB_API_KEY", "")
+        os.environ[self._key_env] = key
+
+    def __repr__(self) -> str:
+        return f"<MlflowImporter src={self.mlflow_tracking_uri} dst={self.dst_base_url}>"
+
+    def _config(self, *, artifacts: bool, namespace: Namespace | None) -> Config:
+        destination: dict[str, Any] = {"type": "wandb", "base_url": self.dst_base_url, "api_key_env": self._key_env}
+        transfer: dict[str, Any] = {"ledger": self.ledger, "artifacts": artifacts}
+        for key, value in self.options.items():
+            (transfer if key in self._TRANSFER_KEYS else destination)[key] = value
+        if namespace is not None:
+            if namespace.entity:
+                destination["entity"] = namespace.entity
+            if namespace.project:
+                destination["project"] = namespace.project
+        source = {"type": "mlflow", "tracking_uri": self.mlflow_tracking_uri, "experiments": self.experiments,
+                  "artifacts": artifacts}
+        return parse_config({"source": source, "destination": destination, "transfer": transfer}, "<MlflowImporter>")
+
+    def collect_runs(self, *, limit: int | None = None) -> list[RunRef]:
+        """Every selected MLflow run (all experiments by default), as ``RunRef``s."""
+        config = self._config(artifacts=False, namespace=None)
+
+        async def collect() -> list[RunRef]:
+            context = make_context(config, Progress(mode=self.progress_mode))
+            source, _ = open_adapters(config, context)
+            refs: list[RunRef] = []
+            async with source:
+                async for ref in source.list_runs():
+                    refs.append(ref)
+                    if limit is not None and len(refs) >= limit:
+                        break
+            return refs
+
+        return anyio.run(collect)
+
+    def import_runs(
+        self,
+        runs: Iterable[Any],
+        *,
+        artifacts: bool = True,
+        namespace: Namespace | None = None,
+        parallel: bool = True,
+        max_workers: int | None = None,
+    ) -> Report:
+        """Import ``runs`` into W&B (``namespace`` = target entity/project; default: the API
+        key's entity and one project per MLflow experiment). Returns the engine's report."""
+        options = dict(self.options)
+        if not parallel:
+            options["runs_concurrency"] = 1
+        elif max_workers:
+            options["runs_concurrency"] = max_workers
+        saved, self.options = self.options, options
+        try:
+            config = self._config(artifacts=artifacts, namespace=namespace)
+        finally:
+            self.options = saved
+        selected = list(runs)
+
+        async def run() -> Report:
+            progress = Progress(mode=self.progress_mode, interval=30.0)
+            context = make_context(config, progress)
+            progress.limiters = context.limiters
+            source, destination = open_adapters(config, context)
+            source_view: Source = _SelectedRuns(source, selected)  # type: ignore[assignment]
+            return await migrate(config, progress=progress, adapters=(source_view, destination))
+
+        return anyio.run(run)
