@@ -247,7 +247,7 @@ def history_lines(run: Run, args: dict) -> list[str]:
     lines = run.history_window(
         None if min_step is None else int(min_step), None if max_step is None else int(max_step)
     )
-    return sample(lines, args.get("samples"))
+    return sample(lines, page_samples(args.get("samples"), min_step, max_step, 0))
 
 
 def sampled_history(run: Run, args: dict) -> list[list[dict]]:
@@ -262,8 +262,17 @@ def sampled_history(run: Run, args: dict) -> list[list[dict]]:
             if keys and not all(k in row for k in keys):
                 continue
             rows.append({k: row[k] for k in keys} if keys else row)
-        out.append(sample(rows, spec.get("samples")))
+        samples = page_samples(spec.get("samples"), spec.get("minStep"), spec.get("maxStep"), 1)
+        out.append(sample(rows, samples))
     return out
+
+
+def page_samples(samples: int | None, min_step, max_step, inclusive: int) -> int | None:
+    """A scan page asks for as many samples as its window has steps: then nothing is sampled
+    away, even when a writer put several lines at one step (W&B's SDK never does)."""
+    if samples is None or min_step is None or max_step is None:
+        return samples
+    return None if samples >= int(max_step) - int(min_step) + inclusive else samples
 
 
 def parquet_history(ctx: Ctx, run: Run, args: dict) -> dict:
