@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from adapters.local._arrow import record_batch
 from adapters.local._layout import RUN_JSON, TMP_MARK, temp_sibling
 
 BATCH_ROWS = 1000
@@ -183,7 +184,7 @@ def _batches(root: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         row = run_row(_load(path), str(path.parent.relative_to(root)))
         pending.append({k: _cell(v, types[k]) for k, v in row.items()})
         if len(pending) >= BATCH_ROWS:
-            yield pa.RecordBatch.from_pylist(pending, schema=schema)
+            yield record_batch(pending, schema)
             pending = []
     if pending:
-        yield pa.RecordBatch.from_pylist(pending, schema=schema)
+        yield record_batch(pending, schema)

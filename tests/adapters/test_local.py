@@ -369,3 +369,31 @@ async def test_disk_errors_become_transfer_errors(tmp_path: Path) -> None:
             await read_history(local, run)
         with pytest.raises(NotFoundError):
             await read_bytes(local, run, FileRef(path="never/written.bin"))
+
+
+def test_the_adapters_never_import_pandas(tmp_path: Path) -> None:
+    """pandas costs seconds of CPU and ~50 MB of RSS per process; the engine never needs it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, anyio
+from tests.adapters.contract import all_refs, contract_source, copy_run, read_history
+from adapters.local import LocalDestination, LocalSource
+
+async def main():
+    async with contract_source(runs=2) as src, LocalDestination(LocalDestination.Config(path={str(tmp_path)!r})) as d:
+        for ref in await all_refs(src):
+            await copy_run(src, await src.get_run(ref), d)
+        await d.finalize()
+    async with LocalSource(LocalSource.Config(path={str(tmp_path)!r})) as local:
+        for ref in await all_refs(local):
+            await read_history(local, await local.get_run(ref))
+
+anyio.run(main)
+print(sorted(m for m in sys.modules if m == "pandas" or m.startswith("pandas.")))
+"""
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "runs.csv").is_file()
