@@ -158,19 +158,17 @@ class MlflowRest:
             if not token:
                 return
 
-    async def metric_history(self, run_id: str, key: str, *, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
-        """Pages of a key's full history. Old servers ignore ``max_results`` and answer
-        everything at once without a token; both end the loop the same way."""
-        token = None
-        while True:
-            params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": page_size}
-            if token:
-                params["page_token"] = token
-            page = await self.get("metrics/get-history", params)
-            yield page.get("metrics", [])
-            token = page.get("next_page_token")
-            if not token:
-                return
+    async def history_page(
+        self, run_id: str, key: str, *, page_size: int, token: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a key's full history and the next page's token (None at the end). Old
+        servers ignore ``max_results`` and answer everything at once without a token; both
+        end the same way."""
+        params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": page_size}
+        if token:
+            params["page_token"] = token
+        page = await self.get("metrics/get-history", params)
+        return page.get("metrics", []), page.get("next_page_token") or None
 
     async def list_artifacts(self, run_id: str, path: str) -> list[dict[str, Any]]:
         """One directory level (OSS never pages it; follow a token anyway, Databricks does)."""

@@ -5,7 +5,7 @@ params, tags, latest metrics and dataset inputs, so ``get_run`` costs no request
 ``metrics/get-history`` per key (never the sampled bulk-interval endpoint), keys sorted and the
 server's order within a key, so the same run always yields the same point sequence and resume
 cursors (point counts) stay valid. Several keys are fetched ahead while earlier ones are
-yielded, within ``key_concurrency`` keys and two pages per key.
+yielded: one page ahead for each of the next ``key_concurrency`` keys.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import anyio
 import orjson
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from adapters.base import AdapterContext
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
@@ -181,55 +180,38 @@ class MlflowSource:
         """Points from index ``start`` on, keys sorted, the server's order within a key.
 
         The points before ``start`` are fetched and skipped: MLflow cannot seek into a key's
-        history, and counting is what keeps cursors exact. Close with ``aclosing`` when
-        stopping early (a task group lives inside).
+        history, and counting is what keeps cursors exact. Fetching runs ahead by one page for
+        each of the next ``key_concurrency`` keys (so runs of many short keys do not pay one
+        round trip per key), and never yields from inside a task group: a consumer may stop
+        early at any ``yield``.
         """
         keys: list[str] = list(run.system.get("metric_keys") or sorted(run.summary))
-        chunk_points = max(1, self.context.chunk_points)
-        builder = _ChunkBuilder(chunk_points, offset=start)
+        builder = _ChunkBuilder(max(1, self.context.chunk_points), offset=start)
+        fetchers = [_KeyFetcher(key) for key in keys]
         position = 0  # index of the next point of the run's history
-        run_id = run.ref.id
-        window = self.config.key_concurrency
-        async with anyio.create_task_group() as tg:
-            pending: list[ObjectReceiveStream[list[dict[str, Any]]]] = []
-            next_key = 0
-
-            def start_fetches() -> None:
-                nonlocal next_key
-                while next_key < len(keys) and len(pending) < window:
-                    send, recv = anyio.create_memory_object_stream[list[dict[str, Any]]](1)
-                    tg.start_soon(self._fetch_key, run_id, keys[next_key], send)
-                    pending.append(recv)
-                    next_key += 1
-
-            start_fetches()
-            try:
-                while pending:
-                    receive = pending.pop(0)
-                    async with receive:
-                        async for page in receive:
-                            if position + len(page) <= start:
-                                position += len(page)
-                                continue
-                            skip = max(0, start - position)
-                            position += len(page)
-                            for chunk in builder.add(page, skip):
-                                yield chunk
-                    start_fetches()
-                last = builder.flush()
-                if last is not None:
-                    yield last
-            finally:
-                for receive in pending:
-                    receive.close()
-
-    async def _fetch_key(self, run_id: str, key: str, send: ObjectSendStream[list[dict[str, Any]]]) -> None:
-        async with send:
-            try:
-                async for page in self.rest.metric_history(run_id, key, page_size=self.config.history_page_size):
-                    await send.send(page)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return  # the consumer stopped early
+        current = 0
+        while current < len(fetchers):
+            fetcher = fetchers[current]
+            if not fetcher.pages and not fetcher.done:
+                window = fetchers[current : current + self.config.key_concurrency]
+                async with anyio.create_task_group() as tg:
+                    for ahead in window:
+                        if not ahead.pages and not ahead.done:
+                            tg.start_soon(ahead.fetch, self.rest, run.ref.id, self.config.history_page_size)
+            while fetcher.pages:
+                page = fetcher.pages.pop(0)
+                if position + len(page) <= start:
+                    position += len(page)
+                    continue
+                skip = max(0, start - position)
+                position += len(page)
+                for chunk in builder.add(page, skip):
+                    yield chunk
+            if fetcher.done:
+                current += 1
+        last = builder.flush()
+        if last is not None:
+            yield last
 
     # -- artifacts ------------------------------------------------------------------------------
     async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
@@ -245,8 +227,8 @@ class MlflowSource:
                 if entry.get("is_dir"):
                     subdirs.append(entry["path"])
                 else:
-                    size = entry.get("file_size")
-                    yield FileRef(path=entry["path"], size=int(size) if size is not None else None)
+                    # proto JSON leaves out default values: a file without file_size has 0 bytes
+                    yield FileRef(path=entry["path"], size=int(entry.get("file_size", 0)))
             directories.extend(reversed(subdirs))
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
@@ -263,6 +245,21 @@ class MlflowSource:
             url = f"/get-artifact?run_uuid={quote(run.ref.id)}&path={quote(file.path, safe='')}"
         async for piece in self.rest.http.download(url, chunk_size=_DOWNLOAD_PIECE):
             yield piece
+
+
+class _KeyFetcher:
+    """One metric key's paging state: pages fetched but not yet consumed, and the next token."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.pages: list[list[dict[str, Any]]] = []
+        self.token: str | None = None
+        self.done = False
+
+    async def fetch(self, rest: MlflowRest, run_id: str, page_size: int) -> None:
+        page, self.token = await rest.history_page(run_id, self.key, page_size=page_size, token=self.token)
+        self.pages.append(page)
+        self.done = self.token is None
 
 
 def _experiment_order(experiment: dict[str, Any]) -> tuple[int, str]:
