@@ -1,25 +1,60 @@
-"""W&B destination: MLflow (or any source) -> W&B runs, history, files and artifacts.
+"""W&B destination (``[destination] type = "wandb"``): runs, history, files and artifacts.
 
-Public names: ``WandbDestination`` (the adapter, ``type = "wandb"``) and its ``Config``.
+Public names: ``WandbDestination`` (the adapter) and ``WandbDestinationConfig`` (its ``Config``;
+the keys are documented on the class). Modules, one purpose each:
 
-What goes where (see ``_mapping.py`` and ``_lines.py`` for the exact rules):
+- ``_mapping``   RunRecord -> W&B fields (pure): deterministic run id (the source id when W&B
+  accepts it, else ``blake2b(source URI, id)``), project/group templates, config in the
+  ``{"key": {"value": v}}`` wire form (nested values kept; ``source_tags`` = all key/value tags,
+  ``source_labels`` when a label is longer than W&B's 64 characters, ``runferry_source`` =
+  source system/URI/run id/namespace, ``_wandb.start_time`` in ms), tags (labels and
+  ``key:value`` of non-``mlflow.`` tags that fit 64 characters), summary, exit state.
+- ``_lines``     history points -> ``wandb-history.jsonl`` lines (pure, vectorised; rules below).
+- ``_filestream`` one run's file_stream: explicit offsets, request sizing, per-run pacing.
+- ``_artifacts`` the artifact protocol (manifest + digest as the SDK computes them, CreateArtifact,
+  CreateArtifactManifest, CreateArtifactFiles, PUTs with Content-MD5, multipart with per-part
+  Content-MD5 + CompleteMultipartUploadArtifact, manifest upload, CommitArtifact, dedup).
+- ``_spool`` / ``_staging`` file bytes staged on disk (retryable uploads; artifact members
+  survive a crash until their artifact is committed).
+- ``_gql``       the GraphQL documents and the call helper (GraphQL errors -> engine errors).
+- ``_writer`` / ``_destination`` the RunWriter and the Destination.
 
-- run: ``UpsertBucket`` with a deterministic id (source id, or a hash of source URI + id), display
-  name, config in ``{"key": {"value": v}}`` form (+ ``source_tags``, ``runferry_source``,
-  ``_wandb.start_time``), tags within 64 characters, notes, group, job type, commit, host,
-  program;
-- history: ``wandb-history.jsonl`` lines through file_stream at explicit offsets, one line per
-  step (``_step``, original ``_timestamp``, ``_runtime``), NaN/Infinity kept; several values of
-  one key at one step become extra lines with the same ``_step`` (counted: ``collision``);
-- summary + exit state in the last file_stream request (finished 0, failed 1, killed 255 +
-  state "killed", running left running);
-- files: run files via ``CreateRunFiles`` + PUT + ``MarkRunFilesUploaded``; artifacts with the
-  full protocol (``_artifacts.py``), members staged on local disk until committed.
+History rules (also in ``_lines``):
+
+- one line per step: ``_step``, ``_timestamp`` (the original time, float seconds, bit-exact
+  shortest text), ``_runtime`` (``_timestamp`` - run start), then the values; NaN, Infinity,
+  -Infinity written as the SDK writes them; integral floats keep ``.0``; -0.0 keeps its sign;
+- **several values of one key at one step** (MLflow allows it): the k-th value goes to the k-th
+  line of that step, so a step becomes several lines with the same ``_step``; nothing is
+  dropped; each extra value is counted as a ``collision`` event (and in the run's
+  ``wandb_run_finished`` event);
+- a line's ``_timestamp`` is the latest timestamp of its points; points logged at another time
+  within the same step are counted as ``timestamp_merged``;
+- step-major sources stream (a step is complete when a larger step arrives); key-major sources
+  (MLflow) are detected and buffered compactly (~28 bytes per point) until the end of the run,
+  then released sorted by step in windows; their checkpoint advances only when the whole run is
+  durable, so a resumed migration rewrites that run's lines at the same offsets.
+
+Durability and resume: lines are written at explicit offsets, one request at a time per run;
+``checkpoint()`` counts only points whose lines the server acknowledged, with the next offset in
+``state["lines"]``; a resumed writer continues at that offset, and because lines are a pure
+function of their steps' points, anything written past the checkpoint is overwritten with the
+same lines. The starting offset comes from the ledger checkpoint (``UpsertBucket`` returns the
+server's ``historyLineCount``: fewer lines than the ledger says is an error, more lines are
+overwritten and reported as ``history_overwrite``).
+
+Rate limits: each run paces its own file_stream requests (``filestream_rate``, default 2/s, the
+documented per-run limit), doubles its interval or honours ``Retry-After`` on 429 and drifts
+back when accepted; 5xx, resets and timeouts are retried (10 attempts). GraphQL and storage go
+through the shared ``HttpClient`` and the engine's per-endpoint limiters.
+
+Final state (last file_stream request, with the summary): finished -> exit 0; failed -> exit 1;
+killed -> exit 255 then ``state: "killed"``; crashed -> exit 1 then ``state: "crashed"``;
+running / scheduled -> left running. Source files: run files (``CreateRunFiles`` + PUT +
+``MarkRunFilesUploaded``) or artifacts by ``artifact_layout``.
 """
 
 from ._config import WandbDestinationConfig
 from ._destination import WandbDestination
-
-WandbDestination.Config = WandbDestinationConfig
 
 __all__ = ["WandbDestination", "WandbDestinationConfig"]

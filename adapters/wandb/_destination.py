@@ -82,7 +82,7 @@ class WandbDestination:
         if not entity:
             raise ConfigError("[destination] entity is empty and the API key has no default entity")
         project = project_for(run, self.config)
-        source_uri = self.source_uri or str(run.system.get("uri", ""))
+        source_uri = self.source_uri or str(run.system.get("uri") or run.system.get("tracking_uri") or "")
         run_id = run_id_for(run, self.config, source_uri)
         parent_run_id = None
         if run.parent_id:

@@ -65,7 +65,9 @@ def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
     long_labels = [label for label in record.labels if len(label) > TAG_MAX_CHARS]
     if long_labels:
         out["source_labels"] = {"value": list(record.labels)}
-    source = {**record.system, "run_id": record.ref.id, "namespace": str(record.ref.namespace)}
+    # metric_keys (a source's list of history keys) is left out: the history itself holds them
+    source = {k: v for k, v in record.system.items() if k != "metric_keys"}
+    source.update(run_id=record.ref.id, namespace=str(record.ref.namespace))
     if record.parent_id:
         source["parent_run_id"] = record.parent_id
     out["runferry_source"] = {"value": source}

@@ -67,8 +67,10 @@ class WandbRunWriter:
         self._lines = start_lines
         self._t0: float | None = state.get("t0", record.start_time)
         self._last: dict[str, Any] | None = state.get("last")
-        numeric_keys = [k for k, v in record.summary.items() if isinstance(v, (int, float))]
-        self._assembler = HistoryAssembler(start_time=self._t0 or 0.0, single_key=len(numeric_keys) == 1)
+        metric_keys = record.system.get("metric_keys")
+        if not isinstance(metric_keys, list):
+            metric_keys = [k for k, v in record.summary.items() if isinstance(v, (int, float))]
+        self._assembler = HistoryAssembler(start_time=self._t0 or 0.0, single_key=len(metric_keys) == 1)
         self._reported = AssemblyStats()
         self._durable = self._make_checkpoint()
         self._artifacts: dict[str, PendingArtifact] = {}

@@ -1,0 +1,242 @@
+"""MLflow -> W&B: runferry against W&B's own MlflowImporter (wandb 0.27.0) on the same servers.
+
+One real ``mlflow server`` (SQLite) is seeded through the official client with ``--runs`` runs
+of ``--keys`` x ``--steps`` points (every point of a step shares one timestamp, so both tools
+can be exact). One W&B-compatible server (``python -m tests.servers.wandb``, its own process)
+receives both migrations, into two projects. Measured children (wall, CPU, peak RSS via
+``wait4``), each on the same source data:
+
+- ``peer``: ``wandb.apis.importers.mlflow.MlflowImporter`` from wandb 0.27.0 (the last release
+  that has it), in its own venv ``.venv-wandb027-importers`` (``wandb[importers]==0.27.0``,
+  created on first use): ``collect_runs()`` then ``import_runs(runs, artifacts=False,
+  namespace=...)``, its defaults otherwise;
+- ``runferry``: ``python -m engine migrate`` (CLI, start-up included, like the peer);
+- ``read-only``: runferry draining the MLflow source only (no writes), the source-side limit.
+
+Afterwards both W&B projects are read back with ``wandb.Api`` and every history point is
+compared with MLflow: the table shows how many points each tool delivered exactly.
+
+    python -m bench mlflow_wandb [--runs 4 --keys 10 --steps 2000 --runs-concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, ChildResult, child_env, print_table, python_child, run_child, write_toml
+
+PEER_VENV = REPO / ".venv-wandb027-importers"
+PEER_REQUIREMENT = "wandb[importers]==0.27.0"
+T0 = 1_700_000_000_000
+API_KEY = "b" * 40
+ENTITY = "bench"
+
+PEER_SCRIPT = """
+import os, sys
+from wandb.apis.importers import Namespace
+from wandb.apis.importers.mlflow import MlflowImporter
+importer = MlflowImporter(dst_base_url=os.environ["WANDB_BASE_URL"], dst_api_key=os.environ["WANDB_API_KEY"],
+                          mlflow_tracking_uri=sys.argv[1])
+runs = list(importer.collect_runs())
+importer.import_runs(runs, artifacts=False, namespace=Namespace(sys.argv[2], sys.argv[3]))
+print(len(runs))
+"""
+
+READ_ONLY_SCRIPT = """
+import sys, anyio, contextlib
+from engine.config import load_config
+from engine.pipeline import make_context, open_adapters
+from engine.progress import Progress
+
+async def main():
+    config = load_config(sys.argv[1])
+    source, _ = open_adapters(config, make_context(config, Progress(mode="plain")))
+    points = 0
+    async with source:
+        async for ref in source.list_runs():
+            record = await source.get_run(ref)
+            async with contextlib.aclosing(source.iter_history(record)) as chunks:
+                async for chunk in chunks:
+                    points += len(chunk)
+    print(points)
+
+anyio.run(main)
+"""
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench mlflow_wandb", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=4)
+    p.add_argument("--keys", type=int, default=10)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--runs-concurrency", type=int, default=4)
+    p.add_argument("--filestream-rps-per-run", type=float, default=None,
+                   help="server-side per-run file_stream limit (W&B documents 2); default: none")
+    p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
+    p.add_argument("--workdir", help="keep servers' data here (default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    a = _args(argv)
+    sys.path.insert(0, str(REPO))
+    if a.workdir:
+        workdir = Path(a.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _drive(a, workdir)
+    with tempfile.TemporaryDirectory(prefix="bench-mlflow-wandb-") as tmp:
+        return _drive(a, Path(tmp))
+
+
+def _drive(a: argparse.Namespace, workdir: Path) -> int:
+    from tests.servers.mlflow_server import MlflowServer
+
+    peer_python = None if a.skip_peer else ensure_peer_venv()
+    with MlflowServer(workdir / "mlflow") as mlflow_server, _wandb_server(workdir, a) as wandb_url:
+        expected = _seed(mlflow_server.url, a)
+        points = sum(len(p) for p in expected.values())
+        rows: list[dict[str, Any]] = []
+        env = child_env({"WANDB_BASE_URL": wandb_url, "WANDB_API_KEY": API_KEY, "BENCH_WANDB_KEY": API_KEY})
+        config = write_toml(workdir / "runferry.toml", {
+            "source": {"type": "mlflow", "tracking_uri": mlflow_server.url, "artifacts": False},
+            "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
+                            "entity": ENTITY, "project": "runferry"},
+            "transfer": {"ledger": str(workdir / "ledger.jsonl"), "artifacts": False,
+                         "runs_concurrency": a.runs_concurrency, "incremental": False},
+        })
+        results: dict[str, ChildResult] = {}
+        results["read-only"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(config)], env=env).check()
+        results["runferry"] = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"),
+                                        env=env).check()
+        if peer_python is not None:
+            peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
+                             "WANDB_CACHE_DIR": str(workdir / "peer" / "cache"),
+                             "WANDB_CONFIG_DIR": str(workdir / "peer" / "config")})
+            (workdir / "peer").mkdir(exist_ok=True)
+            results["peer"] = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, "peer"],
+                                        cwd=workdir / "peer", env=peer_env).check()
+        exact = {name: _exact_points(wandb_url, project, expected)
+                 for name, project in (("runferry", "runferry"), ("peer", "peer")) if name in results}
+        for name, result in results.items():
+            rows.append({
+                "phase": name, "wall_s": round(result.wall_s, 2), "cpu_s": round(result.cpu_s, 2),
+                "peak_rss_mb": round(result.peak_rss_mb, 1), "points": points,
+                "points_per_s": round(points / result.wall_s), "exact_points": exact.get(name, ""),
+            })
+        print(f"\nMLflow -> W&B: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points "
+              f"(file_stream limit per run: {a.filestream_rps_per_run or 'none'})\n")
+        print_table(rows)
+        if "peer" in results:
+            ratio = results["peer"].wall_s / results["runferry"].wall_s
+            print(f"\nrunferry is {ratio:.1f}x faster than W&B's MlflowImporter (wall time, same data and servers)")
+        print(f"runferry vs draining the source only: {results['runferry'].wall_s / results['read-only'].wall_s:.2f}x")
+        if a.json:
+            print(json.dumps({"rows": rows}))
+    return 0
+
+
+class _wandb_server:
+    """The W&B-compatible server in its own process (so its CPU is not in any child)."""
+
+    def __init__(self, workdir: Path, a: argparse.Namespace) -> None:
+        self.workdir = workdir
+        self.a = a
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        argv = python_child("tests.servers.wandb", "--port", str(port), "--key", f"{API_KEY}={ENTITY}")
+        if self.a.filestream_rps_per_run:
+            argv += ["--filestream-rps-per-run", str(self.a.filestream_rps_per_run)]
+        log = open(self.workdir / "wandb-server.log", "ab")
+        self.proc = subprocess.Popen(argv, env=child_env(), stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return f"http://127.0.0.1:{port}"
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit("W&B-compatible server failed to start; see wandb-server.log")
+                time.sleep(0.1)
+        raise SystemExit("W&B-compatible server did not come up in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+def _seed(url: str, a: argparse.Namespace) -> dict[str, list[tuple[str, int, float]]]:
+    """Runs with keys x steps points; returns run id -> [(key, step, value)]."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.create_experiment("bench")
+    expected: dict[str, list[tuple[str, int, float]]] = {}
+    for r in range(a.runs):
+        run = client.create_run(experiment, run_name=f"run-{r}", start_time=T0)
+        rid = run.info.run_id
+        client.log_batch(rid, params=[Param(f"p{i}", str(i * r)) for i in range(10)])
+        batch: list[Metric] = []
+        points = expected.setdefault(rid, [])
+        for step in range(a.steps):
+            for k in range(a.keys):
+                value = math.sin(step * 0.01 + k) * (r + 1)
+                batch.append(Metric(f"metric_{k:02d}", value, T0 + step * 1000, step))
+                points.append((f"metric_{k:02d}", step, value))
+                if len(batch) == 1000:
+                    client.log_batch(rid, metrics=batch)
+                    batch = []
+        if batch:
+            client.log_batch(rid, metrics=batch)
+        client.set_terminated(rid, "FINISHED", end_time=T0 + a.steps * 1000)
+    return expected
+
+
+def _exact_points(wandb_url: str, project: str, expected: dict[str, list[tuple[str, int, float]]]) -> int:
+    """Points of ``expected`` found with the same key, step and value in the W&B project."""
+    import wandb
+
+    api = wandb.Api(api_key=API_KEY, overrides={"base_url": wandb_url}, timeout=120)
+    found = 0
+    for run in api.runs(f"{ENTITY}/{project}", per_page=100):
+        want = expected.get(run.id)
+        if want is None:
+            continue
+        have = {}
+        for row in run.scan_history(page_size=5000):
+            for key, value in row.items():
+                if not key.startswith("_"):
+                    have[(key, row["_step"])] = value
+        found += sum(1 for key, step, value in want if have.get((key, step)) == value)
+    return found
+
+
+def ensure_peer_venv() -> Path:
+    """The venv with W&B's importers (wandb 0.27.0 + its ``importers`` extra), made on first use."""
+    python = PEER_VENV / "bin" / "python"
+    probe = [str(python), "-c", "from wandb.apis.importers.mlflow import MlflowImporter"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    PEER_REQUIREMENT], check=True)
+    subprocess.run(probe, check=True)
+    return python
