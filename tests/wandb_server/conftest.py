@@ -1,4 +1,4 @@
-"""Fixtures: one fake W&B server per session, the SDK dataset written into it once.
+"""Fixtures: one fake W&B server for this test package, the SDK dataset written into it once.
 
 Why: ``wandb.init`` costs about half a second per run, so the official SDK writes the whole
 dataset in one subprocess per session and every read/write assertion reuses it.
@@ -38,7 +38,7 @@ class SdkWrite:
     sdk_problems: list[str]  # WARN/ERROR lines from the SDK's own logs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def wandb_server() -> WandbServer:
     with start_wandb_server(keys=KEYS) as server:
         yield server
@@ -79,22 +79,21 @@ def run_sdk_writer(
     return SdkWrite(server.entity, project, wandb_dir, done.stdout, sdk_log_problems(wandb_dir))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sdk_dataset(wandb_server: WandbServer, tmp_path_factory) -> SdkWrite:
     """The full dataset written by the installed (current) wandb SDK into project ``sdk``."""
     return run_sdk_writer(wandb_server, sys.executable, "sdk", "full", tmp_path_factory.mktemp("sdk"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def public_api(wandb_server: WandbServer, tmp_path_factory):
-    """``wandb.Api`` pointed at the session server (in-process)."""
+    """``wandb.Api`` pointed at the package's server (in-process; base URL and key passed
+    explicitly, only cache/config dirs go through the environment, restored afterwards)."""
     import wandb
 
     cache = tmp_path_factory.mktemp("wandb-api")
     env = (
         {
-            "WANDB_BASE_URL": wandb_server.base_url,
-            "WANDB_API_KEY": wandb_server.api_key,
             "WANDB_CACHE_DIR": str(cache / "cache"),
             "WANDB_CONFIG_DIR": str(cache / "config"),
             "WANDB_DATA_DIR": str(cache / "data"),
@@ -102,7 +101,7 @@ def public_api(wandb_server: WandbServer, tmp_path_factory):
             "WANDB_SILENT": "true",
         }
     )
-    with pytest.MonkeyPatch.context() as patch:  # restored when the session ends
+    with pytest.MonkeyPatch.context() as patch:  # restored when this test package ends
         for key, value in env.items():
             patch.setenv(key, value)
         yield wandb.Api(

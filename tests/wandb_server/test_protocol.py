@@ -149,3 +149,12 @@ async def test_reports_round_trip_through_public_api(session, wandb_server, publ
 def test_reports_listed_by_public_api(wandb_server, public_api):
     reports = list(public_api.reports("runferry/reports"))
     assert [r.display_name for r in reports] == ["My report"]
+
+
+async def test_scan_keeps_every_line_even_with_repeated_steps(session, wandb_server, public_api):
+    await upsert_run(session, wandb_server, "dup1")
+    lines = [json.dumps({"_step": s, "v": i}) for i, s in enumerate([0, 1, 1, 2])]
+    status, _, _ = await file_stream(session, wandb_server, "dup1", {"files": {"wandb-history.jsonl": {"offset": 0, "content": lines}}})
+    assert status == 200
+    rows = list(public_api.run("runferry/proto/dup1").scan_history())
+    assert [(r["_step"], r["v"]) for r in rows] == [(0, 0), (1, 1), (1, 2), (2, 3)]
