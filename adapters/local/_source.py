@@ -7,6 +7,7 @@ artifact members in pieces. Blocking reads run in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -111,9 +112,9 @@ class LocalSource:
                 yield _layout.record_from_json(doc, str(path.parent.relative_to(self.root))).ref
 
     async def list_runs(self) -> AsyncIterator[RunRef]:
-        refs = _drain_in_thread(self._refs())
-        async for ref in refs:
-            yield ref
+        async with contextlib.aclosing(_drain_in_thread(self._refs())) as refs:
+            async for ref in refs:
+                yield ref
 
     def _run_dir(self, ref: RunRef) -> tuple[str, Path]:
         rel = ref.hint("local_dir") or _layout.run_rel_dir(ref.namespace, ref.id)
@@ -155,8 +156,9 @@ class LocalSource:
 
     async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
         _, run_dir = self._run_dir(run.ref)
-        async for chunk in _drain_in_thread(self._history(run_dir, max(0, start))):
-            yield chunk
+        async with contextlib.aclosing(_drain_in_thread(self._history(run_dir, max(0, start)))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _files(self, run_dir: Path) -> list[FileRef]:
         found = [FileRef(path=rel, size=size) for rel, size in _walk(run_dir / _layout.FILES)]
