@@ -38,8 +38,9 @@ async def test_file_stream_limit_per_run_is_429_with_retry_after(session, wandb_
     await upsert_run(session, wandb_server, "other", project="faults")
     faults.filestream_rps_per_run = 2
     line = {"files": {"wandb-history.jsonl": {"offset": 0, "content": [json.dumps({"_step": 0})]}}}
-    statuses = [(await file_stream(session, wandb_server, "limited", line, project="faults"))[0] for _ in range(3)]
-    assert statuses == [200, 200, 429]
+    answers = [await file_stream(session, wandb_server, "limited", line, project="faults") for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 429]
+    assert [(h["RateLimit-Remaining"], h["RateLimit-Reset"]) for _, _, h in answers] == [("500", "1"), ("0", "1"), ("0", "1")]
     status, body, headers = await file_stream(session, wandb_server, "limited", line, project="faults")
     assert (status, headers["Retry-After"]) == (429, "1")
     assert "rate limit" in body["error"].lower()

@@ -32,7 +32,8 @@ Auth is HTTP Basic ``api:<key>``; a wrong or missing key gets 401 ``{"errors":[{
 
 Faults and limits (``server.faults``; ``reset()`` turns all off)
 ----------------------------------------------------------------
-* ``filestream_rps_per_run`` (W&B documents 2): excess file_stream POSTs -> 429 + Retry-After.
+* ``filestream_rps_per_run`` (W&B documents 2): excess file_stream POSTs -> 429 + Retry-After;
+  while set, file_stream answers carry ``RateLimit-Remaining`` (0..1000) / ``RateLimit-Reset``.
 * ``run_creation_rps_per_project``: UpsertBucket that would create a run -> 429 + Retry-After.
 * ``storage_slowdown_rps``: storage requests above the rate -> 503 S3 ``SlowDown`` XML.
 * ``latency_s``, ``error_rate``/``error_status``, ``drop_rate`` on ``targets``
@@ -91,7 +92,7 @@ Not implemented (known gaps; keep this list honest)
   registries/portfolios (LinkArtifact), artifact deletion, DeleteRun, tags/alias mutations,
   TTLs, reference (``ref``) artifact entries are stored but not resolved.
 * Server-side metric glob expansion (the feature flag is advertised only so 0.27.0 does not
-  warn), derived summaries, rate-limit headers ``RateLimit-Remaining/Reset``.
+  warn), derived summaries; the 500 req/s and 120 MB/s per-project file_stream limits.
 * The 401 body is our best reconstruction (the 403 body is the documented one); no SQLite.
 * JSON-typed (not JSON-string) fields encode NaN/Infinity as strings; history lines keep
   the SDK's bare ``NaN``/``Infinity`` tokens.

@@ -226,9 +226,11 @@ async def file_stream_handler(request: web.Request) -> web.Response:
     run = state.run(entity, project, name)
     if run is None:
         return _json({"error": f"run {entity}/{project}/{name} not found"}, 404)
-    retry = faults.rate_limited("filestream", (entity, project, name), faults.filestream_rps_per_run)
+    limit_key = (entity, project, name)
+    retry = faults.rate_limited("filestream", limit_key, faults.filestream_rps_per_run)
+    limit_headers = faults.rate_headers("filestream", limit_key, faults.filestream_rps_per_run)
     if retry is not None:
-        return _json({"error": "Filestream rate limit exceeded"}, 429, {"Retry-After": str(retry)})
+        return _json({"error": "Filestream rate limit exceeded"}, 429, {"Retry-After": str(retry), **limit_headers})
     raw = _maybe_gunzip(request, raw)
     payload = json.loads(raw) if raw else {}
     with state.lock:
@@ -256,7 +258,7 @@ async def file_stream_handler(request: web.Request) -> web.Response:
         run.heartbeat_at = state.clock()
     if payload.get("complete") and state.export_history_on_finish:
         export_history(state, run)
-    return _json({"exitcode": None, "limits": {}})
+    return _json({"exitcode": None, "limits": {}}, headers=limit_headers or None)
 
 
 async def run_file_download(request: web.Request) -> web.StreamResponse:

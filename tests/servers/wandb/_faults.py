@@ -35,6 +35,11 @@ class SlidingWindow:
         window.append(now)
         return True
 
+    def remaining(self, key: object, rate: float) -> float:
+        """Share of this second's budget still free, 0.0 .. 1.0."""
+        used = len(self._events.get(key, ()))
+        return max(0.0, (rate - used) / rate) if rate > 0 else 0.0
+
     def retry_after(self, key: object) -> int:
         window = self._events.get(key)
         if not window:
@@ -118,6 +123,17 @@ class Faults:
                 self._count(f"error:{target}")
                 return self.error_status
             return None
+
+    def rate_headers(self, kind: str, key: object, rate: float | None) -> dict[str, str]:
+        """W&B SaaS-style ``RateLimit-Remaining`` (0..1000) and ``RateLimit-Reset`` (s) headers."""
+        if rate is None:
+            return {}
+        with self._lock:
+            if self._window is None:
+                return {}
+            remaining = self._window.remaining((kind, key), rate)
+            reset = self._window.retry_after((kind, key))
+        return {"RateLimit-Remaining": str(int(remaining * 1000)), "RateLimit-Reset": str(reset)}
 
     def rate_limited(self, kind: str, key: object, rate: float | None) -> int | None:
         """Retry-After seconds if ``key`` exceeded ``rate`` requests/s, else None."""
