@@ -397,3 +397,46 @@ print(sorted(m for m in sys.modules if m == "pandas" or m.startswith("pandas."))
     out = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert (tmp_path / "runs.csv").is_file()
+
+
+async def test_concurrent_runs_and_files_into_one_export(tmp_path: Path) -> None:
+    import contextlib
+
+    import anyio
+
+    from tests.adapters.contract import all_files
+
+    src = contract_source(runs=4, projects=1, file_sizes=[1, 2000, 70_000], artifact_sizes=[10, 20, 30])
+    records = [await src.get_run(ref) for ref in await all_refs(src)]
+
+    async def one_run(dest: LocalDestination, record: RunRecord) -> None:
+        writer = await dest.open_run(record, None)
+        async with anyio.create_task_group() as tg:
+            for file in await all_files(src, record):
+
+                async def move(file: FileRef = file) -> None:
+                    async with contextlib.aclosing(src.read_file(record, file)) as stream:
+                        await writer.write_file(file, stream)
+
+                tg.start_soon(move)
+            async for chunk in src.iter_history(record):
+                await writer.write_history(chunk)
+            await writer.flush_history()
+        await writer.finish(record)
+        await writer.aclose()
+
+    async with destination(tmp_path) as dest:
+        async with anyio.create_task_group() as tg:
+            for record in records:
+                tg.start_soon(one_run, dest, record)
+        await dest.finalize()
+    async with reader(tmp_path) as local:
+        refs = await all_refs(local)
+        assert [r.id for r in refs] == [r.ref.id for r in records]
+        for ref, record in zip(refs, records, strict=True):
+            back = await local.get_run(ref)
+            assert_records_equal(back, record)
+            assert_history_equal((await read_history(local, back))[0], (await read_history(src, record))[0])
+            got = {f.key: await read_bytes(local, back, f) for f in await all_files(local, back)}
+            want = {f.key: await read_bytes(src, record, f) for f in await all_files(src, record)}
+            assert got == want
