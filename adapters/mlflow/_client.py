@@ -31,7 +31,10 @@ _TRANSIENT_CODES = (b"TEMPORARILY_UNAVAILABLE",)
 
 
 def classify_mlflow(status: int, headers: Mapping[str, str], body: bytes) -> Classification:
-    """Plain HTTP semantics, plus MLflow/Databricks error codes that mean "try again later"."""
+    """Plain HTTP semantics, plus MLflow/Databricks error codes that mean "try again later";
+    501 Not Implemented (e.g. multipart on a local artifact store) is final, not transient."""
+    if status == 501:
+        return Classification.FATAL
     verdict = classify_default(status, headers, body)
     if verdict is Classification.FATAL:
         head = body[:512]

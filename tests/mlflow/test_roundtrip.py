@@ -86,3 +86,17 @@ async def test_rerun_is_idempotent(
     edge_dst = first[seeded.runs["edge"]]
     assert len(dest_client.get_metric_history(edge_dst, "acc")) == 2500
     assert len(dest_client.get_metric_history(edge_dst, "edge")) == len(EDGE_POINTS)
+
+
+async def test_multipart_falls_back_to_one_put_when_the_store_lacks_it(
+    source_server: MlflowServer, dest_server: MlflowServer, seeded: Seeded, tmp_path: Path
+) -> None:
+    """A local artifact store answers mpu/create with 501 NOT_IMPLEMENTED: the file goes in one
+    streamed PUT, and later large files skip the multipart attempt."""
+    cfg_src = source_config(source_server.url, experiments=[seeded.edge_name])
+    cfg_dst = dest_config(dest_server.url, experiment="mpu-{experiment}", multipart_threshold=1 << 20)
+    async with MlflowSource(cfg_src, context()) as src, MlflowDestination(cfg_dst, context()) as dst:
+        assert dst.multipart_supported is None
+        mapping = await copy_all(src, dst)
+        assert dst.multipart_supported is False
+    assert artifact_tree(dest_server.url, mapping[seeded.runs["edge"]], tmp_path / "d") == ARTIFACT_FILES
