@@ -13,11 +13,16 @@ transfers are objects the client gave up on. The back end is the front's ``sink`
 limit of its own) unless ``--upstream moto``.
 
 Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and downloaded from moto's S3
-server (direct, no throttling) by runferry's ``S3Store`` and by ``rclone copy`` with matching
-parallelism. Reported as MiB/s and runferry / rclone ratios.
+server (direct, no throttling) by runferry's ``S3Store`` (ranged parallel reads, and one streamed
+GET per file), by ``rclone copy`` with matching parallelism and by boto3's s3transfer. Reported
+as MiB/s and runferry / rclone ratios. Moto copies the whole object for every ranged GET, which
+penalises ranged readers (runferry's default, s3transfer) against rclone, which reads files under
+its 250 MiB multi-thread cutoff with one GET. All clients share the machine with moto: on a
+loaded machine the figures move a lot (the load average is recorded with them).
 
 Part 3 (optional, ``--large-mib N``): one N MiB object generated on the fly, uploaded, copied
 server-side and downloaded through the front with SlowDown on, every byte checked by SHA-256.
+(Moto holds several copies of the object in memory while completing it: N=2048 needs ~8 GB.)
 
 Outputs: a table on stdout, ``results.json`` and ``s3_slowdown.png`` under ``--out``.
 """
@@ -253,7 +258,7 @@ async def _file_pieces(path: Path) -> AsyncIterator[bytes]:
             yield piece
 
 
-async def runferry_bytes(url: str, src: Path, dst: Path, prefix: str) -> tuple[float, float]:
+async def runferry_bytes(url: str, src: Path, dst: Path, prefix: str, parallelism: int | None = None) -> tuple[float, float]:
     files = sorted(src.iterdir())
     async with S3Store(S3Config(endpoint_url=url, part_concurrency=8)) as s3:
         start = time.monotonic()
@@ -264,7 +269,7 @@ async def runferry_bytes(url: str, src: Path, dst: Path, prefix: str) -> tuple[f
 
         async def fetch(path: Path) -> None:
             async with await anyio.open_file(dst / path.name, "wb") as handle:
-                async for piece in s3.get_stream(f"s3://{BUCKET}/{prefix}/{path.name}"):
+                async for piece in s3.get_stream(f"s3://{BUCKET}/{prefix}/{path.name}", parallelism=parallelism):
                     await handle.write(piece)
 
         start = time.monotonic()
@@ -345,11 +350,16 @@ def bytes_part(args: argparse.Namespace) -> dict[str, Any]:
         asyncio.run(_create_bucket(stack.moto_url))
         print(f"  runferry bytes: {total_mib} MiB up and down ...", flush=True)
         up_ours, down_ours = asyncio.run(runferry_bytes(stack.moto_url, src, ours, "rf"))
+        streamed = root / "runferry-streamed"
+        streamed.mkdir()
+        up_streamed, down_streamed = asyncio.run(runferry_bytes(stack.moto_url, src, streamed, "rfs", parallelism=1))
         print(f"  rclone bytes: {total_mib} MiB up and down ...", flush=True)
         up_theirs, down_theirs = rclone_bytes(stack.moto_url, src, theirs, "rc", args.files)
         print(f"  boto3 bytes: {total_mib} MiB up and down ...", flush=True)
         up_boto, down_boto = boto3_bytes(stack.moto_url, src, boto, "bt")
         return {
+            "runferry_streamed_download_mib_s": total_mib / down_streamed,
+            "runferry_streamed_identical": same_files(src, streamed),
             "boto3_upload_mib_s": total_mib / up_boto, "boto3_download_mib_s": total_mib / down_boto,
             "boto3_files_identical": same_files(src, boto), "load_average": os.getloadavg(),
             "mib": total_mib,
@@ -375,7 +385,11 @@ async def _generated(size: int, digest: Any) -> AsyncIterator[bytes]:
 async def large_object(stack: S3Stack, mib: int, rate: float) -> dict[str, Any]:
     size = mib * MIB + 17
     sent = hashlib.sha256()
-    async with S3Store(S3Config(endpoint_url=stack.front_url, part_size=16 * MIB, multipart_threshold=16 * MIB)) as s3:
+    # moto copies the whole object for each ranged GET and UploadPartCopy (real S3 does not),
+    # so the large object is read with one streamed GET and copied with one CopyObject.
+    config = S3Config(endpoint_url=stack.front_url, part_size=16 * MIB, multipart_threshold=16 * MIB,
+                      copy_threshold=5 * 1024 * MIB)
+    async with S3Store(config) as s3:
         await s3.client.create_bucket(Bucket="rf-large")
         stack.configure(write_rate=rate, read_rate=rate * 1.5)
         start = time.monotonic()
@@ -386,7 +400,7 @@ async def large_object(stack: S3Stack, mib: int, rate: float) -> dict[str, Any]:
         copy = time.monotonic() - start
         start = time.monotonic()
         got = hashlib.sha256()
-        async for piece in s3.get_stream("s3://rf-large/big/copy"):
+        async for piece in s3.get_stream("s3://rf-large/big/copy", parallelism=1):
             got.update(piece)
         download = time.monotonic() - start
         open_uploads = await s3.list_open_uploads("s3://rf-large/")
@@ -420,6 +434,8 @@ def main(argv: list[str]) -> int:
                   f" ratio {b['runferry_upload_mib_s'] / b['rclone_upload_mib_s']:.2f}")
             print(f"  download runferry {b['runferry_download_mib_s']:.1f} MiB/s, rclone {b['rclone_download_mib_s']:.1f} MiB/s,"
                   f" ratio {b['runferry_download_mib_s'] / b['rclone_download_mib_s']:.2f}")
+            print(f"  runferry download as one streamed GET per file (parallelism=1): "
+                  f"{b['runferry_streamed_download_mib_s']:.1f} MiB/s, identical {b['runferry_streamed_identical']}")
             print(f"  boto3 s3transfer: upload {b['boto3_upload_mib_s']:.1f} MiB/s, download {b['boto3_download_mib_s']:.1f} MiB/s")
             print(f"  identical: runferry {b['runferry_files_identical']}, rclone {b['rclone_files_identical']},"
                   f" boto3 {b['boto3_files_identical']}; load average after: {b['load_average'][0]:.1f}")
