@@ -291,7 +291,7 @@ async def test_download_missing_object_raises_not_found(scripted_server: Scripte
 async def test_read_timeout_is_transient_and_retried(scripted_server: ScriptedServer, context: AdapterContext) -> None:
     path = unique()
     scripted_server.script(path, HANG, reply(200, {"late": True}))
-    async with client(scripted_server, context, timeout=0.3) as http:
+    async with client(scripted_server, context, timeout=2.0) as http:  # HANG always times out
         assert await http.request_json("POST", path, json={}) == {"late": True}
     stats = http.limiter_for(scripted_server.url).statistics()
     assert (stats.failures, stats.successes) == (1, 1)

@@ -210,7 +210,7 @@ async def test_throttles_exhausting_attempts_raise_throttled_with_retry_after(fr
     config = S3Config(endpoint_url=front.front_url, max_attempts=2)
     async with S3Store(config, AdapterContext(limiters=registry)) as s3:
         await s3.client.create_bucket(Bucket="rf-throttled")
-        front.configure(write_rate=0.5, burst_seconds=0.0, retry_after=0.01)
+        front.configure(write_rate=0.01, burst_seconds=0.0, retry_after=0.01)  # one token per 100 s
         await s3.put_stream("s3://rf-throttled/k/a", Generated(1).stream())  # takes the one token
         with pytest.raises(ThrottledError) as info:
             await s3.put_stream("s3://rf-throttled/k/b", Generated(1).stream())
