@@ -462,14 +462,17 @@ class MlflowRunWriter:
         return url
 
     async def write_file(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
-        url = self._artifact_url(file.path)
+        """Run files keep their path; members of a source artifact (W&B) go under a folder
+        named after the artifact, so they cannot collide with run files."""
+        path = file.path if file.artifact is None else f"{file.artifact.name}/{file.path}"
+        url = self._artifact_url(path)
         config = self.destination.config
         if (
             file.size is not None
             and file.size >= config.multipart_threshold
             and self.destination.multipart_supported is not False
         ):
-            if await self._multipart(file, data):
+            if await self._multipart(path, file.size, data):
                 return
         stream = ReplayableStream(data)
         try:
@@ -483,15 +486,14 @@ class MlflowRunWriter:
         finally:
             await stream.aclose()
 
-    async def _multipart(self, file: FileRef, data: AsyncIterator[bytes]) -> bool:
+    async def _multipart(self, path: str, size: int, data: AsyncIterator[bytes]) -> bool:
         """Multipart upload through the proxy; False (nothing consumed) when unsupported."""
-        assert file.size is not None
         config = self.destination.config
         part_size = config.part_size or max(self.destination.context.part_bytes, 5 << 20)
-        num_parts = max(1, -(-file.size // part_size))
+        num_parts = max(1, -(-size // part_size))
         root = proxied_artifact_path(self.dest.artifact_uri, "")
         assert root is not None
-        directory, name = posixpath.split(file.path)
+        directory, name = posixpath.split(path)
         suffix = root[len(ARTIFACTS_API + "artifacts/") :] + (f"/{directory}" if directory else "")
         create_url = f"{ARTIFACTS_API}mpu/create/{suffix}"
         try:
@@ -542,7 +544,7 @@ class MlflowRunWriter:
                         headers={"Content-Type": "application/json"},
                     )
                 except Exception as abort_error:  # the original failure matters more
-                    self._event("multipart_abort_failed", path=file.path, error=str(abort_error))
+                    self._event("multipart_abort_failed", path=path, error=str(abort_error))
             raise
         return True
 
