@@ -93,10 +93,12 @@ async def test_multipart_falls_back_to_one_put_when_the_store_lacks_it(
 ) -> None:
     """A local artifact store answers mpu/create with 501 NOT_IMPLEMENTED: the file goes in one
     streamed PUT, and later large files skip the multipart attempt."""
-    cfg_src = source_config(source_server.url, experiments=[seeded.edge_name])
+    only_edge = f"attributes.run_id = '{seeded.runs['edge']}'"
+    cfg_src = source_config(source_server.url, experiments=[seeded.edge_name], filter=only_edge)
     cfg_dst = dest_config(dest_server.url, experiment="mpu-{experiment}", multipart_threshold=1 << 20)
     async with MlflowSource(cfg_src, context()) as src, MlflowDestination(cfg_dst, context()) as dst:
         assert dst.multipart_supported is None
         mapping = await copy_all(src, dst)
         assert dst.multipart_supported is False
+    assert list(mapping) == [seeded.runs["edge"]]
     assert artifact_tree(dest_server.url, mapping[seeded.runs["edge"]], tmp_path / "d") == ARTIFACT_FILES
