@@ -28,14 +28,14 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
 from adapters.base import Source
 from engine.config import Config, parse_config
 from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
-from engine.pipeline import Report, make_context, open_adapters, migrate
+from engine.pipeline import Report, make_context, migrate, open_adapters
 from engine.progress import Progress
 
 __all__ = ["MlflowImporter", "Namespace"]
@@ -67,7 +67,7 @@ class _SelectedRuns:
     def describe(self) -> str:
         return self.inner.describe()
 
-    async def __aenter__(self) -> _SelectedRuns:
+    async def __aenter__(self) -> Self:
         await self.inner.__aenter__()
         return self
 

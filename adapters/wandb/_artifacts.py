@@ -223,5 +223,5 @@ class ArtifactUploader:
                 "completeMultipartAction": "Abort", "completedParts": [], "artifactID": artifact_id,
                 "storagePath": node["storagePath"], "uploadID": upload_id,
             }, name="CompleteMultipartUploadArtifact")
-        except Exception as exc:  # the original failure matters more; the server expires uploads
+        except Exception as exc:  # noqa: BLE001 - the original failure matters more; uploads expire
             self.events("multipart_abort_failed", error=str(exc)[:200])

@@ -6,8 +6,7 @@ import base64
 import contextlib
 import os
 from types import TracebackType
-from typing import Any
-
+from typing import Any, Self
 
 from adapters.base import AdapterContext, Checkpoint
 from adapters.http import HttpClient
@@ -17,7 +16,13 @@ from engine.model import RunRecord
 from . import _gql
 from ._config import WandbDestinationConfig
 from ._filestream import FileStream, RunPacer
-from ._mapping import check_template, group_for, project_for, run_id_for, upsert_variables
+from ._mapping import (
+    check_template,
+    group_for,
+    project_for,
+    run_id_for,
+    upsert_variables,
+)
 from ._staging import RunStaging, staging_root
 from ._writer import WandbRunWriter
 
@@ -46,7 +51,7 @@ class WandbDestination:
     def describe(self) -> str:
         return f"wandb:{self.config.base_url.rstrip('/')}/{self.config.entity or '*'}/{self.config.project}"
 
-    async def __aenter__(self) -> WandbDestination:
+    async def __aenter__(self) -> Self:
         key = os.environ.get(self.config.api_key_env, "")
         if not key:
             raise ConfigError(f"[destination] environment variable {self.config.api_key_env} (api_key_env) is not set")

@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-
 class Order(enum.Enum):
     """What the assembler knows about the source's point order."""
 

@@ -73,7 +73,7 @@ def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
     out["runferry_source"] = {"value": source}
     wandb_internal: dict[str, Any] = {"t": {}, "runferry_run_id": run_id}
     if record.start_time is not None:
-        wandb_internal["start_time"] = int(round(record.start_time * 1000))
+        wandb_internal["start_time"] = round(record.start_time * 1000)
     out["_wandb"] = {"value": wandb_internal}
     return out
 

@@ -20,7 +20,13 @@ from adapters.http import HttpClient
 from engine.model import ArtifactRef, FileRef, HistoryChunk, RunRecord
 
 from . import _gql
-from ._artifacts import ArtifactTarget, ArtifactUploader, PendingArtifact, artifact_name, parse_headers
+from ._artifacts import (
+    ArtifactTarget,
+    ArtifactUploader,
+    PendingArtifact,
+    artifact_name,
+    parse_headers,
+)
 from ._config import WandbDestinationConfig
 from ._filestream import HISTORY, SUMMARY, FileStream
 from ._lines import AssemblyStats, HistoryAssembler, LineBlock, iter_request_slices

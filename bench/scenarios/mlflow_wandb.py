@@ -34,7 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, ChildResult, child_env, print_table, python_child, run_child, write_toml
+from bench.common import (
+    REPO,
+    ChildResult,
+    child_env,
+    print_table,
+    python_child,
+    run_child,
+    write_toml,
+)
 
 PEER_VENV = REPO / ".venv-wandb027-importers"
 PEER_REQUIREMENT = "wandb[importers]==0.27.0"
@@ -233,7 +241,7 @@ def ensure_peer_venv() -> Path:
     """The venv with W&B's importers (wandb 0.27.0 + its ``importers`` extra), made on first use."""
     python = PEER_VENV / "bin" / "python"
     probe = [str(python), "-c", "from wandb.apis.importers.mlflow import MlflowImporter"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return python
     subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",

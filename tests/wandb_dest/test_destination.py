@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -12,11 +11,25 @@ import pytest
 
 from adapters.base import Checkpoint
 from engine.errors import AuthError, ConfigError
-from engine.model import ArtifactRef, FileRef, HistoryChunk, Namespace, RunRecord, RunRef, RunState, history_batch
+from engine.model import (
+    ArtifactRef,
+    FileRef,
+    HistoryChunk,
+    Namespace,
+    RunRecord,
+    RunRef,
+    RunState,
+    history_batch,
+)
 
 from .conftest import Events, make_destination, pieces, same_value, wandb_api
 
 NAN, INF = float("nan"), float("inf")
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def record(project: str, run_id: str = "run1", **kw) -> RunRecord:
@@ -146,7 +159,6 @@ async def test_resume_rewrites_the_same_offsets_without_duplicates(server, proje
     async with make_destination(server) as dest:
         writer = await dest.open_run(rec, resumed)
         assert writer.checkpoint() == resumed
-        k, s, t, v = cols
         start = resumed.history_points
         for chunk in chunks(cols, 100, start):
             await writer.write_history(chunk)
@@ -221,7 +233,7 @@ async def test_run_files_and_artifacts_byte_for_byte(server, project, tmp_path) 
     assert set(arts) == {"model", "data", "evaluation"}
     root = arts["model"].download(root=str(tmp_path / "model"))
     for path in ("weights.bin", "sub/dir/config.json", "empty.txt"):
-        assert open(os.path.join(root, path), "rb").read() == blobs[f"model/{path}"]
+        assert read_bytes(os.path.join(root, path)) == blobs[f"model/{path}"]
     assert arts["evaluation"].type == "report"
     committed = events.named("artifact_committed")
     assert {c["artifact"] for c in committed} == {"model", "data", "evaluation"}
@@ -252,8 +264,8 @@ async def test_staged_artifact_members_survive_a_crash(server, project, tmp_path
         await writer.finish(rec)
     (art,) = wandb_api(server).run(f"{server.entity}/{project}/run1").logged_artifacts()
     root = art.download(root=str(tmp_path / "dl"))
-    assert open(os.path.join(root, "a/one.txt"), "rb").read() == b"one"
-    assert open(os.path.join(root, "b/two.txt"), "rb").read() == b"two"
+    assert read_bytes(os.path.join(root, "a/one.txt")) == b"one"
+    assert read_bytes(os.path.join(root, "b/two.txt")) == b"two"
 
 
 @pytest.mark.parametrize(("state", "wandb_state"), [(RunState.KILLED, "killed"), (RunState.RUNNING, "running")])

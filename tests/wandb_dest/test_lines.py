@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -125,10 +126,10 @@ def test_lines_do_not_depend_on_chunking() -> None:
 
 
 def test_request_slices_respect_the_byte_budget() -> None:
-    lines = ['{"_step":%d,"k":"%s"}' % (i, "x" * (i % 50)) for i in range(1000)]
+    lines = [f'{{"_step":{i},"k":"{"x" * (i % 50)}"}}' for i in range(1000)]
     windows = list(iter_request_slices(lines, 4096))
     assert windows[0][0] == 0 and windows[-1][1] == 1000
-    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
     for start, end in windows:
         body = json.dumps(lines[start:end])
         assert len(body) <= 4096 or end - start == 1

@@ -8,7 +8,13 @@ import pytest
 
 from adapters.wandb._artifacts import manifest_digest
 from adapters.wandb._config import WandbDestinationConfig
-from adapters.wandb._mapping import exit_for, project_for, run_id_for, wire_config, wire_tags
+from adapters.wandb._mapping import (
+    exit_for,
+    project_for,
+    run_id_for,
+    wire_config,
+    wire_tags,
+)
 from engine.model import Namespace, RunRecord, RunRef, RunState
 
 
@@ -65,9 +71,11 @@ def test_exit_mapping(state: RunState, expected: tuple) -> None:
 
 
 def test_manifest_digest_matches_the_sdk(tmp_path) -> None:
-    from wandb.sdk.artifacts.artifact_manifest_entry import ArtifactManifestEntry
-    from wandb.sdk.artifacts.artifact_manifests.artifact_manifest_v1 import ArtifactManifestV1
     from wandb.sdk.artifacts._generated import ArtifactDigestAlgorithm
+    from wandb.sdk.artifacts.artifact_manifest_entry import ArtifactManifestEntry
+    from wandb.sdk.artifacts.artifact_manifests.artifact_manifest_v1 import (
+        ArtifactManifestV1,
+    )
 
     entries = {"b/x.bin": "1B2M2Y8AsgTpgAmY7PhCfg==", "a.txt": "XrY7u+Ae7tCTyyK7j1rNww==", "z/é": "rL0Y20zC+Fzt72VPzMSk2A=="}
     manifest = ArtifactManifestV1(digest_algorithm=ArtifactDigestAlgorithm.MANIFEST_MD5)
