@@ -404,8 +404,12 @@ async def large_object(stack: S3Stack, mib: int, rate: float) -> dict[str, Any]:
             got.update(piece)
         download = time.monotonic() - start
         open_uploads = await s3.list_open_uploads("s3://rf-large/")
+    import resource
+
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {"bytes": size, "parts": put.parts, "copy_parts": copied.parts, "upload_s": upload, "copy_s": copy,
-            "download_s": download, "identical": got.hexdigest() == sent.hexdigest(), "open_uploads": len(open_uploads)}
+            "download_s": download, "identical": got.hexdigest() == sent.hexdigest(), "open_uploads": len(open_uploads),
+            "client_peak_rss_mib": peak_mib}
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -445,7 +449,7 @@ def main(argv: list[str]) -> int:
             report["large"] = large = asyncio.run(large_object(stack, args.large_mib, args.rate))
         print(f"large object {large['bytes']} bytes, {large['parts']} parts: upload {large['upload_s']:.1f} s, "
               f"copy {large['copy_s']:.1f} s, download {large['download_s']:.1f} s, identical {large['identical']}, "
-              f"open uploads {large['open_uploads']}")
+              f"open uploads {large['open_uploads']}, client peak RSS {large['client_peak_rss_mib']:.0f} MiB")
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\nwrote {out / 'results.json'} and {out / 's3_slowdown.png'}")
     return 0
