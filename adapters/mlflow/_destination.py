@@ -10,7 +10,9 @@ time are restored last with ``runs/update``.
 Replay safety: a chunk counts as durable once all of its requests were acknowledged. After a
 crash the engine replays from the last durable point, so the last chunk may be sent twice; the
 SQL store keeps one row per (key, timestamp, step, value, is_nan) and drops the repeat
-(tested), so no point is stored twice. (A file-store server does not deduplicate.)
+(tested), so no point is stored twice. Servers that do not say they are SQL stores
+(``server-info``; file stores, Databricks, MLflow < 3) get the first replayed chunk filtered
+against the destination's stored history of its keys instead.
 
 Nested runs: ``mlflow.parentRunId`` is rewritten to the parent's destination id. When the
 parent has not been copied yet, the child gets a ``runferry.pending_parent`` tag that
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -38,7 +41,7 @@ from adapters.mlflow._batching import (
     pack_metrics,
     pack_params_and_tags,
 )
-from adapters.mlflow._client import ARTIFACTS_API, MlflowRest, encode_value, proxied_artifact_path
+from adapters.mlflow._client import ARTIFACTS_API, MlflowRest, decode_value, encode_value, proxied_artifact_path
 from adapters.mlflow._config import (
     MAX_BATCH_BYTES,
     MAX_ENTITIES_PER_BATCH,
@@ -97,6 +100,12 @@ def run_tags(record: RunRecord) -> dict[str, str]:
         if value and key not in tags:
             tags[key] = value
     return tags
+
+
+def _point_identity(key: str, step: Any, timestamp: Any, value: Any) -> tuple[Any, ...]:
+    number = decode_value(value)
+    bits = "nan" if math.isnan(number) else repr(number)
+    return (key, int(step), int(timestamp), bits)
 
 
 def param_text(value: Any) -> str:
@@ -161,7 +170,8 @@ class MlflowDestination:
         self._rest: MlflowRest | None = None
         self._experiments: dict[str, _Experiment] = {}
         self._experiment_locks: dict[str, anyio.Lock] = {}
-        self.multipart_supported: bool | None = None  # unknown until the first attempt
+        self.multipart_supported: bool | None = None  # unknown until server-info or a first attempt
+        self.server_dedupes = False  # the SQL store drops repeated identical points (server-info)
 
     def describe(self) -> str:
         return f"mlflow:{self.config.tracking_uri.rstrip('/')}"
@@ -179,11 +189,25 @@ class MlflowDestination:
         await rest.__aenter__()
         try:
             await rest.check_access()
+            info = await self._server_info(rest)
         except BaseException:
             await rest.__aexit__(None, None, None)
             raise
+        self.server_dedupes = info.get("store_type") == "SqlStore"
+        if "multipart_uploads_enabled" in info:
+            self.multipart_supported = bool(info["multipart_uploads_enabled"])
         self._rest = rest
         return self
+
+    @staticmethod
+    async def _server_info(rest: MlflowRest) -> dict[str, Any]:
+        """``/api/3.0/mlflow/server-info`` (MLflow 3): store type and multipart support;
+        empty when the server predates it (then nothing is assumed)."""
+        try:
+            info = await rest.http.request_json("GET", "/api/3.0/mlflow/server-info")
+        except (NotFoundError, FatalError):
+            return {}
+        return info if isinstance(info, dict) else {}
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -370,6 +394,10 @@ class MlflowRunWriter:
         self._durable = start_points
         self._in_flight = anyio.Semaphore(destination.config.batch_concurrency)
         self._pending = pending  # log-batch bodies of params/tags not sent yet
+        # after a crash the first replayed chunk may hold points the server already has; a
+        # server that does not drop repeats gets them filtered out here
+        self._check_replay = start_points > 0 and not destination.server_dedupes
+        self.replayed_points_skipped = 0
         self.skipped_points = 0
         self.dropped_keys: set[str] = set()
 
@@ -417,6 +445,9 @@ class MlflowRunWriter:
             longest = max(longest, len(key))
         if len(metrics) < len(keys):
             self._event("points_skipped", n=len(keys) - len(metrics))
+        if self._check_replay:
+            self._check_replay = False
+            metrics = await self._drop_already_stored(metrics)
         first: dict[str, Any] = {}
         if self._pending:  # params/tags ride along with the first points when they fit
             first = self._pending.pop(0)
@@ -436,6 +467,30 @@ class MlflowRunWriter:
                 await self._in_flight.acquire()
                 tg.start_soon(self._send_batch, body)
         self._durable = chunk.end
+
+    async def _drop_already_stored(self, metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Remove points the destination already holds (as a multiset, so points the source
+        really repeats are kept as often as they are not yet stored)."""
+        stored: Counter[tuple[Any, ...]] = Counter()
+        page_size = 25_000
+        for key in sorted({m["key"] for m in metrics}):
+            token = None
+            while True:
+                page, token = await self.rest.history_page(self.dest_id, key, page_size=page_size, token=token)
+                stored.update(_point_identity(p["key"], p.get("step", 0), p.get("timestamp", 0), p.get("value")) for p in page)
+                if token is None:
+                    break
+        kept = []
+        for metric in metrics:
+            identity = _point_identity(metric["key"], metric["step"], metric["timestamp"], metric["value"])
+            if stored[identity] > 0:
+                stored[identity] -= 1
+                self.replayed_points_skipped += 1
+            else:
+                kept.append(metric)
+        if self.replayed_points_skipped:
+            self._event("replay_deduplicated", n=self.replayed_points_skipped)
+        return kept
 
     async def _send_batch(self, body: bytes) -> None:
         try:

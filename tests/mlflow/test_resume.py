@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 from mlflow.tracking import MlflowClient
 
 from adapters.base import Checkpoint
@@ -15,7 +17,9 @@ from tests.mlflow.seed import Seeded
 from tests.servers.mlflow_server import MlflowServer
 
 
+@pytest.mark.parametrize("server_dedupes", [True, False], ids=["sql-store-drops-repeats", "writer-filters-repeats"])
 async def test_replay_after_crash_stores_no_duplicates(
+    server_dedupes: bool,
     source_server: MlflowServer,
     dest_server: MlflowServer,
     seeded: Seeded,
@@ -23,7 +27,7 @@ async def test_replay_after_crash_stores_no_duplicates(
     dest_client: MlflowClient,
 ) -> None:
     src_cfg = source_config(source_server.url, experiments=[seeded.edge_name])
-    dst_cfg = dest_config(dest_server.url, experiment=f"resume-{{experiment}}")
+    dst_cfg = dest_config(dest_server.url, experiment=f"resume-{server_dedupes}-{{experiment}}")
     edge_id = seeded.runs["edge"]
     async with MlflowSource(src_cfg, context(700)) as source, MlflowDestination(dst_cfg, context(700)) as dest:
         ref = next(r for r in await all_refs(source) if r.id == edge_id)
@@ -44,6 +48,8 @@ async def test_replay_after_crash_stores_no_duplicates(
 
     async with MlflowSource(src_cfg, context(700)) as source, MlflowDestination(dst_cfg, context(700)) as dest:
         record = await source.get_run(ref)
+        assert dest.server_dedupes is True  # server-info says SqlStore
+        dest.server_dedupes = server_dedupes
         resumed = await dest.open_run(record, recorded)
         assert resumed.dest_id == writer.dest_id  # found by its source tag
         assert resumed.checkpoint().history_points == 1400
@@ -51,10 +57,11 @@ async def test_replay_after_crash_stores_no_duplicates(
             async for chunk in chunks:
                 await resumed.write_history(chunk)
         await resumed.flush_history()
+        assert resumed.replayed_points_skipped == (0 if server_dedupes else 700)
         await resumed.finish(record)
         await resumed.aclose()
         await dest.finalize()
-    assert len(dest_run_for(dest_client, f"resume-{seeded.edge_name}", edge_id)) == 1
+    assert len(dest_run_for(dest_client, f"resume-{server_dedupes}-{seeded.edge_name}", edge_id)) == 1
     assert_same_run(source_client, dest_client, edge_id, writer.dest_id)
     assert len(history(dest_client, writer.dest_id, "acc")) == 2500
 
