@@ -15,7 +15,7 @@ from engine.model import RunRecord
 
 from . import _gql
 from ._config import WandbDestinationConfig
-from ._filestream import FileStream, RunPacer
+from ._filestream import FileStream, FileStreamClient, RunPacer
 from ._mapping import (
     check_template,
     group_for,
@@ -43,7 +43,7 @@ class WandbDestination:
         self.clock: Any = context.extra.get("clock")
         self._stack: contextlib.AsyncExitStack | None = None
         self.api: HttpClient | None = None
-        self.filestream_http: HttpClient | None = None
+        self.filestream_http: FileStreamClient | None = None
         self.storage: HttpClient | None = None
         self.default_entity = ""
         self.source_uri = str(context.extra.get("source_uri", ""))
@@ -63,7 +63,7 @@ class WandbDestination:
             self.api = await stack.enter_async_context(HttpClient(
                 base_url=base, name="wandb", context=self.context,
                 classify=_gql.classify_graphql, headers=auth_headers))
-            self.filestream_http = await stack.enter_async_context(HttpClient(
+            self.filestream_http = await stack.enter_async_context(FileStreamClient(
                 base_url=base, name="wandb-filestream", context=self.context, max_attempts=1,
                 headers=auth_headers))
             # presigned storage URLs never get W&B credentials

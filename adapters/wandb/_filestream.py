@@ -16,13 +16,20 @@ from __future__ import annotations
 import gzip
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import orjson
 
 from adapters.http import HttpClient
 from engine.errors import ThrottledError, TransientError
-from ratelimit._clock import Clock, MonotonicClock
+from ratelimit import (
+    Clock,
+    EndpointLimiter,
+    LimiterRegistry,
+    MonotonicClock,
+    endpoint_of,
+)
 
 HISTORY = "wandb-history.jsonl"
 EVENTS = "wandb-events.jsonl"
@@ -30,6 +37,34 @@ SUMMARY = "wandb-summary.json"
 OUTPUT = "output.log"
 
 MAX_INTERVAL = 60.0
+
+
+class FileStreamClient(HttpClient):
+    """An ``HttpClient`` whose limiter state is per run, not per host.
+
+    W&B limits file_stream per run and sends ``RateLimit-*`` quota headers for that run; fed
+    into the host's shared limiter they would pace every run (and GraphQL) at one run's quota.
+    Each run's path gets its own ``EndpointLimiter`` (same configuration and clock as the host's),
+    dropped with ``release`` when the run's writer closes.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        shared = self.context.limiters
+        self._shared: LimiterRegistry | None = shared if isinstance(shared, LimiterRegistry) else None
+        self._clock: Clock = self._shared.clock if self._shared is not None else MonotonicClock()
+        self._per_run: dict[str, EndpointLimiter] = {}
+
+    def limiter_for(self, url: str) -> EndpointLimiter:
+        key = endpoint_of(url) + urlsplit(url).path
+        limiter = self._per_run.get(key)
+        if limiter is None:
+            config = self._shared.config_for(key) if self._shared is not None else None
+            limiter = self._per_run[key] = EndpointLimiter(key, config, clock=self._clock)
+        return limiter
+
+    def release(self, path: str) -> None:
+        self._per_run.pop(endpoint_of(self.url(path)) + urlsplit(self.url(path)).path, None)
 
 
 class RunPacer:

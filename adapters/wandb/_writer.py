@@ -216,4 +216,6 @@ class WandbRunWriter:
     async def aclose(self) -> None:
         # staged artifact members stay on disk on purpose until finish() commits them, so a
         # resumed migration can still commit the complete artifact.
-        return None
+        release = getattr(self.stream.http, "release", None)
+        if release is not None:
+            release(self.stream.path)

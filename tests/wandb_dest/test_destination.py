@@ -171,35 +171,64 @@ async def test_resume_rewrites_the_same_offsets_without_duplicates(server, proje
     assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
 
 
-async def test_throttling_and_server_errors_lose_nothing(server, project, fake_clock) -> None:
-    events = Events()
-    server.faults.clock = fake_clock.now
-    server.faults.filestream_rps_per_run = 2
-    server.faults.error_rate = 0.2
-    server.faults.error_status = 500
-    server.faults.targets = ("graphql", "filestream")
-    server.faults.script("filestream", [500, "drop", 503])
-    server.faults.script("graphql", [502])
+async def migrate_under_faults(server, project, fake_clock, events, *, filestream_rate: float) -> int:
     cols = step_major(200, ["m1", "m2", "m3"])
     rec = record(project, summary={"m1": 1.0})
-    async with make_destination(server, events, clock=fake_clock, filestream_rate=20.0,
+    async with make_destination(server, events, clock=fake_clock, filestream_rate=filestream_rate,
                                 max_request_bytes=64 * 1024) as dest:
         writer = await dest.open_run(rec, None)
         for chunk in chunks(cols, 50):
             await writer.write_history(chunk)
         await writer.flush_history()
         await writer.finish(rec)
-        throttles = writer.stream.pacer.throttles
-    injected = dict(server.faults.injected)
-    server.faults.reset()
-    assert injected.get("ratelimit:filestream", 0) > 0
-    assert {"scripted:filestream:500", "scripted:filestream:drop", "scripted:graphql:502"} <= set(injected)
     stored = server.state.run(server.entity, project, "run1")
     assert [json.loads(x)["_step"] for x in stored.history] == list(range(200))
-    assert throttles > 0
-    assert events.named("throttle") or events.named("retry")
     run = wandb_api(server).run(f"{server.entity}/{project}/run1")
     assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
+    return writer.stream.pacer.throttles
+
+
+async def test_per_run_filestream_limit_is_kept_from_the_quota_headers(server, project, fake_clock) -> None:
+    events = Events()
+    server.faults.clock = fake_clock.now  # the server's 1-second window runs on the test's clock
+    server.faults.filestream_rps_per_run = 2  # the server also sends RateLimit-Remaining/-Reset
+    started = fake_clock.now()
+    before = sum(1 for kind, _ in server.state.request_log if kind == "filestream")
+    await migrate_under_faults(server, project, fake_clock, events, filestream_rate=20.0)
+    requests = sum(1 for kind, _ in server.state.request_log if kind == "filestream") - before
+    # we asked for 20/s, the server's quota said 2/s per run: we kept to it without a 429
+    assert server.faults.injected.get("ratelimit:filestream", 0) == 0
+    assert requests >= 10 and fake_clock.now() - started >= (requests - 2) / 2
+
+
+def test_filestream_limits_are_per_run_not_per_host(server) -> None:
+    from adapters.base import AdapterContext
+    from adapters.wandb._filestream import FileStreamClient
+    from ratelimit import LimiterRegistry
+
+    shared = LimiterRegistry()
+    client = FileStreamClient(base_url=server.base_url, name="fs", context=AdapterContext(limiters=shared))
+    one = client.limiter_for(client.url("files/e/p/run1/file_stream"))
+    two = client.limiter_for(client.url("files/e/p/run2/file_stream"))
+    assert one is not two and one is client.limiter_for(client.url("files/e/p/run1/file_stream"))
+    assert shared.statistics() == []  # the host's shared limiter never sees a run's quota
+    client.release("files/e/p/run1/file_stream")
+    assert client.limiter_for(client.url("files/e/p/run1/file_stream")) is not one
+
+
+async def test_server_errors_and_dropped_connections_lose_nothing(server, project, fake_clock) -> None:
+    events = Events()
+    server.faults.clock = fake_clock.now
+    server.faults.script("filestream", [429, 500, "drop", 503])
+    server.faults.script("graphql", [502])
+    server.faults.error_rate = 0.1
+    server.faults.error_status = 500
+    server.faults.targets = ("graphql", "filestream")
+    throttles = await migrate_under_faults(server, project, fake_clock, events, filestream_rate=20.0)
+    assert throttles >= 1
+    assert {"scripted:filestream:429", "scripted:filestream:500", "scripted:filestream:drop",
+            "scripted:graphql:502"} <= set(server.faults.injected)
+    assert events.named("retry")
 
 
 async def test_run_files_and_artifacts_byte_for_byte(server, project, tmp_path) -> None:
