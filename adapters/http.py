@@ -13,14 +13,14 @@ within the endpoint's retry budget, and map the rest to ``AuthError``, ``NotFoun
 from __future__ import annotations
 
 import asyncio
-import enum
 import email.utils
+import enum
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import TracebackType
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -211,7 +211,7 @@ class HttpClient:
         self._limiters: Any = context.limiters if context.limiters is not None else LimiterRegistry()
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> HttpClient:
+    async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host)
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -123,7 +123,7 @@ class Ticket:
     under which controller state it went out (what "sent before the last decrease" means).
     """
 
-    __slots__ = ("started_at", "paced_at", "kind", "retry_after")
+    __slots__ = ("kind", "paced_at", "retry_after", "started_at")
 
     def __init__(self, started_at: float, paced_at: float | None = None) -> None:
         self.started_at = started_at

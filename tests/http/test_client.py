@@ -18,9 +18,22 @@ from adapters.http import (
     redact_url,
     server_message,
 )
-from engine.errors import AuthError, FatalError, NotFoundError, ThrottledError, TransientError
+from engine.errors import (
+    AuthError,
+    FatalError,
+    NotFoundError,
+    ThrottledError,
+    TransientError,
+)
 from ratelimit import ControlConfig, FakeClock, LimiterRegistry
-from tests.servers.scripted_http import HANG, RESET, ScriptedServer, pattern, reply, truncated
+from tests.servers.scripted_http import (
+    HANG,
+    RESET,
+    ScriptedServer,
+    pattern,
+    reply,
+    truncated,
+)
 
 from .conftest import Recorder
 
