@@ -245,6 +245,11 @@ class HttpClient:
         return self.base_url.rstrip("/") + "/" + path_or_url.lstrip("/")
 
     def limiter_for(self, url: str) -> EndpointLimiter:
+        """The limiter a request to ``url`` goes through: the endpoint's shared one.
+
+        The override point for finer keys: a subclass may return a limiter per path (for
+        example per run, when a server's quota headers are per run rather than per host).
+        """
         return self._limiters.get(endpoint_of(url))
 
     async def request_json(
