@@ -33,6 +33,7 @@ import anyio
 import orjson
 
 from adapters.base import AdapterContext, Checkpoint
+from adapters.http import HttpClient
 from adapters.mlflow._batching import (
     MAX_PARAM_VALUE,
     MAX_TAG_VALUE,
@@ -168,6 +169,7 @@ class MlflowDestination:
         self.config = config
         self.context = context
         self._rest: MlflowRest | None = None
+        self._presigned: HttpClient | None = None
         self._experiments: dict[str, _Experiment] = {}
         self._experiment_locks: dict[str, anyio.Lock] = {}
         self.multipart_supported: bool | None = None  # unknown until server-info or a first attempt
@@ -193,6 +195,9 @@ class MlflowDestination:
         except BaseException:
             await rest.__aexit__(None, None, None)
             raise
+        # presigned part URLs go straight to the object store: never with our credentials
+        self._presigned = HttpClient(base_url=connection.base_url, name="mlflow-presigned", context=self.context, timeout=c.timeout)
+        await self._presigned.__aenter__()
         self.server_dedupes = info.get("store_type") == "SqlStore"
         if "multipart_uploads_enabled" in info:
             self.multipart_supported = bool(info["multipart_uploads_enabled"])
@@ -213,14 +218,25 @@ class MlflowDestination:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         rest, self._rest = self._rest, None
-        if rest is not None:
-            await rest.__aexit__(exc_type, exc, tb)
+        presigned, self._presigned = self._presigned, None
+        try:
+            if presigned is not None:
+                await presigned.__aexit__(exc_type, exc, tb)
+        finally:
+            if rest is not None:
+                await rest.__aexit__(exc_type, exc, tb)
 
     @property
     def rest(self) -> MlflowRest:
         if self._rest is None:
             raise RuntimeError("MlflowDestination used outside 'async with'")
         return self._rest
+
+    @property
+    def presigned(self) -> HttpClient:
+        if self._presigned is None:
+            raise RuntimeError("MlflowDestination used outside 'async with'")
+        return self._presigned
 
     # -- experiments and the identity index ----------------------------------------------------
     def experiment_name(self, record: RunRecord) -> str:
@@ -571,7 +587,7 @@ class MlflowRunWriter:
 
             async def send_part(payload: bytes) -> None:
                 credential = credentials[index]
-                headers = await self.rest.http.upload(
+                headers = await self.destination.presigned.upload(
                     "PUT", credential["url"], lambda: payload, headers=credential.get("headers") or {}, size=len(payload)
                 )
                 parts.append(

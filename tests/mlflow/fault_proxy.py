@@ -66,7 +66,7 @@ class FaultProxy:
 
     def count(self, path_part: str) -> int:
         with self._lock:
-            return sum(1 for _, path in self.requests if path.endswith(path_part))
+            return sum(1 for _, path in self.requests if path_part in path)
 
     def reset(self) -> None:
         with self._lock:
