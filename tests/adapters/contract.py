@@ -212,6 +212,9 @@ class DestinationCase:
     """Compare every RunRecord field after the round trip (false: only id and history)."""
     check_files: bool = True
     """Move and compare run files and artifact members."""
+    expected_file_key: Callable[[FileRef], str] = field(default=lambda file: file.key)
+    """The key under which the reader lists a written file (when the destination stores, say,
+    artifact members as plain files under ``<artifact name>/``)."""
     source_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``contract_source`` (e.g. ``special_fraction=0.0`` where a system cannot
     store NaN at all; say so in the adapter's docs when you need this)."""
@@ -289,7 +292,7 @@ class DestinationContract:
             assert_history_equal(case.normalise_history(got), case.normalise_history(expected))
             if not case.check_files:
                 return
-            want_files = {f.key: f for f in await all_files(source, record)}
+            want_files = {case.expected_file_key(f): f for f in await all_files(source, record)}
             got_files = {f.key: f for f in await all_files(reader, back)}
             assert sorted(got_files) == sorted(want_files)
             for key, file in got_files.items():
