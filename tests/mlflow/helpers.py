@@ -13,6 +13,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from adapters.base import AdapterContext, Checkpoint
+from ratelimit import ControlConfig, LimiterRegistry
 from adapters.mlflow import MlflowDestination, MlflowDestinationConfig, MlflowSource, MlflowSourceConfig
 from tests.mlflow.seed import float_bits
 
@@ -32,8 +33,14 @@ class Events:
         return [f for n, f in self.seen if n == name]
 
 
-def context(chunk_points: int = 700, events: Events | None = None) -> AdapterContext:
-    return AdapterContext(chunk_points=chunk_points, events=events or Events())
+def context(chunk_points: int = 700, events: Events | None = None, *, limiters: Any = None) -> AdapterContext:
+    return AdapterContext(chunk_points=chunk_points, events=events or Events(), limiters=limiters)
+
+
+def quick_recovery() -> LimiterRegistry:
+    """Limiters that back off as usual but never pace below 200 requests/s: fault tests check
+    outcomes, not the recovery curve (that is ratelimit's own tests' business)."""
+    return LimiterRegistry(default=ControlConfig(min_rate=200.0, backoff_base=0.01, backoff_cap=0.1))
 
 
 async def copy_all(

@@ -15,7 +15,16 @@ from adapters.mlflow import MlflowDestination, MlflowSource
 from engine.errors import AuthError
 from tests.adapters.contract import assert_history_equal
 from tests.mlflow.fault_proxy import BAD_JSON, LOST_ANSWER, RESET, TRUNCATE, Answer, FaultProxy
-from tests.mlflow.helpers import Events, assert_same_run, context, copy_all, dest_config, dest_run_for, source_config
+from tests.mlflow.helpers import (
+    Events,
+    assert_same_run,
+    context,
+    copy_all,
+    dest_config,
+    dest_run_for,
+    quick_recovery,
+    source_config,
+)
 from tests.mlflow.seed import EDGE_POINTS, Seeded
 from tests.servers.mlflow_server import MlflowServer
 
@@ -69,7 +78,7 @@ async def test_source_rides_out_faults(source_server: MlflowServer, seeded: Seed
     proxy.fail("metrics/get-history", TRUNCATE, THROTTLE, BROKEN, RESET, BAD_JSON)
     events = Events()
     cfg = source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=400)
-    async with MlflowSource(cfg, context(700, events)) as source:
+    async with MlflowSource(cfg, context(700, events, limiters=quick_recovery())) as source:
         got = await read_history(source, seeded.runs["edge"])
     assert proxy.pending() == 0
     assert_history_equal(got, expected)
@@ -107,7 +116,7 @@ async def test_destination_rides_out_faults_without_duplicates(
     proxy.fail("mlflow-artifacts/artifacts/", OVERLOADED, LOST_ANSWER)
     cfg_src = source_config(source_server.url, experiments=[seeded.edge_name], include_deleted=True)
     cfg_dst = dest_config(proxy.url, experiment=f"faults-{seeded.suffix}{{experiment}}")
-    async with MlflowSource(cfg_src, context()) as src, MlflowDestination(cfg_dst, context()) as dst:
+    async with MlflowSource(cfg_src, context()) as src, MlflowDestination(cfg_dst, context(limiters=quick_recovery())) as dst:
         mapping = await copy_all(src, dst)
     assert proxy.pending() == 0
     for src_id, dst_id in mapping.items():
