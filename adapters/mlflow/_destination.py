@@ -42,7 +42,13 @@ from adapters.mlflow._batching import (
     pack_metrics,
     pack_params_and_tags,
 )
-from adapters.mlflow._client import ARTIFACTS_API, MlflowRest, decode_value, encode_value, proxied_artifact_path
+from adapters.mlflow._client import (
+    ARTIFACTS_API,
+    MlflowRest,
+    decode_value,
+    encode_value,
+    proxied_artifact_path,
+)
 from adapters.mlflow._config import (
     MAX_BATCH_BYTES,
     MAX_ENTITIES_PER_BATCH,
@@ -457,7 +463,7 @@ class MlflowRunWriter:
                 continue
             if math.isnan(value) or math.isinf(value):
                 value = encode_value(value)
-            metrics.append({"key": key, "value": value, "timestamp": int(round(ts * 1000.0)), "step": step})
+            metrics.append({"key": key, "value": value, "timestamp": round(ts * 1000.0), "step": step})
             longest = max(longest, len(key))
         if len(metrics) < len(keys):
             self._event("points_skipped", n=len(keys) - len(metrics))
@@ -542,9 +548,9 @@ class MlflowRunWriter:
             file.size is not None
             and file.size >= config.multipart_threshold
             and self.destination.multipart_supported is not False
+            and await self._multipart(path, file.size, data)
         ):
-            if await self._multipart(path, file.size, data):
-                return
+            return
         stream = ReplayableStream(data)
         try:
             await self.rest.http.upload(

@@ -23,7 +23,15 @@ from adapters.base import AdapterContext
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from engine.errors import ConfigError, FatalError, NotFoundError
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef, RunState, history_batch
+from engine.model import (
+    FileRef,
+    HistoryChunk,
+    Namespace,
+    RunRecord,
+    RunRef,
+    RunState,
+    history_batch,
+)
 
 STATES = {
     "RUNNING": RunState.RUNNING,

@@ -35,7 +35,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bench.common import REPO, ChildResult, child_env, print_table, python_child, run_child, write_toml
+from bench.common import (
+    REPO,
+    ChildResult,
+    child_env,
+    print_table,
+    python_child,
+    run_child,
+    write_toml,
+)
 
 PEER_VENV = REPO / "bench" / "out" / "venv-mlflow-export-import"
 PEER_PACKAGES = ("mlflow-export-import==1.2.0", "tabulate")

@@ -13,8 +13,13 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from adapters.base import AdapterContext, Checkpoint
+from adapters.mlflow import (
+    MlflowDestination,
+    MlflowDestinationConfig,
+    MlflowSource,
+    MlflowSourceConfig,
+)
 from ratelimit import ControlConfig, LimiterRegistry
-from adapters.mlflow import MlflowDestination, MlflowDestinationConfig, MlflowSource, MlflowSourceConfig
 from tests.mlflow.seed import float_bits
 
 OUR_TAGS = ("runferry.source_run_id", "runferry.source", "runferry.pending_parent")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from adapters.mlflow._batching import Packed, clean_entries, pack_metrics, pack_params_and_tags
+from adapters.mlflow._batching import (
+    Packed,
+    clean_entries,
+    pack_metrics,
+    pack_params_and_tags,
+)
 from adapters.mlflow._client import decode_value, encode_value, proxied_artifact_path
 
 

@@ -20,7 +20,13 @@ import pytest
 
 from adapters.mlflow import MlflowDestination, MlflowSource
 from engine.model import HISTORY_SCHEMA, RunRecord, RunRef
-from tests.adapters.contract import DestinationCase, DestinationContract, SourceCase, SourceContract, all_refs
+from tests.adapters.contract import (
+    DestinationCase,
+    DestinationContract,
+    SourceCase,
+    SourceContract,
+    all_refs,
+)
 from tests.mlflow.helpers import context, dest_config, source_config
 from tests.mlflow.seed import Seeded
 from tests.servers.mlflow_server import MlflowServer

@@ -18,7 +18,13 @@ from adapters.mlflow import MlflowSource
 from engine.config import parse_config
 from engine.pipeline import migrate
 from engine.progress import Progress
-from tests.adapters.contract import all_files, all_refs, assert_history_equal, read_bytes, read_history
+from tests.adapters.contract import (
+    all_files,
+    all_refs,
+    assert_history_equal,
+    read_bytes,
+    read_history,
+)
 from tests.mlflow.fault_proxy import Answer, FaultProxy
 from tests.mlflow.helpers import assert_same_run, context, dest_run_for, source_config
 from tests.mlflow.seed import ARTIFACT_FILES, Seeded

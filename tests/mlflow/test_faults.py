@@ -14,7 +14,14 @@ from mlflow.tracking import MlflowClient
 from adapters.mlflow import MlflowDestination, MlflowSource
 from engine.errors import AuthError
 from tests.adapters.contract import assert_history_equal
-from tests.mlflow.fault_proxy import BAD_JSON, LOST_ANSWER, RESET, TRUNCATE, Answer, FaultProxy
+from tests.mlflow.fault_proxy import (
+    BAD_JSON,
+    LOST_ANSWER,
+    RESET,
+    TRUNCATE,
+    Answer,
+    FaultProxy,
+)
 from tests.mlflow.helpers import (
     Events,
     assert_same_run,

@@ -4,7 +4,6 @@ S3 (moto's server on loopback) hands out presigned part URLs; parts go straight 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 

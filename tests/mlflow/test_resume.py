@@ -6,13 +6,19 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from adapters.base import Checkpoint
 from adapters.mlflow import MlflowDestination, MlflowSource
 from tests.adapters.contract import all_refs
-from tests.mlflow.helpers import assert_same_run, context, dest_config, dest_run_for, history, source_config
+from tests.mlflow.helpers import (
+    assert_same_run,
+    context,
+    dest_config,
+    dest_run_for,
+    history,
+    source_config,
+)
 from tests.mlflow.seed import Seeded
 from tests.servers.mlflow_server import MlflowServer
 

@@ -11,7 +11,13 @@ import pytest
 from adapters.mlflow import MlflowSource
 from engine.errors import ConfigError
 from engine.model import RunState
-from tests.adapters.contract import all_files, all_refs, assert_history_equal, read_bytes, read_history
+from tests.adapters.contract import (
+    all_files,
+    all_refs,
+    assert_history_equal,
+    read_bytes,
+    read_history,
+)
 from tests.mlflow.helpers import context, source_config
 from tests.mlflow.seed import ARTIFACT_FILES, EDGE_POINTS, T0, Seeded
 from tests.servers.mlflow_server import MlflowServer
