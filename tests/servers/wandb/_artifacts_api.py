@@ -120,7 +120,7 @@ def artifact_file_node(ctx, art: Artifact, entry: ArtifactFile) -> dict:
         "__typename": "File",
         "id": node_id("File", art.id, entry.path),
         "name": entry.path,
-        "displayName": entry.path.rsplit("/", 1)[-1],
+        "displayName": entry.path,
         "url": url,
         "directUrl": url,
         "sizeBytes": entry.size,
@@ -475,7 +475,7 @@ def create_artifact_files(ctx, args: dict) -> dict:
                 "node": {
                     "id": node_id("File", art.id, name),
                     "name": name,
-                    "displayName": name.rsplit("/", 1)[-1],
+                    "displayName": name,  # full path: the legacy Python SDK keys uploads by it
                     "uploadUrl": upload_url,
                     "uploadHeaders": [],
                     "uploadMultipartUrls": multipart,
