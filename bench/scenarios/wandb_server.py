@@ -26,6 +26,7 @@ import aiohttp
 from bench.common import REPO, child_env, print_table, rate, run_child
 
 SDK_SCRIPT = REPO / "tests" / "wandb_server" / "sdk_scripts" / "bench_log.py"
+IMPORTER_SCRIPT = REPO / "tests" / "wandb_server" / "sdk_scripts" / "importer_send.py"
 KEY = "b" * 40
 
 
@@ -186,6 +187,25 @@ def measure_sdk(base: str, python: str, label: str, args, ceiling_lines_s: float
     return rows
 
 
+def measure_importer(base: str, python: str, args, ceiling_lines_s: float, tmp: Path) -> list[dict]:
+    """wandb 0.27.0's importer machinery (send_run: data, then one artifact), if provisioned."""
+    from bench.wandb027 import importers_ready
+
+    if not importers_ready(Path(python)):
+        print("importer skipped: run `python -m bench.wandb027 --importers` first", file=sys.stderr)
+        return []
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = child_env({"WANDB_BASE_URL": base, "WANDB_API_KEY": KEY, "WANDB_SILENT": "true", "WANDB_DIR": str(tmp),
+                     "WANDB_CACHE_DIR": str(tmp / "cache"), "WANDB_CONFIG_DIR": str(tmp / "config"),
+                     "IMPORTER_STEPS": str(args.sdk_steps)})
+    env.pop("PYTHONPATH", None)
+    result = run_child([python, str(IMPORTER_SCRIPT), "bench", "importer", "imp-bench", str(tmp / "art")], cwd=tmp, env=env).check()
+    steps = args.sdk_steps
+    return [{"what": f"0.27.0 importer send_run 1 run x {steps} steps (+12 MiB artifact)", "count": steps,
+             "wall_s": result.wall_s, "per_s": rate(steps, result.wall_s), "cpu_s": result.cpu_s,
+             "vs_ceiling": rate(steps, result.wall_s) / ceiling_lines_s}]
+
+
 def main(argv: list[str]) -> int:
     args = _args(argv)
     rows: list[dict] = []
@@ -205,6 +225,7 @@ def main(argv: list[str]) -> int:
                     print(f"wandb 0.27.0 skipped: {exc}", file=sys.stderr)
                 else:
                     rows += measure_sdk(base, python, "0.27.0", args, ingest["per_s"], Path(tmp) / "w027")
+                    rows += measure_importer(base, python, args, ingest["per_s"], Path(tmp) / "imp")
     print_table(rows, ["what", "count", "wall_s", "per_s", "MB_s", "cpu_s", "vs_ceiling"])
     print("\nper_s: lines, blobs or runs per second; vs_ceiling: SDK rows/s divided by raw file_stream lines/s")
     return 0

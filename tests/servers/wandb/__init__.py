@@ -1,7 +1,8 @@
 """A W&B-compatible server for tests and benchmarks, held to the official ``wandb`` SDK.
 
 It answers the GraphQL operations, ``file_stream`` and presigned object-storage URLs the
-official SDK (the installed release, and wandb==0.27.0) uses, on 127.0.0.1 only, from one
+official SDK uses (the installed release's wandb-core, wandb==0.27.0's wandb-core, and
+0.27.0's legacy Python SendManager that W&B's importers drive), on 127.0.0.1 only, from one
 aiohttp app running on a background thread (so sync SDK code and async runferry code can
 both use it). Everything is kept in memory; file and artifact bytes spill to a temp dir.
 
