@@ -6,7 +6,13 @@ configuration or credentials (one line on stderr, nothing written); 130 interrup
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# jemalloc returns freed Arrow buffers to the OS sooner than pyarrow's default pool: measured
+# 108 MB vs 174 MB peak RSS on the quickstart. Must be set before pyarrow is first imported.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+
+import argparse  # noqa: E402
 import dataclasses
 import sys
 from pathlib import Path
