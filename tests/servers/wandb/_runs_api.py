@@ -345,7 +345,7 @@ def run_node(ctx: Ctx, run: Run) -> dict:
         "historyTail": lambda a: tail(run.history),
         "eventsTail": lambda a: tail(run.events),
         "logTail": lambda a: tail(run.logs),
-        "historyKeys": lambda a: history_keys(run),
+        "historyKeys": lambda a: run.cached("historyKeys", history_keys),
         "history": lambda a: history_lines(run, a),
         "sampledHistory": lambda a: sampled_history(run, a),
         "events": lambda a: sample([l for l in run.events if l is not None], a.get("samples")),
@@ -405,7 +405,7 @@ def upsert_bucket(ctx: Ctx, args: dict, on_create) -> dict:
     with state.lock:
         run = None
         if data.get("id"):
-            run = next((r for r in state.runs.values() if r.storage_id == data["id"]), None)
+            run = state.runs_by_id.get(data["id"])
             if run is None and not name:
                 raise GqlFieldError(f"run with id {data['id']!r} not found", code="NOT_FOUND")
         if run is None and name:
@@ -425,6 +425,7 @@ def upsert_bucket(ctx: Ctx, args: dict, on_create) -> dict:
                 heartbeat_at=now,
             )
             state.runs[(entity, project, name)] = run
+            state.runs_by_id[run.storage_id] = run
             state.projects.add((entity, project))
         apply_run_input(run, data)
         run.heartbeat_at = state.clock()

@@ -83,6 +83,8 @@ class Run:
     history_steps: list[int | None] = field(default_factory=list)  # ``_step`` of each line (index)
     parquet_exports: list[str] = field(default_factory=list)  # blob keys of history exports
     exported_lines: int = 0  # history lines covered by ``parquet_exports``
+    history_version: int = 0  # bumped on every history write (cache key for derived data)
+    derived: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)
     events: list[str | None] = field(default_factory=list)
     logs: list[str | None] = field(default_factory=list)
     files: dict[str, RunFile] = field(default_factory=dict)
@@ -94,6 +96,16 @@ class Run:
         """Lines at ``offset`` (re-sent windows overwrite), keeping the step index in sync."""
         write_lines(self.history, offset, content)
         write_lines(self.history_steps, offset, [step_of(line) for line in content])
+        self.history_version += 1
+
+    def cached(self, name: str, compute) -> Any:
+        """``compute(self)`` memoised until the history changes (e.g. ``historyKeys``)."""
+        hit = self.derived.get(name)
+        if hit is not None and hit[0] == self.history_version:
+            return hit[1]
+        value = compute(self)
+        self.derived[name] = (self.history_version, value)
+        return value
 
     def history_window(self, min_step: int | None, max_step: int | None, inclusive: bool = False) -> list[str]:
         """Lines whose ``_step`` is in [min_step, max_step) (or ``]`` when ``inclusive``)."""
@@ -217,6 +229,7 @@ class ServerState:
             blob_dir = Path(self._own_tmp.name)
         self.blob_dir = blob_dir
         self.runs: dict[tuple[str, str, str], Run] = {}
+        self.runs_by_id: dict[str, Run] = {}  # storage id -> run
         self.blobs: dict[str, Blob] = {}
         self.artifacts: dict[str, Artifact] = {}
         self.collections: dict[tuple[str, str, str], list[str]] = {}  # -> artifact ids in order
