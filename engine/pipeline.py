@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,21 @@ async def _cancel_on_signal(scope: anyio.CancelScope, report: Report) -> None:
             return
 
 
+async def feed_runs(
+    source: Source, send: ObjectSendStream[RunRef], *, limit: int = 0, on_ref: Callable[[RunRef], None] | None = None
+) -> None:
+    """Page through the source's runs onto ``send`` (closed at the end), at most ``limit`` (0 = all)."""
+    async with send, contextlib.aclosing(source.list_runs()) as refs:
+        count = 0
+        async for ref in refs:
+            if on_ref is not None:
+                on_ref(ref)
+            await send.send(ref)
+            count += 1
+            if limit and count >= limit:
+                break
+
+
 @dataclass
 class _RunFiles:
     """Tracks one run's file jobs across the shared file-worker pool."""
@@ -167,14 +182,12 @@ class Pipeline:
 
     # -- producer ----------------------------------------------------------------------------
     async def _produce(self, send: ObjectSendStream[RunRef]) -> None:
-        async with send, contextlib.aclosing(self.source.list_runs()) as refs:
-            count = 0
-            async for ref in refs:
-                self.progress.event("run_selected", run=ref.id)
-                await send.send(ref)
-                count += 1
-                if self.transfer.max_runs and count >= self.transfer.max_runs:
-                    break
+        await feed_runs(
+            self.source,
+            send,
+            limit=self.transfer.max_runs,
+            on_ref=lambda ref: self.progress.event("run_selected", run=ref.id),
+        )
 
     # -- runs ----------------------------------------------------------------------------------
     async def _run_worker(self, runs: ObjectReceiveStream[RunRef], files: ObjectSendStream[_FileJob]) -> None:

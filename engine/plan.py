@@ -16,7 +16,7 @@ import anyio
 from engine.config import Config
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.model import RunRef
-from engine.pipeline import make_context, open_adapters
+from engine.pipeline import feed_runs, make_context, open_adapters
 from engine.progress import Progress
 
 
@@ -33,20 +33,14 @@ class PlanTotals:
 
 
 async def plan(config: Config, out: TextIO, *, workers: int = 8) -> PlanTotals:
-    progress = Progress(mode="json", stream=_NullStream())
-    context = make_context(config, progress)
+    context = make_context(config, Progress.quiet())
     source, destination = open_adapters(config, context)
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     totals = PlanTotals()
     send, recv = anyio.create_memory_object_stream[RunRef](workers * 4)
 
-    async def produce() -> None:
-        async with send, contextlib.aclosing(source.list_runs()) as refs:
-            async for ref in refs:
-                await send.send(ref)
-                totals.runs += 1
-                if config.transfer.max_runs and totals.runs >= config.transfer.max_runs:
-                    break
+    def count(_: RunRef) -> None:
+        totals.runs += 1
 
     async def inspect(refs: anyio.abc.ObjectReceiveStream[RunRef]) -> None:
         async with refs:
@@ -71,7 +65,7 @@ async def plan(config: Config, out: TextIO, *, workers: int = 8) -> PlanTotals:
 
     async with source:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
+            tg.start_soon(lambda: feed_runs(source, send, limit=config.transfer.max_runs, on_ref=count))
             async with recv:
                 for _ in range(workers):
                     tg.start_soon(inspect, recv.clone())
@@ -88,8 +82,7 @@ async def plan(config: Config, out: TextIO, *, workers: int = 8) -> PlanTotals:
 
 
 def status(config: Config, out: TextIO) -> dict[str, int]:
-    progress = Progress(mode="json", stream=_NullStream())
-    source, destination = open_adapters(config, make_context(config, progress))
+    source, destination = open_adapters(config, make_context(config, Progress.quiet()))
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     counts = {s.value: 0 for s in RunStatus}
     for entry in ledger.entries.values():
@@ -110,10 +103,3 @@ def status(config: Config, out: TextIO) -> dict[str, int]:
             )
     return counts
 
-
-class _NullStream:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        return None

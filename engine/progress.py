@@ -62,6 +62,11 @@ class Progress:
         self.expected_runs = expected_runs
         self.limiters: Any = None  # the run's ratelimit registry, for live per-endpoint figures
 
+    @classmethod
+    def quiet(cls) -> Progress:
+        """Counts events and shows nothing (read-only commands that reuse the adapters)."""
+        return cls(mode="quiet", stream=_NullStream())
+
     # -- the event hook ----------------------------------------------------------------------
     def event(self, name: str, **fields: Any) -> None:
         t = self.totals
@@ -244,3 +249,11 @@ def _console(stream: TextIO) -> Any:
     from rich.console import Console
 
     return Console(file=stream)
+
+
+class _NullStream:
+    def write(self, _: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        return None

@@ -34,7 +34,7 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.model import RunRecord, RunRef, same_float
-from engine.pipeline import describe_error, make_context, open_adapters
+from engine.pipeline import describe_error, feed_runs, make_context, open_adapters
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
@@ -140,8 +140,7 @@ def compare_metadata(src: RunRecord, dst: RunRecord) -> list[str]:
 
 
 async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyReport:
-    progress = Progress(mode="json", stream=_Null())
-    context = make_context(config, progress)
+    context = make_context(config, Progress.quiet())
     source, destination = open_adapters(config, context)
     spec = registry.READERS.get(config.destination_type)
     if spec is None:
@@ -153,11 +152,6 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     report = VerifyReport()
     send, recv = anyio.create_memory_object_stream[RunRef](workers * 2)
-
-    async def produce() -> None:
-        async with send, contextlib.aclosing(source.list_runs()) as refs:
-            async for ref in refs:
-                await send.send(ref)
 
     async def check(refs: Any) -> None:
         async with refs:
@@ -179,7 +173,7 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
                     report.matched += 1
 
     async with source, reader, anyio.create_task_group() as tg:
-        tg.start_soon(produce)
+        tg.start_soon(feed_runs, source, send)
         async with recv:
             for _ in range(workers):
                 tg.start_soon(check, recv.clone())
@@ -216,10 +210,3 @@ async def compare_run(source: Source, reader: Source, src_ref: RunRef, dst_ref: 
             )
     return problems
 
-
-class _Null:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        return None
