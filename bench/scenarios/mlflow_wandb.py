@@ -13,6 +13,9 @@ receives both migrations, into two projects. Measured children (wall, CPU, peak 
 - ``runferry``: ``python -m engine migrate`` (CLI, start-up included, like the peer);
 - ``read-only``: runferry draining the MLflow source only (no writes), the source-side limit.
 
+An unmeasured drain runs first: a fresh MLflow server's first history requests are much slower
+(warm-up), and no measured child should pay for that.
+
 Afterwards both W&B projects are read back with ``wandb.Api`` and every history point is
 compared with MLflow: the table shows how many points each tool delivered exactly.
 
@@ -125,6 +128,9 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
                          "runs_concurrency": a.runs_concurrency, "incremental": False},
         })
         results: dict[str, ChildResult] = {}
+        # a fresh MLflow server answers its first history requests far slower (lazy imports,
+        # cold SQLite pages): one unmeasured drain first, so no measured child pays for it
+        run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(config)], env=env).check()
         results["read-only"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(config)], env=env).check()
         results["runferry"] = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"),
                                         env=env).check()
