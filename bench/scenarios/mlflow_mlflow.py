@@ -15,7 +15,9 @@ children, each on the same source:
 - ``migrate``: the same engine call as ``runferry``, timed inside the process like the two above.
 
 ``read-only`` and ``write-only`` time only the engine call (no interpreter start-up), so the
-migration is compared with them through ``migrate``, timed the same way. Afterwards the
+migration is compared with them through ``migrate``, timed the same way. Each phase also shows
+the CPU seconds each server spent on it (``write-only``'s source figure includes the preload):
+on one worker per server, server CPU is what bounds both tools. Afterwards the
 destination experiments are checked (run count and every point) through the official client.
 
     python -m bench mlflow_mlflow [--runs 120 --keys 4 --steps 50 --runs-concurrency 16]
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -97,13 +100,20 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
         rows: list[dict[str, Any]] = []
         results: dict[str, float] = {}
 
+        meters = {"src": _ServerCpu(source), "dst": _ServerCpu(destination)}
+
         def record(name: str, result: ChildResult, seconds: float | None = None, note: str = "") -> None:
             result.check()
             wall = seconds if seconds is not None else result.wall_s
             results[name] = wall
+            used = {k: m.take() for k, m in meters.items()}
+            results[f"{name}-server-cpu"] = used["src"] + used["dst"]
             rows.append({"phase": name, "seconds": round(wall, 2), "cpu_s": round(result.cpu_s, 2),
+                         "src_server_cpu_s": round(used["src"], 2), "dst_server_cpu_s": round(used["dst"], 2),
                          "peak_rss_mb": round(result.peak_rss_mb), "note": note})
 
+        for meter in meters.values():
+            meter.take()  # seeding and warm-up are not measured
         if peer_bin is not None:
             env = child_env({"MLFLOW_TRACKING_URI": source.url})
             export_dir = workdir / "peer-export"
@@ -123,8 +133,12 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
                              "artifacts": a.artifact_bytes > 0},
             })
 
+        for meter in meters.values():
+            meter.take()
         cli = run_child(python_child("engine", "migrate", str(config("cli", "runferry-{experiment}"))), cwd=workdir)
         record("runferry", cli, note="python -m engine migrate (CLI wall)")
+        for meter in meters.values():
+            meter.take()  # config writing and the like are nobody's phase
         for phase, experiment in (("read-only", "unused-{experiment}"), ("write-only", "write-{experiment}"),
                                   ("migrate", "inner-{experiment}")):
             child = run_child(python_child("bench", "mlflow_mlflow", "--phase", phase, "--config",
@@ -132,7 +146,7 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
             child.check()
             inner = json.loads(child.stdout.strip().splitlines()[-1])["seconds"]
             record(phase, child, inner, note="engine call only (no start-up)")
-        print_table(rows, ["phase", "seconds", "cpu_s", "peak_rss_mb", "note"])
+        print_table(rows, ["phase", "seconds", "cpu_s", "src_server_cpu_s", "dst_server_cpu_s", "peak_rss_mb", "note"])
         points = a.runs * a.keys * a.steps
         _verify(destination.url, "runferry-bench", a)
         if peer_bin is not None:
@@ -143,11 +157,40 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
         print(f"limit: read-only {results['read-only']:.2f} s, write-only {results['write-only']:.2f} s; "
               f"migrate {results['migrate']:.2f} s = {results['migrate'] / bound:.2f}x the larger "
               f"(sum would be {(results['read-only'] + results['write-only']) / bound:.2f}x)")
+        if peer_bin is not None:
+            print(f"server CPU: mlflow-export-import used {results['peer-export-server-cpu'] + results['peer-import-server-cpu']:.1f} s "
+                  f"of the two servers' CPU, runferry {results['runferry-server-cpu']:.1f} s")
         if a.json:
             print(json.dumps({"runs": a.runs, "points": points, **{k: round(v, 3) for k, v in results.items()}}))
         return 0
     finally:
         _stop_both(source, destination)
+
+
+class _ServerCpu:
+    """CPU seconds a server process (and its children) used since the last ``take()``: where
+    the time goes when the servers, not the tools, are the limit."""
+
+    def __init__(self, server: Any) -> None:
+        import psutil
+
+        self._root = psutil.Process(server.process.pid)
+        self._last = self._total()
+
+    def _total(self) -> float:
+        import psutil
+
+        total = 0.0
+        for proc in [self._root, *self._root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+        return total
+
+    def take(self) -> float:
+        now = self._total()
+        used, self._last = now - self._last, now
+        return used
 
 
 def _start_both(*servers: Any) -> None:
