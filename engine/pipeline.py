@@ -64,6 +64,7 @@ def make_context(config: Config, progress: Progress) -> AdapterContext:
 def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Destination]:
     """Construct (no I/O yet) the configured source and destination."""
     source = registry.load(registry.SOURCES[config.source_type])(config.source, context)
+    context.extra.setdefault("source_uri", source.describe())  # destinations may derive ids from it
     destination = registry.load(registry.DESTINATIONS[config.destination_type])(config.destination, context)
     return source, destination
 
