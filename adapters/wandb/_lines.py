@@ -21,7 +21,9 @@ Rules (documented in the package docstring too):
 Ordering: the assembler emits lines for a step only when no later point can belong to it.
 Sources that yield step-major order (steps never decrease) stream: a step is complete as soon
 as a larger step arrives. Key-major sources (MLflow: one key's whole history, then the next)
-are detected and buffered until ``finish()``, then sorted by step. Emitted blocks carry the
+are detected and buffered until ``finish()``, then sorted by step; beyond ``spill_points``
+held points go to sorted runs on disk (``_spill``) and are merged back in step windows, so memory
+stays flat however long the run. Emitted blocks carry the
 number of *source-order prefix* points they complete, so the writer's checkpoint never counts a
 point whose line is not durable.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -253,11 +256,15 @@ class HistoryAssembler:
     start_time: float
     single_key: bool = False
     window_points: int = 200_000
+    spill_points: int = 1_000_000  # held points beyond this go to a sorted run on disk
+    spill_dir: str | None = None
     stats: AssemblyStats = field(default_factory=AssemblyStats)
     order: Order = Order.UNDECIDED
     keys: KeyTable = field(default_factory=KeyTable)
     _pending: list[Points] = field(default_factory=list)
     _pending_points: int = 0
+    _spilled: list[Any] = field(default_factory=list)
+    _spilled_points: int = 0
     _max_step: int | None = None
     _emitted_max_step: int | None = None
 
@@ -289,6 +296,12 @@ class HistoryAssembler:
         self.stats.buffered_points_peak = max(self.stats.buffered_points_peak, self._pending_points)
         if self.order is Order.UNDECIDED and self._has_multi_key_complete_step():
             self.order = Order.STREAM
+        if self.order is Order.BUFFER and self._pending_points > self.spill_points:
+            from ._spill import spill
+
+            self._spilled.append(spill(Points.concat(self._pending), self.spill_dir))
+            self._spilled_points += self._pending_points
+            self._pending, self._pending_points = [], 0
         if self.order is not Order.STREAM:
             return []
         return self._release_below(self._max_step)
@@ -296,6 +309,9 @@ class HistoryAssembler:
     def finish(self) -> Iterator[LineBlock]:
         """No more points: release everything still held, in step windows. Only the last
         block counts the held points (they are not a source-order prefix before that)."""
+        if self._spilled:
+            yield from self._finish_spilled()
+            return
         if not self._pending:
             return
         points = Points.concat(self._pending)
@@ -317,6 +333,23 @@ class HistoryAssembler:
             start = end
 
     # -- internals --------------------------------------------------------------------------
+    def _finish_spilled(self) -> Iterator[LineBlock]:
+        """Merge the sorted runs on disk with what is still in memory, window by window."""
+        from ._spill import SortedRun, merge_windows, sort_by_step
+
+        runs = list(self._spilled)
+        if self._pending:
+            runs.append(SortedRun(sort_by_step(Points.concat(self._pending))))
+        total = self._spilled_points + self._pending_points
+        self._spilled, self._spilled_points, self._pending, self._pending_points = [], 0, [], 0
+        emitted = 0
+        for window in merge_windows(runs, self.window_points):
+            emitted += len(window)
+            lines = encode_points(window, self.keys, self.start_time, self.stats)
+            first, last = int(window.step[0]), int(window.step[-1])
+            self._note_emitted(last)
+            yield LineBlock(lines, total if emitted == total else 0, (first, last))
+
     def _has_multi_key_complete_step(self) -> bool:
         """Evidence of step-major order: a step below the current maximum holding two keys."""
         assert self._max_step is not None

@@ -76,7 +76,9 @@ class WandbRunWriter:
         metric_keys = record.system.get("metric_keys")
         if not isinstance(metric_keys, list):
             metric_keys = [k for k, v in record.summary.items() if isinstance(v, (int, float))]
-        self._assembler = HistoryAssembler(start_time=self._t0 or 0.0, single_key=len(metric_keys) == 1)
+        self._assembler = HistoryAssembler(
+            start_time=self._t0 or 0.0, single_key=len(metric_keys) == 1, spill_dir=self.config.spool_dir or None
+        )
         self._reported = AssemblyStats()
         self._durable = self._make_checkpoint()
         self._artifacts: dict[str, PendingArtifact] = {}
