@@ -43,6 +43,10 @@ class MlflowSourceConfig:
     - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
       still yielded in order (keys sorted, the server's order within a key).
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
+    - ``artifacts_direct_s3``: read runs whose artifact root is ``s3://...`` straight from the
+      bucket, as MLflow's own client does (``MLFLOW_S3_ENDPOINT_URL`` and the usual AWS
+      credential chain), with parallel ranged GETs under the adaptive S3 limiter, instead of
+      through the tracking server (default false).
     """
 
     tracking_uri: str
@@ -57,6 +61,7 @@ class MlflowSourceConfig:
     history_page_size: int = 25_000
     key_concurrency: int = 4
     timeout: float = 120.0
+    artifacts_direct_s3: bool = False
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)

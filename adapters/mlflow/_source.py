@@ -22,6 +22,7 @@ import orjson
 from adapters.base import AdapterContext
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
+from adapters.s3 import S3Config, S3Store, S3Url
 from engine.errors import ConfigError, FatalError, NotFoundError
 from engine.model import (
     FileRef,
@@ -58,6 +59,7 @@ class MlflowSource:
         self.config = config
         self.context = context
         self._rest: MlflowRest | None = None
+        self._s3: S3Store | None = None
         self._experiments: list[dict[str, Any]] = []
 
     def describe(self) -> str:
@@ -81,14 +83,25 @@ class MlflowSource:
             await rest.__aexit__(None, None, None)
             raise
         self._rest = rest
+        if c.artifacts_direct_s3 and c.artifacts:
+            try:
+                self._s3 = await S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3").__aenter__()
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         rest, self._rest = self._rest, None
-        if rest is not None:
-            await rest.__aexit__(exc_type, exc, tb)
+        s3, self._s3 = self._s3, None
+        try:
+            if s3 is not None:
+                await s3.__aexit__(exc_type, exc, tb)
+        finally:
+            if rest is not None:
+                await rest.__aexit__(exc_type, exc, tb)
 
     @property
     def rest(self) -> MlflowRest:
@@ -226,6 +239,11 @@ class MlflowSource:
         """Every file of the artifact tree, depth first, names sorted (one list call per dir)."""
         if not self.config.artifacts:
             return
+        root = self._direct_root(run)
+        if root is not None:
+            async for obj in self._s3.list(S3Url(root.bucket, root.key + "/")):  # type: ignore[union-attr]
+                yield FileRef(path=obj.url.key[len(root.key) + 1 :], size=obj.size)
+            return
         directories = [""]
         while directories:
             path = directories.pop()
@@ -239,7 +257,20 @@ class MlflowSource:
                     yield FileRef(path=entry["path"], size=int(entry.get("file_size", 0)))
             directories.extend(reversed(subdirs))
 
+    def _direct_root(self, run: RunRecord) -> S3Url | None:
+        """The run's ``s3://`` artifact root when it is read straight from the bucket."""
+        artifact_uri = str(run.system.get("artifact_uri", ""))
+        if self._s3 is None or not artifact_uri.startswith("s3://"):
+            return None
+        root = S3Url.parse(artifact_uri)
+        return S3Url(root.bucket, root.key.rstrip("/"))
+
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        root = self._direct_root(run)
+        if root is not None:
+            async for piece in self._s3.get_stream(S3Url(root.bucket, f"{root.key}/{file.path}")):  # type: ignore[union-attr]
+                yield piece
+            return
         artifact_uri = run.system.get("artifact_uri", "")
         url = proxied_artifact_path(artifact_uri, file.path)
         if url is None:
