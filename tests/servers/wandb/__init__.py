@@ -4,7 +4,9 @@ It answers the GraphQL operations, ``file_stream`` and presigned object-storage 
 official SDK uses (the installed release's wandb-core, wandb==0.27.0's wandb-core, and
 0.27.0's legacy Python SendManager that W&B's importers drive), on 127.0.0.1 only, from one
 aiohttp app running on a background thread (so sync SDK code and async runferry code can
-both use it). Everything is kept in memory; file and artifact bytes spill to a temp dir.
+both use it). Everything is kept in memory (file and artifact bytes spill to a temp dir), or
+in a SQLite file with ``sqlite_path=`` / ``--sqlite FILE`` (loaded at start, saved on ``save()``
+and at close; bytes in ``<file>.blobs/``).
 
 Start it
 --------
@@ -94,7 +96,7 @@ Not implemented (known gaps; keep this list honest)
   TTLs, reference (``ref``) artifact entries are stored but not resolved.
 * Server-side metric glob expansion (the feature flag is advertised only so 0.27.0 does not
   warn), derived summaries; the 500 req/s and 120 MB/s per-project file_stream limits.
-* The 401 body is our best reconstruction (the 403 body is the documented one); no SQLite.
+* The 401 body is our best reconstruction (the 403 body is the documented one).
 * JSON-typed (not JSON-string) fields encode NaN/Infinity as strings; history lines keep
   the SDK's bare ``NaN``/``Infinity`` tokens.
 """

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--filestream-rps-per-run", type=float, default=None)
     parser.add_argument("--storage-slowdown-rps", type=float, default=None)
+    parser.add_argument("--sqlite", default=None, metavar="FILE", help="keep the data in this SQLite file (loaded at start, saved at exit)")
     args = parser.parse_args(argv)
     keys = dict(DEFAULT_KEYS)
     if args.key:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.key:
             key, _, entities = spec.partition("=")
             keys[key] = [e for e in entities.split(",") if e] or ["runferry"]
-    server = launch(args.port, keys)
+    server = launch(args.port, keys, sqlite_path=args.sqlite)
     server.faults.filestream_rps_per_run = args.filestream_rps_per_run
     server.faults.storage_slowdown_rps = args.storage_slowdown_rps
     print(f"fake W&B server listening on {server.base_url}", flush=True)

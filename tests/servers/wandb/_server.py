@@ -12,11 +12,13 @@ import hashlib
 import secrets
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from aiohttp import web
 
 from ._app import CONFIG_KEY, build_app
+from . import _persist as persist
 from ._faults import Faults
 from ._state import ServerState
 
@@ -35,6 +37,12 @@ class WandbServer:
     state: ServerState
     faults: Faults
     _stop: callable = field(repr=False, default=None)
+    sqlite_path: Path | None = None  # where ``save()`` and ``close()`` keep the data, if anywhere
+
+    def save(self) -> None:
+        """Write everything stored to the SQLite file (no-op for an in-memory server)."""
+        if self.sqlite_path is not None:
+            persist.save(self.state, self.sqlite_path)
 
     @property
     def entity(self) -> str:
@@ -77,6 +85,7 @@ class WandbServer:
         if self._stop is not None:
             self._stop()
             self._stop = None
+            self.save()
         self.state.close()
 
 
@@ -87,9 +96,10 @@ def start_wandb_server(
     *,
     faults: Faults | None = None,
     state: ServerState | None = None,
+    sqlite_path: str | Path | None = None,
 ) -> Iterator[WandbServer]:
-    """Start the server, yield its handle, stop it on exit."""
-    server = launch(port, keys, faults=faults, state=state)
+    """Start the server, yield its handle, stop it on exit (saving to ``sqlite_path`` if given)."""
+    server = launch(port, keys, faults=faults, state=state, sqlite_path=sqlite_path)
     try:
         yield server
     finally:
@@ -103,9 +113,16 @@ def launch(
     faults: Faults | None = None,
     state: ServerState | None = None,
     host: str = "127.0.0.1",
+    sqlite_path: str | Path | None = None,
 ) -> WandbServer:
-    """Start the server on a thread and return its handle (call ``close()`` to stop)."""
+    """Start the server on a thread and return its handle (call ``close()`` to stop).
+
+    With ``sqlite_path`` the data is loaded from that SQLite file when it exists and saved to
+    it on ``save()`` and ``close()`` (blob bytes live in ``<file>.blobs/`` beside it)."""
     keys = {k: list(v) for k, v in (keys or DEFAULT_KEYS).items()}
+    sqlite_path = Path(sqlite_path) if sqlite_path is not None else None
+    if state is None and sqlite_path is not None:
+        state = persist.open_state(sqlite_path)
     state = state or ServerState()
     faults = faults or Faults()
     app = build_app(state, faults, keys, storage_token=secrets.token_hex(16))
@@ -157,4 +174,5 @@ def launch(
         state=state,
         faults=faults,
         _stop=stop,
+        sqlite_path=sqlite_path,
     )
