@@ -21,6 +21,7 @@ parent has not been copied yet, the child gets a ``runferry.pending_parent`` tag
 
 from __future__ import annotations
 
+import contextlib
 import math
 import posixpath
 from collections import Counter
@@ -176,6 +177,7 @@ class MlflowDestination:
         self.context = context
         self._rest: MlflowRest | None = None
         self._presigned: HttpClient | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: dict[str, _Experiment] = {}
         self._experiment_locks: dict[str, anyio.Lock] = {}
         self.multipart_supported: bool | None = None  # unknown until server-info or a first attempt
@@ -193,21 +195,21 @@ class MlflowDestination:
             token_env=c.token_env,
             where="[destination]",
         )
-        rest = MlflowRest(connection, name="mlflow-destination", context=self.context, timeout=c.timeout)
-        await rest.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # unwinds whatever opened if a step fails
+            rest = await stack.enter_async_context(
+                MlflowRest(connection, name="mlflow-destination", context=self.context, timeout=c.timeout)
+            )
             await rest.check_access()
             info = await self._server_info(rest)
-        except BaseException:
-            await rest.__aexit__(None, None, None)
-            raise
-        # presigned part URLs go straight to the object store: never with our credentials
-        self._presigned = HttpClient(base_url=connection.base_url, name="mlflow-presigned", context=self.context, timeout=c.timeout)
-        await self._presigned.__aenter__()
-        self.server_dedupes = info.get("store_type") == "SqlStore"
-        if "multipart_uploads_enabled" in info:
-            self.multipart_supported = bool(info["multipart_uploads_enabled"])
-        self._rest = rest
+            # presigned part URLs go straight to the object store: never with our credentials
+            self._presigned = await stack.enter_async_context(
+                HttpClient(base_url=connection.base_url, name="mlflow-presigned", context=self.context, timeout=c.timeout)
+            )
+            self.server_dedupes = info.get("store_type") == "SqlStore"
+            if "multipart_uploads_enabled" in info:
+                self.multipart_supported = bool(info["multipart_uploads_enabled"])
+            self._rest = rest
+            self._resources = stack.pop_all()
         return self
 
     @staticmethod
@@ -223,14 +225,10 @@ class MlflowDestination:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        rest, self._rest = self._rest, None
-        presigned, self._presigned = self._presigned, None
-        try:
-            if presigned is not None:
-                await presigned.__aexit__(exc_type, exc, tb)
-        finally:
-            if rest is not None:
-                await rest.__aexit__(exc_type, exc, tb)
+        resources, self._resources = self._resources, None
+        self._rest, self._presigned = None, None
+        if resources is not None:
+            await resources.__aexit__(exc_type, exc, tb)
 
     @property
     def rest(self) -> MlflowRest:

@@ -10,6 +10,7 @@ yielded: one page ahead for each of the next ``key_concurrency`` keys.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -60,6 +61,7 @@ class MlflowSource:
         self.context = context
         self._rest: MlflowRest | None = None
         self._s3: S3Store | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: list[dict[str, Any]] = []
 
     def describe(self) -> str:
@@ -74,34 +76,27 @@ class MlflowSource:
             token_env=c.token_env,
             where="[source]",
         )
-        rest = MlflowRest(connection, name="mlflow-source", context=self.context, timeout=c.timeout)
-        await rest.__aenter__()
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # unwinds whatever opened if a step fails
+            rest = await stack.enter_async_context(
+                MlflowRest(connection, name="mlflow-source", context=self.context, timeout=c.timeout)
+            )
             await rest.check_access()
             self._experiments = await self._select_experiments(rest)
-        except BaseException:
-            await rest.__aexit__(None, None, None)
-            raise
-        self._rest = rest
-        if c.artifacts_direct_s3 and c.artifacts:
-            try:
-                self._s3 = await S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3").__aenter__()
-            except BaseException:
-                await self.__aexit__(None, None, None)
-                raise
+            if c.artifacts_direct_s3 and c.artifacts:
+                self._s3 = await stack.enter_async_context(
+                    S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3")
+                )
+            self._rest = rest
+            self._resources = stack.pop_all()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        rest, self._rest = self._rest, None
-        s3, self._s3 = self._s3, None
-        try:
-            if s3 is not None:
-                await s3.__aexit__(exc_type, exc, tb)
-        finally:
-            if rest is not None:
-                await rest.__aexit__(exc_type, exc, tb)
+        resources, self._resources = self._resources, None
+        self._rest, self._s3 = None, None
+        if resources is not None:
+            await resources.__aexit__(exc_type, exc, tb)
 
     @property
     def rest(self) -> MlflowRest:
