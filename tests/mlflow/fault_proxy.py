@@ -10,13 +10,17 @@ everything else is forwarded unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 from aiohttp import web
+
+from tests.servers.loop_thread import LoopThreadServer
 
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
@@ -44,17 +48,16 @@ BAD_JSON = _Marker("BAD_JSON")  # forward, then answer 200 with the body cut in 
 LOST_ANSWER = _Marker("LOST_ANSWER")  # forward (the server acts), then reset instead of answering
 
 
-class FaultProxy:
+class FaultProxy(LoopThreadServer):
+    client_max_size = 1 << 31
+
     def __init__(self, upstream: str) -> None:
+        super().__init__("mlflow-fault-proxy")
         self.upstream = upstream.rstrip("/")
         self.ignore_paging = False
         self.requests: list[tuple[str, str]] = []
         self._faults: dict[str, deque[object]] = defaultdict(deque)
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="mlflow-fault-proxy")
-        self.url = ""
 
     def fail(self, path_part: str, *actions: object) -> None:
         with self._lock:
@@ -74,37 +77,16 @@ class FaultProxy:
             self.requests.clear()
             self.ignore_paging = False
 
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("fault proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             self._session = session
-            app = web.Application(client_max_size=1 << 31)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.url = f"http://127.0.0.1:{port}"
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
+            yield
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.client_max_size)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
 
     def _next_action(self, path: str, method: str) -> object | None:
         with self._lock:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from tests.servers.loop_thread import LoopThreadServer
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -64,17 +66,14 @@ def pattern(n: int) -> bytes:
     return bytes((i * 7 + (i >> 8) * 13) & 0xFF for i in range(n))
 
 
-class ScriptedServer:
+class ScriptedServer(LoopThreadServer):
     """Starts on a free 127.0.0.1 port in a daemon thread; ``url`` is its base URL."""
 
     def __init__(self) -> None:
+        super().__init__("scripted-http")
         self._scripts: dict[str, deque[object]] = defaultdict(deque)
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="scripted-http")
-        self.url = ""
 
     def script(self, path: str, *actions: object) -> None:
         with self._lock:
@@ -89,37 +88,12 @@ class ScriptedServer:
         with self._lock:
             return sum(1 for _, p, _ in self.requests if p == path)
 
-    def start(self) -> ScriptedServer:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("scripted server did not start")
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop_event.set)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop_event = asyncio.Event()
-        app = web.Application(client_max_size=1 << 30)
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.client_max_size)
         app.router.add_route("*", "/upload", self._upload)
         app.router.add_get("/bytes/{n}", self._bytes)
         app.router.add_route("*", "/{tail:.*}", self._scripted)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        self._ready.set()
-        try:
-            await self._stop_event.wait()
-        finally:
-            await runner.cleanup()
+        return app
 
     def _next(self, request: web.Request) -> object:
         with self._lock:
