@@ -1,0 +1,63 @@
+"""Sizes S3 imposes on parts and objects, and ``S3Config``: where a store is and how it moves bytes.
+
+Kept apart so the value objects can be imported (by configuration code, tests, the bench)
+without the client machinery.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import ConfigError
+
+MIB = 1 << 20
+MIN_PART = 5 * MIB  # S3: every part but the last is at least 5 MiB
+MAX_PART = 5 * 1024 * MIB  # S3: at most 5 GiB per part (and per CopyObject)
+MAX_PARTS = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Config:
+    """Where the store is and how it moves bytes.
+
+    Memory bound per transfer: ``(part_concurrency + 2) * part size`` for uploads and downloads.
+    The part size is ``part_size``, grown for objects over ``part_size * 10000`` bytes.
+    """
+
+    endpoint_url: str | None = None  # None: AWS S3 of ``region``
+    region: str = "us-east-1"
+    profile: str | None = None
+    access_key_id_env: str = ""  # empty: the usual AWS chain (AWS_ACCESS_KEY_ID, profile...)
+    secret_access_key_env: str = ""
+    session_token_env: str = ""
+    addressing_style: str = "path"  # path | virtual | auto
+    part_size: int = 8 * MIB
+    multipart_threshold: int = 8 * MIB
+    part_concurrency: int = 8
+    copy_threshold: int = 64 * MIB  # server-side copies above this use parallel UploadPartCopy
+    max_attempts: int = 10
+    limiter_prefix_depth: int = 1  # key segments that make the throttling prefix
+    connect_timeout: float = 30.0
+    read_timeout: float = 120.0
+
+    @classmethod
+    def from_mlflow_env(cls, **overrides: Any) -> S3Config:
+        """The store MLflow's own S3 artifact client would use: ``MLFLOW_S3_ENDPOINT_URL`` (if
+        set) and the usual AWS credential chain; for reading ``s3://`` artifact URIs directly."""
+        values: dict[str, Any] = {"endpoint_url": os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.part_size < MIN_PART or self.part_size > MAX_PART:
+            raise ConfigError(f"s3: part_size must be between {MIN_PART} and {MAX_PART} bytes")
+        if self.multipart_threshold < 0 or self.part_concurrency < 1 or self.max_attempts < 1:
+            raise ConfigError("s3: multipart_threshold >= 0, part_concurrency >= 1, max_attempts >= 1")
+        if self.addressing_style not in ("path", "virtual", "auto"):
+            raise ConfigError("s3: addressing_style must be path, virtual or auto")
+

@@ -1,0 +1,156 @@
+"""Downloads: parallel ranged ``GET``s yielded in order, or one streamed ``GET``.
+
+Either way the bytes are checked against the object's ETag (plain MD5, or MD5-of-part-MD5s when
+the ranges can follow the object's own parts), and at most a window of pieces is in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+
+from adapters.s3._config import MIB
+from adapters.s3._errors import NETWORK_ERRORS
+from adapters.s3._listing import Listing
+from adapters.s3._parts import (
+    MD5_HEX,
+    MULTIPART_ETAG,
+    md5_of,
+    multipart_etag,
+    plan_ranges,
+)
+from adapters.s3._url import ObjectInfo, S3Url
+from engine.errors import TransientError
+
+
+class Downloads(Listing):
+    """``get_stream`` and its two read strategies (mixed into ``S3Store``)."""
+
+    async def get_stream(
+        self, url: str | S3Url, *, part_size: int | None = None, parallelism: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The object's bytes in order, fetched as parallel ranged GETs (see module docstring).
+
+        ``parallelism=1`` streams one plain GET instead (pieces of at most ``part_size``; retried
+        only before the first byte, a later break raises ``TransientError``): for stores whose
+        ranged reads are expensive. Consume to the end or close it (``contextlib.aclosing``).
+        """
+        target = url if isinstance(url, S3Url) else S3Url.parse(url)
+        info = await self.head(target)
+        ranges, verify = await self._read_plan(info, part_size or self.config.part_size)
+        window = parallelism or self.config.part_concurrency
+        if window == 1:
+            async for piece in self._get_streaming(target, info, ranges, verify):
+                yield piece
+            return
+        whole = hashlib.md5()
+        part_digests: list[bytes] = []
+        # The fetches run in tasks this generator owns, cancelled and awaited in ``finally``.
+        # (A task group cannot stay open across ``yield``: the consumer's own scopes would
+        # interleave with it.) At most ``window`` ranges are fetched ahead of the consumer.
+        fetching: dict[int, asyncio.Task[bytes]] = {}
+        started = 0
+        try:
+            for index in range(len(ranges)):
+                while started < len(ranges) and started < index + window:
+                    fetching[started] = asyncio.ensure_future(
+                        self._get_range(target, info.etag, *ranges[started])
+                    )
+                    started += 1
+                body = await fetching.pop(index)
+                if verify == "whole":
+                    if len(body) >= MIB:
+                        await anyio.to_thread.run_sync(whole.update, body)
+                    else:
+                        whole.update(body)
+                elif verify == "parts":
+                    part_digests.append(await md5_of(body))
+                yield body
+        finally:
+            for task in fetching.values():
+                task.cancel()
+            if fetching:
+                await asyncio.gather(*fetching.values(), return_exceptions=True)
+        if verify == "whole" and whole.hexdigest() != info.etag:
+            raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
+        if verify == "parts" and multipart_etag(part_digests) != info.etag:
+            raise TransientError(f"{self.name}: {target}: downloaded parts do not match ETag {info.etag}", adapter=self.name)
+
+    async def _get_streaming(
+        self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str
+    ) -> AsyncIterator[bytes]:
+        """One GET, streamed; verified like the ranged reads, at the same range boundaries."""
+        piece_size = (ranges[0][1] + 1) if ranges else MIB
+        response = await self._call(
+            target, "GetObject",
+            lambda: self.client.get_object(Bucket=target.bucket, Key=target.key, IfMatch=f'"{info.etag}"'),
+        )
+        whole = hashlib.md5()
+        part_digests: list[bytes] = []
+        current = hashlib.md5()
+        in_current = 0
+        received = 0
+        # The request went through the limiter; reading its body holds no slot.
+        async with response["Body"] as stream:
+            try:
+                while True:
+                    want = min(piece_size - in_current, 8 * MIB) if verify == "parts" else 8 * MIB
+                    piece = await stream.read(want)
+                    if not piece:
+                        break
+                    received += len(piece)
+                    digest = whole if verify == "whole" else current
+                    if len(piece) >= MIB:
+                        await anyio.to_thread.run_sync(digest.update, piece)
+                    else:
+                        digest.update(piece)
+                    in_current += len(piece)
+                    if verify == "parts" and in_current == piece_size:
+                        part_digests.append(current.digest())
+                        current, in_current = hashlib.md5(), 0
+                    yield bytes(piece)
+            except NETWORK_ERRORS as exc:
+                raise TransientError(
+                    f"{self.name}: GetObject {target}: broke off after {received} bytes: {exc!r}", adapter=self.name
+                ) from exc
+        if verify == "parts" and in_current:
+            part_digests.append(current.digest())
+        if received != info.size:
+            raise TransientError(f"{self.name}: {target}: got {received} of {info.size} bytes", adapter=self.name)
+        if verify == "whole" and whole.hexdigest() != info.etag:
+            raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
+        if verify == "parts" and multipart_etag(part_digests) != info.etag:
+            raise TransientError(f"{self.name}: {target}: downloaded parts do not match ETag {info.etag}", adapter=self.name)
+
+    async def _read_plan(self, info: ObjectInfo, part_size: int) -> tuple[list[tuple[int, int]], str]:
+        """Ranges to fetch, and how to verify them: ``whole`` MD5, per-``parts`` MD5s, or ``none``."""
+        if MD5_HEX.match(info.etag):
+            return plan_ranges(info.size, part_size), "whole"
+        multipart = MULTIPART_ETAG.match(info.etag)
+        if multipart:
+            count = int(multipart.group(2))
+            first = await self.head(info.url, part_number=1)
+            source_part = first.size
+            # Follow the object's own parts when they are uniform, so their MD5s can be checked.
+            if source_part > 0 and (count - 1) * source_part < info.size <= count * source_part:
+                return plan_ranges(info.size, source_part), "parts"
+        return plan_ranges(info.size, part_size), "none"
+
+    async def _get_range(self, target: S3Url, etag: str, start: int, end: int) -> bytes:
+        expected = end - start + 1
+
+        async def attempt() -> bytes:
+            response = await self.client.get_object(
+                Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-{end}", IfMatch=f'"{etag}"'
+            )
+            async with response["Body"] as stream:
+                body = await stream.read()
+            if len(body) != expected:
+                raise TransientError(f"{self.name}: {target} bytes {start}-{end}: got {len(body)} bytes", adapter=self.name)
+            return bytes(body)
+
+        return await self._call(target, f"GetObject {start}-{end}", attempt)
+

@@ -1,0 +1,66 @@
+"""Metadata and listing: ``head``, ``list``, ``delete``, ``list_open_uploads``.
+
+Small single requests through the retry loop; ``head`` is also what downloads and copies plan from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from adapters.s3._requests import RequestCore
+from adapters.s3._url import ObjectInfo, S3Url
+
+
+class Listing(RequestCore):
+    """Object metadata, listings and deletes (mixed into ``S3Store``)."""
+
+    async def head(self, url: str | S3Url, *, part_number: int | None = None) -> ObjectInfo:
+        """Size, ETag and metadata; ``NotFoundError`` if there is no such object."""
+        target = url if isinstance(url, S3Url) else S3Url.parse(url)
+        extra = {} if part_number is None else {"PartNumber": part_number}
+        response = await self._call(
+            target, "HeadObject", lambda: self.client.head_object(Bucket=target.bucket, Key=target.key, **extra)
+        )
+        modified = response.get("LastModified")
+        return ObjectInfo(
+            url=target,
+            size=int(response["ContentLength"]),
+            etag=str(response.get("ETag", "")).strip('"'),
+            last_modified=modified.timestamp() if modified is not None else None,
+            metadata=tuple(sorted(response.get("Metadata", {}).items())),
+        )
+
+    async def list(self, url: str | S3Url, *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with the URL's key, in key order, page by page."""
+        prefix = url if isinstance(url, S3Url) else S3Url.parse(url)
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": prefix.bucket, "Prefix": prefix.key, "MaxKeys": page_size}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = await self._call(prefix, "ListObjectsV2", lambda kw=kwargs: self.client.list_objects_v2(**kw))
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    url=S3Url(prefix.bucket, item["Key"]),
+                    size=int(item["Size"]),
+                    etag=str(item.get("ETag", "")).strip('"'),
+                    last_modified=item["LastModified"].timestamp() if item.get("LastModified") else None,
+                )
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    async def delete(self, url: str | S3Url) -> None:
+        target = url if isinstance(url, S3Url) else S3Url.parse(url)
+        await self._call(target, "DeleteObject", lambda: self.client.delete_object(Bucket=target.bucket, Key=target.key))
+
+    async def list_open_uploads(self, url: str | S3Url) -> list[tuple[str, str]]:
+        """``(key, upload id)`` of multipart uploads begun under the prefix and not finished."""
+        prefix = url if isinstance(url, S3Url) else S3Url.parse(url)
+        response = await self._call(
+            prefix, "ListMultipartUploads",
+            lambda: self.client.list_multipart_uploads(Bucket=prefix.bucket, Prefix=prefix.key),
+        )
+        return [(u["Key"], u["UploadId"]) for u in response.get("Uploads", [])]
+

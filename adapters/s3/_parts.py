@@ -1,0 +1,47 @@
+"""Part planning and the MD5/ETag rules that check parts: pure functions, tested by tables.
+
+S3 limits parts (5 MiB..5 GiB, 10,000 per upload) and names a multipart object by the MD5 of its
+parts' MD5s; both the upload and the download side plan and verify with these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+import anyio.to_thread
+
+from adapters.s3._config import MAX_PART, MAX_PARTS, MIB, MIN_PART
+from engine.errors import FatalError
+
+MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")
+
+
+def plan_part_size(size: int | None, preferred: int) -> int:
+    """The part size for an object of ``size`` bytes: ``preferred`` unless 10,000 parts of it
+    are too few, then the next MiB multiple that fits. Raises ``FatalError`` beyond S3's limits."""
+    part = max(preferred, MIN_PART)
+    if size is not None and size > part * MAX_PARTS:
+        part = math.ceil(math.ceil(size / MAX_PARTS) / MIB) * MIB
+    if part > MAX_PART:
+        raise FatalError(f"s3: object of {size} bytes exceeds S3's multipart limits")
+    return part
+
+
+def plan_ranges(size: int, part: int) -> list[tuple[int, int]]:
+    """``(start, end_inclusive)`` byte ranges covering ``size`` bytes in ``part``-sized pieces."""
+    return [(start, min(size, start + part) - 1) for start in range(0, size, part)]
+
+
+def multipart_etag(md5_digests: list[bytes]) -> str:
+    """S3's ETag of a multipart object: MD5 of the concatenated part MD5s, dash, part count."""
+    return f"{hashlib.md5(b''.join(md5_digests)).hexdigest()}-{len(md5_digests)}"
+
+
+async def md5_of(data: bytes) -> bytes:
+    """MD5 off the event loop for big buffers (hashlib releases the GIL)."""
+    if len(data) < MIB:
+        return hashlib.md5(data).digest()
+    return await anyio.to_thread.run_sync(lambda: hashlib.md5(data).digest())

@@ -1,0 +1,192 @@
+"""Uploads: one ``PutObject`` up to the threshold, else a parallel multipart upload.
+
+Parts are cut from the stream as it arrives (at most ``part_concurrency + 2`` in memory), each
+sent with ``Content-MD5`` and checked against its ETag, the whole against the multipart ETag; the
+upload is aborted, shielded from cancellation, if anything fails, so no upload is left open.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from adapters.s3._config import MAX_PARTS
+from adapters.s3._errors import unwrap
+from adapters.s3._parts import (
+    MD5_HEX,
+    MULTIPART_ETAG,
+    md5_of,
+    multipart_etag,
+    plan_part_size,
+)
+from adapters.s3._requests import RequestCore
+from adapters.s3._url import PutResult, S3Url
+from engine.errors import FatalError, NotFoundError, TransientError
+
+
+class Uploads(RequestCore):
+    """``put_stream`` and the multipart machinery (mixed into ``S3Store``)."""
+
+    async def put_stream(
+        self,
+        url: str | S3Url,
+        data: AsyncIterator[bytes],
+        *,
+        size: int | None = None,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> PutResult:
+        """Store a stream of byte pieces as one object (see module docstring).
+
+        ``size`` (when known) picks the part size; a stream longer than 10,000 parts of the
+        configured size with no ``size`` given fails with ``FatalError``.
+        """
+        target = url if isinstance(url, S3Url) else S3Url.parse(url)
+        extra: dict[str, Any] = {}
+        if content_type:
+            extra["ContentType"] = content_type
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        part_size = plan_part_size(size, self.config.part_size)
+        parts = _rechunk(data, part_size)
+        # Objects up to the threshold go in one PutObject (buffering at most the threshold).
+        head: list[bytes] = []
+        buffered = 0
+        while buffered <= self.config.multipart_threshold:
+            piece = await anext(parts, None)
+            if piece is None:
+                body = b"".join(head)
+                if size is not None and len(body) != size:
+                    raise FatalError(f"{self.name}: {target}: stream gave {len(body)} bytes, expected {size}", adapter=self.name)
+                return await self._put_single(target, body, extra)
+            head.append(piece)
+            buffered += len(piece)
+        return await self._put_multipart(target, _chain(head, parts), part_size, size, extra)
+
+    async def _put_single(self, target: S3Url, body: bytes, extra: dict[str, Any]) -> PutResult:
+        digest = await md5_of(body)
+
+        async def attempt() -> Any:
+            response = await self.client.put_object(
+                Bucket=target.bucket, Key=target.key, Body=body,
+                ContentMD5=base64.b64encode(digest).decode(), **extra,
+            )
+            self._check_etag(response.get("ETag"), digest, f"PutObject {target}")
+            return response
+
+        response = await self._call(target, "PutObject", attempt)
+        return PutResult(target, len(body), str(response["ETag"]).strip('"'), 0)
+
+    def _check_etag(self, etag: Any, digest: bytes, what: str) -> None:
+        value = str(etag or "").strip('"')
+        # Only plain-MD5 ETags can be checked (not SSE-KMS / SSE-C ones).
+        if MD5_HEX.match(value) and value != digest.hex():
+            raise TransientError(f"{self.name}: {what}: ETag {value} != MD5 {digest.hex()} of what we sent", adapter=self.name)
+
+    async def _put_multipart(
+        self, target: S3Url, parts: AsyncIterator[bytes], part_size: int,
+        size: int | None, extra: dict[str, Any],
+    ) -> PutResult:
+        created = await self._call(
+            target, "CreateMultipartUpload",
+            lambda: self.client.create_multipart_upload(Bucket=target.bucket, Key=target.key, **extra),
+        )
+        upload_id = created["UploadId"]
+        try:
+            digests: dict[int, bytes] = {}
+            etags: dict[int, str] = {}
+            total = 0
+
+            async def upload_parts(receive: anyio.abc.ObjectReceiveStream[tuple[int, bytes]]) -> None:
+                async with receive:
+                    async for number, body in receive:
+                        etags[number], digests[number] = await self._upload_part(target, upload_id, number, body)
+
+            send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](0)
+            try:
+                async with anyio.create_task_group() as tg:
+                    async with receive:
+                        for _ in range(self.config.part_concurrency):
+                            tg.start_soon(upload_parts, receive.clone())
+                    async with send:
+                        number = 0
+                        async for body in parts:
+                            number += 1
+                            if number > MAX_PARTS:
+                                raise FatalError(f"{self.name}: {target}: more than {MAX_PARTS} parts; give the size", adapter=self.name)
+                            total += len(body)
+                            await send.send((number, body))
+            except BaseExceptionGroup as group:
+                raise unwrap(group) from None
+            if size is not None and total != size:
+                raise FatalError(f"{self.name}: {target}: stream gave {total} bytes, expected {size}", adapter=self.name)
+            ordered = sorted(etags)
+            expected = multipart_etag([digests[n] for n in ordered])
+
+            async def complete() -> Any:
+                return await self.client.complete_multipart_upload(
+                    Bucket=target.bucket, Key=target.key, UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in ordered]},
+                )
+
+            response = await self._call(target, "CompleteMultipartUpload", complete)
+            etag = str(response.get("ETag", "")).strip('"')
+            if MULTIPART_ETAG.match(etag) and etag != expected:
+                raise FatalError(f"{self.name}: {target}: multipart ETag {etag} != expected {expected}", adapter=self.name)
+            return PutResult(target, total, etag, len(ordered))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abort(target, upload_id)
+            raise
+
+    async def _upload_part(self, target: S3Url, upload_id: str, number: int, body: bytes) -> tuple[str, bytes]:
+        digest = await md5_of(body)
+
+        async def attempt() -> Any:
+            response = await self.client.upload_part(
+                Bucket=target.bucket, Key=target.key, UploadId=upload_id, PartNumber=number,
+                Body=body, ContentMD5=base64.b64encode(digest).decode(),
+            )
+            self._check_etag(response.get("ETag"), digest, f"UploadPart {number} of {target}")
+            return response
+
+        response = await self._call(target, f"UploadPart {number}", attempt)
+        return str(response["ETag"]), digest
+
+    async def _abort(self, target: S3Url, upload_id: str) -> None:
+        """Best effort: a failed abort is reported, never raised over the original error."""
+        try:
+            await self._call(
+                target, "AbortMultipartUpload",
+                lambda: self.client.abort_multipart_upload(Bucket=target.bucket, Key=target.key, UploadId=upload_id),
+            )
+        except NotFoundError:
+            pass  # already gone
+        except Exception as exc:  # noqa: BLE001 - we are already failing; keep the first error
+            self.context.events("abort_failed", url=str(target), upload_id=upload_id, error=str(exc))
+
+
+async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """Pieces of exactly ``size`` bytes (the last may be shorter; never an empty one)."""
+    buffer = bytearray()
+    async for piece in data:
+        if not buffer and len(piece) == size:
+            yield piece  # already a part: no copy
+            continue
+        buffer += piece
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in first:
+        yield piece
+    async for piece in rest:
+        yield piece

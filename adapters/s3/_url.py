@@ -1,0 +1,43 @@
+"""Which object (``S3Url``), and what the store says about one (``ObjectInfo``, ``PutResult``).
+
+Plain frozen values with no I/O, shared by every other module of the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class S3Url:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Url:
+        """``s3://bucket/key`` (the key may be empty or a prefix)."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"not an s3://bucket/key URL: {url!r}")
+        return cls(parts.netloc, parts.path.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    url: S3Url
+    size: int
+    etag: str  # without quotes
+    last_modified: float | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    url: S3Url
+    size: int
+    etag: str
+    parts: int  # 0 for a single PutObject / CopyObject
