@@ -11,7 +11,9 @@ the chunk size or the start point. Chunk boundaries are aligned to blocks where 
 chunk size allows, so no block is generated twice.
 
 File bytes come in 1 MiB pieces, each from its own stream seeded by ``(seed, run, file,
-piece)``: streamed, never whole in memory, identical however they are read.
+piece)``: streamed, never whole in memory, identical however they are read. A console log
+(``console_lines``) comes in blocks of ``CONSOLE_BLOCK_LINES`` lines, each block from its own
+stream seeded by ``(seed, run, block)``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pyarrow as pa
 from adapters.base import AdapterContext
 from engine.errors import NotFoundError
 from engine.model import (
+    CONSOLE_LOG,
     HISTORY_SCHEMA,
     ArtifactRef,
     FileRef,
@@ -41,11 +44,14 @@ from engine.model import (
 )
 
 # Stream tags keep the seeds of different kinds of randomness apart.
-_TAG_META, _TAG_HISTORY, _TAG_FILE, _TAG_ARTIFACT = 1, 2, 3, 4
+_TAG_META, _TAG_HISTORY, _TAG_FILE, _TAG_ARTIFACT, _TAG_CONSOLE = 1, 2, 3, 4, 5
 BLOCK_POINTS = 131_072
 """Target points per random block (a block holds whole steps)."""
 FILE_PIECE = 1 << 20
 """Bytes per generated file piece (and per random stream)."""
+CONSOLE_BLOCK_LINES = 4096
+"""Console-log lines per generated piece (and per random stream)."""
+CONSOLE_PATH = "output.log"
 
 _KEY_NAMES = (
     "train/loss",
@@ -58,6 +64,16 @@ _KEY_NAMES = (
     "gpu/memory_used",
     "epoch_progress",
     "loss/aux",
+)
+_SYSTEM_NAMES = (  # MLflow's system-metrics monitor names (mlflow.system_metrics)
+    "cpu_utilization_percentage",
+    "system_memory_usage_megabytes",
+    "system_memory_usage_percentage",
+    "gpu_0_utilization_percentage",
+    "gpu_0_memory_usage_percentage",
+    "disk_usage_percentage",
+    "network_receive_megabytes",
+    "network_transmit_megabytes",
 )
 _SPECIALS = np.array([np.nan, np.inf, -np.inf, -0.0])
 _STATES = (RunState.FINISHED, RunState.FAILED, RunState.KILLED, RunState.RUNNING)
@@ -79,6 +95,12 @@ class SyntheticConfig:
     - ``json_keys``: how many of the ``keys`` (the last ones, named ``media/sample_<i>``) log
       JSON values like W&B media references instead of numbers: ``value`` null, ``value_json``
       the JSON text (default 0).
+    - ``system_keys``: how many of the numeric ``keys`` (the last ones before the JSON keys)
+      are system metrics named as MLflow's monitor names them, ``system/<name>`` (e.g.
+      ``system/cpu_utilization_percentage``) (default 0).
+    - ``console_lines``: lines of console output per run, listed as the run's console log
+      ``output.log`` (a file with role ``console``; UTF-8 text with some non-ASCII, tab, empty
+      and carriage-return progress lines). Default 0: no console log.
     - ``special_fraction``: fraction of history values replaced by NaN, +inf, -inf or -0.0
       (default 0.001).
     - ``file_sizes``: byte sizes of each run's files (default two: 4 KiB and 64 KiB);
@@ -98,6 +120,8 @@ class SyntheticConfig:
     params: int = 20
     special_config: bool = True
     json_keys: int = 0
+    system_keys: int = 0
+    console_lines: int = 0
     special_fraction: float = 0.001
     file_sizes: list[int] = field(default_factory=lambda: [4096, 65536])
     artifact_sizes: list[int] = field(default_factory=lambda: [262144])
@@ -108,11 +132,13 @@ class SyntheticConfig:
         for name in ("runs", "projects", "keys", "step_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("steps", "params", "chunk_points", "seed"):
+        for name in ("steps", "params", "chunk_points", "seed", "system_keys", "console_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.json_keys <= self.keys:
             raise ValueError("json_keys must be between 0 and keys")
+        if self.json_keys + self.system_keys > self.keys:
+            raise ValueError("json_keys + system_keys must not exceed keys")
         if not 0.0 <= self.special_fraction <= 1.0:
             raise ValueError("special_fraction must be between 0 and 1")
         if any(size < 0 for size in [*self.file_sizes, *self.artifact_sizes]):
@@ -274,10 +300,35 @@ def _strings(texts: list[str | None]) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
 
 
-def key_names(count: int, json_keys: int = 0) -> list[str]:
-    numeric = count - json_keys
-    names = [_KEY_NAMES[i] if i < len(_KEY_NAMES) else f"metric_{i:03d}" for i in range(numeric)]
+def key_names(count: int, json_keys: int = 0, system_keys: int = 0) -> list[str]:
+    plain = count - json_keys - system_keys
+    names = [_KEY_NAMES[i] if i < len(_KEY_NAMES) else f"metric_{i:03d}" for i in range(plain)]
+    names += [
+        f"system/{_SYSTEM_NAMES[i]}" if i < len(_SYSTEM_NAMES) else f"system/metric_{i:03d}" for i in range(system_keys)
+    ]
     return names + [f"media/sample_{i}" for i in range(json_keys)]
+
+
+def console_block(seed: int, index: int, block: int, lines: int) -> bytes:
+    """Lines ``[block * CONSOLE_BLOCK_LINES, ...)`` of run ``index``'s console log (at most
+    ``lines`` in all), each ending in a newline."""
+    first = block * CONSOLE_BLOCK_LINES
+    count = min(CONSOLE_BLOCK_LINES, lines - first)
+    rng = _rng(seed, index, _TAG_CONSOLE, block)
+    losses = rng.uniform(0.01, 3.0, count)
+    kinds = rng.integers(0, 16, count)
+    out = []
+    for i in range(count):
+        n, kind = first + i, int(kinds[i])
+        if kind == 0:
+            out.append("")
+        elif kind == 1:
+            out.append(f"epoch {n // 100}:  {n % 100:3d}%|{'#' * (n % 100 // 10):<10}| {n % 100}/100\r")
+        elif kind == 2:
+            out.append(f"WARNING\tstep {n}: gradient überlauf — scaled ✓ loss={losses[i]!r}")
+        else:
+            out.append(f"step {n} loss={losses[i]:.6f} lr={1e-3 / (1 + n):.3e}")
+    return ("\n".join(out) + "\n").encode()
 
 
 def media_json(number: int, step: int) -> str:
@@ -331,7 +382,7 @@ def _run_record(cfg: SyntheticConfig, ref: RunRef, index: int, gen: _HistoryGene
             )
         }
     end_time = None if state is RunState.RUNNING else last_stamp + float(rng.uniform(0.5, 5.0))
-    names = key_names(cfg.keys, cfg.json_keys)
+    names = key_names(cfg.keys, cfg.json_keys, cfg.system_keys)
     labels = sorted({_LABELS[int(i)] for i in rng.integers(0, len(_LABELS), 2)})
     return RunRecord(
         ref=ref,
@@ -389,6 +440,8 @@ def _files(cfg: SyntheticConfig, index: int) -> list[FileRef]:
             FileRef(path=f"weights/shard-{i:03d}.bin", size=size, artifact=artifact)
             for i, size in enumerate(cfg.artifact_sizes)
         ]
+    if cfg.console_lines:
+        files.append(FileRef(path=CONSOLE_PATH, role=CONSOLE_LOG))
     return files
 
 
@@ -417,6 +470,8 @@ class SyntheticSource:
             f"steps={c.steps},keys={c.keys},json_keys={c.json_keys},stride={c.step_stride},params={c.params},"
             f"special={c.special_fraction},special_config={c.special_config},start={c.start_time!r},"
             f"files={c.file_sizes},artifacts={c.artifact_sizes}"
+            + (f",system_keys={c.system_keys}" if c.system_keys else "")
+            + (f",console_lines={c.console_lines}" if c.console_lines else "")
         )
 
     async def __aenter__(self) -> SyntheticSource:
@@ -436,7 +491,7 @@ class SyntheticSource:
         block_points = max(1, BLOCK_POINTS // cfg.keys) * cfg.keys
         needed = max(block_points, self.chunk_points) * 2 + cfg.keys
         if self._keys_column is None or len(self._keys_column) < needed:
-            self._keys_column = _keys_column(key_names(cfg.keys, cfg.json_keys), needed)
+            self._keys_column = _keys_column(key_names(cfg.keys, cfg.json_keys, cfg.system_keys), needed)
         return _HistoryGenerator(cfg, index, self._keys_column)
 
     async def list_runs(self) -> AsyncIterator[RunRef]:
@@ -465,6 +520,11 @@ class SyntheticSource:
         keys = [f.key for f in _files(self.config, index)]
         if file.key not in keys:
             raise NotFoundError(f"synthetic run {run.ref.id} has no file {file.key!r}", adapter="synthetic")
+        if file.role == CONSOLE_LOG:
+            for block in range(-(-self.config.console_lines // CONSOLE_BLOCK_LINES)):
+                yield console_block(self.config.seed, index, block, self.config.console_lines)
+                await anyio.lowlevel.checkpoint()
+            return
         number = keys.index(file.key)
         tag = _TAG_FILE if file.artifact is None else _TAG_ARTIFACT
         for piece in file_pieces(self.config.seed, index, file, tag, number):

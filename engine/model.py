@@ -94,6 +94,10 @@ class ArtifactRef:
     metadata: tuple[tuple[str, Any], ...] = ()
 
 
+CONSOLE_LOG = "console"
+"""``FileRef.role`` of a run's console log (see ``FileRef``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileRef:
     """One file of a run: a run file, or a member of an artifact (``artifact`` is set).
@@ -102,16 +106,26 @@ class FileRef:
     ``size`` and ``md5`` are known up front when the source can tell cheaply; a destination that
     needs them before the bytes (multipart planning, W&B manifests) computes them while streaming
     when they are missing.
+
+    ``role`` marks a file that is more than bytes to the systems that know it (None for plain
+    files). ``CONSOLE_LOG`` (``"console"``): the run's captured console output (stdout/stderr as
+    text lines, UTF-8); a run has at most one. It travels like any file (streamed in pieces,
+    ledger entry per file), so the pipeline never asks what a file is: a destination that knows
+    the role gives it its native place (W&B: ``output.log``, streamed line by line), every other
+    destination stores it as a plain file at ``path``.
     """
 
     path: str
     size: int | None = None
     md5: str | None = None  # hex digest
     artifact: ArtifactRef | None = None
+    role: str | None = None
 
     @property
     def key(self) -> str:
         """Identity of the file within its run, used by ledger cursors."""
+        if self.role is not None:
+            return f"{self.role}:{self.path}"
         if self.artifact is None:
             return self.path
         version = self.artifact.version or ""

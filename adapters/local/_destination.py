@@ -76,7 +76,7 @@ class LocalRunWriter:
         return Checkpoint(history_points=self._durable)
 
     async def write_file(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
-        target = _layout.file_target(self.run_dir, file.path, file.artifact)
+        target = _layout.file_target(self.run_dir, file.path, file.artifact, file.role)
         if file.artifact is not None:
             meta = _layout.dumps(_layout.artifact_to_json(file.artifact))
             meta_path = _layout.artifact_dir(self.run_dir, file.artifact) / _layout.ARTIFACT_JSON

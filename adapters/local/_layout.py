@@ -9,6 +9,7 @@ Layout (all names below ``<path>``)::
                                                  (while a run is written: its first chunk)
         history.parts/part-<offset:012d>.parquet durable later chunks not merged yet
         files/<path>                             run files, folder structure kept
+        console/<path>                           the run's console log (FileRef role "console")
         artifacts/<name>/<version>/<path>        artifact members
         artifacts/<name>/<version>/artifact.json the ArtifactRef fields
 
@@ -27,13 +28,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine.errors import FatalError
-from engine.model import ArtifactRef, Namespace, RunRecord, RunRef, RunState
+from engine.model import CONSOLE_LOG, ArtifactRef, Namespace, RunRecord, RunRef, RunState
 
 FORMAT = "runferry.local/1"
 RUN_JSON = "run.json"
 HISTORY = "history.parquet"
 PARTS = "history.parts"
 FILES = "files"
+CONSOLE = "console"
 ARTIFACTS = "artifacts"
 ARTIFACT_JSON = "artifact.json"
 TMP_MARK = ".runferry-tmp-"
@@ -86,9 +88,13 @@ def safe_relative(path: str) -> PurePosixPath:
     return pure
 
 
-def file_target(run_dir: Path, path: str, artifact: ArtifactRef | None) -> Path:
-    """Where a run file or artifact member is stored."""
+def file_target(run_dir: Path, path: str, artifact: ArtifactRef | None, role: str | None = None) -> Path:
+    """Where a run file, console log or artifact member is stored."""
     relative = safe_relative(path)
+    if role is not None:
+        if role != CONSOLE_LOG or artifact is not None:
+            raise FatalError(f"file {path!r}: unknown role {role!r} (or a role on an artifact member)")
+        return run_dir / CONSOLE / relative
     if artifact is None:
         return run_dir / FILES / relative
     if str(relative) == ARTIFACT_JSON:

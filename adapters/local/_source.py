@@ -25,7 +25,7 @@ from adapters.base import AdapterContext
 from adapters.local import _history, _layout, _tables
 from adapters.local._io import blocking_read
 from engine.errors import ConfigError, NotFoundError
-from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
+from engine.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
 
 _MAX_PIECE = 8 * 1024 * 1024
 
@@ -162,6 +162,7 @@ class LocalSource:
 
     def _files(self, run_dir: Path) -> list[FileRef]:
         found = [FileRef(path=rel, size=size) for rel, size in _walk(run_dir / _layout.FILES)]
+        found += [FileRef(path=rel, size=size, role=CONSOLE_LOG) for rel, size in _walk(run_dir / _layout.CONSOLE)]
         artifacts = run_dir / _layout.ARTIFACTS
         for name_dir in _tables.sorted_dirs(artifacts):
             for version_dir in _tables.sorted_dirs(name_dir):
@@ -183,7 +184,7 @@ class LocalSource:
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
         _, run_dir = self._run_dir(run.ref)
-        path = _layout.file_target(run_dir, file.path, file.artifact)
+        path = _layout.file_target(run_dir, file.path, file.artifact, file.role)
         piece = min(self.context.part_bytes, _MAX_PIECE)
         handle = await blocking_read(open, path, "rb")  # NotFoundError when it is missing
         try:

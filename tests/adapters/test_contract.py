@@ -50,3 +50,25 @@ class TestLocalDestination(DestinationContract):
                 destination=destination,
                 open_reader=lambda: LocalSource(LocalSource.Config(path=config.path)),
             )
+
+
+class TestLocalDestinationWithConsoleLog(DestinationContract):
+    """Runs with a console log (a file with role ``console``) and ``system/`` metrics: the
+    export keeps the log under ``console/`` and gives it back with its role."""
+
+    @pytest.fixture
+    async def destination_case(self, tmp_path: Path) -> AsyncIterator[DestinationCase]:
+        config = LocalDestination.Config(path=str(tmp_path / "export"))
+        async with LocalDestination(config) as destination:
+            yield DestinationCase(
+                destination=destination,
+                open_reader=lambda: LocalSource(LocalSource.Config(path=config.path)),
+                source_settings={"console_lines": 5000, "system_keys": 2},
+            )
+
+
+class TestSyntheticSourceWithConsoleLog(SourceContract):
+    @pytest.fixture
+    async def source_case(self) -> AsyncIterator[SourceCase]:
+        async with contract_source(runs=2, console_lines=9000, system_keys=1) as source:
+            yield SourceCase(source=source)

@@ -16,7 +16,7 @@ import pytest
 from adapters.base import Checkpoint
 from adapters.local import LocalDestination, LocalSource, _layout
 from engine.errors import ConfigError, FatalError
-from engine.model import ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
+from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
 from tests.adapters.contract import (
     all_refs,
     assert_history_equal,
@@ -440,3 +440,23 @@ async def test_concurrent_runs_and_files_into_one_export(tmp_path: Path) -> None
             got = {f.key: await read_bytes(local, back, f) for f in await all_files(local, back)}
             want = {f.key: await read_bytes(src, record, f) for f in await all_files(src, record)}
             assert got == want
+
+
+async def test_a_console_log_is_stored_under_console_and_read_back_with_its_role(tmp_path: Path) -> None:
+    record = RunRecord(ref=RunRef(id="r1", namespace=Namespace("e", "p")))
+    async with destination(tmp_path) as dest:
+        writer = await dest.open_run(record, None)
+        await writer.write_file(FileRef(path="output.log", role=CONSOLE_LOG), pieces(b"line 1\n", b"line 2\r\nlast"))
+        await writer.write_file(FileRef(path="output.log"), pieces(b"a plain run file of the same name"))
+        await writer.flush_history()
+        await writer.finish(record)
+    run_dir = tmp_path / _layout.run_rel_dir(record.ref.namespace, "r1")
+    assert (run_dir / "console" / "output.log").read_bytes() == b"line 1\nline 2\r\nlast"
+    async with reader(tmp_path) as src:
+        back = await src.get_run((await all_refs(src))[0])
+        files = {f.key: f async for f in src.list_files(back)}
+        assert sorted(files) == ["console:output.log", "output.log"]
+        assert files["console:output.log"].role == CONSOLE_LOG
+        assert await read_bytes(src, back, files["console:output.log"]) == b"line 1\nline 2\r\nlast"
+    with pytest.raises(FatalError, match="role"):
+        _layout.file_target(run_dir, "x.log", None, "stderr")

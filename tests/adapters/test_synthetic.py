@@ -12,7 +12,7 @@ import pytest
 from adapters.base import AdapterContext
 from adapters.synthetic import BLOCK_POINTS, FILE_PIECE, SyntheticConfig, SyntheticSource, key_names
 from engine.errors import NotFoundError
-from engine.model import Namespace, RunRef, RunState
+from engine.model import CONSOLE_LOG, Namespace, RunRef, RunState
 from tests.adapters.contract import (
     all_files,
     all_refs,
@@ -181,3 +181,27 @@ async def test_json_keys_log_media_references_instead_of_numbers() -> None:
     assert all(v is None for v in values[2::3]) and all(v is not None for v in values[0::3])
     assert json.loads(texts[-1]) == run.summary["media/sample_0"]
     assert run.summary["media/sample_0"]["path"] == "media/images/sample_0_3.png"
+
+
+async def test_console_log_and_system_keys_are_off_by_default_and_deterministic_when_on() -> None:
+    plain = source(runs=1, steps=5, keys=4)
+    assert "console" not in plain.describe() and "system_keys" not in plain.describe()
+    assert not [f for f in await all_files(plain, await first_run(plain)) if f.role is not None]
+    assert not [k for k in key_names(4) if k.startswith("system/")]
+
+    on = source(runs=1, steps=5, keys=4, json_keys=1, system_keys=2, console_lines=10_000)
+    record = await first_run(on)
+    (console,) = [f for f in await all_files(on, record) if f.role == CONSOLE_LOG]
+    assert console.path == "output.log" and console.key == "console:output.log" and console.artifact is None
+    data = await read_bytes(on, record, console)
+    assert data == await read_bytes(source(runs=1, steps=5, keys=4, json_keys=1, system_keys=2, console_lines=10_000),
+                                    record, console)
+    lines = data.decode().split("\n")
+    assert len(lines) == 10_001 and lines[-1] == ""  # every line ends in a newline
+    assert "" in lines[:-1] and any(line.endswith("\r") for line in lines) and any("ü" in line for line in lines)
+    assert key_names(4, 1, 2) == ["train/loss", "system/cpu_utilization_percentage",
+                                  "system/system_memory_usage_megabytes", "media/sample_0"]
+    table, _ = await read_history(on, record)
+    assert sorted(set(table.column("key").to_pylist())) == sorted(key_names(4, 1, 2))
+    with pytest.raises(ValueError, match="json_keys"):
+        SyntheticConfig(keys=3, json_keys=2, system_keys=2)
