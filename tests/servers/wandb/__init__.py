@@ -68,6 +68,11 @@ in ``state.unknown_operations``):
   an export every row is live and wandb-core reads it through HistoryPage/SampledHistoryPage.
   ``history``/``sampledHistory`` always return all rows (older SDKs rely on it), so, as on
   W&B, export a run only once it is complete. Sampling keeps first and last rows.
+* System metrics and console: ``events(samples)`` (``run.history(stream="system")``),
+  ``systemMetrics`` (latest value of every ``system.*`` key of the events lines),
+  ``logLines(first, after, last)`` (``run.console_logs()``: wandb-core's RunConsoleLogPage /
+  RunConsoleLogTail) with ``number``, ``timestamp``, ``level``, ``label``, ``line`` parsed from
+  the SDK's legacy text or structured JSON lines.
 * Run files: CreateRunFiles, MarkRunFilesUploaded, RunFiles (names, pattern, paging),
   authenticated GET ``/files/{entity}/{project}/{run}/{path}`` and presigned storage URLs.
 * Artifacts: ArtifactType, CreateArtifact (digest dedup -> COMMITTED), CreateArtifactManifest,
@@ -90,7 +95,9 @@ Not implemented (known gaps; keep this list honest)
 ---------------------------------------------------
 * Parquet exports are one file per run with float64 columns for numbers and JSON text for
   anything else (W&B's exact export schema is not public); system-metrics sampling beyond
-  returning ``wandb-events.jsonl`` lines; console-log queries (RunConsoleLogPage).
+  returning ``wandb-events.jsonl`` lines; ``logLines`` for lines in neither SDK format (an
+  import without per-line times) is our reconstruction: the whole line is the content, no
+  timestamp, no level.
 * Schema introspection (``__type`` returns empty field lists), sweeps, launch queues,
   registries/portfolios (LinkArtifact), artifact deletion, DeleteRun, tags/alias mutations,
   TTLs, reference (``ref``) artifact entries are stored but not resolved.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,6 +286,60 @@ def parquet_history(ctx: Ctx, run: Run, args: dict) -> dict:
     return {"parquetUrls": urls, "liveData": live}
 
 
+_LEGACY_LOG_LINE = re.compile(
+    r"^(?P<error>ERROR )?(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?) "
+    r"(?:\[(?P<label>[^\]]*)\] )?(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def log_line_node(number: int, raw: str) -> dict:
+    """One ``output.log`` line as a ``logLines`` node. Lines the SDK sends are parsed: legacy
+    ``[ERROR ]<RFC 3339 micro> [[label] ]content`` or structured JSON ``{"level", "ts", "label",
+    "content"}``; any other line (an import without per-line times) is all content, with no
+    timestamp or level (our reconstruction: W&B does not document this case)."""
+    node = {"__typename": "RunLogLine", "number": number, "timestamp": None, "level": "", "label": "", "line": raw}
+    if raw.startswith("{"):
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("content"), str):
+            node.update(timestamp=doc.get("ts"), level=doc.get("level") or "", label=doc.get("label") or "",
+                        line=doc["content"])
+            return node
+    found = _LEGACY_LOG_LINE.match(raw)
+    if found:
+        node.update(timestamp=found["ts"], level="error" if found["error"] else "", label=found["label"] or "",
+                    line=found["content"])
+    return node
+
+
+def log_lines(run: Run, args: dict) -> dict:
+    """``logLines(first, after, last, useImprovedPagination)``: ascending line order; ``last``
+    = the tail in one page (what wandb-core's RunConsoleLogTail / RunConsoleLogPage ask)."""
+    lines = [(i, line) for i, line in enumerate(run.logs) if line is not None]
+    if args.get("last") is not None:
+        start = max(0, len(lines) - int(args["last"]))
+        args = {"first": len(lines), "after": encode_cursor(start - 1) if start else None}
+    return connection(lines, args, lambda item: log_line_node(*item), default_first=1000)
+
+
+def system_metrics(run: Run) -> str:
+    """``systemMetrics``: the latest value of every system metric (``system.*`` keys of the
+    ``wandb-events.jsonl`` lines), as the W&B backend keeps it for ``Run.system_metrics``."""
+    latest: dict[str, Any] = {}
+    for line in run.events:
+        if line is None:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        latest.update({k: v for k, v in row.items() if k.startswith("system.")})
+    return dumps(latest)
+
+
 def tail(lines: list[str | None], count: int = 10) -> str:
     return json.dumps([line for line in lines[-count:] if line is not None])
 
@@ -320,7 +375,7 @@ def run_node(ctx: Ctx, run: Run) -> dict:
         "state": run.state,
         "config": lambda a: dumps(run.config),
         "summaryMetrics": lambda a: dumps(run.summary),
-        "systemMetrics": "{}",
+        "systemMetrics": lambda a: system_metrics(run),
         "wandbConfig": wandb_config,
         "tags": list(run.tags),
         "notes": run.notes,
@@ -345,6 +400,7 @@ def run_node(ctx: Ctx, run: Run) -> dict:
         "historyTail": lambda a: tail(run.history),
         "eventsTail": lambda a: tail(run.events),
         "logTail": lambda a: tail(run.logs),
+        "logLines": lambda a: log_lines(run, a),
         "historyKeys": lambda a: run.cached("historyKeys", history_keys),
         "history": lambda a: history_lines(run, a),
         "sampledHistory": lambda a: sampled_history(run, a),
