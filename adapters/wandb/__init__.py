@@ -10,6 +10,9 @@ the keys are documented on the class). Modules, one purpose each:
   source system/URI/run id/namespace, ``_wandb.start_time`` in ms), tags (labels and
   ``key:value`` of non-``mlflow.`` tags that fit 64 characters), summary, exit state.
 - ``_lines``     history points -> ``wandb-history.jsonl`` lines (pure, vectorised; rules below).
+- ``_streams``   system metrics (keys under ``system_metrics_prefix``) split off to
+  ``wandb-events.jsonl`` (renamed ``system.<rest>``), and the one source cursor over both streams.
+- ``_console``   a console log (a file with role ``console``) -> ``output.log`` lines.
 - ``_filestream`` one run's file_stream: explicit offsets, request sizing, per-run pacing.
 - ``_artifacts`` the artifact protocol (manifest + digest as the SDK computes them, CreateArtifact,
   CreateArtifactManifest, CreateArtifactFiles, PUTs with Content-MD5, multipart with per-part
@@ -35,9 +38,19 @@ History rules (also in ``_lines``):
   then released sorted by step in windows; their checkpoint advances only when the whole run is
   durable, so a resumed migration rewrites that run's lines at the same offsets.
 
+System metrics: points whose key starts with ``system_metrics_prefix`` (default ``system/``,
+MLflow's system-metrics names) become ``wandb-events.jsonl`` lines by the same rules as history
+lines (one line per source step, ``_timestamp`` / ``_runtime``), with ``"_wandb": true`` instead
+of ``_step`` and keys renamed ``system.<rest>``; they are left out of the history and the summary.
+
+Console log: streamed as ``output.log`` lines from offset 0 (verbatim, no invented timestamps),
+then uploaded as the run file ``output.log`` (exact bytes), as the SDK does at the end of a run.
+Re-sending it after a crash overwrites the same offsets.
+
 Durability and resume: lines are written at explicit offsets, one request at a time per run;
-``checkpoint()`` counts only points whose lines the server acknowledged, with the next offset in
-``state["lines"]``; a resumed writer continues at that offset, and because lines are a pure
+``checkpoint()`` counts only points whose lines the server acknowledged, with the next offsets in
+``state["lines"]`` / ``state["events_lines"]`` (``_streams`` keeps one source cursor exact over
+both streams); a resumed writer continues at that offset, and because lines are a pure
 function of their steps' points, anything written past the checkpoint is overwritten with the
 same lines. The starting offset comes from the ledger checkpoint (``UpsertBucket`` returns the
 server's ``historyLineCount``: fewer lines than the ledger says is an error, more lines are

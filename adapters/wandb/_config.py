@@ -38,6 +38,20 @@ class WandbDestinationConfig:
     - ``upload_concurrency``: parallel artifact file uploads per run (default 8).
     - ``spool_dir``: where file bytes are staged for retryable uploads and artifact digests
       (default: the system temp dir). Staged files are removed once uploaded.
+    - ``system_metrics_prefix``: history keys starting with it are system metrics (MLflow's
+      system-metrics monitor logs ``system/cpu_utilization_percentage``...). They go to the
+      run's system stream (``wandb-events.jsonl``: W&B's system charts,
+      ``run.history(stream="system")``) instead of its history and summary, renamed
+      ``system.`` + the rest of the key (``system/gpu_0_utilization_percentage`` ->
+      ``system.gpu_0_utilization_percentage``); one line per source step with ``_wandb: true``,
+      ``_timestamp`` (the original time, the latest of the step's points) and ``_runtime``
+      (seconds since the run start); the step itself is not kept (W&B's system stream has
+      none). Default ``"system/"``; ``""`` keeps every key in the history. Resume needs the
+      same value as the interrupted migration.
+
+    A source's console log (a file with role ``console``) becomes the run's ``output.log``:
+    streamed line by line (the Logs tab, ``run.console_logs()``), then uploaded as the run file
+    ``output.log`` with the source's exact bytes.
     """
 
     base_url: str = "https://api.wandb.ai"
@@ -55,6 +69,7 @@ class WandbDestinationConfig:
     part_size: int = 100 * 1024**2
     upload_concurrency: int = 8
     spool_dir: str = ""
+    system_metrics_prefix: str = "system/"
 
     def __post_init__(self) -> None:
         if self.artifact_layout not in ARTIFACT_LAYOUTS:

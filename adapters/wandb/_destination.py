@@ -99,20 +99,35 @@ class WandbDestination:
         answer = await _gql.call(self.api, _gql.UPSERT_BUCKET, variables, name="UpsertBucket")
         bucket = answer["upsertBucket"]["bucket"]
         server_lines = int(bucket.get("historyLineCount") or 0)
+        server_events = int(bucket.get("eventsLineCount") or 0)
         state: dict[str, Any] = {}
-        points = lines = 0
+        points = lines = events_lines = 0
         if resume is not None and resume.state.get("run_id") == run_id:
             state = dict(resume.state)
             points, lines = resume.history_points, int(state.get("lines") or 0)
-            if server_lines < lines:
+            events_lines = int(state.get("events_lines") or 0)
+            counts = (("history", server_lines, lines), ("system-metrics", server_events, events_lines))
+            for what, server, ours in counts:
+                if server < ours:
+                    raise FatalError(
+                        f"wandb: run {entity}/{project}/{run_id} has {server} {what} lines but the ledger "
+                        f"says {ours} were acknowledged; re-run with incremental = false to rewrite it",
+                        adapter="wandb", run=run.ref.id)
+            # the split of points between history and system stream must not change mid-run
+            # (checkpoints from before the split existed hold no prefix: everything was history)
+            before, now = state.get("system_metrics_prefix", ""), self.config.system_metrics_prefix
+            if points and before != now and _split_differs(run, before, now):
                 raise FatalError(
-                    f"wandb: run {entity}/{project}/{run_id} has {server_lines} history lines but the ledger "
-                    f"says {lines} were acknowledged; re-run with incremental = false to rewrite it",
-                    adapter="wandb", run=run.ref.id)
+                    f"wandb: run {run.ref.id} was started with system_metrics_prefix = "
+                    f"{state.get('system_metrics_prefix', '')!r}; resume with the same value, or re-run with "
+                    "incremental = false to rewrite it", adapter="wandb", run=run.ref.id)
         elif resume is not None and resume.history_points:
             raise FatalError(f"wandb: ledger checkpoint for {run.ref.id} belongs to another run id", adapter="wandb")
         if server_lines > lines:
             self.context.events("history_overwrite", run=run.ref.id, from_line=lines, server_lines=server_lines)
+        if server_events > events_lines:
+            self.context.events("history_overwrite", run=run.ref.id, from_line=events_lines,
+                                server_lines=server_events, stream="events")
         dest_id = f"{entity}/{project}/{run_id}"
         staging = RunStaging(staging_root(self.config.spool_dir), dest_id)
         if resume is None:
@@ -128,3 +143,12 @@ class WandbDestination:
 
     async def finalize(self) -> None:
         return None
+
+
+def _split_differs(run: RunRecord, before: str, now: str) -> bool:
+    """Whether two system-metrics prefixes route any of the run's metric keys differently (the
+    source's key list, else its summary keys)."""
+    keys = run.system.get("metric_keys")
+    if not isinstance(keys, list):
+        keys = list(run.summary)
+    return any(bool(before and str(k).startswith(before)) != bool(now and str(k).startswith(now)) for k in keys)

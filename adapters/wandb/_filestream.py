@@ -115,6 +115,7 @@ class FileStream:
         self.use_gzip = use_gzip
         self.max_failures = max_failures
         self.requests = 0
+        self._one_at_a_time = anyio.Lock()  # history and console log share the run's stream
 
     async def send(
         self,
@@ -131,6 +132,10 @@ class FileStream:
             payload["complete"] = complete
             payload["exitcode"] = exitcode
         body, headers = await anyio.to_thread.run_sync(self._encode, payload)
+        async with self._one_at_a_time:
+            return await self._post(body, headers)
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> Any:
         failures = 0
         while True:
             await self.pacer.wait_turn()

@@ -28,7 +28,7 @@ mutation UpsertBucket($id: String, $name: String, $project: String, $entity: Str
     config: $config, commit: $commit, host: $host, debug: $debug, jobProgram: $program,
     jobRepo: $repo, jobType: $jobType, state: $state, sweep: $sweep, tags: $tags,
     summaryMetrics: $summaryMetrics}) {
-    bucket { id name displayName project { id name entity { id name } } historyLineCount }
+    bucket { id name displayName project { id name entity { id name } } historyLineCount eventsLineCount }
     inserted
   }
 }"""

@@ -14,6 +14,9 @@ Rules (documented in the package docstring too):
   shortest text). Points whose own timestamp differs from their line's are counted as
   ``timestamp_merged`` (W&B keeps one timestamp per line).
 - ``_runtime`` = ``_timestamp`` - run start (never negative).
+- System-metrics lines (``wandb-events.jsonl``, an assembler with ``events=True``) follow the
+  same rules but carry ``"_wandb": true`` instead of ``_step``, as the SDK writes them: the
+  step only groups a sample's points into one line.
 - Values: shortest round-trip float text, integral floats keep a ``.0`` (so ``1.0`` and
   ``-0.0`` read back as floats), NaN / Infinity / -Infinity as the SDK writes them (extended
   JSON), non-numeric values as their JSON text.
@@ -184,8 +187,11 @@ def encode_lines(batch: pa.RecordBatch, start_time: float, stats: AssemblyStats)
     return encode_points(points_from_batch(batch, keys), keys, start_time, stats)
 
 
-def encode_points(points: Points, keys: KeyTable, start_time: float, stats: AssemblyStats) -> list[str]:
-    """Lines for points that hold *complete* steps, ordered by step (stable)."""
+def encode_points(
+    points: Points, keys: KeyTable, start_time: float, stats: AssemblyStats, *, events: bool = False
+) -> list[str]:
+    """Lines for points that hold *complete* steps, ordered by step (stable); ``events``:
+    system-metrics lines (``"_wandb": true``, no ``_step``)."""
     n = len(points)
     if n == 0:
         return []
@@ -230,9 +236,12 @@ def encode_points(points: Points, keys: KeyTable, start_time: float, stats: Asse
     joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), ",")
     line_steps = steps_o[starts]
     runtime = np.maximum(line_ts - start_time, 0.0)
+    if events:
+        lead = [pa.scalar('{"_wandb":true')]
+    else:
+        lead = [pa.scalar('{"_step":'), pc.cast(pa.array(line_steps), pa.string())]
     head = pc.binary_join_element_wise(
-        pa.scalar('{"_step":'),
-        pc.cast(pa.array(line_steps), pa.string()),
+        *lead,
         pa.scalar(',"_runtime":'),
         _float_text(pa.array(runtime)),
         pa.scalar(',"_timestamp":'),
@@ -251,6 +260,7 @@ class HistoryAssembler:
     ``single_key`` tells that the run has at most one metric key, in which case every order is
     step-major and lines stream from the first chunk. Buffered points are held compactly
     (about 28 bytes each); ``finish()`` releases them in step windows of ``window_points``.
+    ``events`` makes system-metrics lines (see ``encode_points``).
     """
 
     start_time: float
@@ -258,6 +268,7 @@ class HistoryAssembler:
     window_points: int = 200_000
     spill_points: int = 1_000_000  # held points beyond this go to a sorted run on disk
     spill_dir: str | None = None
+    events: bool = False
     stats: AssemblyStats = field(default_factory=AssemblyStats)
     order: Order = Order.UNDECIDED
     keys: KeyTable = field(default_factory=KeyTable)
@@ -326,7 +337,7 @@ class HistoryAssembler:
             if end < n:  # never split a step: extend to the end of the step at the boundary
                 end = int(np.searchsorted(sorted_steps, sorted_steps[end - 1], side="right"))
             window = points.take(order[start:end])
-            lines = encode_points(window, self.keys, self.start_time, self.stats)
+            lines = encode_points(window, self.keys, self.start_time, self.stats, events=self.events)
             first, last = int(sorted_steps[start]), int(sorted_steps[end - 1])
             self._note_emitted(last)
             yield LineBlock(lines, total if end == n else 0, (first, last))
@@ -345,7 +356,7 @@ class HistoryAssembler:
         emitted = 0
         for window in merge_windows(runs, self.window_points):
             emitted += len(window)
-            lines = encode_points(window, self.keys, self.start_time, self.stats)
+            lines = encode_points(window, self.keys, self.start_time, self.stats, events=self.events)
             first, last = int(window.step[0]), int(window.step[-1])
             self._note_emitted(last)
             yield LineBlock(lines, total if emitted == total else 0, (first, last))
@@ -375,7 +386,7 @@ class HistoryAssembler:
         rest = points.tail(cut)
         self._pending = [rest] if len(rest) else []
         self._pending_points -= cut
-        lines = encode_points(done, self.keys, self.start_time, self.stats)
+        lines = encode_points(done, self.keys, self.start_time, self.stats, events=self.events)
         first, last = int(done.step[0]), int(done.step[-1])
         self._note_emitted(last)
         return [LineBlock(lines, cut, (first, last))]

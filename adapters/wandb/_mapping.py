@@ -118,10 +118,13 @@ def dumps_extended(value: Any) -> str:
     return json.dumps(value, allow_nan=True, separators=(",", ":"), default=str)
 
 
-def summary_for(record: RunRecord, last_line: dict[str, Any] | None) -> dict[str, Any]:
+def summary_for(record: RunRecord, last_line: dict[str, Any] | None, *, system_prefix: str = "") -> dict[str, Any]:
     """The summary line: the source's summary (latest values), plus ``_step``/``_runtime``/
-    ``_timestamp`` of the last history line and ``_wandb.runtime`` like the SDK."""
-    summary: dict[str, Any] = dict(record.summary)
+    ``_timestamp`` of the last history line and ``_wandb.runtime`` like the SDK. Keys under
+    ``system_prefix`` are system metrics: they live in the system stream, not the summary."""
+    summary: dict[str, Any] = {
+        k: v for k, v in record.summary.items() if not (system_prefix and k.startswith(system_prefix))
+    }
     if last_line:
         for key in ("_step", "_runtime", "_timestamp"):
             if key in last_line:

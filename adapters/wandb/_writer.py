@@ -1,10 +1,14 @@
-"""One W&B run being written: history lines at explicit offsets, files, artifacts, finish.
+"""One W&B run being written: history and system-metrics lines at explicit offsets, the
+console log, files, artifacts, finish.
 
 Durability: ``checkpoint()`` reports the source points whose lines the server acknowledged,
-with the next history offset in ``state["lines"]``. After a crash the engine reopens the run at
-that checkpoint, the writer continues at that offset, and since lines are a pure function of
-the points of their steps, whatever was written past the checkpoint is overwritten with the
-same lines: every line exists exactly once.
+with the next history offset in ``state["lines"]`` and the next system-metrics offset in
+``state["events_lines"]`` (``_streams`` explains how one source cursor covers both streams).
+After a crash the engine reopens the run at that checkpoint, the writer continues at those
+offsets, and since lines are a pure function of the points of their steps, whatever was written
+past the checkpoint is overwritten with the same lines: every line exists exactly once. The
+console log is one file to the engine: it is streamed from line 0 each time it is written
+(same lines at the same offsets) and counted by the ledger once the run file is uploaded.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import anyio
 
 from adapters.base import Checkpoint
 from adapters.http import HttpClient
-from engine.model import ArtifactRef, FileRef, HistoryChunk, RunRecord
+from engine.errors import FatalError
+from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, RunRecord
 
 from . import _gql
 from ._artifacts import (
@@ -28,11 +33,13 @@ from ._artifacts import (
     parse_headers,
 )
 from ._config import WandbDestinationConfig
-from ._filestream import HISTORY, SUMMARY, FileStream
+from ._console import CONSOLE_FILE, LineBatcher, LineSplitter, line_cap
+from ._filestream import EVENTS, HISTORY, OUTPUT, SUMMARY, FileStream
 from ._lines import AssemblyStats, HistoryAssembler, LineBlock, iter_request_slices
 from ._mapping import dumps_extended, exit_for, summary_for
-from ._spool import spool
+from ._spool import Spooled, spool
 from ._staging import RunStaging
+from ._streams import Position, StreamSplit
 
 
 def content_budget(max_request_bytes: int) -> int:
@@ -69,16 +76,30 @@ class WandbRunWriter:
         self.entity, self.project, self.run_id = entity, project, run_id
         self.dest_id = f"{entity}/{project}/{run_id}"
         self._record = record
-        self._points = start_points
         self._lines = start_lines
+        self._events_lines = int(state.get("events_lines") or 0)
         self._t0: float | None = state.get("t0", record.start_time)
         self._last: dict[str, Any] | None = state.get("last")
+        prefix = self.config.system_metrics_prefix
+        # checkpoints written before system metrics were routed hold history points only
+        h_at, e_at = int(state.get("h_at", start_points)), int(state.get("e_at", 0))
+        if h_at + e_at != start_points:
+            raise FatalError(f"wandb: inconsistent ledger checkpoint for {record.ref.id}: {h_at} + {e_at} != "
+                             f"{start_points}; re-run with incremental = false", adapter="wandb", run=record.ref.id)
+        self._split = StreamSplit(prefix, resume=Position(start_points, h_at, e_at),
+                                  h_points=int(state.get("h_points", h_at)), e_points=int(state.get("e_points", e_at)))
         metric_keys = record.system.get("metric_keys")
         if not isinstance(metric_keys, list):
             metric_keys = [k for k, v in record.summary.items() if isinstance(v, (int, float))]
+        system_keys = sum(1 for k in metric_keys if prefix and str(k).startswith(prefix))
+        spill_dir = self.config.spool_dir or None
         self._assembler = HistoryAssembler(
-            start_time=self._t0 or 0.0, single_key=len(metric_keys) == 1, spill_dir=self.config.spool_dir or None
+            start_time=self._t0 or 0.0, single_key=len(metric_keys) - system_keys == 1, spill_dir=spill_dir
         )
+        self._events = HistoryAssembler(
+            start_time=self._t0 or 0.0, single_key=system_keys == 1, spill_dir=spill_dir, events=True
+        )
+        self._console_lines: int | None = None
         self._reported = AssemblyStats()
         self._durable = self._make_checkpoint()
         self._artifacts: dict[str, PendingArtifact] = {}
@@ -94,38 +115,69 @@ class WandbRunWriter:
             import pyarrow.compute as pc
 
             self._t0 = float(pc.min(chunk.batch.column("timestamp")).as_py())
-            self._assembler.start_time = self._t0
-        blocks = await anyio.to_thread.run_sync(self._assembler.add, chunk.batch)
+            self._assembler.start_time = self._events.start_time = self._t0
+        blocks, event_blocks = await anyio.to_thread.run_sync(self._assemble, chunk)
         for block in blocks:
             await self._send_block(block)
+        for block in event_blocks:
+            await self._send_events_block(block)
+        self._catch_up()
+
+    def _assemble(self, chunk: HistoryChunk) -> tuple[list[LineBlock], list[LineBlock]]:
+        history, events = self._split.split(chunk.batch)
+        blocks = self._assembler.add(history)
+        return blocks, (self._events.add(events) if events is not None else [])
 
     async def flush_history(self) -> None:
         # buffered (key-major) history is encoded window by window, never all lines at once
         blocks = self._assembler.finish()
         while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
             await self._send_block(block)
+        blocks = self._events.finish()
+        while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
+            await self._send_events_block(block)
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """After a resume the source yields again points a stream already holds (dropped by the
+        split): they are durable without any new line, so the cursor moves over them."""
+        if self._split.acknowledged().points != self._durable.history_points:
+            self._durable = self._make_checkpoint()
 
     def checkpoint(self) -> Checkpoint:
         return self._durable
 
-    async def _send_block(self, block: LineBlock) -> None:
+    async def _send_lines(self, name: str, offset: int, lines: list[str]) -> int:
+        """Send ``lines`` of file_stream file ``name`` from ``offset``; the next offset."""
         limit = content_budget(self.config.max_request_bytes)
-        for start, end in iter_request_slices(block.lines, limit):
-            await self.stream.send({HISTORY: (self._lines, block.lines[start:end])})
-            self._lines += end - start
-        self._points += block.points
+        for start, end in iter_request_slices(lines, limit):
+            await self.stream.send({name: (offset, lines[start:end])})
+            offset += end - start
+        return offset
+
+    async def _send_block(self, block: LineBlock) -> None:
+        self._lines = await self._send_lines(HISTORY, self._lines, block.lines)
+        self._split.acknowledged(history=block.points)
         if block.lines:
             last = json.loads(block.lines[-1])
             self._last = {k: last[k] for k in ("_step", "_runtime", "_timestamp") if k in last}
         self._durable = self._make_checkpoint()
         self._report_stats()
 
+    async def _send_events_block(self, block: LineBlock) -> None:
+        self._events_lines = await self._send_lines(EVENTS, self._events_lines, block.lines)
+        self._split.acknowledged(events=block.points)
+        self._durable = self._make_checkpoint()
+        self._report_stats()
+
     def _make_checkpoint(self) -> Checkpoint:
-        state = {"run_id": self.run_id, "lines": self._lines, "t0": self._t0, "last": self._last}
-        return Checkpoint(history_points=self._points, state=state)
+        state = {"run_id": self.run_id, "lines": self._lines, "t0": self._t0, "last": self._last,
+                 "events_lines": self._events_lines, "system_metrics_prefix": self.config.system_metrics_prefix,
+                 **self._split.state()}
+        return Checkpoint(history_points=self._split.durable.points, state=state)
 
     def _report_stats(self) -> None:
-        now, before = self._assembler.stats, self._reported
+        now, before = self._stats(), self._reported
         run = self._record.ref.id
         if now.collisions > before.collisions:
             self.events("collision", n=now.collisions - before.collisions, run=run,
@@ -136,6 +188,13 @@ class WandbRunWriter:
             self.events("history_out_of_order", n=now.out_of_order_points - before.out_of_order_points, run=run)
         self._reported = AssemblyStats(now.collisions, now.timestamp_merged, now.out_of_order_points,
                                        now.buffered_points_peak)
+
+    def _stats(self) -> AssemblyStats:
+        """Both streams' assembly counts together."""
+        h, e = self._assembler.stats, self._events.stats
+        return AssemblyStats(h.collisions + e.collisions, h.timestamp_merged + e.timestamp_merged,
+                             h.out_of_order_points + e.out_of_order_points,
+                             max(h.buffered_points_peak, e.buffered_points_peak))
 
     # -- files ---------------------------------------------------------------------------------
     def _artifact_for(self, file: FileRef) -> tuple[ArtifactRef | None, str]:
@@ -151,6 +210,9 @@ class WandbRunWriter:
         return None, file.path
 
     async def write_file(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
+        if file.role == CONSOLE_LOG:
+            await self._write_console(file, data)
+            return
         artifact, path = self._artifact_for(file)
         if artifact is None:
             await self._upload_run_file(path, data)
@@ -171,21 +233,55 @@ class WandbRunWriter:
         if old is not None and old.path != pending.members[path].path:
             old.discard()
 
+    async def _write_console(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
+        """The console log: ``output.log`` lines from offset 0 on file_stream (the Logs tab),
+        then the same bytes as the run file ``output.log`` (see ``_console``)."""
+        if self._console_lines is not None:
+            raise FatalError(f"wandb: run {self._record.ref.id} has a second console log ({file.path}); W&B keeps "
+                             "one output.log per run", adapter="wandb", run=self._record.ref.id)
+        self._console_lines = 0
+        spooled = await spool(data, self.config.spool_dir or None)
+        try:
+            budget = content_budget(self.config.max_request_bytes)
+            splitter, batcher = LineSplitter(line_cap(budget)), LineBatcher(budget)
+            offset = 0
+            async for piece in spooled.read():
+                for line in splitter.feed(piece):
+                    if (full := batcher.add(line)) is not None:
+                        await self.stream.send({OUTPUT: (offset, full)})
+                        offset += len(full)
+            for line in splitter.finish():
+                if (full := batcher.add(line)) is not None:
+                    await self.stream.send({OUTPUT: (offset, full)})
+                    offset += len(full)
+            if (rest := batcher.rest()) is not None:
+                await self.stream.send({OUTPUT: (offset, rest)})
+                offset += len(rest)
+            self._console_lines = offset
+            if splitter.cuts:
+                self.events("console_line_cut", n=splitter.cuts, run=self._record.ref.id, max_chars=splitter.cap)
+            await self._upload_spooled(CONSOLE_FILE, spooled)
+        finally:
+            spooled.discard()
+
     async def _upload_run_file(self, path: str, data: AsyncIterator[bytes]) -> None:
         spooled = await spool(data, self.config.spool_dir or None)
         try:
-            answer = await _gql.call(self.api, _gql.CREATE_RUN_FILES, {
-                "entity": self.entity, "project": self.project, "run": self.run_id, "files": [path]},
-                name="CreateRunFiles")
-            created = answer["createRunFiles"]
-            url = next(f["uploadUrl"] for f in created["files"] if f["name"] == path)
-            headers = parse_headers(created.get("uploadHeaders"))
-            await self.storage.upload("PUT", url, lambda: spooled.read(), headers=headers, size=spooled.size)
-            await _gql.call(self.api, _gql.MARK_RUN_FILES_UPLOADED, {
-                "entity": self.entity, "project": self.project, "run": self.run_id, "files": [path]},
-                name="MarkRunFilesUploaded")
+            await self._upload_spooled(path, spooled)
         finally:
             spooled.discard()
+
+    async def _upload_spooled(self, path: str, spooled: Spooled) -> None:
+        answer = await _gql.call(self.api, _gql.CREATE_RUN_FILES, {
+            "entity": self.entity, "project": self.project, "run": self.run_id, "files": [path]},
+            name="CreateRunFiles")
+        created = answer["createRunFiles"]
+        url = next(f["uploadUrl"] for f in created["files"] if f["name"] == path)
+        headers = parse_headers(created.get("uploadHeaders"))
+        await self.storage.upload("PUT", url, lambda: spooled.read(), headers=headers, size=spooled.size)
+        await _gql.call(self.api, _gql.MARK_RUN_FILES_UPLOADED, {
+            "entity": self.entity, "project": self.project, "run": self.run_id, "files": [path]},
+            name="MarkRunFilesUploaded")
 
     # -- finish ----------------------------------------------------------------------------------
     async def finish(self, run: RunRecord) -> None:
@@ -198,7 +294,7 @@ class WandbRunWriter:
                 await uploader.commit(target, pending)
         self.staging.clear()
         self._artifacts.clear()
-        summary = summary_for(run, self._last)
+        summary = summary_for(run, self._last, system_prefix=self.config.system_metrics_prefix)
         complete, exitcode, final_state = exit_for(run.state)
         await self.stream.send(
             {SUMMARY: (0, [dumps_extended(summary)])},
@@ -209,8 +305,9 @@ class WandbRunWriter:
             await _gql.call(self.api, _gql.UPSERT_BUCKET, {
                 "name": self.run_id, "entity": self.entity, "project": self.project, "state": final_state},
                 name="UpsertBucket")
-        stats = self._assembler.stats
+        stats = self._stats()
         self.events("wandb_run_finished", run=run.ref.id, dest=self.dest_id, lines=self._lines,
+                    events_lines=self._events_lines, console_lines=self._console_lines,
                     collisions=stats.collisions, timestamp_merged=stats.timestamp_merged,
                     buffered_points_peak=stats.buffered_points_peak, filestream_requests=self.stream.requests,
                     throttles=self.stream.pacer.throttles)
