@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -166,7 +167,10 @@ def _decode_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _BadBody(f"invalid JSON body ({len(body)} bytes): {exc}") from exc
+        try:  # Python servers (Flask's jsonify) write NaN and infinities as bare literals
+            return json.loads(body)
+        except ValueError:
+            raise _BadBody(f"invalid JSON body ({len(body)} bytes): {exc}") from exc
 
 
 # Failures of the exchange itself (not HTTP answers): resets, refused connections, timeouts,

@@ -19,6 +19,7 @@ import orjson
 
 from adapters.base import AdapterContext
 from adapters.http import Classification, HttpClient, classify_default
+from adapters.mlflow._bulk import BULK_PATH
 from adapters.mlflow._config import Connection
 
 API = "/api/2.0/mlflow/"
@@ -172,6 +173,12 @@ class MlflowRest:
             params["page_token"] = token
         page = await self.get("metrics/get-history", params)
         return page.get("metrics", []), page.get("next_page_token") or None
+
+    async def history_bulk(self, key: str, run_ids: list[str], max_points: int) -> list[dict[str, Any]]:
+        """Every point of ``key`` for these runs, cut at ``max_points`` (see ``_bulk``)."""
+        params = [("metric_key", key), ("max_results", max_points), *(("run_id", run_id) for run_id in run_ids)]
+        page = await self.http.request_json("GET", BULK_PATH, params=params) or {}
+        return page.get("metrics", [])
 
     async def list_artifacts(self, run_id: str, path: str) -> list[dict[str, Any]]:
         """One directory level (OSS never pages it; follow a token anyway, Databricks does)."""

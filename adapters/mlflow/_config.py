@@ -40,6 +40,10 @@ class MlflowSourceConfig:
     - ``page_size``: runs per ``runs/search`` page (default 1000, at most 50,000).
     - ``history_page_size``: points per ``metrics/get-history`` page (default 25,000, the
       Databricks cap). Servers older than 3.1.1 ignore paging and send the whole history.
+    - ``bulk_history``: read a key's history of several runs in one request through the
+      server's ``get-history-bulk`` endpoint (every point, not sampled; runs with 10,000 or
+      more points of a key, and servers without the endpoint, use ``metrics/get-history``)
+      (default true).
     - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
       still yielded in order (keys sorted, the server's order within a key).
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
@@ -59,6 +63,7 @@ class MlflowSourceConfig:
     token_env: str = ""
     page_size: int = 1000
     history_page_size: int = 25_000
+    bulk_history: bool = True
     key_concurrency: int = 4
     timeout: float = 120.0
     artifacts_direct_s3: bool = False

@@ -2,8 +2,9 @@
 
 Runs come from ``runs/search`` (all pages, one stable order); each search result already holds
 params, tags, latest metrics and dataset inputs, so ``get_run`` costs no request. History is
-``metrics/get-history`` per key (never the sampled bulk-interval endpoint), keys sorted and the
-server's order within a key, so the same run always yields the same point sequence and resume
+read per key, keys sorted and the server's order within a key: through ``get-history-bulk``
+for runs read at the same time (``_bulk``), or ``metrics/get-history`` page by page for long
+histories and servers without it (never the sampled bulk-interval endpoint), so the same run always yields the same point sequence and resume
 cursors (point counts) stay valid. Several keys are fetched ahead while earlier ones are
 yielded: one page ahead for each of the next ``key_concurrency`` keys.
 """
@@ -21,6 +22,7 @@ import anyio
 import orjson
 
 from adapters.base import AdapterContext
+from adapters.mlflow._bulk import BulkHistory
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from adapters.s3 import S3Config, S3Store, S3Url
@@ -63,6 +65,7 @@ class MlflowSource:
         self._s3: S3Store | None = None
         self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: list[dict[str, Any]] = []
+        self._bulk: BulkHistory | None = None
 
     def describe(self) -> str:
         return f"mlflow:{self.config.tracking_uri.rstrip('/')}"
@@ -87,6 +90,7 @@ class MlflowSource:
                     S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3")
                 )
             self._rest = rest
+            self._bulk = BulkHistory(rest.history_bulk) if c.bulk_history else None
             self._resources = stack.pop_all()
         return self
 
@@ -213,7 +217,7 @@ class MlflowSource:
                 async with anyio.create_task_group() as tg:
                     for ahead in window:
                         if not ahead.pages and not ahead.done:
-                            tg.start_soon(ahead.fetch, self.rest, run.ref.id, self.config.history_page_size)
+                            tg.start_soon(ahead.fetch, self.rest, self._bulk, run.ref.id, self.config.history_page_size)
             while fetcher.pages:
                 page = fetcher.pages.pop(0)
                 if position + len(page) <= start:
@@ -287,10 +291,18 @@ class _KeyFetcher:
     def __init__(self, key: str) -> None:
         self.key = key
         self.pages: list[list[dict[str, Any]]] = []
+        self.started = False
         self.token: str | None = None
         self.done = False
 
-    async def fetch(self, rest: MlflowRest, run_id: str, page_size: int) -> None:
+    async def fetch(self, rest: MlflowRest, bulk: BulkHistory | None, run_id: str, page_size: int) -> None:
+        if bulk is not None and not self.started:
+            whole = await bulk.history(run_id, self.key)
+            if whole is not None:
+                self.pages.append(whole)
+                self.done = True
+                return
+        self.started = True
         page, self.token = await rest.history_page(run_id, self.key, page_size=page_size, token=self.token)
         self.pages.append(page)
         self.done = self.token is None

@@ -62,6 +62,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--params", type=int, default=10)
     p.add_argument("--artifact-bytes", type=int, default=0, help="one artifact of this size per run (0 = none)")
     p.add_argument("--runs-concurrency", type=int, default=16)
+    p.add_argument("--server-workers", type=int, default=1,
+                   help="worker processes of each mlflow server (mlflow server's own default is 4)")
     p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
     p.add_argument("--workdir", help="keep servers' data and outputs here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
@@ -88,7 +90,8 @@ def main(argv: list[str]) -> int:
 
 def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
     peer_bin = None if a.skip_peer else _peer_venv()
-    source, destination = server_class(workdir / "source"), server_class(workdir / "destination")
+    source = server_class(workdir / "source", workers=a.server_workers)
+    destination = server_class(workdir / "destination", workers=a.server_workers)
     _start_both(source, destination)
     try:
         print(f"servers: source {source.url}, destination {destination.url}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import AsyncIterator
 
@@ -348,3 +349,19 @@ async def test_upload_closes_each_attempts_body_stream(scripted_server: Scripted
         headers = await http.upload("PUT", "/upload", body, size=6)
     assert headers["X-Received"] == "6"
     assert closed == [0, 1]
+
+
+async def test_bare_nan_and_infinity_literals_are_read_exactly(
+    scripted_server: ScriptedServer, context: AdapterContext
+) -> None:
+    """Flask's jsonify writes NaN/Infinity bare (not JSON): read them, keep -0.0, and still
+    treat a body cut short as a retryable failure."""
+    path = unique()
+    body = b'{"v": [NaN, Infinity, -Infinity, -0.0, 0.1]}'
+    scripted_server.script(path, reply(200, body[:20]), reply(200, body))
+    async with client(scripted_server, context) as http:
+        result = await http.request_json("GET", path)
+    values = result["v"]
+    assert math.isnan(values[0]) and values[1:3] == [math.inf, -math.inf]
+    assert math.copysign(1.0, values[3]) == -1.0 and values[4] == 0.1
+    assert scripted_server.count(path) == 2

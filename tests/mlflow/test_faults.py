@@ -75,21 +75,23 @@ async def read_history(source: MlflowSource, run_id: str) -> pa.Table:
         return pa.Table.from_batches([c.batch async for c in chunks])
 
 
-async def test_source_rides_out_faults(source_server: MlflowServer, seeded: Seeded, proxies: Any) -> None:
+@pytest.mark.parametrize("bulk", [True, False], ids=["get-history-bulk", "get-history-paged"])
+async def test_source_rides_out_faults(source_server: MlflowServer, seeded: Seeded, proxies: Any, bulk: bool) -> None:
     proxy, _ = proxies
     direct_cfg = source_config(source_server.url, experiments=[seeded.edge_name], history_page_size=400)
     async with MlflowSource(direct_cfg, context()) as direct:
         expected = await read_history(direct, seeded.runs["edge"])
     proxy.fail("experiments/search", THROTTLE, RESET)
     proxy.fail("runs/search", OVERLOADED, BAD_JSON)
-    proxy.fail("metrics/get-history", TRUNCATE, THROTTLE, BROKEN, RESET, BAD_JSON)
+    proxy.fail("metrics/get-history", TRUNCATE, THROTTLE, BROKEN, RESET, BAD_JSON)  # either endpoint
     events = Events()
-    cfg = source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=400)
+    cfg = source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=400, bulk_history=bulk)
     async with MlflowSource(cfg, context(700, events, limiters=quick_recovery())) as source:
         got = await read_history(source, seeded.runs["edge"])
     assert proxy.pending() == 0
     assert_history_equal(got, expected)
     assert got.num_rows == 2500 + 300 + len(EDGE_POINTS)
+    assert (proxy.count("get-history-bulk") > 0) is bulk
     throttles = sorted((e["status"], e["retry_after"] or 0.0) for e in events.named("throttle"))
     assert throttles == [(429, 0.05), (429, 0.05), (503, 0.0)]
     errors = [e["error"] for e in events.named("retry")]
@@ -106,7 +108,8 @@ async def test_server_that_ignores_paging(source_server: MlflowServer, seeded: S
         expected = await read_history(direct, seeded.runs["edge"])
     assert expected.num_rows == 2500 + 300 + len(EDGE_POINTS)
     proxy.ignore_paging = True
-    async with MlflowSource(source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=100), context()) as source:
+    paged = source_config(proxy.url, experiments=[seeded.edge_name], history_page_size=100, bulk_history=False)
+    async with MlflowSource(paged, context()) as source:
         got = await read_history(source, seeded.runs["edge"])
     assert_history_equal(got, expected)
     assert proxy.count("metrics/get-history") == 3  # one answer per key, no page loop

@@ -78,8 +78,11 @@ async def test_record_mapping(source_server: MlflowServer, seeded: Seeded) -> No
     assert deleted.system["lifecycle_stage"] == "deleted"
 
 
-async def test_history_order_values_and_resume_offsets(source_server: MlflowServer, seeded: Seeded) -> None:
-    cfg = source_config(source_server.url, experiments=[seeded.edge_name], history_page_size=333, key_concurrency=2)
+@pytest.mark.parametrize("bulk", [True, False], ids=["get-history-bulk", "get-history-paged"])
+async def test_history_order_values_and_resume_offsets(source_server: MlflowServer, seeded: Seeded, bulk: bool) -> None:
+    cfg = source_config(
+        source_server.url, experiments=[seeded.edge_name], history_page_size=333, key_concurrency=2, bulk_history=bulk
+    )
     async with MlflowSource(cfg, context(chunk_points=700)) as source:
         ref = next(r for r in await all_refs(source) if r.id == seeded.runs["edge"])
         record = await source.get_run(ref)

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,14 +39,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_TEMPLATE_LOCK = threading.Lock()
+
+
 def template_database() -> Path:
-    """An empty, fully migrated MLflow SQLite database (built once per MLflow version)."""
+    """An empty, fully migrated MLflow SQLite database (built once per MLflow version; servers
+    started from several threads at once wait for one build)."""
+    with _TEMPLATE_LOCK:
+        return _build_template()
+
+
+def _build_template() -> Path:
     cache = Path(os.environ.get("RUNFERRY_CACHE", Path(tempfile.gettempdir()) / "runferry-cache"))
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"mlflow-{mlflow.__version__}-empty.db"
     if path.exists():
         return path
-    building = cache / f"mlflow-{mlflow.__version__}-{os.getpid()}.building.db"
+    building = cache / f"mlflow-{mlflow.__version__}-{os.getpid()}-{threading.get_ident()}.building.db"
     script = (
         "import sys, tempfile\n"
         "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore\n"

@@ -1,0 +1,233 @@
+"""Reading one key of many runs per request (``get-history-bulk``): batching of concurrent
+asks, answers cut at the point cap, servers without the endpoint, failures and cancellation.
+
+The coalescer is driven by a scripted fetch first (every branch, deterministic: asks wait on
+events, never on time), then against the real server, where its answers must equal the paged
+``get-history`` reading point for point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pyarrow as pa
+import pytest
+
+from adapters.mlflow import MlflowSource
+from adapters.mlflow._bulk import BulkHistory
+from engine.errors import FatalError, NotFoundError
+from tests.adapters.contract import all_refs, assert_history_equal, read_history
+from tests.mlflow.fault_proxy import Answer, FaultProxy
+from tests.mlflow.helpers import context, source_config
+from tests.mlflow.seed import Seeded
+from tests.servers.mlflow_server import MlflowServer
+
+
+class ScriptedServer:
+    """``fetch`` over in-memory histories, answering as MLflow does: runs sorted by id, cut
+    at ``max_points``; ``errors`` are raised by the next calls; ``gate`` holds a call open."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.histories = {run: [{"run_id": run, "step": i, "value": float(i)} for i in range(n)] for run, n in counts.items()}
+        self.calls: list[list[str]] = []
+        self.errors: list[BaseException] = []
+        self.gate: anyio.Event | None = None
+        self.entered = anyio.Event()
+
+    async def fetch(self, key: str, run_ids: list[str], max_points: int) -> list[dict[str, Any]]:
+        assert run_ids == sorted(run_ids)
+        self.calls.append(run_ids)
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.errors:
+            raise self.errors.pop(0)
+        points = [p for run in run_ids for p in self.histories.get(run, [])]
+        return points[:max_points]
+
+
+async def ask_all(bulk: BulkHistory, runs: list[str], key: str = "k") -> dict[str, Any]:
+    got: dict[str, Any] = {}
+
+    async def one(run: str) -> None:
+        got[run] = await bulk.history(run, key)
+
+    async with anyio.create_task_group() as tg:
+        for run in runs:
+            tg.start_soon(one, run)
+    return got
+
+
+async def test_asks_made_together_share_one_request() -> None:
+    server = ScriptedServer({"a": 3, "b": 0, "c": 2})
+    bulk = BulkHistory(server.fetch)
+    got = await ask_all(bulk, ["c", "a", "b"])
+    assert server.calls == [["a", "b", "c"]]
+    assert got == {run: server.histories[run] for run in "abc"}
+
+
+async def test_asks_arriving_during_a_request_go_in_the_next_one() -> None:
+    server = ScriptedServer({"a": 1, "b": 1, "c": 1})
+    server.gate = anyio.Event()
+    bulk = BulkHistory(server.fetch)
+    got: dict[str, Any] = {}
+
+    async def one(run: str) -> None:
+        got[run] = await bulk.history(run, "k")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "a")
+        await server.entered.wait()
+        tg.start_soon(one, "b")
+        tg.start_soon(one, "c")
+        await anyio.wait_all_tasks_blocked()
+        server.gate.set()
+    assert server.calls == [["a"], ["b", "c"]]
+    assert got == server.histories
+
+
+async def test_cut_answers_are_completed_and_a_run_that_fills_one_alone_is_paged() -> None:
+    server = ScriptedServer({"a": 3, "b": 4, "c": 2, "d": 9, "e": 1})
+    bulk = BulkHistory(server.fetch, max_points=5)
+    got = await ask_all(bulk, ["a", "b", "c", "d", "e"])
+    # a+b cut in b -> a done; b+c cut in c -> b done; c+d cut in d -> c done; d alone fills it
+    assert server.calls == [["a", "b", "c", "d", "e"], ["b", "c", "d", "e"], ["c", "d", "e"], ["d", "e"], ["e"]]
+    assert got == {**{run: server.histories[run] for run in "abce"}, "d": None}
+    assert bulk.requests == 5
+
+
+async def test_exactly_max_points_counts_as_cut() -> None:
+    server = ScriptedServer({"a": 5})
+    bulk = BulkHistory(server.fetch, max_points=5)
+    assert await bulk.history("a", "k") is None  # 5 of 5: maybe more, so page it
+
+
+async def test_batches_are_capped_by_max_runs() -> None:
+    runs = [f"r{i}" for i in range(7)]
+    server = ScriptedServer({run: 1 for run in runs})
+    bulk = BulkHistory(server.fetch, max_runs=3)
+    got = await ask_all(bulk, runs)
+    assert [len(call) for call in server.calls] == [3, 3, 1]
+    assert got == server.histories
+
+
+async def test_a_server_without_the_endpoint_switches_bulk_off() -> None:
+    server = ScriptedServer({"a": 1, "b": 1})
+    server.errors = [NotFoundError("404")]
+    bulk = BulkHistory(server.fetch)
+    assert await ask_all(bulk, ["a", "b"]) == {"a": None, "b": None}
+    assert await bulk.history("c", "k") is None
+    assert not bulk.enabled and len(server.calls) == 1
+
+
+async def test_too_many_run_ids_shrinks_the_batch() -> None:
+    server = ScriptedServer({"a": 1, "b": 2, "c": 3, "d": 4})
+    server.errors = [FatalError("400: INVALID_PARAMETER_VALUE: cannot specify more than 2 run_ids")]
+    bulk = BulkHistory(server.fetch)
+    got = await ask_all(bulk, ["a", "b", "c", "d"])
+    assert server.calls == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
+    assert got == server.histories and bulk.max_runs == 2
+
+
+async def test_a_final_error_reaches_the_leader_and_the_others_carry_on() -> None:
+    server = ScriptedServer({"a": 1, "b": 2})
+    server.errors = [FatalError("500: boom")]
+    bulk = BulkHistory(server.fetch)
+    got: dict[str, Any] = {}
+
+    async def one(run: str) -> None:
+        try:
+            got[run] = await bulk.history(run, "k")
+        except FatalError as exc:
+            got[run] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "a")
+        tg.start_soon(one, "b")
+    assert isinstance(got["a"], FatalError)
+    assert got["b"] == server.histories["b"]
+    assert server.calls == [["a", "b"], ["b"]]
+
+
+async def test_a_cancelled_leader_hands_its_batch_on() -> None:
+    server = ScriptedServer({"a": 1, "b": 2, "c": 3})
+    server.gate = anyio.Event()
+    bulk = BulkHistory(server.fetch)
+    got: dict[str, Any] = {}
+
+    async def one(run: str) -> None:
+        got[run] = await bulk.history(run, "k")
+
+    leader_scope = anyio.CancelScope()
+
+    async def leader() -> None:
+        with leader_scope:
+            await one("a")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(leader)
+        await server.entered.wait()  # "a" is being fetched, alone
+        tg.start_soon(one, "b")
+        tg.start_soon(one, "c")
+        await anyio.wait_all_tasks_blocked()
+        leader_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        server.gate.set()
+    assert "a" not in got
+    assert got == {"b": server.histories["b"], "c": server.histories["c"]}
+    assert server.calls == [["a"], ["b", "c"]]
+
+
+# -- against the real server ----------------------------------------------------------------
+async def read_all_at_once(source: MlflowSource) -> dict[str, pa.Table]:
+    records = [await source.get_run(ref) for ref in await all_refs(source)]
+    tables: dict[str, pa.Table] = {}
+
+    async def one(record: Any) -> None:
+        tables[record.ref.id], _ = await read_history(source, record)
+
+    async with anyio.create_task_group() as tg:
+        for record in records:
+            tg.start_soon(one, record)
+    return tables
+
+
+@pytest.mark.parametrize("max_points", [10_000, 12, 3])
+async def test_bulk_reading_equals_paged_reading(source_server: MlflowServer, seeded: Seeded, max_points: int) -> None:
+    paged_cfg = source_config(source_server.url, experiments=[seeded.many_name], bulk_history=False)
+    async with MlflowSource(paged_cfg, context()) as source:
+        expected = await read_all_at_once(source)
+    bulk_cfg = source_config(source_server.url, experiments=[seeded.many_name])
+    async with MlflowSource(bulk_cfg, context()) as source:
+        assert source._bulk is not None
+        source._bulk.max_points = max_points  # runs hold 5 points: 3 pages every run, 12 cuts batches
+        got = await read_all_at_once(source)
+        requests = source._bulk.requests
+    assert sorted(got) == sorted(expected) == sorted(seeded.many_runs)
+    for run_id, table in expected.items():
+        assert table.num_rows == 5
+        assert_history_equal(got[run_id], table)
+    if max_points == 10_000:
+        assert requests < len(seeded.many_runs) // 2  # runs read together share requests
+    if max_points == 3:
+        assert requests == len(seeded.many_runs)  # one per run, each cut at once: all paged
+
+
+async def test_server_without_bulk_endpoint_is_read_page_by_page(
+    source_server: MlflowServer, seeded: Seeded
+) -> None:
+    proxy = FaultProxy(source_server.url).start()
+    try:
+        proxy.fail("get-history-bulk", Answer(404, b'{"error_code": "ENDPOINT_NOT_FOUND"}'))
+        async with MlflowSource(source_config(proxy.url, experiments=[seeded.many_name]), context()) as source:
+            got = await read_all_at_once(source)
+            assert source._bulk is not None and not source._bulk.enabled
+        assert proxy.count("get-history-bulk") == 1
+        assert proxy.count("metrics/get-history") - 1 == len(seeded.many_runs)
+    finally:
+        proxy.stop()
+    async with MlflowSource(source_config(source_server.url, experiments=[seeded.many_name], bulk_history=False), context()) as direct:
+        expected = await read_all_at_once(direct)
+    for run_id, table in expected.items():
+        assert_history_equal(got[run_id], table)
