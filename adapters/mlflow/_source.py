@@ -4,9 +4,10 @@ Runs come from ``runs/search`` (all pages, one stable order); each search result
 params, tags, latest metrics and dataset inputs, so ``get_run`` costs no request. History is
 read per key, keys sorted and the server's order within a key: through ``get-history-bulk``
 for runs read at the same time (``_bulk``), or ``metrics/get-history`` page by page for long
-histories and servers without it (never the sampled bulk-interval endpoint), so the same run always yields the same point sequence and resume
-cursors (point counts) stay valid. Several keys are fetched ahead while earlier ones are
-yielded: one page ahead for each of the next ``key_concurrency`` keys.
+histories and servers without it (never the sampled bulk-interval endpoint). Which of the two
+a run's key takes depends on its data only, so the same run always yields the same point
+sequence and resume cursors (point counts) stay valid. Several keys are fetched ahead while
+earlier ones are yielded: one page ahead for each of the next ``key_concurrency`` keys.
 """
 
 from __future__ import annotations
