@@ -72,7 +72,7 @@ class Uploads(RequestCore):
 
         async def attempt() -> Any:
             response = await self.client.put_object(
-                Bucket=target.bucket, Key=target.key, Body=body,
+                Bucket=target.bucket, Key=target.key, Body=body_of(body),
                 ContentMD5=base64.b64encode(digest).decode(), **extra,
             )
             self._check_etag(response.get("ETag"), digest, f"PutObject {target}")
@@ -149,7 +149,7 @@ class Uploads(RequestCore):
         async def attempt() -> Any:
             response = await self.client.upload_part(
                 Bucket=target.bucket, Key=target.key, UploadId=upload_id, PartNumber=number,
-                Body=body, ContentMD5=base64.b64encode(digest).decode(),
+                Body=body_of(body), ContentMD5=base64.b64encode(digest).decode(),
             )
             self._check_etag(response.get("ETag"), digest, f"UploadPart {number} of {target}")
             return response
@@ -168,6 +168,43 @@ class Uploads(RequestCore):
             pass  # already gone
         except Exception as exc:  # noqa: BLE001 - we are already failing; keep the first error
             self.context.events("abort_failed", url=str(target), upload_id=upload_id, error=str(exc))
+
+
+class SlicedBody:
+    """A request body handed to aiohttp as 256 KiB views of the buffer, never copied whole.
+
+    Given one big ``bytes``, aiohttp on Python < 3.12.9 joins it with the headers (a copy),
+    then asyncio's transport slices and buffers what the socket did not take (two more); sent
+    slice by slice, with aiohttp draining between them, only a slice's remainder is ever
+    buffered. ``len()`` gives botocore the Content-Length (the signature does not cover the
+    body: ``payload_signing_enabled`` is off, Content-MD5 guards it); ``read()`` makes it the
+    file-like object botocore's parameter check wants. A fresh one is made for every attempt.
+    """
+
+    SLICE = 256 * 1024
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else min(len(self._data), self._position + size)
+        piece = self._data[self._position : end]
+        self._position = end
+        return piece
+
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
+        view = memoryview(self._data)
+        for start in range(0, len(view), self.SLICE):
+            yield view[start : start + self.SLICE]
+
+
+def body_of(data: bytes) -> bytes | SlicedBody:
+    """What to pass as ``Body``: small bodies as they are, large ones sliced."""
+    return SlicedBody(data) if len(data) > SlicedBody.SLICE else data
 
 
 async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:

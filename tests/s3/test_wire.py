@@ -1,0 +1,83 @@
+"""What S3Store puts on the wire for bodies: checked against a recording loopback server.
+
+The upload path leans on botocore details (no BytesIO wrapping, no payload SHA-256, a sliced
+body with a length); these tests fail loudly if a botocore/aiohttp upgrade changes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from adapters.s3 import S3Config, S3Store
+from adapters.s3._upload import SlicedBody, body_of
+
+
+def test_sliced_body_reads_and_iterates_the_same_bytes() -> None:
+    data = bytes(range(256)) * 4099  # not a multiple of the slice
+    body = SlicedBody(data)
+    assert len(body) == len(data)
+    assert body.read(10) + body.read() == data
+    assert body.read() == b""
+
+
+async def test_sliced_body_slices_are_views_in_order() -> None:
+    data = b"ab" * (SlicedBody.SLICE + 3)
+    slices = [piece async for piece in SlicedBody(data)]
+    assert all(isinstance(piece, memoryview) for piece in slices)
+    assert [len(piece) for piece in slices] == [SlicedBody.SLICE, SlicedBody.SLICE, 6]
+    assert b"".join(slices) == data
+
+
+def test_small_bodies_go_as_bytes() -> None:
+    assert body_of(b"x" * SlicedBody.SLICE) == b"x" * SlicedBody.SLICE
+    assert isinstance(body_of(b"x" * (SlicedBody.SLICE + 1)), SlicedBody)
+
+
+@pytest.fixture
+async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    seen: list[dict[str, object]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append({"headers": dict(request.headers), "body": body})
+        return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 * 1024 * 1024 + 5])
+async def test_put_sends_length_md5_and_no_payload_hash(recorder: tuple[str, list[dict[str, object]]], size: int) -> None:
+    url, seen = recorder
+    data = bytes(size % 251 for _ in range(size)) if size < 10_000 else b"\x07" * size
+
+    async def one() -> AsyncIterator[bytes]:
+        yield data
+
+    async with S3Store(S3Config(endpoint_url=url, multipart_threshold=8 * 1024 * 1024)) as s3:
+        result = await s3.put_stream("s3://bucket/k/obj", one(), size=size)
+    assert result.size == size
+    [request] = seen
+    headers = request["headers"]
+    assert isinstance(headers, dict)
+    assert request["body"] == data
+    assert headers["Content-Length"] == str(size)
+    assert "Transfer-Encoding" not in headers
+    assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    assert headers["Content-MD5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
