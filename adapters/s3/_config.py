@@ -37,6 +37,10 @@ class S3Config:
     multipart_threshold: int = 8 * MIB
     part_concurrency: int = 8
     copy_threshold: int = 64 * MIB  # server-side copies above this use parallel UploadPartCopy
+    # Objects up to this size are read with one streamed GET (as rclone's multi-thread cutoff):
+    # one request instead of size/part_size, and no per-range work on the server; larger ones
+    # with ``part_concurrency`` ranged GETs in flight.
+    ranged_get_threshold: int = 256 * MIB
     max_attempts: int = 10
     limiter_prefix_depth: int = 1  # key segments that make the throttling prefix
     connect_timeout: float = 30.0
@@ -58,6 +62,8 @@ class S3Config:
             raise ConfigError(f"s3: part_size must be between {MIN_PART} and {MAX_PART} bytes")
         if self.multipart_threshold < 0 or self.part_concurrency < 1 or self.max_attempts < 1:
             raise ConfigError("s3: multipart_threshold >= 0, part_concurrency >= 1, max_attempts >= 1")
+        if self.ranged_get_threshold < 0:
+            raise ConfigError("s3: ranged_get_threshold must be >= 0")
         if self.addressing_style not in ("path", "virtual", "auto"):
             raise ConfigError("s3: addressing_style must be path, virtual or auto")
 

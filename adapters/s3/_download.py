@@ -1,7 +1,9 @@
-"""Downloads: parallel ranged ``GET``s yielded in order, or one streamed ``GET``.
+"""Downloads: one streamed ``GET`` (resumed after a break) or parallel ranged ``GET``s, in order.
 
-Either way the bytes are checked against the object's ETag (plain MD5, or MD5-of-part-MD5s when
-the ranges can follow the object's own parts), and at most a window of pieces is in memory.
+One request per object up to ``ranged_get_threshold`` (cheapest for client and server alike),
+ranges above it. Either way the bytes are checked against the object's ETag (plain MD5, or
+MD5-of-part-MD5s when the pieces can follow the object's own parts), and at most a window of
+pieces is in memory.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 
@@ -32,17 +35,19 @@ class Downloads(Listing):
     async def get_stream(
         self, url: str | S3Url, *, part_size: int | None = None, parallelism: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The object's bytes in order, fetched as parallel ranged GETs (see module docstring).
+        """The object's bytes in order, in pieces of at most ``part_size`` (see package docstring).
 
-        ``parallelism=1`` streams one plain GET instead (pieces of at most ``part_size``; retried
-        only before the first byte, a later break raises ``TransientError``): for stores whose
-        ranged reads are expensive. Consume to the end or close it (``contextlib.aclosing``).
+        Objects up to ``ranged_get_threshold`` come through one streamed GET (resumed from the
+        first missing byte after a break), larger ones as ``parallelism`` (default
+        ``part_concurrency``) ranged GETs in flight. ``parallelism=1`` always streams (for stores
+        whose ranged reads are expensive); an explicit ``parallelism > 1`` always uses ranges.
+        Consume to the end or close it (``contextlib.aclosing``).
         """
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
         info = await self.head(target)
         ranges, verify = await self._read_plan(info, part_size or self.config.part_size)
         window = parallelism or self.config.part_concurrency
-        if window == 1:
+        if window == 1 or (parallelism is None and info.size <= self.config.ranged_get_threshold):
             async for piece in self._get_streaming(target, info, ranges, verify):
                 yield piece
             return
@@ -82,23 +87,31 @@ class Downloads(Listing):
     async def _get_streaming(
         self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str
     ) -> AsyncIterator[bytes]:
-        """One GET, streamed; verified like the ranged reads, at the same range boundaries."""
+        """One GET, streamed; verified like the ranged reads, at the same range boundaries.
+
+        A connection that breaks mid-body is resumed with a GET of the rest (``Range: bytes=N-``,
+        same ETag), under the prefix's backoff and retry budget, at most ``max_attempts`` times.
+        """
         piece_size = (ranges[0][1] + 1) if ranges else MIB
-        response = await self._call(
-            target, "GetObject",
-            lambda: self.client.get_object(Bucket=target.bucket, Key=target.key, IfMatch=f'"{info.etag}"'),
-        )
+        limiter = self.limiter_for(target)
         whole = hashlib.md5()
         part_digests: list[bytes] = []
         current = hashlib.md5()
         in_current = 0
         received = 0
-        # The request went through the limiter; reading its body holds no slot.
-        async with response["Body"] as stream:
-            try:
+        breaks, delay = 0, 0.0
+        while True:
+            response = await self._call(target, "GetObject", lambda start=received: self._get_from(target, info, start))
+            broke: BaseException | None = None
+            # The request went through the limiter; reading its body holds no slot.
+            async with response["Body"] as stream:
                 while True:
                     want = min(piece_size - in_current, 8 * MIB) if verify == "parts" else 8 * MIB
-                    piece = await stream.read(want)
+                    try:
+                        piece = await stream.read(want)
+                    except NETWORK_ERRORS as exc:
+                        broke = exc
+                        break
                     if not piece:
                         break
                     received += len(piece)
@@ -111,11 +124,18 @@ class Downloads(Listing):
                     if verify == "parts" and in_current == piece_size:
                         part_digests.append(current.digest())
                         current, in_current = hashlib.md5(), 0
-                    yield bytes(piece)
-            except NETWORK_ERRORS as exc:
-                raise TransientError(
-                    f"{self.name}: GetObject {target}: broke off after {received} bytes: {exc!r}", adapter=self.name
-                ) from exc
+                    yield piece
+            if broke is None:
+                break
+            breaks += 1
+            error = TransientError(
+                f"{self.name}: GetObject {target}: broke off after {received} bytes: {broke!r}", adapter=self.name
+            )
+            if breaks >= self.config.max_attempts or not limiter.allow_retry(throttled=False):
+                raise error from broke
+            self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=breaks)
+            delay = limiter.backoff(breaks, delay)
+            await limiter.clock.sleep(delay)
         if verify == "parts" and in_current:
             part_digests.append(current.digest())
         if received != info.size:
@@ -124,6 +144,21 @@ class Downloads(Listing):
             raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
         if verify == "parts" and multipart_etag(part_digests) != info.etag:
             raise TransientError(f"{self.name}: {target}: downloaded parts do not match ETag {info.etag}", adapter=self.name)
+
+    async def _get_from(self, target: S3Url, info: ObjectInfo, start: int) -> Any:
+        """``GetObject`` of the bytes from ``start`` on (the whole object for 0), pinned to the ETag."""
+        if start == 0:
+            return await self.client.get_object(Bucket=target.bucket, Key=target.key, IfMatch=f'"{info.etag}"')
+        response = await self.client.get_object(
+            Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-", IfMatch=f'"{info.etag}"'
+        )
+        if int(response.get("ContentLength", -1)) != info.size - start:
+            await response["Body"].aclose()
+            raise TransientError(
+                f"{self.name}: {target}: resumed GET from {start} sent {response.get('ContentLength')} bytes, "
+                f"expected {info.size - start}", adapter=self.name,
+            )
+        return response
 
     async def _read_plan(self, info: ObjectInfo, part_size: int) -> tuple[list[tuple[int, int]], str]:
         """Ranges to fetch, and how to verify them: ``whole`` MD5, per-``parts`` MD5s, or ``none``."""

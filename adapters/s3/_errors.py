@@ -13,6 +13,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
 )
@@ -37,7 +38,7 @@ AUTH_CODES = frozenset(
 )
 NETWORK_ERRORS = (
     EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
-    ResponseStreamingError, aiohttp.ClientError, TimeoutError, ConnectionError,
+    ResponseStreamingError, IncompleteReadError, aiohttp.ClientError, TimeoutError, ConnectionError,
 )
 
 

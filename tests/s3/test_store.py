@@ -21,7 +21,13 @@ from adapters.s3 import (
     plan_part_size,
     plan_ranges,
 )
-from engine.errors import ConfigError, FatalError, NotFoundError, ThrottledError
+from engine.errors import (
+    ConfigError,
+    FatalError,
+    NotFoundError,
+    ThrottledError,
+    TransientError,
+)
 from ratelimit import LimiterRegistry
 from tests.servers.s3front import S3Stack, prefix_of
 
@@ -90,6 +96,8 @@ def test_config_validation() -> None:
         S3Config(part_size=MIB)
     with pytest.raises(ConfigError):
         S3Config(addressing_style="sideways")
+    with pytest.raises(ConfigError):
+        S3Config(ranged_get_threshold=-1)
 
 
 async def test_missing_credentials_env_is_a_config_error() -> None:
@@ -103,8 +111,9 @@ async def roundtrip(store: S3Store, url: str, data: Generated) -> None:
     result = await store.put_stream(url, data.stream(), size=data.size)
     assert result.size == data.size
     assert (await store.head(url)).size == data.size
+    # streamed up to the store's ranged_get_threshold, ranged GETs above it
     assert await sha256_of(store.get_stream(url)) == (data.sha256, data.size)
-    # one streamed GET instead of ranges: same bytes, same verification
+    # one streamed GET whatever the size: same bytes, same verification
     assert await sha256_of(store.get_stream(url, parallelism=1)) == (data.sha256, data.size)
 
 
@@ -144,6 +153,39 @@ async def test_dropped_connections_are_retried(store: S3Store, bucket: str, fron
     await roundtrip(store, f"s3://{bucket}/flaky/obj", data)
     assert front.stats()[f"{bucket}/flaky"]["dropped"] > 0
     assert await store.list_open_uploads(f"s3://{bucket}/") == []
+
+
+@pytest.mark.parametrize(("size", "requests"), [(PART, 2), (2 * PART, 3), (2 * PART + 1, 5)])
+async def test_ranged_get_threshold_picks_one_get_or_ranges(store: S3Store, bucket: str, front: S3Stack, size: int, requests: int) -> None:
+    # HEAD, HEAD of part 1 (multipart objects only), then one GET, or one GET per part (3 here)
+    data = Generated(size, seed=size)
+    await store.put_stream(f"s3://{bucket}/plan/obj-{size}", data.stream(), size=size)
+    front.reset_stats()
+    assert await sha256_of(store.get_stream(f"s3://{bucket}/plan/obj-{size}")) == (data.sha256, size)
+    assert front.stats()[f"{bucket}/plan"]["accepted"] == requests
+
+
+@pytest.mark.parametrize("size", [3 * PART + 5, PART - 9])  # multipart (part MD5s) and single (whole MD5)
+async def test_streamed_get_resumes_after_a_cut(store: S3Store, bucket: str, front: S3Stack, events: Events, size: int) -> None:
+    data = Generated(size, seed=31)
+    url = f"s3://{bucket}/cut/obj-{size}"
+    await store.put_stream(url, data.stream(), size=size)
+    front.configure(cut_gets=2, cut_after=PART // 3 + 7)  # two breaks, part way into a part
+    assert await sha256_of(store.get_stream(url, parallelism=1)) == (data.sha256, size)
+    assert front.stats()[f"{bucket}/cut"]["cut"] == 2
+    assert sum(1 for n, f in zip(events.names, events.fields, strict=True) if n == "retry" and "broke off" in str(f["error"])) == 2
+
+
+async def test_streamed_get_gives_up_after_max_attempts(front: S3Stack, registry: LimiterRegistry, bucket: str, store: S3Store) -> None:
+    data = Generated(PART + 1, seed=32)
+    url = f"s3://{bucket}/cuts/obj"
+    await store.put_stream(url, data.stream(), size=data.size)
+    front.configure(cut_gets=5, cut_after=1000)
+    config = S3Config(endpoint_url=front.front_url, max_attempts=3)
+    async with S3Store(config, AdapterContext(limiters=registry)) as s3:
+        with pytest.raises(TransientError, match="broke off after 3000 bytes"):
+            await sha256_of(s3.get_stream(url))
+    assert front.stats()[f"{bucket}/cuts"]["cut"] == 3
 
 
 async def test_unknown_size_stream(store: S3Store, bucket: str) -> None:

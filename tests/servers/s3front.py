@@ -4,7 +4,7 @@ Real S3 serves a bounded request rate per partitioned key prefix (3,500 writes/s
 and answers ``503 SlowDown`` above it. This reverse proxy models that in front of moto (or any
 HTTP storage, such as the W&B test server's): a token bucket per prefix for writes
 (PUT/POST/DELETE) and one for reads (GET/HEAD), a ``503`` with S3's ``SlowDown`` XML body for
-requests over the limit, and optional added latency and dropped connections (seeded).
+requests over the limit, and optional added latency, dropped connections (seeded) and GET bodies cut off part way.
 Rejected requests do not consume tokens (S3 serves what it can).
 
 Control (JSON over HTTP, under a path no bucket can have):
@@ -73,6 +73,8 @@ class FrontSettings:
     latency: float = 0.0  # seconds added before forwarding each request
     drop_rate: float = 0.0  # probability of closing the connection instead of answering
     retry_after: float | None = None  # add a Retry-After header to SlowDown answers
+    cut_gets: int = 0  # this many forwarded GET bodies are cut off (connection closed) ...
+    cut_after: int = 0  # ... after this many body bytes (a connection lost mid-download)
     seed: int = 0
 
     def update(self, values: dict[str, Any]) -> None:
@@ -107,6 +109,7 @@ class PrefixStats:
     accepted: int = 0
     throttled: int = 0
     dropped: int = 0
+    cut: int = 0
     timeline: dict[int, list[int]] = field(default_factory=dict)  # second -> [accepted, throttled]
 
     def note(self, second: int, accepted: bool) -> None:
@@ -182,7 +185,7 @@ class S3Front:
             await asyncio.sleep(self.settings.latency)
         if self.upstream == "sink":
             return await self._sink(request)
-        return await self._forward(request)
+        return await self._forward(request, stats)
 
     async def _sink(self, request: web.Request) -> web.StreamResponse:
         digest = hashlib.md5()
@@ -201,7 +204,7 @@ class S3Front:
             headers["Retry-After"] = f"{self.settings.retry_after:g}"
         return web.Response(status=503, body=body, headers=headers)
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, stats: PrefixStats) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Host"] = request.host
@@ -219,9 +222,21 @@ class S3Front:
             if upstream.headers.get("Content-Length") is not None:
                 response.content_length = int(upstream.headers["Content-Length"])
             await response.prepare(request)
+            cut_at = None
+            if request.method == "GET" and upstream.status in (200, 206) and self.settings.cut_gets > 0:
+                self.settings.cut_gets -= 1
+                cut_at = self.settings.cut_after
             if request.method != "HEAD":
+                sent = 0
                 async for piece in upstream.content.iter_chunked(1 << 20):
+                    if cut_at is not None and sent + len(piece) > cut_at:
+                        await response.write(piece[: cut_at - sent])
+                        stats.cut += 1
+                        assert request.transport is not None
+                        request.transport.abort()
+                        raise asyncio.CancelledError  # as for a drop: the client sees a short body
                     await response.write(piece)
+                    sent += len(piece)
             await response.write_eof()
             return response
 
@@ -408,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     for f in dataclasses.fields(FrontSettings):
-        kind = int if f.name in ("prefix_depth", "seed") else float
+        kind = int if f.name in ("prefix_depth", "seed", "cut_gets", "cut_after") else float
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FrontSettings)}
