@@ -16,7 +16,7 @@ import contextlib
 import fnmatch
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
@@ -26,7 +26,7 @@ from adapters.base import AdapterContext
 from adapters.mlflow._bulk import BulkHistory
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
-from adapters.s3 import S3Config, S3Store, S3Url
+from adapters.mlflow._database import SqliteHistory
 from engine.errors import ConfigError, FatalError, NotFoundError
 from engine.model import (
     FileRef,
@@ -37,6 +37,9 @@ from engine.model import (
     RunState,
     history_batch,
 )
+
+if TYPE_CHECKING:  # botocore is heavy to import; only runs read straight from S3 need it
+    from adapters.s3 import S3Store, S3Url
 
 STATES = {
     "RUNNING": RunState.RUNNING,
@@ -67,6 +70,7 @@ class MlflowSource:
         self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: list[dict[str, Any]] = []
         self._bulk: BulkHistory | None = None
+        self._database: SqliteHistory | None = None
 
     def describe(self) -> str:
         return f"mlflow:{self.config.tracking_uri.rstrip('/')}"
@@ -87,11 +91,16 @@ class MlflowSource:
             await rest.check_access()
             self._experiments = await self._select_experiments(rest)
             if c.artifacts_direct_s3 and c.artifacts:
+                from adapters.s3 import S3Config, S3Store
+
                 self._s3 = await stack.enter_async_context(
                     S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3")
                 )
             self._rest = rest
             self._bulk = BulkHistory(rest.history_bulk) if c.bulk_history else None
+            if c.history_database:
+                self._database = SqliteHistory(c.history_database)
+                await self._database.check(self._experiments)
             self._resources = stack.pop_all()
         return self
 
@@ -206,6 +215,10 @@ class MlflowSource:
         round trip per key), and never yields from inside a task group: a consumer may stop
         early at any ``yield``.
         """
+        if self._database is not None:
+            async for chunk in self._database.history(run.ref.id, start, max(1, self.context.chunk_points)):
+                yield chunk
+            return
         keys: list[str] = list(run.system.get("metric_keys") or sorted(run.summary))
         builder = _ChunkBuilder(max(1, self.context.chunk_points), offset=start)
         fetchers = [_KeyFetcher(key) for key in keys]
@@ -241,7 +254,7 @@ class MlflowSource:
             return
         root = self._direct_root(run)
         if root is not None:
-            async for obj in self._s3.list(S3Url(root.bucket, root.key + "/")):  # type: ignore[union-attr]
+            async for obj in self._s3.list(type(root)(root.bucket, root.key + "/")):  # type: ignore[union-attr]
                 yield FileRef(path=obj.url.key[len(root.key) + 1 :], size=obj.size)
             return
         directories = [""]
@@ -262,13 +275,15 @@ class MlflowSource:
         artifact_uri = str(run.system.get("artifact_uri", ""))
         if self._s3 is None or not artifact_uri.startswith("s3://"):
             return None
+        from adapters.s3 import S3Url
+
         root = S3Url.parse(artifact_uri)
         return S3Url(root.bucket, root.key.rstrip("/"))
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
         root = self._direct_root(run)
         if root is not None:
-            async for piece in self._s3.get_stream(S3Url(root.bucket, f"{root.key}/{file.path}")):  # type: ignore[union-attr]
+            async for piece in self._s3.get_stream(type(root)(root.bucket, f"{root.key}/{file.path}")):  # type: ignore[union-attr]
                 yield piece
             return
         artifact_uri = run.system.get("artifact_uri", "")

@@ -7,16 +7,24 @@ body copies or SHA-256 payload hashes: Content-MD5 guards the bytes), so every r
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiobotocore
+import botocore
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.handlers import convert_body_to_file_like_object
 
 from adapters.s3._config import S3Config
 from engine.errors import ConfigError
+
+USER_AGENT = (
+    f"runferry aiobotocore/{aiobotocore.__version__} botocore/{botocore.__version__} "
+    f"Python/{platform.python_version()}"
+)
 
 
 @asynccontextmanager
@@ -51,6 +59,11 @@ async def open_client(config: S3Config) -> AsyncIterator[Any]:
         # stores reject; we verify with Content-MD5 and ETags instead.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        # A fixed User-Agent: botocore otherwise rebuilds and sanitises its structured one twice
+        # per request (~15% of a small request's client CPU).
+        user_agent=USER_AGENT,
+        # Our calls are fixed in code and tested; the server checks what it receives anyway.
+        parameter_validation=False,
     )
     async with session.create_client(
         "s3", region_name=config.region, endpoint_url=config.endpoint_url, config=client_config, **credentials,

@@ -81,3 +81,4 @@ async def test_put_sends_length_md5_and_no_payload_hash(recorder: tuple[str, lis
     assert "Transfer-Encoding" not in headers
     assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
     assert headers["Content-MD5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert str(headers["User-Agent"]).startswith("runferry aiobotocore/")  # fixed, built once
