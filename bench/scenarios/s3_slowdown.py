@@ -13,12 +13,13 @@ transfers are objects the client gave up on. The back end is the front's ``sink`
 limit of its own) unless ``--upstream moto``.
 
 Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and downloaded from moto's S3
-server (direct, no throttling) by runferry's ``S3Store`` (ranged parallel reads, and one streamed
-GET per file), by ``rclone copy`` with matching parallelism and by boto3's s3transfer. Reported
-as MiB/s and runferry / rclone ratios. Moto copies the whole object for every ranged GET, which
-penalises ranged readers (runferry's default, s3transfer) against rclone, which reads files under
-its 250 MiB multi-thread cutoff with one GET. All clients share the machine with moto: on a
-loaded machine the figures move a lot (the load average is recorded with them).
+server (direct, no throttling) by runferry's ``S3Store`` with its defaults (one streamed GET per
+file up to ``ranged_get_threshold``, 256 MiB, like rclone's multi-thread cutoff; and, as an extra
+row, 8 parallel ranged GETs per file), by ``rclone copy`` with matching parallelism and by boto3's
+s3transfer, taking turns for ``--repeat`` rounds (the best round of each counts). Reported as
+MiB/s and runferry / rclone ratios, with each client's CPU seconds and moto's. Moto copies the whole object for every ranged GET, which penalises ranged readers
+(s3transfer, the extra row). All clients share the machine with moto: on a loaded machine the
+figures move a lot (the load average is recorded with them).
 
 Part 3 (optional, ``--large-mib N``): one N MiB object generated on the fly, uploaded, copied
 server-side and downloaded through the front with SlowDown on, every byte checked by SHA-256.
@@ -35,6 +36,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -42,7 +44,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
@@ -69,6 +71,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--file-mib", type=int, default=128)
     parser.add_argument("--skip-bytes", action="store_true", help="skip the rclone comparison")
+    parser.add_argument("--skip-rate", action="store_true", help="skip the request-rate part (part 1)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the bytes part (best round reported)")
     parser.add_argument("--large-mib", type=int, default=0, help="also round-trip one object this big")
     parser.add_argument("--out", default="bench/out/s3_slowdown")
     return parser.parse_args(argv)
@@ -257,29 +261,59 @@ async def _file_pieces(path: Path) -> AsyncIterator[bytes]:
             yield piece
 
 
-async def runferry_bytes(url: str, src: Path, dst: Path, prefix: str, parallelism: int | None = None) -> tuple[float, float]:
+class Phase:
+    """Wall seconds, the client's CPU seconds (this process, or its finished children for
+    rclone) and moto's CPU seconds over one upload or download phase."""
+
+    def __init__(self, moto_pid: int, children: bool = False) -> None:
+        self.moto_pid, self.children = moto_pid, children
+        self.wall = self.cpu = self.moto_cpu = 0.0
+
+    def _client_cpu(self) -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN if self.children else resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def _moto_cpu(self) -> float:
+        with open(f"/proc/{self.moto_pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> Self:
+        self._start = (time.monotonic(), self._client_cpu(), self._moto_cpu())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, cpu, moto = self._start
+        self.wall = time.monotonic() - wall
+        self.cpu = self._client_cpu() - cpu
+        self.moto_cpu = self._moto_cpu() - moto
+
+
+async def runferry_bytes(url: str, moto_pid: int, src: Path, dst: Path, ranged: Path, prefix: str) -> tuple[Phase, Phase, Phase]:
+    """Upload, download with the defaults, download again as 8 ranged GETs per file."""
     files = sorted(src.iterdir())
     async with S3Store(S3Config(endpoint_url=url, part_concurrency=8)) as s3:
-        start = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            for path in files:
-                tg.start_soon(lambda p=path: s3.put_stream(f"s3://{BUCKET}/{prefix}/{p.name}", _file_pieces(p), size=p.stat().st_size))
-        upload = time.monotonic() - start
+        with Phase(moto_pid) as upload:
+            async with anyio.create_task_group() as tg:
+                for path in files:
+                    tg.start_soon(lambda p=path: s3.put_stream(f"s3://{BUCKET}/{prefix}/{p.name}", _file_pieces(p), size=p.stat().st_size))
 
-        async def fetch(path: Path) -> None:
-            async with await anyio.open_file(dst / path.name, "wb") as handle:
+        async def fetch(path: Path, into: Path, parallelism: int | None) -> None:
+            async with await anyio.open_file(into / path.name, "wb") as handle:
                 async for piece in s3.get_stream(f"s3://{BUCKET}/{prefix}/{path.name}", parallelism=parallelism):
                     await handle.write(piece)
 
-        start = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            for path in files:
-                tg.start_soon(fetch, path)
-        download = time.monotonic() - start
-    return upload, download
+        phases = []
+        for into, parallelism in ((dst, None), (ranged, 8)):
+            with Phase(moto_pid) as download:
+                async with anyio.create_task_group() as tg:
+                    for path in files:
+                        tg.start_soon(fetch, path, into, parallelism)
+            phases.append(download)
+    return upload, phases[0], phases[1]
 
 
-def rclone_bytes(url: str, src: Path, dst: Path, prefix: str, files: int) -> tuple[float, float]:
+def rclone_bytes(url: str, moto_pid: int, src: Path, dst: Path, prefix: str, files: int) -> tuple[Phase, Phase]:
     env = {
         **os.environ,
         "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
@@ -292,16 +326,14 @@ def rclone_bytes(url: str, src: Path, dst: Path, prefix: str, files: int) -> tup
     env.pop("AWS_CA_BUNDLE", None)
     common = ["--transfers", str(files), "--checkers", str(files), "--s3-upload-concurrency", "8",
               "--s3-chunk-size", "8M", "--multi-thread-streams", "8", "--no-check-dest", "-q"]
-    start = time.monotonic()
-    subprocess.run(["rclone", "copy", str(src), f"bench:{BUCKET}/{prefix}", *common], env=env, check=True)
-    upload = time.monotonic() - start
-    start = time.monotonic()
-    subprocess.run(["rclone", "copy", f"bench:{BUCKET}/{prefix}", str(dst), *common], env=env, check=True)
-    download = time.monotonic() - start
+    with Phase(moto_pid, children=True) as upload:
+        subprocess.run(["rclone", "copy", str(src), f"bench:{BUCKET}/{prefix}", *common], env=env, check=True)
+    with Phase(moto_pid, children=True) as download:
+        subprocess.run(["rclone", "copy", f"bench:{BUCKET}/{prefix}", str(dst), *common], env=env, check=True)
     return upload, download
 
 
-def boto3_bytes(url: str, src: Path, dst: Path, prefix: str) -> tuple[float, float]:
+def boto3_bytes(url: str, moto_pid: int, src: Path, dst: Path, prefix: str) -> tuple[Phase, Phase]:
     """boto3's s3transfer (threads, 8 concurrent parts per file, 8 MiB parts), files in parallel."""
     import boto3
     from boto3.s3.transfer import TransferConfig
@@ -310,14 +342,14 @@ def boto3_bytes(url: str, src: Path, dst: Path, prefix: str) -> tuple[float, flo
     config = TransferConfig(max_concurrency=8, multipart_chunksize=8 * MIB, multipart_threshold=8 * MIB)
     files = sorted(src.iterdir())
 
-    def each(action: Any) -> float:
-        start = time.monotonic()
-        threads = [threading.Thread(target=action, args=(path,)) for path in files]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return time.monotonic() - start
+    def each(action: Any) -> Phase:
+        with Phase(moto_pid) as phase:
+            threads = [threading.Thread(target=action, args=(path,)) for path in files]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        return phase
 
     upload = each(lambda p: client.upload_file(str(p), BUCKET, f"{prefix}/{p.name}", Config=config))
     download = each(lambda p: client.download_file(BUCKET, f"{prefix}/{p.name}", str(dst / p.name), Config=config))
@@ -347,25 +379,31 @@ def bytes_part(args: argparse.Namespace) -> dict[str, Any]:
             directory.mkdir()
         make_files(src, args.files, args.file_mib)
         asyncio.run(_create_bucket(stack.moto_url))
-        print(f"  runferry bytes: {total_mib} MiB up and down ...", flush=True)
-        up_ours, down_ours = asyncio.run(runferry_bytes(stack.moto_url, src, ours, "rf"))
-        streamed = root / "runferry-streamed"
-        streamed.mkdir()
-        _, down_streamed = asyncio.run(runferry_bytes(stack.moto_url, src, streamed, "rfs", parallelism=1))
-        print(f"  rclone bytes: {total_mib} MiB up and down ...", flush=True)
-        up_theirs, down_theirs = rclone_bytes(stack.moto_url, src, theirs, "rc", args.files)
-        print(f"  boto3 bytes: {total_mib} MiB up and down ...", flush=True)
-        up_boto, down_boto = boto3_bytes(stack.moto_url, src, boto, "bt")
-        return {
-            "runferry_streamed_download_mib_s": total_mib / down_streamed,
-            "runferry_streamed_identical": same_files(src, streamed),
-            "boto3_upload_mib_s": total_mib / up_boto, "boto3_download_mib_s": total_mib / down_boto,
-            "boto3_files_identical": same_files(src, boto), "load_average": os.getloadavg(),
-            "mib": total_mib,
-            "runferry_upload_mib_s": total_mib / up_ours, "runferry_download_mib_s": total_mib / down_ours,
-            "rclone_upload_mib_s": total_mib / up_theirs, "rclone_download_mib_s": total_mib / down_theirs,
-            "runferry_files_identical": same_files(src, ours), "rclone_files_identical": same_files(src, theirs),
-        }
+        moto_pid = stack.processes[0].pid
+        ranged = root / "runferry-ranged"
+        ranged.mkdir()
+        # Clients take turns, ``--repeat`` rounds; each figure is the best round's (the machine's
+        # load moves a lot between runs, a single round can catch one client in a busy spell).
+        best: dict[str, Phase] = {}
+        for round_ in range(args.repeat):
+            print(f"  round {round_ + 1}/{args.repeat}: runferry, rclone, boto3, {total_mib} MiB up and down each ...", flush=True)
+            phases = dict(zip(("runferry_upload", "runferry_download", "runferry_ranged_download"),
+                              asyncio.run(runferry_bytes(stack.moto_url, moto_pid, src, ours, ranged, f"rf{round_}")), strict=True))
+            phases.update(zip(("rclone_upload", "rclone_download"),
+                              rclone_bytes(stack.moto_url, moto_pid, src, theirs, f"rc{round_}", args.files), strict=True))
+            phases.update(zip(("boto3_upload", "boto3_download"),
+                              boto3_bytes(stack.moto_url, moto_pid, src, boto, f"bt{round_}"), strict=True))
+            for name, phase in phases.items():
+                if name not in best or phase.wall < best[name].wall:
+                    best[name] = phase
+        result: dict[str, Any] = {"mib": total_mib, "rounds": args.repeat, "load_average": os.getloadavg()}
+        for name, phase in best.items():
+            result[f"{name}_mib_s"] = total_mib / phase.wall
+            result[f"{name}_cpu_s"] = phase.cpu
+            result[f"{name}_moto_cpu_s"] = phase.moto_cpu
+        for name, directory in (("runferry", ours), ("runferry_ranged", ranged), ("rclone", theirs), ("boto3", boto)):
+            result[f"{name}_identical"] = same_files(src, directory)
+        return result
 
 
 # -- part 3: one large object --------------------------------------------------------------
@@ -414,6 +452,10 @@ async def large_object(stack: S3Stack, mib: int, rate: float) -> dict[str, Any]:
 # -- main ------------------------------------------------------------------------------------
 
 
+def _cpu(b: dict[str, Any], name: str) -> str:
+    return f"cpu {b[f'{name}_cpu_s']:.1f} / {b[f'{name}_moto_cpu_s']:.1f} s"
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
@@ -421,27 +463,29 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"args": vars(args)}
     print(f"S3 SlowDown bench: R = {args.rate:g} writes/s per prefix, {args.seconds:g} s per client, upstream {args.upstream}")
-    report["rate"] = rate_part(args, out)
-    print()
-    print(f"{'client':<18}{'goodput/R':>10}{'throttled>10s':>15}{'failed':>8}{'objects':>9}{'throttles':>11}{'load':>7}")
-    for run in report["rate"]:
-        print(f"{run['client']:<18}{run['goodput']:>10.3f}{run['throttled_after_10s']:>15.4f}"
-              f"{run['failed']:>8}{run['done']:>9}{run['throttled_total']:>11}{run['load_average']:>7.1f}")
+    if not args.skip_rate:
+        report["rate"] = rate_part(args, out)
+        print()
+        print(f"{'client':<18}{'goodput/R':>10}{'throttled>10s':>15}{'failed':>8}{'objects':>9}{'throttles':>11}{'load':>7}")
+        for run in report["rate"]:
+            print(f"{run['client']:<18}{run['goodput']:>10.3f}{run['throttled_after_10s']:>15.4f}"
+                  f"{run['failed']:>8}{run['done']:>9}{run['throttled_total']:>11}{run['load_average']:>7.1f}")
     if not args.skip_bytes:
         report["bytes"] = b = bytes_part(args)
         if "skipped" in b:
             print(f"\nbytes: {b['skipped']}")
         else:
-            print(f"\nbytes vs rclone ({b['mib']} MiB, moto S3 server direct):")
-            print(f"  upload   runferry {b['runferry_upload_mib_s']:.1f} MiB/s, rclone {b['rclone_upload_mib_s']:.1f} MiB/s,"
-                  f" ratio {b['runferry_upload_mib_s'] / b['rclone_upload_mib_s']:.2f}")
-            print(f"  download runferry {b['runferry_download_mib_s']:.1f} MiB/s, rclone {b['rclone_download_mib_s']:.1f} MiB/s,"
-                  f" ratio {b['runferry_download_mib_s'] / b['rclone_download_mib_s']:.2f}")
-            print(f"  runferry download as one streamed GET per file (parallelism=1): "
-                  f"{b['runferry_streamed_download_mib_s']:.1f} MiB/s, identical {b['runferry_streamed_identical']}")
-            print(f"  boto3 s3transfer: upload {b['boto3_upload_mib_s']:.1f} MiB/s, download {b['boto3_download_mib_s']:.1f} MiB/s")
-            print(f"  identical: runferry {b['runferry_files_identical']}, rclone {b['rclone_files_identical']},"
-                  f" boto3 {b['boto3_files_identical']}; load average after: {b['load_average'][0]:.1f}")
+            print(f"\nbytes vs rclone ({b['mib']} MiB, moto S3 server direct; CPU seconds of client / moto):")
+            for what in ("upload", "download"):
+                ours, theirs = b[f"runferry_{what}_mib_s"], b[f"rclone_{what}_mib_s"]
+                print(f"  {what:<9}runferry {ours:6.1f} MiB/s ({_cpu(b, f'runferry_{what}')}), "
+                      f"rclone {theirs:6.1f} MiB/s ({_cpu(b, f'rclone_{what}')}), ratio {ours / theirs:.2f}")
+            print(f"  runferry download as 8 ranged GETs per file (parallelism=8): "
+                  f"{b['runferry_ranged_download_mib_s']:.1f} MiB/s ({_cpu(b, 'runferry_ranged_download')})")
+            print(f"  boto3 s3transfer: upload {b['boto3_upload_mib_s']:.1f} MiB/s ({_cpu(b, 'boto3_upload')}), "
+                  f"download {b['boto3_download_mib_s']:.1f} MiB/s ({_cpu(b, 'boto3_download')})")
+            print(f"  identical: runferry {b['runferry_identical'] and b['runferry_ranged_identical']}, "
+                  f"rclone {b['rclone_identical']}, boto3 {b['boto3_identical']}; load average after: {b['load_average'][0]:.1f}")
     if args.large_mib:
         with start_s3_stack() as stack:
             print(f"\n  large object: {args.large_mib} MiB ...", flush=True)
@@ -450,5 +494,5 @@ def main(argv: list[str]) -> int:
               f"copy {large['copy_s']:.1f} s, download {large['download_s']:.1f} s, identical {large['identical']}, "
               f"open uploads {large['open_uploads']}, client peak RSS {large['client_peak_rss_mib']:.0f} MiB")
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"\nwrote {out / 'results.json'} and {out / 's3_slowdown.png'}")
+    print(f"\nwrote {out / 'results.json'}" + ("" if args.skip_rate else f" and {out / 's3_slowdown.png'}"))
     return 0
