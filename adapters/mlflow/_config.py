@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from adapters.mlflow._database import database_path
 from engine.errors import ConfigError
 
 # Server limits of runs/log-batch (mlflow/utils/validation.py); the 1 MB body cap is kept with
@@ -44,6 +45,11 @@ class MlflowSourceConfig:
       server's ``get-history-bulk`` endpoint (every point, not sampled; runs with 10,000 or
       more points of a key, and servers without the endpoint, use ``metrics/get-history``)
       (default true).
+    - ``history_database``: the server's SQLite backend store, as given to ``mlflow server``
+      (``sqlite:////path/mlflow.db``): metric histories are read from it directly, read-only,
+      in the same order as through the API (so resume cursors stay valid), many times faster
+      and without loading the server; runs, params, tags and artifacts still come through the
+      server. It must be this server's database (checked at start) (default: none).
     - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
       still yielded in order (keys sorted, the server's order within a key).
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
@@ -64,6 +70,7 @@ class MlflowSourceConfig:
     page_size: int = 1000
     history_page_size: int = 25_000
     bulk_history: bool = True
+    history_database: str = ""
     key_concurrency: int = 4
     timeout: float = 120.0
     artifacts_direct_s3: bool = False
@@ -78,6 +85,8 @@ class MlflowSourceConfig:
             raise ValueError("history_page_size must be between 1 and 25000")
         if self.key_concurrency < 1:
             raise ValueError("key_concurrency must be at least 1")
+        if self.history_database:
+            database_path(self.history_database)
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
 

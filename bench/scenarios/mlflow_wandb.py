@@ -11,7 +11,10 @@ receives both migrations, into two projects. Measured children (wall, CPU, peak 
   created on first use): ``collect_runs()`` then ``import_runs(runs, artifacts=False,
   namespace=...)``, its defaults otherwise;
 - ``runferry``: ``python -m engine migrate`` (CLI, start-up included, like the peer);
-- ``read-only``: runferry draining the MLflow source only (no writes), the source-side limit.
+- ``read-only``: runferry draining the MLflow source only (no writes; runs side by side as
+  ``migrate`` reads them), the source-side limit;
+- ``runferry-db`` / ``read-only-db``: the same two with ``history_database`` (histories read
+  straight from the MLflow server's SQLite file; runs, params and tags still through its API).
 
 An unmeasured drain runs first: a fresh MLflow server's first history requests are much slower
 (warm-up), and no measured child should pay for that.
@@ -74,12 +77,20 @@ async def main():
     config = load_config(sys.argv[1])
     source, _ = open_adapters(config, make_context(config, Progress(mode="plain")))
     points = 0
-    async with source:
-        async for ref in source.list_runs():
+    limit = anyio.CapacityLimiter(config.transfer.runs_concurrency)  # runs read side by side, as migrate does
+
+    async def drain(ref):
+        nonlocal points
+        async with limit:
             record = await source.get_run(ref)
             async with contextlib.aclosing(source.iter_history(record)) as chunks:
                 async for chunk in chunks:
                     points += len(chunk)
+
+    async with source:
+        async with anyio.create_task_group() as tg:
+            async for ref in source.list_runs():
+                tg.start_soon(drain, ref)
     print(points)
 
 anyio.run(main)
@@ -120,20 +131,27 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
         points = sum(len(p) for p in expected.values())
         rows: list[dict[str, Any]] = []
         env = child_env({"WANDB_BASE_URL": wandb_url, "WANDB_API_KEY": API_KEY, "BENCH_WANDB_KEY": API_KEY})
-        config = write_toml(workdir / "runferry.toml", {
-            "source": {"type": "mlflow", "tracking_uri": mlflow_server.url, "artifacts": False},
-            "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
-                            "entity": ENTITY, "project": "runferry"},
-            "transfer": {"ledger": str(workdir / "ledger.jsonl"), "artifacts": False,
-                         "runs_concurrency": a.runs_concurrency, "incremental": False},
-        })
+        def config(name: str, project: str, **source: Any) -> Path:
+            return write_toml(workdir / f"{name}.toml", {
+                "source": {"type": "mlflow", "tracking_uri": mlflow_server.url, "artifacts": False, **source},
+                "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
+                                "entity": ENTITY, "project": project},
+                "transfer": {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": False,
+                             "runs_concurrency": a.runs_concurrency, "incremental": False},
+            })
+
+        through_api = config("runferry", "runferry")
+        from_database = config("runferry-db", "runferry-db", history_database=mlflow_server.database_uri)
         results: dict[str, ChildResult] = {}
         # a fresh MLflow server answers its first history requests far slower (lazy imports,
         # cold SQLite pages): one unmeasured drain first, so no measured child pays for it
-        run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(config)], env=env).check()
-        results["read-only"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(config)], env=env).check()
-        results["runferry"] = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"),
+        run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(through_api)], env=env).check()
+        results["read-only"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(through_api)], env=env).check()
+        results["runferry"] = run_child(python_child("engine", "migrate", str(through_api), "--log-format", "plain"),
                                         env=env).check()
+        results["read-only-db"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(from_database)], env=env).check()
+        results["runferry-db"] = run_child(python_child("engine", "migrate", str(from_database), "--log-format", "plain"),
+                                           env=env).check()
         if peer_python is not None:
             peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
             peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
@@ -143,7 +161,8 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
             results["peer"] = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, "peer"],
                                         cwd=workdir / "peer", env=peer_env).check()
         exact = {name: _exact_points(wandb_url, project, expected)
-                 for name, project in (("runferry", "runferry"), ("peer", "peer")) if name in results}
+                 for name, project in (("runferry", "runferry"), ("runferry-db", "runferry-db"), ("peer", "peer"))
+                 if name in results}
         for name, result in results.items():
             rows.append({
                 "phase": name, "wall_s": round(result.wall_s, 2), "cpu_s": round(result.cpu_s, 2),
@@ -156,7 +175,10 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
         if "peer" in results:
             ratio = results["peer"].wall_s / results["runferry"].wall_s
             print(f"\nrunferry is {ratio:.1f}x faster than W&B's MlflowImporter (wall time, same data and servers)")
-        print(f"runferry vs draining the source only: {results['runferry'].wall_s / results['read-only'].wall_s:.2f}x")
+            ratio_db = results["peer"].wall_s / results["runferry-db"].wall_s
+            print(f"runferry with history_database (histories read from the server's SQLite file) is {ratio_db:.1f}x faster")
+        print(f"runferry vs draining the source only: {results['runferry'].wall_s / results['read-only'].wall_s:.2f}x "
+              f"(through the API), {results['runferry-db'].wall_s / results['read-only-db'].wall_s:.2f}x (history_database)")
         if a.json:
             print(json.dumps({"rows": rows}))
     return 0

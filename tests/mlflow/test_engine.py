@@ -85,8 +85,12 @@ async def test_pipeline_mlflow_to_mlflow_and_incremental_rerun(
     assert len(dest_client.search_runs([dest_client.get_experiment_by_name(f"engine-{seeded.many_name}").experiment_id])) == 23
 
 
-async def test_cli_mlflow_to_local_is_exact(source_server: MlflowServer, seeded: Seeded, tmp_path: Path) -> None:
+@pytest.mark.parametrize("straight_from_database", [False, True], ids=["through-api", "history-database"])
+async def test_cli_mlflow_to_local_is_exact(
+    source_server: MlflowServer, seeded: Seeded, tmp_path: Path, straight_from_database: bool
+) -> None:
     export = tmp_path / "export"
+    database = f'history_database = "{source_server.database_uri}"' if straight_from_database else ""
     config = write_toml(
         tmp_path / "to-local.toml",
         f"""
@@ -95,6 +99,7 @@ type = "mlflow"
 tracking_uri = "{source_server.url}"
 experiments = ["{seeded.edge_name}"]
 include_deleted = true
+{database}
 
 [destination]
 type = "local"
@@ -107,7 +112,8 @@ chunk_points = 1000
     )
     done = cli("migrate", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    async with MlflowSource(source_config(source_server.url, experiments=[seeded.edge_name], include_deleted=True), context(1000)) as mlflow_source:
+    paged = source_config(source_server.url, experiments=[seeded.edge_name], include_deleted=True, bulk_history=False)
+    async with MlflowSource(paged, context(1000)) as mlflow_source:
         expected = {}
         for ref in await all_refs(mlflow_source):
             record = await mlflow_source.get_run(ref)

@@ -94,6 +94,11 @@ class MlflowServer:
     def log_path(self) -> Path:
         return self.root / "server.log"
 
+    @property
+    def database_uri(self) -> str:
+        """The backend store, spelled as ``mlflow server --backend-store-uri`` takes it."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
     def start(self) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         database = self.root / "mlflow.db"
