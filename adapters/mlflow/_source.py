@@ -27,6 +27,7 @@ from adapters.mlflow._bulk import BulkHistory
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from adapters.mlflow._database import SqliteHistory
+from adapters.mlflow._dbfs import DBFS_RUN_PREFIX, DatabricksArtifacts, is_databricks_run_uri
 from engine.errors import ConfigError, FatalError, NotFoundError
 from engine.model import (
     FileRef,
@@ -67,6 +68,7 @@ class MlflowSource:
         self.context = context
         self._rest: MlflowRest | None = None
         self._s3: S3Store | None = None
+        self._dbfs: DatabricksArtifacts | None = None
         self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: list[dict[str, Any]] = []
         self._bulk: BulkHistory | None = None
@@ -96,6 +98,10 @@ class MlflowSource:
                 self._s3 = await stack.enter_async_context(
                     S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3")
                 )
+            if c.artifacts:  # Databricks-hosted runs: signed URLs, read without the token
+                self._dbfs = await stack.enter_async_context(
+                    DatabricksArtifacts(rest, context=self.context, timeout=c.timeout, piece=_DOWNLOAD_PIECE)
+                )
             self._rest = rest
             self._bulk = BulkHistory(rest.history_bulk) if c.bulk_history else None
             if c.history_database:
@@ -108,7 +114,7 @@ class MlflowSource:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         resources, self._resources = self._resources, None
-        self._rest, self._s3 = None, None
+        self._rest, self._s3, self._dbfs = None, None, None
         if resources is not None:
             await resources.__aexit__(exc_type, exc, tb)
 
@@ -281,18 +287,25 @@ class MlflowSource:
         return S3Url(root.bucket, root.key.rstrip("/"))
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        """The file's bytes, streamed: from the bucket (``artifacts_direct_s3``), through a
+        Databricks signed URL (``dbfs:/databricks/mlflow-tracking`` roots, see ``_dbfs``), or
+        through the tracking server (``mlflow-artifacts`` proxy, else ``get-artifact``)."""
         root = self._direct_root(run)
         if root is not None:
             async for piece in self._s3.get_stream(type(root)(root.bucket, f"{root.key}/{file.path}")):  # type: ignore[union-attr]
                 yield piece
             return
-        artifact_uri = run.system.get("artifact_uri", "")
+        artifact_uri = str(run.system.get("artifact_uri", ""))
+        if is_databricks_run_uri(artifact_uri) and self._dbfs is not None:
+            async for piece in self._dbfs.read(run.ref.id, file.path):
+                yield piece
+            return
         url = proxied_artifact_path(artifact_uri, file.path)
         if url is None:
             if artifact_uri.startswith("dbfs:") or self.config.tracking_uri == "databricks":
                 raise FatalError(
-                    f"mlflow: artifacts stored at {artifact_uri.split(':')[0]}: are not supported yet "
-                    "(set artifacts = false)",
+                    f"mlflow: artifact roots {artifact_uri.split(':')[0]}:... other than "
+                    f"{DBFS_RUN_PREFIX} are not supported yet (set artifacts = false)",
                     adapter="mlflow",
                     run=run.ref.id,
                 )
