@@ -73,6 +73,7 @@ class MlflowSource:
         self._experiments: list[dict[str, Any]] = []
         self._bulk: BulkHistory | None = None
         self._database: SqliteHistory | None = None
+        self._source_uri = config.tracking_uri  # "databricks" becomes the workspace's URL once open
 
     def describe(self) -> str:
         return f"mlflow:{self.config.tracking_uri.rstrip('/')}"
@@ -86,6 +87,7 @@ class MlflowSource:
             token_env=c.token_env,
             where="[source]",
         )
+        self._source_uri = connection.base_url if c.tracking_uri == "databricks" else c.tracking_uri
         async with contextlib.AsyncExitStack() as stack:  # unwinds whatever opened if a step fails
             rest = await stack.enter_async_context(
                 MlflowRest(connection, name="mlflow-source", context=self.context, timeout=c.timeout)
@@ -202,7 +204,7 @@ class MlflowSource:
             inputs=list(run.get("inputs", {}).get("dataset_inputs", ())),
             system={
                 "source": "mlflow",
-                "tracking_uri": self.config.tracking_uri,
+                "tracking_uri": self._source_uri,
                 "run_id": info.get("run_id", ref.id),
                 "experiment_id": info.get("experiment_id"),
                 "artifact_uri": info.get("artifact_uri", ""),

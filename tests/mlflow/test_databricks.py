@@ -5,6 +5,8 @@ signed URLs. The official ``MlflowClient`` on the real server is the oracle."""
 
 from __future__ import annotations
 
+import os
+
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -263,6 +265,7 @@ async def _read_edge_file(seeded: Seeded, path: str, events: Events | None = Non
         [ref] = await all_refs(source)
         record = await source.get_run(ref)
         assert str(record.system["artifact_uri"]).startswith("dbfs:/databricks/mlflow-tracking/")
+        assert record.system["tracking_uri"] == os.environ["DATABRICKS_HOST"]  # which workspace, not just "databricks"
         [file] = [f for f in await all_files(source, record) if f.path == path]
         assert file.size == len(ARTIFACT_FILES[path])
         return await read_bytes(source, record, file)
