@@ -10,17 +10,14 @@ everything else is forwarded unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from tests.servers.loop_thread import LoopThreadServer
+from tests.servers.loop_thread import ForwardingServer
 
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
@@ -48,7 +45,7 @@ BAD_JSON = _Marker("BAD_JSON")  # forward, then answer 200 with the body cut in 
 LOST_ANSWER = _Marker("LOST_ANSWER")  # forward (the server acts), then reset instead of answering
 
 
-class FaultProxy(LoopThreadServer):
+class FaultProxy(ForwardingServer):
     client_max_size = 1 << 31
 
     def __init__(self, upstream: str) -> None:
@@ -77,17 +74,6 @@ class FaultProxy(LoopThreadServer):
             self.requests.clear()
             self.ignore_paging = False
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession(auto_decompress=False) as session:
-            self._session = session
-            yield
-
-    def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.client_max_size)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
-
     def _next_action(self, path: str, method: str) -> object | None:
         with self._lock:
             self.requests.append((method, path))
@@ -96,7 +82,7 @@ class FaultProxy(LoopThreadServer):
                     return queue.popleft()
         return None
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         action = self._next_action(request.path, request.method)
         if isinstance(action, Answer):
             await request.read()
@@ -112,7 +98,7 @@ class FaultProxy(LoopThreadServer):
             query = [(k, v) for k, v in query if k not in ("max_results", "page_token")]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         body = await request.read()  # test traffic is small; a plain body keeps the server simple
-        async with self._session.request(
+        async with self.session.request(
             request.method, self.upstream + request.path, params=query, headers=headers, data=body
         ) as upstream:
             payload = await upstream.read()

@@ -31,23 +31,21 @@ Knobs for tests (all thread-safe to set between requests): ``expire_next`` / ``c
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import secrets
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from tests.servers.loop_thread import LoopThreadServer
+from tests.servers.loop_thread import ForwardingServer
 
 API = "/api/2.0/mlflow/"
 SIGNED = "/signed/"
@@ -82,7 +80,7 @@ def _s3_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(status=status, text=body, content_type="application/xml")
 
 
-class DatabricksFront(LoopThreadServer):
+class DatabricksFront(ForwardingServer):
     def __init__(self, upstream: str, token: str, *, list_page_size: int = 2, url_ttl: float = 900.0) -> None:
         super().__init__("databricks-front")
         self.upstream = upstream.rstrip("/")
@@ -119,17 +117,6 @@ class DatabricksFront(LoopThreadServer):
         return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     # -- serving ----------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession(auto_decompress=False) as session:
-            self._session = session
-            yield
-
-    def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.client_max_size)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
-
     def _scripted(self, request: web.Request) -> Answer | None:
         with self._lock:
             self.requests.append((request.method, request.path, "Authorization" in request.headers))
@@ -138,7 +125,7 @@ class DatabricksFront(LoopThreadServer):
                     return queue.popleft()
         return None
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         scripted = self._scripted(request)
         if request.path.startswith(SIGNED):
             if scripted is not None:
@@ -185,7 +172,7 @@ class DatabricksFront(LoopThreadServer):
     async def _forward(self, request: web.Request, *, query: Any = None) -> tuple[int, dict[str, str], bytes]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         body = await request.read()
-        async with self._session.request(
+        async with self.session.request(
             request.method,
             self.upstream + request.path,
             params=list(request.query.items()) if query is None else query,
@@ -197,7 +184,7 @@ class DatabricksFront(LoopThreadServer):
             return upstream.status, out, payload
 
     async def _upstream_json(self, endpoint: str, params: dict[str, str]) -> tuple[int, Any]:
-        async with self._session.get(self.upstream + API + endpoint, params=params) as upstream:
+        async with self.session.get(self.upstream + API + endpoint, params=params) as upstream:
             return upstream.status, orjson.loads(await upstream.read())
 
     # -- artifacts/list, paged ----------------------------------------------------------------------
@@ -283,7 +270,7 @@ class DatabricksFront(LoopThreadServer):
             return _s3_error(403, "AccessDenied", f"Missing required header for this request: {REQUIRED_HEADER[0]}")
         upstream_path = "/api/2.0/mlflow-artifacts/artifacts/" + quote(unquote(path[len(SIGNED) :]), safe="/")
         headers = {"Range": request.headers["Range"]} if "Range" in request.headers else {}
-        async with self._session.get(self.upstream + upstream_path, headers=headers) as upstream:
+        async with self.session.get(self.upstream + upstream_path, headers=headers) as upstream:
             if upstream.status == 404:
                 return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
             if upstream.status >= 300:

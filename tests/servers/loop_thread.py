@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Self
 
+import aiohttp
 from aiohttp import web
 
 
@@ -63,3 +64,32 @@ class LoopThreadServer:
                 await self._stop_event.wait()
             finally:
                 await runner.cleanup()
+
+
+class ForwardingServer(LoopThreadServer):
+    """A loop-thread server that sends every request to ``handle`` and holds one client
+    session (``self.session``) for talking to an upstream server while it serves."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"{self._thread.name} is not serving")
+        return self._session
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            self._session = session
+            yield
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.client_max_size)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
