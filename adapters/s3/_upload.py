@@ -208,18 +208,32 @@ def body_of(data: bytes) -> bytes | SlicedBody:
 
 
 async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """Pieces of exactly ``size`` bytes (the last may be shorter; never an empty one)."""
-    buffer = bytearray()
+    """Pieces of exactly ``size`` bytes (the last may be shorter; never an empty one).
+
+    Pieces that already are a part pass through; other bytes are copied once, into a fresh
+    ``bytearray`` per part (never reused after it is yielded), instead of being appended to,
+    sliced from and deleted out of one growing buffer (three copies and a memmove per part).
+    """
+    part: bytearray | None = None
+    filled = 0
     async for piece in data:
-        if not buffer and len(piece) == size:
+        if part is None and len(piece) == size:
             yield piece  # already a part: no copy
             continue
-        buffer += piece
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        view = memoryview(piece)
+        while view:
+            if part is None:
+                part, filled = bytearray(size), 0
+            n = min(len(view), size - filled)
+            part[filled : filled + n] = view[:n]
+            filled += n
+            view = view[n:]
+            if filled == size:
+                yield part  # a bytearray: md5, len() and the request body take it as they take bytes
+                part = None
+    if part is not None:
+        del part[filled:]  # shrinks in place
+        yield part
 
 
 async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -82,3 +82,43 @@ async def test_put_sends_length_md5_and_no_payload_hash(recorder: tuple[str, lis
     assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
     assert headers["Content-MD5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
     assert str(headers["User-Agent"]).startswith("runferry aiobotocore/")  # fixed, built once
+
+
+@pytest.mark.parametrize("piece", [1, 7, 100, 250, 256, 1000])
+async def test_rechunk_cuts_exact_parts_from_any_pieces(piece: int) -> None:
+    from adapters.s3._upload import _rechunk
+
+    data = bytes(i % 251 for i in range(1000 + 3))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), piece):
+            yield data[start : start + piece]
+
+    parts = [bytes(p) async for p in _rechunk(pieces(), 256)]
+    assert b"".join(parts) == data
+    assert [len(p) for p in parts] == [256, 256, 256, 235]
+
+
+async def test_rechunk_passes_whole_parts_through_and_never_yields_empty() -> None:
+    from adapters.s3._upload import _rechunk
+
+    part = b"x" * 256
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield part
+        yield b""
+        yield part
+
+    assert [p async for p in _rechunk(pieces(), 256)] == [part, part]
+    out = [p async for p in _rechunk(pieces(), 256)]
+    assert out[0] is part  # no copy
+
+
+async def test_rechunk_of_nothing_is_nothing() -> None:
+    from adapters.s3._upload import _rechunk
+
+    async def pieces() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    assert [p async for p in _rechunk(pieces(), 256)] == []
