@@ -28,6 +28,14 @@ from adapters.s3._parts import (
 from adapters.s3._url import ObjectInfo, S3Url
 from engine.errors import TransientError
 
+_READ = 256 * 1024  # asyncio reads sockets 256 KiB at a time: chunks of it pass without a copy
+
+
+def _join_and_hash(chunks: list[bytes], digest: Any) -> bytes:
+    piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    digest.update(piece)
+    return piece
+
 
 class Downloads(Listing):
     """``get_stream`` and its two read strategies (mixed into ``S3Store``)."""
@@ -105,21 +113,33 @@ class Downloads(Listing):
             broke: BaseException | None = None
             # The request went through the limiter; reading its body holds no slot.
             async with response["Body"] as stream:
-                while True:
+                ended = False
+                while broke is None and not ended:
                     want = min(piece_size - in_current, 8 * MIB) if verify == "parts" else 8 * MIB
-                    try:
-                        piece = await stream.read(want)
-                    except NETWORK_ERRORS as exc:
-                        broke = exc
-                        break
-                    if not piece:
-                        break
-                    received += len(piece)
+                    # Gather the piece as the chunks aiohttp received (reads of at most one
+                    # socket read's worth are handed over without a copy); the join and the
+                    # MD5 then run together off the event loop.
+                    chunks: list[bytes] = []
+                    gathered = 0
+                    while gathered < want:
+                        try:
+                            chunk = await stream.read(min(want - gathered, _READ))
+                        except NETWORK_ERRORS as exc:
+                            broke = exc
+                            break
+                        if not chunk:
+                            ended = True
+                            break
+                        chunks.append(chunk)
+                        gathered += len(chunk)
+                    if not chunks:
+                        continue
                     digest = whole if verify == "whole" else current
-                    if len(piece) >= MIB:
-                        await anyio.to_thread.run_sync(digest.update, piece)
+                    if gathered >= MIB:
+                        piece = await anyio.to_thread.run_sync(_join_and_hash, chunks, digest)
                     else:
-                        digest.update(piece)
+                        piece = _join_and_hash(chunks, digest)
+                    received += len(piece)
                     in_current += len(piece)
                     if verify == "parts" and in_current == piece_size:
                         part_digests.append(current.digest())
