@@ -29,16 +29,21 @@ VIEW_TYPES = {False: "ACTIVE_ONLY", True: "ALL"}
 # Databricks answers some overloads with a 4xx/5xx carrying these codes instead of a plain 429.
 _THROTTLE_CODES = (b"REQUEST_LIMIT_EXCEEDED", b"TOO_MANY_REQUESTS")
 _TRANSIENT_CODES = (b"TEMPORARILY_UNAVAILABLE",)
+# An overloaded SQL store answers 400/500 once a request gave up waiting for its database:
+# SQLAlchemy's pool ran dry, or SQLite stayed locked. Nothing was done; slow down and retry.
+_OVERLOAD_SIGNS = (b"QueuePool limit", b"database is locked")
 
 
 def classify_mlflow(status: int, headers: Mapping[str, str], body: bytes) -> Classification:
-    """Plain HTTP semantics, plus MLflow/Databricks error codes that mean "try again later";
-    501 Not Implemented (e.g. multipart on a local artifact store) is final, not transient."""
+    """Plain HTTP semantics, plus MLflow/Databricks error codes and SQL-store overloads that
+    mean "try again later"; 501 Not Implemented (e.g. multipart on a local artifact store) is final, not transient."""
     if status == 501:
         return Classification.FATAL
     verdict = classify_default(status, headers, body)
+    head = body[:512]
+    if verdict in (Classification.FATAL, Classification.TRANSIENT) and any(sign in head for sign in _OVERLOAD_SIGNS):
+        return Classification.THROTTLE
     if verdict is Classification.FATAL:
-        head = body[:512]
         if any(code in head for code in _THROTTLE_CODES):
             return Classification.THROTTLE
         if any(code in head for code in _TRANSIENT_CODES):
@@ -77,7 +82,9 @@ def proxied_artifact_path(artifact_uri: str, rel_path: str = "") -> str | None:
 class MlflowRest:
     """One tracking server: JSON calls, paged searches, artifact streams. ``async with`` it."""
 
-    def __init__(self, connection: Connection, *, name: str, context: AdapterContext, timeout: float) -> None:
+    def __init__(
+        self, connection: Connection, *, name: str, context: AdapterContext, timeout: float, max_in_flight: int = 6
+    ) -> None:
         self.connection = connection
         self.http = HttpClient(
             base_url=connection.base_url,
@@ -87,6 +94,7 @@ class MlflowRest:
             auth=connection.auth,
             classify=classify_mlflow,
             timeout=timeout,
+            limit_per_host=max_in_flight,  # more waits for a connection here, not in the server's pool
         )
 
     async def __aenter__(self) -> MlflowRest:

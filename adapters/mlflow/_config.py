@@ -52,6 +52,10 @@ class MlflowSourceConfig:
       server. It must be this server's database (checked at start) (default: none).
     - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
       still yielded in order (keys sorted, the server's order within a key).
+    - ``max_in_flight``: requests in flight to the tracking server at once (default 6). MLflow's
+      SQL store holds up to two pooled database connections per request and pools 15 per
+      worker process, so more concurrent requests can jam a one-worker server until they time
+      out; raise it for servers with several workers.
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
     - ``artifacts_direct_s3``: read runs whose artifact root is ``s3://...`` straight from the
       bucket, as MLflow's own client does (``MLFLOW_S3_ENDPOINT_URL`` and the usual AWS
@@ -72,6 +76,7 @@ class MlflowSourceConfig:
     bulk_history: bool = True
     history_database: str = ""
     key_concurrency: int = 4
+    max_in_flight: int = 6
     timeout: float = 120.0
     artifacts_direct_s3: bool = False
 
@@ -89,6 +94,8 @@ class MlflowSourceConfig:
             database_path(self.history_database)
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +117,10 @@ class MlflowDestinationConfig:
       ``part_size``: multipart part size (default 0 = the engine's ``part_bytes``).
     - ``restore_deleted``: ``false`` (default) deletes runs that were deleted at the source
       after copying them; ``true`` leaves them active.
+    - ``max_in_flight``: requests in flight to the tracking server at once (default 6). MLflow's
+      SQL store holds up to two pooled database connections per request and pools 15 per
+      worker process, so more concurrent requests can jam a one-worker server until they time
+      out; raise it for servers with several workers.
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
     """
 
@@ -123,6 +134,7 @@ class MlflowDestinationConfig:
     multipart_threshold: int = 100 * 1024 * 1024
     part_size: int = 0
     restore_deleted: bool = False
+    max_in_flight: int = 6
     timeout: float = 120.0
 
     def __post_init__(self) -> None:
@@ -139,6 +151,8 @@ class MlflowDestinationConfig:
             raise ValueError("part_size must be at least 5 MiB (S3's minimum part)")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
 
 
 def check_tracking_uri(uri: str) -> None:

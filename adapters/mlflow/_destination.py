@@ -197,7 +197,9 @@ class MlflowDestination:
         )
         async with contextlib.AsyncExitStack() as stack:  # unwinds whatever opened if a step fails
             rest = await stack.enter_async_context(
-                MlflowRest(connection, name="mlflow-destination", context=self.context, timeout=c.timeout)
+                MlflowRest(
+                    connection, name="mlflow-destination", context=self.context, timeout=c.timeout, max_in_flight=c.max_in_flight
+                )
             )
             await rest.check_access()
             info = await self._server_info(rest)

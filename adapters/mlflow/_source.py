@@ -90,7 +90,9 @@ class MlflowSource:
         self._source_uri = connection.base_url if c.tracking_uri == "databricks" else c.tracking_uri
         async with contextlib.AsyncExitStack() as stack:  # unwinds whatever opened if a step fails
             rest = await stack.enter_async_context(
-                MlflowRest(connection, name="mlflow-source", context=self.context, timeout=c.timeout)
+                MlflowRest(
+                    connection, name="mlflow-source", context=self.context, timeout=c.timeout, max_in_flight=c.max_in_flight
+                )
             )
             await rest.check_access()
             self._experiments = await self._select_experiments(rest)

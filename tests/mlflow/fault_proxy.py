@@ -53,6 +53,8 @@ class FaultProxy(ForwardingServer):
         self.upstream = upstream.rstrip("/")
         self.ignore_paging = False
         self.requests: list[tuple[str, str]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0  # the most requests the proxy held at once since the last reset
         self._faults: dict[str, deque[object]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -73,6 +75,7 @@ class FaultProxy(ForwardingServer):
             self._faults.clear()
             self.requests.clear()
             self.ignore_paging = False
+            self.most_in_flight = 0
 
     def _next_action(self, path: str, method: str) -> object | None:
         with self._lock:
@@ -83,6 +86,14 @@ class FaultProxy(ForwardingServer):
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1  # the proxy's own loop thread is the only writer
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._forward(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         action = self._next_action(request.path, request.method)
         if isinstance(action, Answer):
             await request.read()

@@ -7,13 +7,16 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
 from adapters.mlflow import MlflowDestination, MlflowSource
+from adapters.http import Classification
+from adapters.mlflow._client import classify_mlflow
 from engine.errors import AuthError
-from tests.adapters.contract import assert_history_equal
+from tests.adapters.contract import all_refs, assert_history_equal
 from tests.mlflow.fault_proxy import (
     BAD_JSON,
     LOST_ANSWER,
@@ -38,6 +41,10 @@ from tests.servers.mlflow_server import MlflowServer
 THROTTLE = Answer(429, headers={"Retry-After": "0.05"})
 OVERLOADED = Answer(503)
 BROKEN = Answer(500)
+# what an MLflow server with a SQL store answers when its database connections ran out
+POOL_TIMEOUT = Answer(400, b'{"error_code": "BAD_REQUEST", "message": "QueuePool limit of size 5 overflow 10 reached, '
+                           b'connection timed out, timeout 30.00"}')
+SQLITE_LOCKED = Answer(500, b'{"error_code": "INTERNAL_ERROR", "message": "(sqlite3.OperationalError) database is locked"}')
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +127,9 @@ async def test_destination_rides_out_faults_without_duplicates(
 ) -> None:
     _, proxy = proxies
     # a lost answer to runs/create: the run exists; the retry must find it, not make a second one
-    proxy.fail("runs/create", LOST_ANSWER, OVERLOADED)
-    proxy.fail("runs/log-batch", THROTTLE, LOST_ANSWER, OVERLOADED, RESET, LOST_ANSWER, BROKEN)
-    proxy.fail("runs/update", RESET)
+    proxy.fail("runs/create", LOST_ANSWER, OVERLOADED, POOL_TIMEOUT)
+    proxy.fail("runs/log-batch", THROTTLE, LOST_ANSWER, OVERLOADED, RESET, LOST_ANSWER, BROKEN, POOL_TIMEOUT)
+    proxy.fail("runs/update", RESET, SQLITE_LOCKED)
     proxy.fail("mlflow-artifacts/artifacts/", OVERLOADED, LOST_ANSWER)
     cfg_src = source_config(source_server.url, experiments=[seeded.edge_name], include_deleted=True)
     cfg_dst = dest_config(proxy.url, experiment=f"faults-{seeded.suffix}{{experiment}}")
@@ -150,3 +157,52 @@ async def test_rejected_credentials_fail_before_any_work(
     assert str(status) in message and "bad user" in message
     assert "s3cret" not in message
     assert proxy.count("runs/search") == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, POOL_TIMEOUT.body, Classification.THROTTLE),
+        (500, SQLITE_LOCKED.body, Classification.THROTTLE),
+        (400, b'{"error_code": "INVALID_PARAMETER_VALUE", "message": "bad key"}', Classification.FATAL),
+        (429, b'{"error_code": "REQUEST_LIMIT_EXCEEDED"}', Classification.THROTTLE),
+        (400, b'{"error_code": "REQUEST_LIMIT_EXCEEDED"}', Classification.THROTTLE),
+        (400, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', Classification.TRANSIENT),
+        (500, b'{"error_code": "INTERNAL_ERROR"}', Classification.TRANSIENT),
+        (501, b"", Classification.FATAL),
+    ],
+)
+def test_mlflow_answers_are_classified(status: int, body: bytes, expected: Classification) -> None:
+    assert classify_mlflow(status, {}, body) is expected
+
+
+async def test_requests_in_flight_stay_within_max_in_flight(
+    source_server: MlflowServer, seeded: Seeded, proxies: Any, dest_client: MlflowClient
+) -> None:
+    """A one-worker server with a SQL store jams when more requests than its connection pool
+    wait inside it; the client keeps the rest waiting on its side instead."""
+    source_proxy, dest_proxy = proxies
+    cfg_src = source_config(source_proxy.url, experiments=[seeded.many_name], max_in_flight=3, bulk_history=False)
+    cfg_dst = dest_config(dest_proxy.url, experiment=f"in-flight-{seeded.suffix}{{experiment}}", max_in_flight=4)
+    mapping: dict[str, str] = {}
+
+    async def copy_run(src: MlflowSource, dst: MlflowDestination, ref: Any) -> None:
+        record = await src.get_run(ref)
+        writer = await dst.open_run(record, None)
+        try:
+            async with contextlib.aclosing(src.iter_history(record)) as chunks:
+                async for chunk in chunks:
+                    await writer.write_history(chunk)
+            await writer.flush_history()
+            await writer.finish(record)
+        finally:
+            await writer.aclose()
+        mapping[ref.id] = writer.dest_id
+
+    async with MlflowSource(cfg_src, context()) as src, MlflowDestination(cfg_dst, context()) as dst:
+        async with anyio.create_task_group() as tg:  # every run at once
+            for ref in await all_refs(src):
+                tg.start_soon(copy_run, src, dst, ref)
+    assert sorted(mapping) == sorted(seeded.many_runs)
+    assert 1 < source_proxy.most_in_flight <= 3
+    assert 1 < dest_proxy.most_in_flight <= 4
