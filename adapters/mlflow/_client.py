@@ -36,7 +36,8 @@ _OVERLOAD_SIGNS = (b"QueuePool limit", b"database is locked")
 
 def classify_mlflow(status: int, headers: Mapping[str, str], body: bytes) -> Classification:
     """Plain HTTP semantics, plus MLflow/Databricks error codes and SQL-store overloads that
-    mean "try again later"; 501 Not Implemented (e.g. multipart on a local artifact store) is final, not transient."""
+    mean "try again later"; 501 Not Implemented (e.g. multipart on a local artifact store) is
+    final, not transient."""
     if status == 501:
         return Classification.FATAL
     verdict = classify_default(status, headers, body)
