@@ -6,11 +6,11 @@
   whose part size grows with the object (10,000 parts at most), parts sent in parallel, each
   retried on its own, each checked with ``Content-MD5`` and its ETag, the whole checked against
   the multipart ETag; the upload is aborted (shielded from cancellation) if anything fails.
-* ``get_stream``: one streamed ``GET`` up to ``ranged_get_threshold`` (resumed from the first
-  missing byte if the connection breaks), ranged ``GET``s in parallel above it, yielded in order,
-  verified against the object's ETag (plain MD5, or the MD5-of-part-MD5s of a multipart object
-  when the pieces can follow the object's own parts). A mismatch raises ``TransientError`` after
-  the last byte.
+* ``get_stream``: one streamed ``GET`` up to ``ranged_get_threshold`` (no ``HEAD`` before it;
+  resumed from the first missing byte if the connection breaks), ranged ``GET``s in parallel
+  above it, yielded in order, verified against the object's ETag (plain MD5, or the
+  MD5-of-part-MD5s of a multipart object when the pieces can follow the object's own parts).
+  A mismatch raises ``TransientError`` after the last byte.
 * ``copy``: server-side (``CopyObject``, or parallel ``UploadPartCopy`` above the threshold)
   within one store; ``copy_between`` streams from one store into another.
 * ``head``, ``list``, ``delete``, ``list_open_uploads``.

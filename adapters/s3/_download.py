@@ -13,11 +13,12 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from adapters.s3._config import MIB
 from adapters.s3._errors import NETWORK_ERRORS
-from adapters.s3._listing import Listing
+from adapters.s3._listing import Listing, info_of
 from adapters.s3._parts import (
     MD5_HEX,
     MULTIPART_ETAG,
@@ -49,16 +50,34 @@ class Downloads(Listing):
         first missing byte after a break), larger ones as ``parallelism`` (default
         ``part_concurrency``) ranged GETs in flight. ``parallelism=1`` always streams (for stores
         whose ranged reads are expensive); an explicit ``parallelism > 1`` always uses ranges.
-        Consume to the end or close it (``contextlib.aclosing``).
+        Unless ranges are asked for, no ``HEAD`` comes first: the GET's own headers give the
+        size and ETag, so a small object costs one request (a GET that finds a larger object is
+        closed unread, and ranges follow). Consume to the end or close it (``contextlib.aclosing``).
         """
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
-        info = await self.head(target)
-        ranges, verify = await self._read_plan(info, part_size or self.config.part_size)
-        window = parallelism or self.config.part_concurrency
-        if window == 1 or (parallelism is None and info.size <= self.config.ranged_get_threshold):
-            async for piece in self._get_streaming(target, info, ranges, verify):
+        first: Any = None
+        if parallelism is not None and parallelism > 1:
+            info = await self.head(target)
+        else:
+            first = await self._call(
+                target, "GetObject", lambda: self.client.get_object(Bucket=target.bucket, Key=target.key)
+            )
+            info = info_of(target, first)
+            if parallelism is None and info.size > self.config.ranged_get_threshold:
+                await first["Body"].aclose()
+                first = None
+        try:
+            ranges, verify = await self._read_plan(info, part_size or self.config.part_size)
+        except BaseException:
+            if first is not None:
+                with anyio.CancelScope(shield=True):
+                    await first["Body"].aclose()
+            raise
+        if first is not None:
+            async for piece in self._get_streaming(target, info, ranges, verify, first):
                 yield piece
             return
+        window = parallelism or self.config.part_concurrency
         whole = hashlib.md5()
         part_digests: list[bytes] = []
         # The fetches run in tasks this generator owns, cancelled and awaited in ``finally``.
@@ -93,12 +112,14 @@ class Downloads(Listing):
             raise TransientError(f"{self.name}: {target}: downloaded parts do not match ETag {info.etag}", adapter=self.name)
 
     async def _get_streaming(
-        self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str
+        self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str, first: Any
     ) -> AsyncIterator[bytes]:
-        """One GET, streamed; verified like the ranged reads, at the same range boundaries.
+        """One GET (``first``, already answered), streamed; verified like the ranged reads, at
+        the same range boundaries.
 
         A connection that breaks mid-body is resumed with a GET of the rest (``Range: bytes=N-``,
-        same ETag), under the prefix's backoff and retry budget, at most ``max_attempts`` times.
+        pinned to the first answer's ETag), under the prefix's backoff and retry budget, at most
+        ``max_attempts`` times.
         """
         piece_size = (ranges[0][1] + 1) if ranges else MIB
         limiter = self.limiter_for(target)
@@ -109,7 +130,12 @@ class Downloads(Listing):
         received = 0
         breaks, delay = 0, 0.0
         while True:
-            response = await self._call(target, "GetObject", lambda start=received: self._get_from(target, info, start))
+            if first is not None:
+                response, first = first, None
+            else:
+                response = await self._call(
+                    target, "GetObject", lambda start=received: self._get_from(target, info, start)
+                )
             broke: BaseException | None = None
             # The request went through the limiter; reading its body holds no slot.
             async with response["Body"] as stream:

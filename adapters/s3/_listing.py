@@ -12,6 +12,18 @@ from adapters.s3._requests import RequestCore
 from adapters.s3._url import ObjectInfo, S3Url
 
 
+def info_of(target: S3Url, response: dict[str, Any]) -> ObjectInfo:
+    """The object's size, ETag and metadata from a ``HeadObject`` or ``GetObject`` answer."""
+    modified = response.get("LastModified")
+    return ObjectInfo(
+        url=target,
+        size=int(response["ContentLength"]),
+        etag=str(response.get("ETag", "")).strip('"'),
+        last_modified=modified.timestamp() if modified is not None else None,
+        metadata=tuple(sorted(response.get("Metadata", {}).items())),
+    )
+
+
 class Listing(RequestCore):
     """Object metadata, listings and deletes (mixed into ``S3Store``)."""
 
@@ -22,14 +34,7 @@ class Listing(RequestCore):
         response = await self._call(
             target, "HeadObject", lambda: self.client.head_object(Bucket=target.bucket, Key=target.key, **extra)
         )
-        modified = response.get("LastModified")
-        return ObjectInfo(
-            url=target,
-            size=int(response["ContentLength"]),
-            etag=str(response.get("ETag", "")).strip('"'),
-            last_modified=modified.timestamp() if modified is not None else None,
-            metadata=tuple(sorted(response.get("Metadata", {}).items())),
-        )
+        return info_of(target, response)
 
     async def list(self, url: str | S3Url, *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
         """Every object whose key starts with the URL's key, in key order, page by page."""

@@ -155,9 +155,10 @@ async def test_dropped_connections_are_retried(store: S3Store, bucket: str, fron
     assert await store.list_open_uploads(f"s3://{bucket}/") == []
 
 
-@pytest.mark.parametrize(("size", "requests"), [(PART, 2), (2 * PART, 3), (2 * PART + 1, 5)])
+@pytest.mark.parametrize(("size", "requests"), [(0, 1), (PART, 1), (2 * PART, 2), (2 * PART + 1, 5)])
 async def test_ranged_get_threshold_picks_one_get_or_ranges(store: S3Store, bucket: str, front: S3Stack, size: int, requests: int) -> None:
-    # HEAD, HEAD of part 1 (multipart objects only), then one GET, or one GET per part (3 here)
+    # One GET, whose headers give size and ETag (no HEAD), plus a HEAD of part 1 for multipart
+    # objects; above the threshold that GET is closed unread and one GET per part follows (3 here)
     data = Generated(size, seed=size)
     await store.put_stream(f"s3://{bucket}/plan/obj-{size}", data.stream(), size=size)
     front.reset_stats()
@@ -183,7 +184,8 @@ async def test_streamed_get_gives_up_after_max_attempts(front: S3Stack, registry
     front.configure(cut_gets=5, cut_after=1000)
     config = S3Config(endpoint_url=front.front_url, max_attempts=3)
     async with S3Store(config, AdapterContext(limiters=registry)) as s3:
-        with pytest.raises(TransientError, match="broke off after 3000 bytes"):
+        # (how many bytes arrive before each cut depends on timing: aiohttp drops what it buffered)
+        with pytest.raises(TransientError, match="broke off after"):
             await sha256_of(s3.get_stream(url))
     assert front.stats()[f"{bucket}/cuts"]["cut"] == 3
 
