@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiobotocore
-import botocore
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.handlers import convert_body_to_file_like_object
@@ -21,10 +20,8 @@ from botocore.handlers import convert_body_to_file_like_object
 from adapters.s3._config import S3Config
 from engine.errors import ConfigError
 
-USER_AGENT = (
-    f"runferry aiobotocore/{aiobotocore.__version__} botocore/{botocore.__version__} "
-    f"Python/{platform.python_version()}"
-)
+# botocore appends "botocore/<version>" itself.
+USER_AGENT = f"runferry aiobotocore/{aiobotocore.__version__} Python/{platform.python_version()}"
 
 
 @asynccontextmanager
