@@ -29,15 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.key:
             key, _, entities = spec.partition("=")
             keys[key] = [e for e in entities.split(",") if e] or ["runferry"]
+    done = threading.Event()  # handlers first: whoever reads the lines below may signal at once
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
     server = launch(args.port, keys, sqlite_path=args.sqlite)
     server.faults.filestream_rps_per_run = args.filestream_rps_per_run
     server.faults.storage_slowdown_rps = args.storage_slowdown_rps
     print(f"fake W&B server listening on {server.base_url}", flush=True)
     for key, entities in keys.items():
         print(f"  key {key[:4]}... -> entities {', '.join(entities)}", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
     done.wait()
     server.close()
     return 0
