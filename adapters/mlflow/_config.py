@@ -59,8 +59,9 @@ class MlflowSourceConfig:
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
     - ``artifacts_direct_s3``: read runs whose artifact root is ``s3://...`` straight from the
       bucket, as MLflow's own client does (``MLFLOW_S3_ENDPOINT_URL`` and the usual AWS
-      credential chain), with parallel ranged GETs under the adaptive S3 limiter, instead of
-      through the tracking server (default false).
+      credential chain), under the adaptive S3 limiter (one streamed GET per file up to 256 MiB,
+      resumed after a break; parallel ranged GETs above), instead of through the tracking server
+      (default false).
     """
 
     tracking_uri: str
