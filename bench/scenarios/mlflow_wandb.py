@@ -1,6 +1,7 @@
 """MLflow -> W&B: runferry against W&B's own MlflowImporter (wandb 0.27.0) on the same servers.
 
-One real ``mlflow server`` (SQLite) is seeded through the official client with ``--runs`` runs
+One real ``mlflow server`` (SQLite; ``--server-workers`` processes, 4 by default like
+``mlflow server`` itself) is seeded through the official client with ``--runs`` runs
 of ``--keys`` x ``--steps`` points (every point of a step shares one timestamp, so both tools
 can be exact). One W&B-compatible server (``python -m tests.servers.wandb``, its own process)
 receives both migrations, into two projects. Measured children (wall, CPU, peak RSS via
@@ -103,6 +104,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=10)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--runs-concurrency", type=int, default=4)
+    p.add_argument("--server-workers", type=int, default=4,
+                   help="worker processes of the mlflow server (default 4, mlflow server's own default)")
     p.add_argument("--filestream-rps-per-run", type=float, default=None,
                    help="server-side per-run file_stream limit (W&B documents 2); default: none")
     p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
@@ -126,7 +129,7 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
     from tests.servers.mlflow_server import MlflowServer
 
     peer_python = None if a.skip_peer else ensure_peer_venv()
-    with MlflowServer(workdir / "mlflow") as mlflow_server, _wandb_server(workdir, a) as wandb_url:
+    with MlflowServer(workdir / "mlflow", workers=a.server_workers) as mlflow_server, _wandb_server(workdir, a) as wandb_url:
         expected = _seed(mlflow_server.url, a)
         points = sum(len(p) for p in expected.values())
         rows: list[dict[str, Any]] = []
