@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
+import numpy as np
+import pyarrow as pa
 
 from engine.errors import ConfigError
 from engine.model import HistoryChunk, history_batch
@@ -94,11 +96,13 @@ class SqliteHistory:
                 if not rows:
                     return
                 keys, steps, times, values, nans = zip(*rows)
+                floats = np.array(values, dtype=np.float64)
+                floats[np.array(nans, dtype=bool)] = np.nan  # NaN is stored as 0 with is_nan set
                 batch = history_batch(
-                    list(keys),
-                    list(steps),
-                    [t / 1000 for t in times],
-                    [float("nan") if nan else float(v) for v, nan in zip(values, nans)],
+                    pa.array(keys, pa.string()),
+                    np.array(steps, dtype=np.int64),
+                    np.array(times, dtype=np.int64) / 1000,  # the same division as ms / 1000 in Python
+                    floats,
                 )
                 yield HistoryChunk(batch=batch, offset=offset)
                 offset += batch.num_rows
