@@ -46,6 +46,9 @@ class SqliteHistory:
 
     def __init__(self, uri: str) -> None:
         self.path = database_path(uri)
+        # one fetching thread at a time: building rows needs the GIL, and several threads
+        # handing it back and forth for every row are slower than one
+        self._reader = anyio.CapacityLimiter(1)
 
     def _connect(self) -> sqlite3.Connection:
         target = f"file:{quote(str(self.path.resolve()))}?mode=ro"
@@ -92,7 +95,7 @@ class SqliteHistory:
             )
             offset = start
             while True:
-                rows = await anyio.to_thread.run_sync(cursor.fetchmany, chunk_points)
+                rows = await anyio.to_thread.run_sync(cursor.fetchmany, chunk_points, limiter=self._reader)
                 if not rows:
                     return
                 keys, steps, times, values, nans = zip(*rows)
