@@ -76,7 +76,11 @@ class BulkHistory:
             if ask.lead:
                 await self._lead(key, ask)
             else:
-                await ask.wake.wait()
+                try:
+                    await ask.wake.wait()
+                except BaseException:  # cancelled while waiting: leave, and pass on a lead just given
+                    self._abandon(key, ask)
+                    raise
                 ask.wake = anyio.Event()
         return ask.points
 
@@ -95,6 +99,19 @@ class BulkHistory:
             queue = self._queues.get(key, [])
             queue[:] = [ask for ask in [*batch, *queue] if not ask.finished and ask is not leader]
             leader.lead = False
+            if queue:
+                queue[0].lead = True
+                queue[0].wake.set()
+            else:
+                self._queues.pop(key, None)
+                self._leading.discard(key)
+
+    def _abandon(self, key: str, ask: _Ask) -> None:
+        queue = self._queues.get(key, [])
+        if ask in queue:
+            queue.remove(ask)
+        if ask.lead:  # promoted, but gone before acting on it
+            ask.lead = False
             if queue:
                 queue[0].lead = True
                 queue[0].wake.set()

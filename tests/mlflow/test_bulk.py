@@ -179,6 +179,64 @@ async def test_a_cancelled_leader_hands_its_batch_on() -> None:
     assert server.calls == [["a"], ["b", "c"]]
 
 
+async def test_a_waiter_cancelled_as_it_is_handed_the_lead_passes_it_on() -> None:
+    server = ScriptedServer({"a": 1, "b": 2, "c": 3})
+    server.gate = anyio.Event()
+    bulk = BulkHistory(server.fetch)
+    got: dict[str, Any] = {}
+    b_scope = anyio.CancelScope()
+
+    async def first() -> None:
+        got["a"] = await bulk.history("a", "k")
+        b_scope.cancel()  # "b" was just handed the lead and has not run yet
+
+    async def second() -> None:
+        with b_scope:
+            got["b"] = await bulk.history("b", "k")
+
+    async def third() -> None:
+        got["c"] = await bulk.history("c", "k")
+
+    with anyio.fail_after(30):  # a guard against a hang, not a timing assertion
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await server.entered.wait()
+            tg.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(third)
+            await anyio.wait_all_tasks_blocked()
+            server.gate.set()
+    assert got == {"a": server.histories["a"], "c": server.histories["c"]}
+    assert server.calls == [["a"], ["c"]]
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    server = ScriptedServer({"a": 1, "b": 2, "c": 3})
+    server.gate = anyio.Event()
+    bulk = BulkHistory(server.fetch)
+    got: dict[str, Any] = {}
+    b_scope = anyio.CancelScope()
+
+    async def one(run: str) -> None:
+        got[run] = await bulk.history(run, "k")
+
+    async def second() -> None:
+        with b_scope:
+            await one("b")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "a")
+        await server.entered.wait()
+        tg.start_soon(second)
+        tg.start_soon(one, "c")
+        await anyio.wait_all_tasks_blocked()
+        b_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        server.gate.set()
+    assert got == {"a": server.histories["a"], "c": server.histories["c"]}
+    assert server.calls == [["a"], ["c"]]
+
+
 # -- against the real server ----------------------------------------------------------------
 async def read_all_at_once(source: MlflowSource) -> dict[str, pa.Table]:
     records = [await source.get_run(ref) for ref in await all_refs(source)]
