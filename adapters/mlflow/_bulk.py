@@ -99,12 +99,7 @@ class BulkHistory:
             queue = self._queues.get(key, [])
             queue[:] = [ask for ask in [*batch, *queue] if not ask.finished and ask is not leader]
             leader.lead = False
-            if queue:
-                queue[0].lead = True
-                queue[0].wake.set()
-            else:
-                self._queues.pop(key, None)
-                self._leading.discard(key)
+            self._pass_lead(key)
 
     def _abandon(self, key: str, ask: _Ask) -> None:
         queue = self._queues.get(key, [])
@@ -112,12 +107,17 @@ class BulkHistory:
             queue.remove(ask)
         if ask.lead:  # promoted, but gone before acting on it
             ask.lead = False
-            if queue:
-                queue[0].lead = True
-                queue[0].wake.set()
-            else:
-                self._queues.pop(key, None)
-                self._leading.discard(key)
+            self._pass_lead(key)
+
+    def _pass_lead(self, key: str) -> None:
+        """The first ask still queued for ``key`` leads next; with none, nobody leads it."""
+        queue = self._queues.get(key, [])
+        if queue:
+            queue[0].lead = True
+            queue[0].wake.set()
+        else:
+            self._queues.pop(key, None)
+            self._leading.discard(key)
 
     def _take(self, key: str, leader: _Ask) -> list[_Ask]:
         queue = self._queues[key]
