@@ -47,16 +47,23 @@ class ScriptedServer:
         return points[:max_points]
 
 
-async def ask_all(bulk: BulkHistory, runs: list[str], key: str = "k") -> dict[str, Any]:
-    got: dict[str, Any] = {}
+class Asker:
+    """Asks ``bulk`` for runs' histories of key "k" and keeps each answer under its run."""
 
-    async def one(run: str) -> None:
-        got[run] = await bulk.history(run, key)
+    def __init__(self, bulk: BulkHistory) -> None:
+        self.bulk = bulk
+        self.got: dict[str, Any] = {}
 
+    async def ask(self, run: str) -> None:
+        self.got[run] = await self.bulk.history(run, "k")
+
+
+async def ask_all(bulk: BulkHistory, runs: list[str]) -> dict[str, Any]:
+    asker = Asker(bulk)
     async with anyio.create_task_group() as tg:
         for run in runs:
-            tg.start_soon(one, run)
-    return got
+            tg.start_soon(asker.ask, run)
+    return asker.got
 
 
 async def test_asks_made_together_share_one_request() -> None:
@@ -71,10 +78,8 @@ async def test_asks_arriving_during_a_request_go_in_the_next_one() -> None:
     server = ScriptedServer({"a": 1, "b": 1, "c": 1})
     server.gate = anyio.Event()
     bulk = BulkHistory(server.fetch)
-    got: dict[str, Any] = {}
-
-    async def one(run: str) -> None:
-        got[run] = await bulk.history(run, "k")
+    asker = Asker(bulk)
+    got, one = asker.got, asker.ask
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(one, "a")
@@ -154,10 +159,8 @@ async def test_a_cancelled_leader_hands_its_batch_on() -> None:
     server = ScriptedServer({"a": 1, "b": 2, "c": 3})
     server.gate = anyio.Event()
     bulk = BulkHistory(server.fetch)
-    got: dict[str, Any] = {}
-
-    async def one(run: str) -> None:
-        got[run] = await bulk.history(run, "k")
+    asker = Asker(bulk)
+    got, one = asker.got, asker.ask
 
     leader_scope = anyio.CancelScope()
 
@@ -214,11 +217,9 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     server = ScriptedServer({"a": 1, "b": 2, "c": 3})
     server.gate = anyio.Event()
     bulk = BulkHistory(server.fetch)
-    got: dict[str, Any] = {}
+    asker = Asker(bulk)
+    got, one = asker.got, asker.ask
     b_scope = anyio.CancelScope()
-
-    async def one(run: str) -> None:
-        got[run] = await bulk.history(run, "k")
 
     async def second() -> None:
         with b_scope:
