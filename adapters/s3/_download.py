@@ -106,10 +106,7 @@ class Downloads(Listing):
                 task.cancel()
             if fetching:
                 await asyncio.gather(*fetching.values(), return_exceptions=True)
-        if verify == "whole" and whole.hexdigest() != info.etag:
-            raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
-        if verify == "parts" and multipart_etag(part_digests) != info.etag:
-            raise TransientError(f"{self.name}: {target}: downloaded parts do not match ETag {info.etag}", adapter=self.name)
+        self._verify_read(target, info, verify, whole, part_digests)
 
     async def _get_streaming(
         self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str, first: Any
@@ -186,6 +183,12 @@ class Downloads(Listing):
             part_digests.append(current.digest())
         if received != info.size:
             raise TransientError(f"{self.name}: {target}: got {received} of {info.size} bytes", adapter=self.name)
+        self._verify_read(target, info, verify, whole, part_digests)
+
+    def _verify_read(
+        self, target: S3Url, info: ObjectInfo, verify: str, whole: Any, part_digests: list[bytes]
+    ) -> None:
+        """The bytes read match the object's ETag (as ``_read_plan`` said to check them)."""
         if verify == "whole" and whole.hexdigest() != info.etag:
             raise TransientError(f"{self.name}: {target}: downloaded MD5 {whole.hexdigest()} != ETag {info.etag}", adapter=self.name)
         if verify == "parts" and multipart_etag(part_digests) != info.etag:
