@@ -13,6 +13,7 @@ console log is one file to the engine: it is streamed from line 0 each time it i
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -245,18 +246,20 @@ class WandbRunWriter:
             budget = content_budget(self.config.max_request_bytes)
             splitter, batcher = LineSplitter(line_cap(budget)), LineBatcher(budget)
             offset = 0
-            async for piece in spooled.read():
-                for line in splitter.feed(piece):
+
+            async def lines() -> AsyncIterator[str]:
+                async for piece in spooled.read():
+                    for line in splitter.feed(piece):
+                        yield line
+                for line in splitter.finish():
+                    yield line
+
+            async with contextlib.aclosing(lines()) as console:
+                async for line in console:
                     if (full := batcher.add(line)) is not None:
-                        await self.stream.send({OUTPUT: (offset, full)})
-                        offset += len(full)
-            for line in splitter.finish():
-                if (full := batcher.add(line)) is not None:
-                    await self.stream.send({OUTPUT: (offset, full)})
-                    offset += len(full)
+                        offset = await self._send_lines(OUTPUT, offset, full)
             if (rest := batcher.rest()) is not None:
-                await self.stream.send({OUTPUT: (offset, rest)})
-                offset += len(rest)
+                offset = await self._send_lines(OUTPUT, offset, rest)
             self._console_lines = offset
             if splitter.cuts:
                 self.events("console_line_cut", n=splitter.cuts, run=self._record.ref.id, max_chars=splitter.cap)
