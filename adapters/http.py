@@ -17,6 +17,7 @@ import email.utils
 import enum
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -176,6 +177,28 @@ def _decode_json(body: bytes) -> Any:
 # Failures of the exchange itself (not HTTP answers): resets, refused connections, timeouts,
 # bodies cut short. ``InvalidURL`` is a ClientError too, but retrying it cannot help.
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def acknowledge_now(response: aiohttp.ClientResponse) -> None:
+    """Acknowledge the segment that carried the response's headers at once, not ~40 ms later.
+
+    Why: a server that writes the headers and the body in two sends without ``TCP_NODELAY``
+    (MLflow's uvicorn does) holds the body back under Nagle's algorithm until the headers are
+    acknowledged, and Linux delays that acknowledgement on a keep-alive connection that looks
+    interactive. Every answer then costs ~40 ms of nothing: measured on a local ``mlflow
+    server``, ``runs/search`` took 60 ms per call instead of 16. ``TCP_QUICKACK`` sends the
+    pending ACK now (the kernel forgets the setting later, so it is set on every response).
+    """
+    if _QUICKACK is None or response.connection is None or response.connection.transport is None:
+        return
+    sock = response.connection.transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    except OSError:
+        pass  # a socket closing under us: nothing to speed up
 
 
 class HttpClient:
@@ -334,6 +357,7 @@ class HttpClient:
             async with limiter.slot() as ticket:
                 try:
                     async with self.session.request("GET", full_url, headers=headers) as response:
+                        acknowledge_now(response)
                         verdict = self.classify(response.status, response.headers, b"")
                         self._note_rate_limit(limiter, response.headers)
                         if verdict is Classification.OK:
@@ -398,6 +422,7 @@ class HttpClient:
         async with limiter.slot() as ticket:
             try:
                 async with self.session.request(method, full_url, **kwargs) as response:
+                    acknowledge_now(response)
                     body = await response.read()
                     headers = response.headers
                 self._note_rate_limit(limiter, headers)

@@ -2,10 +2,11 @@
 
 Why its own module: W&B limits file_stream per run (documented default 2 requests/s, 429 with
 ``Retry-After`` above it) while the shared HTTP limiter works per host. ``RunPacer`` keeps one
-run under its limit and adapts: it doubles the interval (or honours ``Retry-After``) when the
-server throttles this run and shrinks it back towards the configured rate after accepted
-requests. Requests are sent one at a time per run, so offsets are acknowledged in order and a
-resumed migration re-sends the same (offset, lines) windows, which overwrite, never append.
+run under its limit (read as a sliding window, as W&B states it) and adapts: it halves the
+rate (and honours ``Retry-After``) when the server throttles this run and raises it back
+towards the configured rate after accepted requests. Requests are sent one at a time per run,
+so offsets are acknowledged in order and a resumed migration re-sends the same (offset, lines)
+windows, which overwrite, never append.
 
 The HTTP client used here makes single attempts (``max_attempts=1``); this module owns the
 retry loop so that each run's throttles slow that run, not the others.
@@ -14,6 +15,7 @@ retry loop so that each run's throttles slow that run, not the others.
 from __future__ import annotations
 
 import gzip
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,33 +70,66 @@ class FileStreamClient(HttpClient):
 
 
 class RunPacer:
-    """Spacing between one run's file_stream requests (pure state + an injected clock)."""
+    """One run's file_stream requests within ``rate`` per second (pure state + an injected clock).
+
+    The limit is read the way W&B states it and the way a sliding-window limiter enforces it:
+    at most ``burst = max(1, floor(rate))`` requests in any window of ``burst / rate`` seconds
+    (2/s: two requests per second). So a run that was quiet sends its next two requests at once,
+    e.g. its last history lines and the summary with ``complete``, instead of waiting half a
+    second between them. A request's time in the window is when its answer arrived (``sent``),
+    not when it left, so a slow upload cannot make two requests look closer together to the
+    server than they were.
+
+    Adaptive: a refusal halves the current rate and blocks until its ``Retry-After``; each
+    accepted request raises the rate by a quarter, back up to the configured one.
+    """
 
     def __init__(self, rate: float, clock: Clock | None = None) -> None:
-        self.min_interval = 1.0 / rate
-        self.interval = self.min_interval
+        self.max_rate = rate
+        self.rate = rate
         self.clock = clock or MonotonicClock()
-        self._next_at = 0.0
+        self._times: deque[float] = deque(maxlen=max(1, int(rate)))
+        self._blocked_until = 0.0
         self.throttles = 0
 
+    @property
+    def burst(self) -> int:
+        return max(1, int(self.rate))
+
+    @property
+    def window(self) -> float:
+        return self.burst / self.rate
+
+    def ready_at(self) -> float:
+        """The earliest time the next request may go."""
+        at = self._blocked_until
+        if len(self._times) >= self.burst:
+            at = max(at, self._times[-self.burst] + self.window)
+        return at
+
     async def wait_turn(self) -> None:
-        delay = self._next_at - self.clock.now()
-        if delay > 0:
+        while (delay := self.ready_at() - self.clock.now()) > 0:
             await self.clock.sleep(delay)
-        self._next_at = self.clock.now() + self.interval
+        self._times.append(self.clock.now())
+
+    def _answered(self) -> None:
+        if self._times:
+            self._times[-1] = self.clock.now()
 
     def throttled(self, retry_after: float | None) -> None:
-        """The server refused a request of this run: slow down (multiplicative)."""
+        """The server refused this run's request: slow down (multiplicative), honour Retry-After."""
+        self._answered()
         self.throttles += 1
-        self.interval = min(MAX_INTERVAL, max(self.interval * 2.0, retry_after or 0.0))
-        self._next_at = max(self._next_at, self.clock.now() + max(self.interval, retry_after or 0.0))
+        self.rate = max(1.0 / MAX_INTERVAL, self.rate / 2.0)
+        self._blocked_until = max(self._blocked_until, self.clock.now() + (retry_after or 0.0))
 
     def accepted(self) -> None:
         """A request went through: drift back towards the configured rate."""
-        self.interval = max(self.min_interval, self.interval * 0.8)
+        self._answered()
+        self.rate = min(self.max_rate, self.rate * 1.25)
 
     def __repr__(self) -> str:
-        return f"<RunPacer interval={self.interval:.3f}s throttles={self.throttles}>"
+        return f"<RunPacer rate={self.rate:.3f}/s throttles={self.throttles}>"
 
 
 class FileStream:

@@ -10,6 +10,7 @@ everything else is forwarded unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class FaultProxy(ForwardingServer):
         self.requests: list[tuple[str, str]] = []
         self.in_flight = 0
         self.most_in_flight = 0  # the most requests the proxy held at once since the last reset
+        self.gather = 0  # hold requests until this many are in flight together (once); 0 = off
+        self.gather_path = ""  # ... only requests whose path has this part
+        self._gathered: asyncio.Event | None = None
         self._faults: dict[str, deque[object]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -76,6 +80,7 @@ class FaultProxy(ForwardingServer):
             self.requests.clear()
             self.ignore_paging = False
             self.most_in_flight = 0
+            self.gather, self.gather_path, self._gathered = 0, "", None
 
     def _next_action(self, path: str, method: str) -> object | None:
         with self._lock:
@@ -89,9 +94,22 @@ class FaultProxy(ForwardingServer):
         self.in_flight += 1  # the proxy's own loop thread is the only writer
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
+            if self.gather and self.gather_path in request.path:
+                await self._gather()
             return await self._forward(request)
         finally:
             self.in_flight -= 1
+
+    async def _gather(self) -> None:
+        """Hold this request until ``gather`` requests are in flight together, so a test of a
+        client's concurrency sees it whatever the machine's speed (30 s at most: a client that
+        never overlaps requests then fails the test's own assertion instead of hanging it)."""
+        if self._gathered is None:
+            self._gathered = asyncio.Event()
+        if self.in_flight >= self.gather:
+            self._gathered.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gathered.wait(), 30)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         action = self._next_action(request.path, request.method)

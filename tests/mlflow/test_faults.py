@@ -182,6 +182,9 @@ async def test_requests_in_flight_stay_within_max_in_flight(
     """A one-worker server with a SQL store jams when more requests than its connection pool
     wait inside it; the client keeps the rest waiting on its side instead."""
     source_proxy, dest_proxy = proxies
+    # held until two overlap, so the lower bounds below hold on any machine
+    source_proxy.gather, source_proxy.gather_path = 2, "metrics/get-history"
+    dest_proxy.gather, dest_proxy.gather_path = 2, "runs/log-batch"
     cfg_src = source_config(source_proxy.url, experiments=[seeded.many_name], max_in_flight=3, bulk_history=False)
     cfg_dst = dest_config(dest_proxy.url, experiment=f"in-flight-{seeded.suffix}{{experiment}}", max_in_flight=4)
     mapping: dict[str, str] = {}
