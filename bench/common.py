@@ -1,7 +1,11 @@
 """Shared bench helpers: run a child and measure it (wall, CPU, peak RSS), print tables.
 
-Every figure comes from a child process measured by ``os.wait4``, so the numbers belong to
-exactly that process (not to the bench driver, and not to other children).
+Every figure comes from a child process, so the numbers belong to exactly that process (not
+to the bench driver, and not to other children): wall time around it, CPU time from
+``os.wait4``, and peak RSS from the child's own ``VmHWM`` (``/proc/<pid>/status``, read every
+10 ms while it runs). ``wait4``'s ``ru_maxrss`` cannot be used for memory: Linux carries the
+parent's high-water mark into a child across fork/exec, so every child below the bench
+driver's size (~190 MB once wandb and mlflow are imported) showed the driver's figure.
 """
 
 from __future__ import annotations
@@ -62,10 +66,12 @@ def run_child(argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, st
     with subprocess.Popen(
         list(argv), cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
+        peak = _PeakRss(proc.pid)
         # communicate() would reap the child and lose its rusage: read the pipes, then wait4
         out, err = _drain(proc)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
+        peak.stop()
     wall = time.perf_counter() - started
     return ChildResult(
         argv=tuple(argv),
@@ -73,10 +79,38 @@ def run_child(argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, st
         wall_s=wall,
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
-        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+        peak_rss_bytes=peak.bytes,
         stdout=out,
         stderr=err,
     )
+
+
+class _PeakRss:
+    """The child's own high-water RSS (``VmHWM``), sampled by a thread until ``stop()``."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        import threading
+
+        self.path = Path(f"/proc/{pid}/status")
+        self.bytes = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        while True:
+            try:
+                for line in self.path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.bytes = max(self.bytes, int(line.split()[1]) * 1024)  # kB
+            except OSError:  # gone: the last sample stands
+                return
+            if self._done.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _drain(proc: subprocess.Popen[str]) -> tuple[str, str]:

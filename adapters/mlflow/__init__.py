@@ -5,11 +5,26 @@ API; ``MlflowDestination`` writes them back, idempotently (a tag carries the sou
 identity) and resumably (history replays never store a point twice).
 """
 
-from adapters.mlflow._config import MlflowDestinationConfig as MlflowDestinationConfig
-from adapters.mlflow._config import MlflowSourceConfig as MlflowSourceConfig
-from adapters.mlflow._destination import MlflowDestination as MlflowDestination
-from adapters.mlflow._destination import MlflowRunWriter as MlflowRunWriter
-from adapters.mlflow._source import MlflowSource as MlflowSource
+from importlib import import_module
+from typing import Any
+
+# Imported on first use (PEP 562): a migration that reads MLflow never loads the writer's
+# modules, and one that writes it never loads the reader's.
+_HOME = {
+    "MlflowDestinationConfig": "_config",
+    "MlflowSourceConfig": "_config",
+    "MlflowDestination": "_destination",
+    "MlflowRunWriter": "_destination",
+    "MlflowSource": "_source",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "MlflowDestination",

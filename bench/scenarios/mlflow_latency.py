@@ -6,18 +6,45 @@ several requests in flight and follows the server's throughput. This measures th
 sequential client sees for a few typical calls, so the two ``mlflow_*`` scenarios' ratios can
 be read against the server configuration they ran on.
 
+The last two columns are runferry's own HTTP client asking ``runs/get`` one call at a time,
+with and without acknowledging the answer's headers at once (``adapters.http.acknowledge_now``):
+MLflow's uvicorn sends headers and body in two writes, Nagle's algorithm holds the body until
+the headers are acknowledged, and Linux delays that ACK by ~40 ms on keep-alive connections.
+
     python -m bench mlflow_latency [--workers 1 2 4 --calls 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import anyio
+
 from bench.common import REPO, print_table
+
+
+async def _runferry_get_run(url: str, run_id: str, calls: int, prompt_ack: bool) -> float:
+    """Mean seconds per sequential ``runs/get`` through ``adapters.http.HttpClient``."""
+    from unittest import mock
+
+    from adapters import http
+    from adapters.base import AdapterContext
+
+    with contextlib.ExitStack() as stack:
+        if not prompt_ack:
+            stack.enter_context(mock.patch.object(http, "acknowledge_now", lambda response: None))
+        async with http.HttpClient(base_url=url, name="latency", context=AdapterContext()) as client:
+            params = {"run_id": run_id}
+            await client.request_json("GET", "/api/2.0/mlflow/runs/get", params=params)  # warm
+            started = time.perf_counter()
+            for _ in range(calls):
+                await client.request_json("GET", "/api/2.0/mlflow/runs/get", params=params)
+            return (time.perf_counter() - started) / calls
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -56,6 +83,9 @@ def main(argv: list[str]) -> int:
                 for _ in range(a.calls):
                     call()
                 row[f"{name} ms"] = round((time.perf_counter() - started) / a.calls * 1000, 1)
+            for prompt_ack in (True, False):
+                label = "runferry runs/get ms" if prompt_ack else "runferry runs/get, ACK delayed ms"
+                row[label] = round(anyio.run(_runferry_get_run, server.url, run_id, a.calls, prompt_ack) * 1000, 1)
             rows.append(row)
     print_table(rows)
     return 0

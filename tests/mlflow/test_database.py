@@ -66,12 +66,19 @@ async def test_same_points_same_order_and_resume_offsets_as_the_api(
 
 
 async def test_connections_cannot_write(snapshot: Path) -> None:
+    import adbc_driver_sqlite.dbapi as adbc
+
+    before = digest(snapshot)
     connection = SqliteHistory(f"sqlite:///{snapshot}")._connect()
     try:
-        with pytest.raises(sqlite3.OperationalError):
-            connection.execute("DELETE FROM metrics")
+        with pytest.raises(adbc.Error, match="readonly|query_only"):
+            connection.rows("DELETE FROM metrics")
+        connection.rows("PRAGMA query_only = OFF")  # the file itself is opened read-only too
+        with pytest.raises(adbc.Error, match="readonly"):
+            connection.rows("DELETE FROM metrics")
     finally:
         connection.close()
+    assert digest(snapshot) == before
 
 
 async def test_a_database_that_is_not_this_servers_is_refused(
