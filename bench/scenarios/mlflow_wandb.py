@@ -70,6 +70,7 @@ print(len(runs))
 
 READ_ONLY_SCRIPT = """
 import sys, anyio, contextlib
+import engine.__main__  # the command line's start-up (no pandas probe), as migrate has it
 from engine.config import load_config
 from engine.pipeline import make_context, open_adapters
 from engine.progress import Progress
@@ -95,6 +96,7 @@ async def main():
     print(points)
 
 anyio.run(main)
+engine.__main__._exit_now(0)  # and its quick exit
 """
 
 

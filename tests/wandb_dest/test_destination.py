@@ -201,6 +201,20 @@ async def test_per_run_filestream_limit_is_kept_from_the_quota_headers(server, p
     assert requests >= 10 and fake_clock.now() - started >= (requests - 2) / 2
 
 
+async def test_pacing_at_the_documented_rate_never_trips_the_servers_window(server, project, fake_clock) -> None:
+    """2 requests/s per run, read as W&B states it (a sliding one-second window): two at once,
+    then two a second later, and the server never answers 429."""
+    events = Events()
+    server.faults.clock = fake_clock.now
+    server.faults.filestream_rps_per_run = 2
+    started = fake_clock.now()
+    before = sum(1 for kind, _ in server.state.request_log if kind == "filestream")
+    throttles = await migrate_under_faults(server, project, fake_clock, events, filestream_rate=2.0)
+    requests = sum(1 for kind, _ in server.state.request_log if kind == "filestream") - before
+    assert throttles == 0 and server.faults.injected.get("ratelimit:filestream", 0) == 0
+    assert requests >= 10 and fake_clock.now() - started >= (requests - 2) / 2
+
+
 def test_filestream_limits_are_per_run_not_per_host(server) -> None:
     from adapters.base import AdapterContext
     from adapters.wandb._filestream import FileStreamClient
