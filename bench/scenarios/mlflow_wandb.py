@@ -4,8 +4,8 @@ One real ``mlflow server`` (SQLite; ``--server-workers`` processes, 4 by default
 ``mlflow server`` itself) is seeded through the official client with ``--runs`` runs
 of ``--keys`` x ``--steps`` points (every point of a step shares one timestamp, so both tools
 can be exact). One W&B-compatible server (``python -m tests.servers.wandb``, its own process)
-receives both migrations, into two projects. Measured children (wall, CPU, peak RSS via
-``wait4``), each on the same source data:
+receives both migrations, into two projects. Measured children (wall, CPU, peak RSS; see
+``bench.common``), each on the same source data:
 
 - ``peer``: ``wandb.apis.importers.mlflow.MlflowImporter`` from wandb 0.27.0 (the last release
   that has it), in its own venv ``.venv-wandb027-importers`` (``wandb[importers]==0.27.0``,
