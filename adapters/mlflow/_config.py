@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from adapters.mlflow._database import database_path
+from adapters.mlflow._database import backend_store
 from engine.errors import ConfigError
 
 # Server limits of runs/log-batch (mlflow/utils/validation.py); the 1 MB body cap is kept with
@@ -45,11 +45,15 @@ class MlflowSourceConfig:
       server's ``get-history-bulk`` endpoint (every point, not sampled; runs with 10,000 or
       more points of a key, and servers without the endpoint, use ``metrics/get-history``)
       (default true).
-    - ``history_database``: the server's SQLite backend store, as given to ``mlflow server``
-      (``sqlite:////path/mlflow.db``): metric histories are read from it directly, read-only,
-      in the same order as through the API (so resume cursors stay valid), many times faster
-      and without loading the server; runs, params, tags and artifacts still come through the
-      server. It must be this server's database (checked at start) (default: none).
+    - ``history_database``: the server's backend store, as given to ``mlflow server
+      --backend-store-uri``: SQLite (``sqlite:////path/mlflow.db``) or PostgreSQL
+      (``postgresql://user@host:5432/mlflow``, also ``postgresql+psycopg2://...`` and libpq's
+      ``?host=/socket/dir``). Metric histories are read from it directly, read-only, in the
+      same order as through the API (so resume cursors stay valid), many times faster and
+      without loading the server; runs, params, tags and artifacts still come through the
+      server. It must be this server's database (checked at start). A password is better
+      left out of the URI and given through libpq's ``PGPASSWORD`` or ``~/.pgpass``; one in
+      the URI is shown as ``***`` in messages (default: none).
     - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
       still yielded in order (keys sorted, the server's order within a key).
     - ``max_in_flight``: requests in flight to the tracking server at once (default 6). MLflow's
@@ -92,7 +96,7 @@ class MlflowSourceConfig:
         if self.key_concurrency < 1:
             raise ValueError("key_concurrency must be at least 1")
         if self.history_database:
-            database_path(self.history_database)
+            backend_store(self.history_database)
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
         if self.max_in_flight < 1:

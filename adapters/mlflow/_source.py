@@ -26,7 +26,7 @@ from adapters.base import AdapterContext
 from adapters.mlflow._bulk import BulkHistory
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
-from adapters.mlflow._database import SqliteHistory
+from adapters.mlflow._database import HistoryDatabase
 from adapters.mlflow._dbfs import DBFS_RUN_PREFIX, DatabricksArtifacts, is_databricks_run_uri
 from engine.errors import ConfigError, FatalError, NotFoundError
 from engine.model import (
@@ -72,7 +72,7 @@ class MlflowSource:
         self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: list[dict[str, Any]] = []
         self._bulk: BulkHistory | None = None
-        self._database: SqliteHistory | None = None
+        self._database: HistoryDatabase | None = None
         self._source_uri = config.tracking_uri  # "databricks" becomes the workspace's URL once open
 
     def describe(self) -> str:
@@ -109,7 +109,7 @@ class MlflowSource:
             self._rest = rest
             self._bulk = BulkHistory(rest.history_bulk) if c.bulk_history else None
             if c.history_database:
-                self._database = SqliteHistory(c.history_database)
+                self._database = HistoryDatabase(c.history_database)
                 await self._database.check(self._experiments)
             self._resources = stack.pop_all()
         return self

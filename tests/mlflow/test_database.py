@@ -1,6 +1,7 @@
 """Histories read straight from the server's SQLite file (``history_database``): the same points
 in the same order as through the API (so resume cursors agree), read-only, and a wrong file is
-a configuration error before anything is copied."""
+a configuration error before anything is copied. (PostgreSQL: test_database_postgres.py, which
+shares ``assert_same_history_as_the_api``.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.mlflow import MlflowSource
-from adapters.mlflow._database import SqliteHistory
+from adapters.mlflow._database import HistoryDatabase
 from engine.errors import ConfigError
 from tests.adapters.contract import all_refs, assert_history_equal, read_history
 from tests.mlflow.fault_proxy import FaultProxy
@@ -39,15 +40,24 @@ def snapshot(source_server: MlflowServer, tmp_path: Path) -> Path:
 async def test_same_points_same_order_and_resume_offsets_as_the_api(
     source_server: MlflowServer, seeded: Seeded, snapshot: Path, experiment: str
 ) -> None:
-    name = seeded.edge_name if experiment == "edge" else seeded.many_name
-    through_api = source_config(source_server.url, experiments=[name], include_deleted=True, bulk_history=False)
-    proxy = FaultProxy(source_server.url).start()  # counts what the database-backed source asks
-    from_file = source_config(proxy.url, experiments=[name], include_deleted=True, history_database=f"sqlite:///{snapshot}")
     before = digest(snapshot)
+    await assert_same_history_as_the_api(source_server, seeded, experiment, f"sqlite:///{snapshot}")
+    assert digest(snapshot) == before  # never written
+
+
+async def assert_same_history_as_the_api(
+    server: MlflowServer, seeded: Seeded, experiment: str, history_database: str
+) -> None:
+    """Every run of the experiment: the same points in the same order and chunks read from
+    ``history_database`` as through the API, resumed reads included; no get-history request."""
+    name = seeded.edge_name if experiment == "edge" else seeded.many_name
+    through_api = source_config(server.url, experiments=[name], include_deleted=True, bulk_history=False)
+    proxy = FaultProxy(server.url).start()  # counts what the database-backed source asks
+    from_database = source_config(proxy.url, experiments=[name], include_deleted=True, history_database=history_database)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(proxy.stop)
         api = await stack.enter_async_context(MlflowSource(through_api, context(700)))
-        database = await stack.enter_async_context(MlflowSource(from_file, context(700)))
+        database = await stack.enter_async_context(MlflowSource(from_database, context(700)))
         refs = await all_refs(api)
         assert [r.id for r in await all_refs(database)] == [r.id for r in refs]
         for ref in refs:
@@ -62,14 +72,13 @@ async def test_same_points_same_order_and_resume_offsets_as_the_api(
                     tail, _ = await read_history(database, record, start)
                     assert_history_equal(tail, expected.slice(start))
         assert proxy.count("runs/search") > 0 and proxy.count("get-history") == 0
-    assert digest(snapshot) == before  # never written
 
 
 async def test_connections_cannot_write(snapshot: Path) -> None:
     import adbc_driver_sqlite.dbapi as adbc
 
     before = digest(snapshot)
-    connection = SqliteHistory(f"sqlite:///{snapshot}")._connect()
+    connection = HistoryDatabase(f"sqlite:///{snapshot}")._connect()
     try:
         with pytest.raises(adbc.Error, match="readonly|query_only"):
             connection.rows("DELETE FROM metrics")
@@ -100,6 +109,16 @@ async def test_a_database_that_is_not_this_servers_is_refused(
                 pass
 
 
-def test_only_sqlite_uris_are_accepted(source_server: MlflowServer) -> None:
-    with pytest.raises(ValueError, match="SQLite only"):
-        source_config(source_server.url, history_database="postgresql://user@db/mlflow")
+def test_only_sqlite_and_postgresql_uris_are_accepted() -> None:
+    for uri in (
+        "sqlite:////srv/mlflow/mlflow.db",
+        "postgresql://user@db:5432/mlflow",
+        "postgresql+psycopg2://user:secret@db/mlflow",  # SQLAlchemy's spelling, as given to mlflow server
+        "postgres://user@db/mlflow",
+        "postgresql://user@/mlflow?host=/var/run/postgresql",  # libpq's Unix socket form
+    ):
+        source_config("http://127.0.0.1:5000", history_database=uri)
+    for uri in ("mysql://user:secret@db/mlflow", "mssql+pyodbc://user:secret@db/mlflow", "/srv/mlflow/mlflow.db"):
+        with pytest.raises(ValueError, match="SQLite or PostgreSQL only") as caught:
+            source_config("http://127.0.0.1:5000", history_database=uri)
+        assert "secret" not in str(caught.value)

@@ -1,4 +1,6 @@
-"""A real ``mlflow server`` on a free loopback port, for tests and bench (SQLite + local artifacts).
+"""A real ``mlflow server`` on a free loopback port, for tests and bench (SQLite + local artifacts;
+or another backend store given as ``backend_store_uri``, e.g. PostgreSQL, migrated beforehand with
+``migrate``).
 
 A fresh SQLite database takes 10-20 s of schema migrations on a small machine, so the migrated
 empty database is built once per MLflow version and copied for every server (startup then takes
@@ -56,14 +58,19 @@ def _build_template() -> Path:
     if path.exists():
         return path
     building = cache / f"mlflow-{mlflow.__version__}-{os.getpid()}-{threading.get_ident()}.building.db"
+    migrate(f"sqlite:///{building}")
+    os.replace(building, path)
+    return path
+
+
+def migrate(backend_store_uri: str) -> None:
+    """Create MLflow's tables in an empty database (what ``mlflow server`` does at first start)."""
     script = (
         "import sys, tempfile\n"
         "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore\n"
-        "SqlAlchemyStore('sqlite:///' + sys.argv[1], tempfile.mkdtemp())\n"
+        "SqlAlchemyStore(sys.argv[1], tempfile.mkdtemp())\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(building)], check=True, capture_output=True, timeout=300)
-    os.replace(building, path)
-    return path
+    subprocess.run([sys.executable, "-c", script, backend_store_uri], check=True, capture_output=True, timeout=300)
 
 
 class MlflowServer:
@@ -77,8 +84,10 @@ class MlflowServer:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         workers: int = 1,
+        backend_store_uri: str | None = None,
     ) -> None:
         self.root = Path(root)
+        self.backend_store_uri = backend_store_uri  # None: a SQLite file under root
         self.port = 0
         self.artifacts_destination = artifacts_destination or str(self.root / "artifacts")
         self.extra_args = extra_args
@@ -97,23 +106,23 @@ class MlflowServer:
     @property
     def database_uri(self) -> str:
         """The backend store, spelled as ``mlflow server --backend-store-uri`` takes it."""
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
 
     def start(self) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         database = self.root / "mlflow.db"
-        if not database.exists():
+        if self.backend_store_uri is None and not database.exists():
             shutil.copyfile(template_database(), database)
         for _ in range(3):  # a free port can be taken between probing and binding
             self.port = free_port()
-            if self._launch(database):
+            if self._launch():
                 return self
         raise RuntimeError(f"mlflow server did not start; see {self.log_path}")
 
-    def _launch(self, database: Path) -> bool:
+    def _launch(self) -> bool:
         command = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{database}",
+            "--backend-store-uri", self.database_uri,
             "--artifacts-destination", self.artifacts_destination,
             "--serve-artifacts",
             "--host", "127.0.0.1",
