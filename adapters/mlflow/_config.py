@@ -79,7 +79,7 @@ class MlflowSourceConfig:
     page_size: int = 1000
     history_page_size: int = 25_000
     bulk_history: bool = True
-    history_database: str = ""
+    history_database: str = field(default="", repr=False)  # a PostgreSQL URI may hold a password
     key_concurrency: int = 4
     max_in_flight: int = 6
     timeout: float = 120.0
