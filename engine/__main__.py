@@ -26,8 +26,9 @@ def _pyarrow_without_pandas() -> None:
     ``pa.array``, ``pa.scalar`` and friends import pandas on first use when it is installed
     (it is, next to mlflow), only to recognise pandas inputs: ~0.2 s of a small migration's
     start-up. The command line never hands pyarrow a pandas object, so pyarrow's probe is made
-    to fail once here; pandas itself stays importable. Library users (``engine.importers``)
-    keep pyarrow's normal behaviour: their process may well use pandas with pyarrow.
+    to fail once here, by ``run()``; pandas itself stays importable. Importing this module
+    changes nothing: library users (``engine.importers``, tests calling ``main()``) keep
+    pyarrow's normal behaviour, as their process may well use pandas with pyarrow.
     """
     if "pandas" in sys.modules:
         return
@@ -45,8 +46,6 @@ def _pyarrow_without_pandas() -> None:
     finally:
         sys.meta_path.remove(NoPandas)  # type: ignore[arg-type]
 
-
-_pyarrow_without_pandas()
 
 import anyio
 
@@ -133,7 +132,8 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 
 
 def run() -> NoReturn:
-    """The ``runferry`` command: ``main()``, then a quick exit."""
+    """The ``runferry`` command: ``main()`` without pyarrow's pandas probe, then a quick exit."""
+    _pyarrow_without_pandas()
     _exit_now(main())
 
 

@@ -76,9 +76,9 @@ class RunPacer:
     at most ``burst = max(1, floor(rate))`` requests in any window of ``burst / rate`` seconds
     (2/s: two requests per second). So a run that was quiet sends its next two requests at once,
     e.g. its last history lines and the summary with ``complete``, instead of waiting half a
-    second between them. A request's time in the window is when its answer arrived (``sent``),
-    not when it left, so a slow upload cannot make two requests look closer together to the
-    server than they were.
+    second between them. A request's time in the window is when its answer arrived
+    (``accepted`` / ``throttled``), not when it left, so a slow upload cannot make two requests
+    look closer together to the server than they were.
 
     Adaptive: a refusal halves the current rate and blocks until its ``Retry-After``; each
     accepted request raises the rate by a quarter, back up to the configured one.

@@ -70,7 +70,8 @@ print(len(runs))
 
 READ_ONLY_SCRIPT = """
 import sys, anyio, contextlib
-import engine.__main__  # the command line's start-up (no pandas probe), as migrate has it
+import engine.__main__
+engine.__main__._pyarrow_without_pandas()  # the command line's start-up, as migrate has it
 from engine.config import load_config
 from engine.pipeline import make_context, open_adapters
 from engine.progress import Progress
