@@ -49,6 +49,7 @@ SQLITE_SCHEME = "sqlite:///"
 _POSTGRES_SCHEME = re.compile(r"(?:postgresql(?:\+\w+)?|postgres)://")
 _USERINFO = re.compile(r"(?P<user>[^:/]*)(?::(?P<password>[^@]*))?@")  # SQLAlchemy's URL pattern
 _WHERE = "[source] history_database"
+_KEEP_IDLE = 16  # connections kept open between reads
 
 # Both engines: is it an MLflow database at all, and which experiments does it hold.
 _PROBE_QUERY = "SELECT key, value, timestamp, step, is_nan, run_uuid FROM metrics LIMIT 1"
@@ -169,6 +170,9 @@ class _Connection:
         self.cursor.execute(query, parameters)
         return self.cursor.fetchall()
 
+    def end_history(self) -> None:
+        """A history was read to its end: make the connection ready for the next one."""
+
     def close(self) -> None:
         try:
             self.cursor.close()
@@ -238,6 +242,9 @@ class _PostgresConnection(_Connection):
 
         return next_batch
 
+    def end_history(self) -> None:
+        self.cursor.execute("ROLLBACK")  # ends the read-only transaction, and its cursor with it
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
@@ -274,9 +281,29 @@ class HistoryDatabase:
 
     def __init__(self, uri: str) -> None:
         self.store = backend_store(uri)
+        self._idle: list[_Connection] = []  # connections between two reads; closed by aclose()
 
     def _connect(self) -> _Connection:
         return self.store.connect()
+
+    async def _borrow(self) -> _Connection:
+        """An idle connection, or a new one: opening a PostgreSQL connection costs ~40 ms (a
+        server process, then the driver's type catalogue), more than reading a small run."""
+        return self._idle.pop() if self._idle else await anyio.to_thread.run_sync(self._connect)
+
+    async def _give_back(self, connection: _Connection, *, reusable: bool) -> None:
+        """Keep a connection whose read ended cleanly; close one left mid-read (or one too many)."""
+        if reusable and len(self._idle) < _KEEP_IDLE:
+            self._idle.append(connection)
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(connection.close)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        with anyio.CancelScope(shield=True):
+            for connection in idle:
+                await anyio.to_thread.run_sync(connection.close)
 
     async def check(self, experiments: list[dict[str, Any]]) -> None:
         """It must be this server's database: every selected experiment is in it under the same
@@ -286,16 +313,17 @@ class HistoryDatabase:
         if (missing := self.store.missing()) is not None:
             raise ConfigError(f"{_WHERE}: {missing}")
 
-        def read_names() -> dict[str, str]:
-            connection = self._connect()
-            try:
-                connection.rows(_PROBE_QUERY)
-                return {str(ident): name for ident, name in connection.rows(_EXPERIMENTS_QUERY)}
-            finally:
-                connection.close()
+        def read_names(connection: _Connection) -> dict[str, str]:
+            connection.rows(_PROBE_QUERY)
+            return {str(ident): name for ident, name in connection.rows(_EXPERIMENTS_QUERY)}
 
         try:
-            names = await anyio.to_thread.run_sync(read_names)
+            connection = await self._borrow()
+            names: dict[str, str] | None = None
+            try:
+                names = await anyio.to_thread.run_sync(read_names, connection)
+            finally:
+                await self._give_back(connection, reusable=names is not None)
         except ConnectionError as exc:
             raise ConfigError(f"{_WHERE}: {exc}") from None
         except DriverError as exc:
@@ -311,13 +339,15 @@ class HistoryDatabase:
 
     async def history(self, run_id: str, start: int, chunk_points: int) -> AsyncIterator[HistoryChunk]:
         """Points of the run from index ``start`` on, in chunks of at most ``chunk_points``."""
-        connection = await anyio.to_thread.run_sync(self._connect)
+        connection = await self._borrow()
+        ended = False
         try:
             next_batch = await anyio.to_thread.run_sync(connection.history, run_id, start, max(1, chunk_points))
             offset = start
             while (batch := await anyio.to_thread.run_sync(_next_points, next_batch)) is not None:
                 yield HistoryChunk(batch=batch, offset=offset)
                 offset += batch.num_rows
+            await anyio.to_thread.run_sync(connection.end_history)
+            ended = True
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(connection.close)
+            await self._give_back(connection, reusable=ended)

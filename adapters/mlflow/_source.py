@@ -110,6 +110,7 @@ class MlflowSource:
             self._bulk = BulkHistory(rest.history_bulk) if c.bulk_history else None
             if c.history_database:
                 self._database = HistoryDatabase(c.history_database)
+                stack.push_async_callback(self._database.aclose)
                 await self._database.check(self._experiments)
             self._resources = stack.pop_all()
         return self
@@ -226,8 +227,11 @@ class MlflowSource:
         early at any ``yield``.
         """
         if self._database is not None:
-            async for chunk in self._database.history(run.ref.id, start, max(1, self.context.chunk_points)):
-                yield chunk
+            # closed with this generator: a reader stopping early must not leave a query open
+            history = self._database.history(run.ref.id, start, max(1, self.context.chunk_points))
+            async with contextlib.aclosing(history) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             return
         keys: list[str] = list(run.system.get("metric_keys") or sorted(run.summary))
         builder = _ChunkBuilder(max(1, self.context.chunk_points), offset=start)

@@ -1,7 +1,7 @@
 """MLflow -> W&B: runferry against W&B's own MlflowImporter (wandb 0.27.0) on the same servers.
 
-One real ``mlflow server`` (SQLite; ``--server-workers`` processes, 4 by default like
-``mlflow server`` itself) is seeded through the official client with ``--runs`` runs
+One real ``mlflow server`` (SQLite, or PostgreSQL with ``--backend-store postgresql``;
+``--server-workers`` processes, 4 by default like ``mlflow server`` itself) is seeded through the official client with ``--runs`` runs
 of ``--keys`` x ``--steps`` points (every point of a step shares one timestamp, so both tools
 can be exact). One W&B-compatible server (``python -m tests.servers.wandb``, its own process)
 receives both migrations, into two projects. Measured children (wall, CPU, peak RSS; see
@@ -15,7 +15,7 @@ receives both migrations, into two projects. Measured children (wall, CPU, peak 
 - ``read-only``: runferry draining the MLflow source only (no writes; runs side by side as
   ``migrate`` reads them), the source-side limit;
 - ``runferry-db`` / ``read-only-db``: the same two with ``history_database`` (histories read
-  straight from the MLflow server's SQLite file; runs, params and tags still through its API).
+  straight from the MLflow server's backend store; runs, params and tags still through its API).
 
 An unmeasured drain runs first: a fresh MLflow server's first history requests are much slower
 (warm-up), and no measured child should pay for that.
@@ -29,6 +29,7 @@ compared with MLflow: the table shows how many points each tool delivered exactl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=10)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--runs-concurrency", type=int, default=4)
+    p.add_argument("--backend-store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the mlflow server's backend store: a SQLite file (default) or a local PostgreSQL (pgserver)")
     p.add_argument("--server-workers", type=int, default=4,
                    help="worker processes of the mlflow server (default 4, mlflow server's own default)")
     p.add_argument("--filestream-rps-per-run", type=float, default=None,
@@ -129,10 +133,10 @@ def main(argv: list[str]) -> int:
 
 
 def _drive(a: argparse.Namespace, workdir: Path) -> int:
-    from tests.servers.mlflow_server import MlflowServer
-
     peer_python = None if a.skip_peer else ensure_peer_venv()
-    with MlflowServer(workdir / "mlflow", workers=a.server_workers) as mlflow_server, _wandb_server(workdir, a) as wandb_url:
+    with contextlib.ExitStack() as stack:
+        mlflow_server = stack.enter_context(_mlflow_server(workdir, a))
+        wandb_url = stack.enter_context(_wandb_server(workdir, a))
         expected = _seed(mlflow_server.url, a)
         points = sum(len(p) for p in expected.values())
         rows: list[dict[str, Any]] = []
@@ -182,12 +186,35 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
             ratio = results["peer"].wall_s / results["runferry"].wall_s
             print(f"\nrunferry is {ratio:.1f}x faster than W&B's MlflowImporter (wall time, same data and servers)")
             ratio_db = results["peer"].wall_s / results["runferry-db"].wall_s
-            print(f"runferry with history_database (histories read from the server's SQLite file) is {ratio_db:.1f}x faster")
+            print(f"runferry with history_database (histories read from the server's {a.backend_store} backend store) "
+                  f"is {ratio_db:.1f}x faster")
         print(f"runferry vs draining the source only: {results['runferry'].wall_s / results['read-only'].wall_s:.2f}x "
               f"(through the API), {results['runferry-db'].wall_s / results['read-only-db'].wall_s:.2f}x (history_database)")
         if a.json:
             print(json.dumps({"rows": rows}))
     return 0
+
+
+@contextlib.contextmanager
+def _mlflow_server(workdir: Path, a: argparse.Namespace) -> Iterator[Any]:
+    """The source server, on a SQLite file or on a fresh local PostgreSQL (Unix socket)."""
+    from tests.servers.mlflow_server import MlflowServer, migrate
+
+    if a.backend_store == "sqlite":
+        with MlflowServer(workdir / "mlflow", workers=a.server_workers) as server:
+            yield server
+        return
+    from tests.servers.postgres_server import PostgresServer
+
+    postgres = PostgresServer(workdir / "postgres").start()
+    try:
+        postgres.execute("CREATE DATABASE mlflow")
+        uri = postgres.uri("mlflow", scheme="postgresql+psycopg2")  # SQLAlchemy 2's postgresql:// means psycopg 3
+        migrate(uri)
+        with MlflowServer(workdir / "mlflow", workers=a.server_workers, backend_store_uri=uri) as server:
+            yield server
+    finally:
+        postgres.stop()
 
 
 class _wandb_server:

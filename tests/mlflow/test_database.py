@@ -74,6 +74,41 @@ async def assert_same_history_as_the_api(
         assert proxy.count("runs/search") > 0 and proxy.count("get-history") == 0
 
 
+async def test_reads_share_a_connection_and_one_left_midway_is_closed(
+    source_server: MlflowServer, seeded: Seeded, snapshot: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs read one after the other reuse one connection (opening one costs ~40 ms on
+    PostgreSQL); a reader that stops early leaves its query mid-way, so that connection is
+    closed, never handed on; the source closes the rest when it closes."""
+    opened: list[object] = []
+    closed: list[object] = []
+    connect = HistoryDatabase._connect
+
+    def counting(self: HistoryDatabase) -> object:
+        connection = connect(self)
+        opened.append(connection)
+        close = connection.close
+        connection.close = lambda: (closed.append(connection), close())[1]  # type: ignore[method-assign]
+        return connection
+
+    monkeypatch.setattr(HistoryDatabase, "_connect", counting)
+    cfg = source_config(source_server.url, experiments=[seeded.many_name], history_database=f"sqlite:///{snapshot}")
+    async with MlflowSource(cfg, context(700)) as source:
+        refs = await all_refs(source)
+        assert len(refs) > 2
+        for ref in refs:
+            history, _ = await read_history(source, await source.get_run(ref))
+            assert history.num_rows > 0
+        assert len(opened) == 1 and closed == []  # check() and every read on one connection
+        async with contextlib.aclosing(source.iter_history(await source.get_run(refs[0]))) as chunks:
+            async for _ in chunks:
+                break
+        assert closed == opened
+        await read_history(source, await source.get_run(refs[1]))
+        assert len(opened) == 2
+    assert closed == opened  # the idle one, with the source
+
+
 async def test_connections_cannot_write(snapshot: Path) -> None:
     import adbc_driver_sqlite.dbapi as adbc
 
