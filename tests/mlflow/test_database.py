@@ -109,6 +109,31 @@ async def test_reads_share_a_connection_and_one_left_midway_is_closed(
     assert closed == opened  # the idle one, with the source
 
 
+async def test_an_idle_connection_never_blocks_the_servers_writes(seeded: Seeded, snapshot: Path) -> None:
+    """Kept between reads, a connection holds no read lock: the server (still running during a
+    migration) commits its writes at once instead of failing with "database is locked"."""
+    run_id = seeded.runs["edge"]
+
+    def server_writes() -> None:
+        writer = sqlite3.connect(snapshot, timeout=0)  # a lock held anywhere fails this at once
+        try:
+            writer.execute("UPDATE runs SET name = name WHERE run_uuid = ?", (run_id,))
+            writer.commit()
+        finally:
+            writer.close()
+
+    database = HistoryDatabase(f"sqlite:///{snapshot}")
+    try:
+        await database.check([])
+        server_writes()
+        async with contextlib.aclosing(database.history(run_id, 0, 700)) as chunks:
+            points = sum([len(chunk) async for chunk in chunks])
+        assert points > 0 and len(database._idle) == 1
+        server_writes()
+    finally:
+        await database.aclose()
+
+
 async def test_connections_cannot_write(snapshot: Path) -> None:
     import adbc_driver_sqlite.dbapi as adbc
 
