@@ -53,7 +53,8 @@ class MlflowSourceConfig:
       without loading the server; runs, params, tags and artifacts still come through the
       server. It must be this server's database (checked at start). A password is better
       left out of the URI and given through libpq's ``PGPASSWORD`` or ``~/.pgpass``; one in
-      the URI is shown as ``***`` in messages (default: none).
+      the URI is shown as ``***`` in messages. One connection per run being read
+      (``runs_concurrency``); up to 16 stay open between reads (default: none).
     - ``key_concurrency``: metric keys of one run fetched at once (default 4); points are
       still yielded in order (keys sorted, the server's order within a key).
     - ``max_in_flight``: requests in flight to the tracking server at once (default 6). MLflow's
