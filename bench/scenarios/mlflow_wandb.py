@@ -198,7 +198,7 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
 @contextlib.contextmanager
 def _mlflow_server(workdir: Path, a: argparse.Namespace) -> Iterator[Any]:
     """The source server, on a SQLite file or on a fresh local PostgreSQL (Unix socket)."""
-    from tests.servers.mlflow_server import MlflowServer, migrate
+    from tests.servers.mlflow_server import MlflowServer
 
     if a.backend_store == "sqlite":
         with MlflowServer(workdir / "mlflow", workers=a.server_workers) as server:
@@ -208,9 +208,7 @@ def _mlflow_server(workdir: Path, a: argparse.Namespace) -> Iterator[Any]:
 
     postgres = PostgresServer(workdir / "postgres").start()
     try:
-        postgres.execute("CREATE DATABASE mlflow")
-        uri = postgres.uri("mlflow", scheme="postgresql+psycopg2")  # SQLAlchemy 2's postgresql:// means psycopg 3
-        migrate(uri)
+        uri = postgres.mlflow_database("mlflow")
         with MlflowServer(workdir / "mlflow", workers=a.server_workers, backend_store_uri=uri) as server:
             yield server
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -42,6 +43,8 @@ class TestLocalSource(SourceContract):
 
 
 class TestLocalDestination(DestinationContract):
+    source_settings: ClassVar[dict[str, int]] = {}  # for the contract's source
+
     @pytest.fixture
     async def destination_case(self, tmp_path: Path) -> AsyncIterator[DestinationCase]:
         config = LocalDestination.Config(path=str(tmp_path / "export"))
@@ -49,22 +52,15 @@ class TestLocalDestination(DestinationContract):
             yield DestinationCase(
                 destination=destination,
                 open_reader=lambda: LocalSource(LocalSource.Config(path=config.path)),
+                source_settings=dict(self.source_settings),
             )
 
 
-class TestLocalDestinationWithConsoleLog(DestinationContract):
+class TestLocalDestinationWithConsoleLog(TestLocalDestination):
     """Runs with a console log (a file with role ``console``) and ``system/`` metrics: the
     export keeps the log under ``console/`` and gives it back with its role."""
 
-    @pytest.fixture
-    async def destination_case(self, tmp_path: Path) -> AsyncIterator[DestinationCase]:
-        config = LocalDestination.Config(path=str(tmp_path / "export"))
-        async with LocalDestination(config) as destination:
-            yield DestinationCase(
-                destination=destination,
-                open_reader=lambda: LocalSource(LocalSource.Config(path=config.path)),
-                source_settings={"console_lines": 5000, "system_keys": 2},
-            )
+    source_settings = {"console_lines": 5000, "system_keys": 2}
 
 
 class TestSyntheticSourceWithConsoleLog(SourceContract):

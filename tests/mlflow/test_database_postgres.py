@@ -21,7 +21,7 @@ from tests.adapters.contract import all_refs, read_history
 from tests.mlflow.helpers import context, source_config
 from tests.mlflow.seed import EDGE_POINTS, Seeded, seed_source
 from tests.mlflow.test_database import assert_same_history_as_the_api
-from tests.servers.mlflow_server import MlflowServer, free_port, migrate
+from tests.servers.mlflow_server import MlflowServer, free_port
 from tests.servers.postgres_server import PostgresServer
 
 READER, PASSWORD = "reader", "pw:Sëcret/42"  # a read-only role that must give its password
@@ -61,9 +61,7 @@ def backed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresBacked]
     postgres = PostgresServer(root / "postgres").start()
     server: MlflowServer | None = None
     try:
-        postgres.execute("CREATE DATABASE mlflow")
-        uri = postgres.uri("mlflow", scheme="postgresql+psycopg2")  # SQLAlchemy 2.1's postgresql:// means psycopg 3
-        migrate(uri)
+        uri = postgres.mlflow_database("mlflow")
         postgres.execute("CREATE DATABASE other TEMPLATE mlflow")  # before the server holds connections to it
         postgres.require_password(READER, PASSWORD)
         postgres.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}", "mlflow")

@@ -60,6 +60,17 @@ class PostgresServer:
         finally:
             connection.close()
 
+    def mlflow_database(self, database: str = "mlflow") -> str:
+        """Create ``database`` with MLflow's tables in it (empty); its backend-store URI as
+        ``mlflow server`` takes it (SQLAlchemy 2.1's plain ``postgresql://`` means psycopg 3,
+        which is not installed: ``postgresql+psycopg2``)."""
+        from tests.servers.mlflow_server import migrate
+
+        self.execute(f"CREATE DATABASE {database}")
+        uri = self.uri(database, scheme="postgresql+psycopg2")
+        migrate(uri)
+        return uri
+
     def require_password(self, user: str, password: str) -> None:
         """Create a login role that must give ``password`` (scram), whatever the trust rules say."""
         escaped = password.replace("'", "''")

@@ -37,6 +37,13 @@ def dest_table(server, project: str, **kw) -> dict:
     return table
 
 
+def write_config(path: Path, tables: dict[str, dict]) -> Path:
+    """A config file for the command line (JSON strings, numbers and lists are TOML too)."""
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+                            for name, table in tables.items()))
+    return path
+
+
 async def source_points(table: dict) -> dict[str, list[tuple[str, int, float, float]]]:
     cfg = parse_config({"source": table, "destination": {"type": "local", "path": "/nonexistent"}}).source
     points: dict[str, list] = {}
@@ -88,17 +95,11 @@ async def test_synthetic_to_wandb_through_the_engine(server, project, tmp_path) 
 
 def test_killed_migration_resumes_with_every_line_once(server, project, tmp_path) -> None:
     source = synthetic_table(runs=1, steps=3000, keys=6, file_sizes=[], artifact_sizes=[])
-    config_path = tmp_path / "migrate.toml"
-    ledger = tmp_path / "ledger.jsonl"
-    dest = dest_table(server, project, max_request_bytes=65536, filestream_rate=4.0)
-
-    def toml_value(v):
-        return json.dumps(v)
-
-    lines = ["[source]"] + [f"{k} = {toml_value(v)}" for k, v in source.items()]
-    lines += ["[destination]"] + [f"{k} = {toml_value(v)}" for k, v in dest.items()]
-    lines += ["[transfer]", f"ledger = {toml_value(str(ledger))}", "chunk_points = 1200"]
-    config_path.write_text("\n".join(lines) + "\n")
+    config_path = write_config(tmp_path / "migrate.toml", {
+        "source": source,
+        "destination": dest_table(server, project, max_request_bytes=65536, filestream_rate=4.0),
+        "transfer": {"ledger": str(tmp_path / "ledger.jsonl"), "chunk_points": 1200},
+    })
     env = dict(os.environ, PYTHONPATH=str(REPO))
     argv = [sys.executable, "-m", "engine", "migrate", str(config_path), "--log-format", "plain"]
     child = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -130,11 +131,9 @@ def test_the_command_line_migrates_without_importing_pandas(server, project, tmp
     a small migration's start-up; the command line turns that probe off. What it wrote is
     complete when it exits (it leaves without tearing the interpreter down)."""
     source = synthetic_table(runs=2, file_sizes=[], artifact_sizes=[])
-    config_path = tmp_path / "migrate.toml"
-    tables = {"source": source, "destination": dest_table(server, project),
-              "transfer": {"ledger": str(tmp_path / "ledger.jsonl")}}
-    config_path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
-                                   for name, table in tables.items()))
+    config_path = write_config(tmp_path / "migrate.toml", {
+        "source": source, "destination": dest_table(server, project), "transfer": {"ledger": str(tmp_path / "ledger.jsonl")},
+    })
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "engine", "migrate", str(config_path)],
                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
                           timeout=300)
