@@ -12,8 +12,12 @@ History layout (``HISTORY_SCHEMA``), one row per point, in the source's determin
                  integer milliseconds divide by 1000 and round-trip exactly; W&B's float
                  ``_timestamp`` is kept bit for bit)
 - ``value``      float64 value (NaN, +inf, -inf and -0.0 kept); null when the value is not a number
-- ``value_json`` the value as JSON text when it is not a number (strings, dicts, media refs),
-                 otherwise null
+- ``value_json`` the value as JSON text when it is not a float (strings, dicts, lists, bools,
+                 null, media refs), otherwise null. A point may carry both: an integer logged
+                 to W&B has ``value`` = the float and ``value_json`` = its exact text (``"3"``,
+                 ``"12345678901234567890"``), so JSON destinations write it back unchanged while
+                 numeric destinations (MLflow, Parquet's ``value``) read the float. Readers that
+                 write JSON prefer ``value_json`` when it is set.
 
 A run's history is an ordered sequence of points; ``HistoryChunk.offset`` is the index of the
 chunk's first point in that sequence. Resume cursors count points in this order, so every source
@@ -81,6 +85,15 @@ class RunRef:
                 return v
         return default
 
+    @property
+    def run_id(self) -> str:
+        """The run's own id in its system. ``id`` must be unique within the whole source, so a
+        source whose run ids are unique only per namespace (W&B: per entity/project) qualifies
+        ``id`` (``"entity/project/run"``) and gives the bare id as the ``run_id`` hint;
+        destinations that keep source ids (W&B ``run_id = "source"``) use this."""
+        value = self.hint("run_id")
+        return str(value) if value else self.id
+
 
 @dataclass(frozen=True, slots=True)
 class ArtifactRef:
@@ -92,6 +105,12 @@ class ArtifactRef:
     aliases: tuple[str, ...] = ()
     description: str | None = None
     metadata: tuple[tuple[str, Any], ...] = ()
+    source_project: str | None = None
+    """``entity/project`` of the artifact's collection at the source, when it is a W&B
+    artifact (a run may log into, or use from, another project); None for file groupings."""
+    digest: str | None = None
+    """The source's manifest digest (W&B: hex MD5 over the manifest entries), when known:
+    copies are deduplicated and validated by it."""
 
 
 CONSOLE_LOG = "console"
@@ -140,6 +159,16 @@ class RunRecord:
     (as the strings MLflow stores) or W&B config values; ``tags`` holds key/value tags (MLflow);
     ``labels`` holds W&B-style string tags. ``summary`` is the latest value per key as the source
     reports it. ``system`` records where the run came from (source system, URI, run id).
+
+    ``source_system`` names the kind of source (``"mlflow"``, ``"wandb"``, ``"synthetic"``,
+    ``"local"``) so destinations can choose a mapping without reading ``system`` keys.
+    W&B sources: ``config`` holds the unwrapped config values (``{"lr": 0.1}``), with W&B's
+    internal ``_wandb`` value (metric definitions ``m``, telemetry ``t``, ``start_time``...)
+    under the key ``"_wandb"``; ``summary`` is the run's whole summary as stored (values set
+    directly included, ``_wandb``/``_runtime``/``_step``/``_timestamp`` kept); ``start_time``
+    is the run's creation time. ``inputs`` lists artifacts the run used, each
+    ``{"artifact": {"project": "entity/project", "name": collection, "version": "vN",
+    "type": type, "digest": hex}}``; ``metric_keys`` lists the history keys when cheap to know.
     """
 
     ref: RunRef
@@ -161,6 +190,8 @@ class RunRecord:
     parent_id: str | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     system: dict[str, Any] = field(default_factory=dict)
+    source_system: str | None = None
+    metric_keys: list[str] | None = None
     # Sizes as far as the source knows them cheaply (plan and progress); None when unknown.
     history_points: int | None = None
     file_bytes: int | None = None

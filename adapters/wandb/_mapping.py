@@ -23,10 +23,10 @@ PROJECT_MAX_CHARS = 128
 
 def run_id_for(record: RunRecord, config: WandbDestinationConfig, source_uri: str) -> str:
     """Deterministic W&B run id: the source id when allowed, else a hash of URI + id."""
-    source_id = record.ref.id
+    source_id = record.ref.run_id
     if config.run_id == "source" and _RUN_ID_OK.match(source_id):
         return source_id
-    return hashlib.blake2b(f"{source_uri}\x00{source_id}".encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(f"{source_uri}\x00{record.ref.id}".encode(), digest_size=16).hexdigest()
 
 
 def _fill(template: str, record: RunRecord) -> str:
