@@ -403,6 +403,7 @@ def _run_record(cfg: SyntheticConfig, ref: RunRef, index: int, gen: _HistoryGene
         host=f"node-{index % 11:02d}",
         parent_id=None,
         system={"source": "synthetic", "seed": cfg.seed, "index": index},
+        source_system="synthetic",
         history_points=cfg.points_per_run,
         file_bytes=cfg.bytes_per_run,
     )

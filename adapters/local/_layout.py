@@ -47,7 +47,7 @@ MAX_NAME = 200
 _RECORD_FIELDS = (
     "display_name", "user", "config", "summary", "tags", "labels", "notes", "group", "job_type",
     "git_commit", "program", "host", "parent_id", "inputs", "system", "history_points", "file_bytes",
-    "start_time", "end_time",
+    "start_time", "end_time", "source_system", "metric_keys",
 )  # fmt: skip
 
 
@@ -166,13 +166,22 @@ def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
         id=doc["id"],
         namespace=Namespace(doc["entity"], doc["project"]),
         name=doc.get("name"),
-        extra=(("local_dir", rel_dir),),
+        extra=(("local_dir", rel_dir), *_kept_hints(doc)),
     )
     fields = {name: doc.get(name) for name in _RECORD_FIELDS}
     for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {})):
         if fields[name] is None:
             fields[name] = empty
     return RunRecord(ref=ref, state=RunState(doc["state"]), **fields)
+
+
+def _kept_hints(doc: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The source ref's ``run_id`` hint (its bare id when ``id`` is qualified), so a run exported
+    from W&B and imported elsewhere keeps its own id."""
+    for item in doc.get("source_extra") or ():
+        if isinstance(item, list) and len(item) == 2 and item[0] == "run_id":
+            return (("run_id", item[1]),)
+    return ()
 
 
 def artifact_to_json(artifact: ArtifactRef) -> dict[str, Any]:

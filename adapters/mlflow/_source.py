@@ -212,8 +212,9 @@ class MlflowSource:
                 "experiment_id": info.get("experiment_id"),
                 "artifact_uri": info.get("artifact_uri", ""),
                 "lifecycle_stage": info.get("lifecycle_stage", "active"),
-                "metric_keys": sorted(latest),
             },
+            source_system="mlflow",
+            metric_keys=sorted(latest),
         )
 
     # -- history --------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class MlflowSource:
                 async for chunk in chunks:
                     yield chunk
             return
-        keys: list[str] = list(run.system.get("metric_keys") or sorted(run.summary))
+        keys: list[str] = list(run.metric_keys or sorted(run.summary))
         builder = _ChunkBuilder(max(1, self.context.chunk_points), offset=start)
         fetchers = [_KeyFetcher(key) for key in keys]
         position = 0  # index of the next point of the run's history

@@ -148,7 +148,5 @@ class WandbDestination:
 def _split_differs(run: RunRecord, before: str, now: str) -> bool:
     """Whether two system-metrics prefixes route any of the run's metric keys differently (the
     source's key list, else its summary keys)."""
-    keys = run.system.get("metric_keys")
-    if not isinstance(keys, list):
-        keys = list(run.summary)
+    keys = run.metric_keys if run.metric_keys is not None else list(run.summary)
     return any(bool(before and str(k).startswith(before)) != bool(now and str(k).startswith(now)) for k in keys)

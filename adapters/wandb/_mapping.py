@@ -58,29 +58,55 @@ def group_for(record: RunRecord, config: WandbDestinationConfig, parent_run_id: 
 
 
 def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
-    """The run config in W&B's ``{"key": {"value": v}}`` wire form (nested values kept)."""
-    out: dict[str, Any] = {key: {"value": value} for key, value in record.config.items()}
+    """The run config in W&B's ``{"key": {"value": v}}`` wire form (nested values kept).
+
+    A run read from W&B keeps its config exactly: every key as it was, and W&B's internal
+    ``_wandb`` (metric definitions, custom step metrics, telemetry, start time) as the source
+    stored it; runferry's provenance goes inside ``_wandb`` (``runferry_source``), so
+    ``run.config`` reads the same on both sides. Other sources get ``source_tags`` /
+    ``source_labels`` / ``runferry_source`` keys (see the package docstring).
+    """
+    provenance = _provenance(record)
+    if record.source_system == "wandb":
+        out = {key: {"value": value} for key, value in record.config.items() if key != "_wandb"}
+        internal = record.config.get("_wandb")
+        wandb_internal = dict(internal) if isinstance(internal, dict) else {}
+        wandb_internal.setdefault("t", {})
+        if record.start_time is not None:
+            wandb_internal.setdefault("start_time", round(record.start_time * 1000))
+        wandb_internal["runferry_source"] = provenance
+        out["_wandb"] = {"value": wandb_internal}
+        return out
+    out = {key: {"value": value} for key, value in record.config.items()}
     if record.tags:
         out["source_tags"] = {"value": dict(record.tags)}
     long_labels = [label for label in record.labels if len(label) > TAG_MAX_CHARS]
     if long_labels:
         out["source_labels"] = {"value": list(record.labels)}
-    # metric_keys (a source's list of history keys) is left out: the history itself holds them
-    source = {k: v for k, v in record.system.items() if k != "metric_keys"}
-    source.update(run_id=record.ref.id, namespace=str(record.ref.namespace))
+    out["runferry_source"] = {"value": provenance}
+    other_internal: dict[str, Any] = {"t": {}, "runferry_run_id": run_id}
+    if record.start_time is not None:
+        other_internal["start_time"] = round(record.start_time * 1000)
+    out["_wandb"] = {"value": other_internal}
+    return out
+
+
+def _provenance(record: RunRecord) -> dict[str, Any]:
+    """Where the run came from: the source's ``system`` facts, its run id and namespace."""
+    source = dict(record.system)
+    source.pop("metric_keys", None)  # a source's key list: the history itself holds them
+    source.update(run_id=record.ref.run_id, namespace=str(record.ref.namespace))
     if record.parent_id:
         source["parent_run_id"] = record.parent_id
-    out["runferry_source"] = {"value": source}
-    wandb_internal: dict[str, Any] = {"t": {}, "runferry_run_id": run_id}
-    if record.start_time is not None:
-        wandb_internal["start_time"] = round(record.start_time * 1000)
-    out["_wandb"] = {"value": wandb_internal}
-    return out
+    return source
 
 
 def wire_tags(record: RunRecord) -> list[str]:
     """W&B tags: the source's labels, plus ``key:value`` of user (non ``mlflow.``) tags, each
-    only when it fits W&B's 64-character limit; everything is also kept in config."""
+    only when it fits W&B's 64-character limit; everything is also kept in config. A run read
+    from W&B keeps its tags as they were (W&B accepted them once)."""
+    if record.source_system == "wandb":
+        return list(dict.fromkeys(record.labels))
     tags: list[str] = []
     for label in record.labels:
         if len(label) <= TAG_MAX_CHARS and label not in tags:
@@ -134,7 +160,7 @@ def summary_for(record: RunRecord, last_line: dict[str, Any] | None, *, system_p
         runtime = max(0.0, record.end_time - record.start_time)
     elif last_line and isinstance(last_line.get("_runtime"), (int, float)):
         runtime = float(last_line["_runtime"])
-    if runtime is not None and math.isfinite(runtime):
+    if runtime is not None and math.isfinite(runtime) and not isinstance(summary.get("_wandb"), dict):
         summary["_wandb"] = {"runtime": int(runtime)}
     return summary
 

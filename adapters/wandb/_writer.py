@@ -89,8 +89,8 @@ class WandbRunWriter:
                              f"{start_points}; re-run with incremental = false", adapter="wandb", run=record.ref.id)
         self._split = StreamSplit(prefix, resume=Position(start_points, h_at, e_at),
                                   h_points=int(state.get("h_points", h_at)), e_points=int(state.get("e_points", e_at)))
-        metric_keys = record.system.get("metric_keys")
-        if not isinstance(metric_keys, list):
+        metric_keys = record.metric_keys
+        if metric_keys is None:
             metric_keys = [k for k, v in record.summary.items() if isinstance(v, (int, float))]
         system_keys = sum(1 for k in metric_keys if prefix and str(k).startswith(prefix))
         spill_dir = self.config.spool_dir or None
