@@ -12,6 +12,8 @@ migrations. Events, folded in order into one ``RunEntry`` per run:
 - ``done``     everything is in: totals
 - ``failed``   the run failed: ``reason`` (one line, no secrets)
 - ``reset``    incremental = false: forget what was known about this run
+- ``checked``  an incremental re-run compared a finished run with the destination (and the
+               source's revision): ``action`` (skip / resume / redo) and ``problems`` found
 
 A destination write always happens before the ledger line that records it, so after a SIGKILL
 the ledger may lag the destination but never lead it; writers reconcile on reopen (see
@@ -57,6 +59,8 @@ class RunEntry:
     reason: str | None = None
     totals: dict[str, Any] = field(default_factory=dict)
     updated: float = 0.0
+    findings: list[str] = field(default_factory=list)
+    """What the last incremental check found (empty when the run was intact)."""
 
 
 def pair_key(source: str, destination: str) -> str:
@@ -121,6 +125,8 @@ class Ledger:
         elif kind == "failed":
             entry.status = RunStatus.FAILED
             entry.reason = event.get("reason")
+        elif kind == "checked":
+            entry.findings = list(event.get("problems") or [])
 
     # -- writing -----------------------------------------------------------------------------
     def open_for_append(self) -> None:
@@ -176,6 +182,9 @@ class Ledger:
 
     def done(self, run: str, totals: dict[str, Any]) -> None:
         self._append(run, "done", sync=True, totals=totals)
+
+    def checked(self, run: str, action: str, problems: list[str]) -> None:
+        self._append(run, "checked", action=action, problems=problems)
 
     def failed(self, run: str, reason: str) -> None:
         self._append(run, "failed", sync=True, reason=reason)

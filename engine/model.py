@@ -192,6 +192,10 @@ class RunRecord:
     system: dict[str, Any] = field(default_factory=dict)
     source_system: str | None = None
     metric_keys: list[str] | None = None
+    revision: str | None = None
+    """Changes whenever the source run changes (new points, summary, config, files), when the
+    source can tell cheaply (W&B: line counts, summary, config, heartbeat). An incremental
+    migration resumes a finished run whose revision moved, to carry the new data over."""
     # Sizes as far as the source knows them cheaply (plan and progress); None when unknown.
     history_points: int | None = None
     file_bytes: int | None = None

@@ -30,6 +30,7 @@ from adapters import registry
 from adapters.base import AdapterContext, Destination, RunWriter, Source
 from engine.config import Config
 from engine.errors import FatalError, TransientError
+from engine.incremental import REVISION_KEY, Action, FinishedRun, RunChecker, decide
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.mapping import apply_remap
 from engine.model import FileRef, RunRecord, RunRef
@@ -198,12 +199,25 @@ class Pipeline:
 
     async def _migrate_run(self, ref: RunRef, files: ObjectSendStream[_FileJob]) -> None:
         entry = self.ledger.get(ref.id)
-        if self.transfer.incremental and entry is not None and entry.status is RunStatus.DONE:
-            self.progress.event("run_skipped", run=ref.id)
+        finished = self.transfer.incremental and entry is not None and entry.status is RunStatus.DONE
+        if finished and not isinstance(self.destination, RunChecker) and ref.hint("revision") is None:
+            self.progress.event("run_skipped", run=ref.id)  # nothing could tell that it changed
             return
         tracker = _RunFiles()
         try:
             record = apply_remap(await self.source.get_run(ref), self.config.remap)
+            if finished and entry is not None:
+                decision = await decide(record, FinishedRun(entry.dest_id or "", entry.checkpoint, dict(entry.files)),
+                                        entry.totals, self.destination)
+                if decision.action is Action.SKIP:
+                    self.progress.event("run_skipped", run=ref.id)
+                    return
+                if decision.action is Action.REDO:
+                    self.ledger.reset(ref.id)
+                    entry = None
+                self.ledger.checked(ref.id, decision.action.value, list(decision.problems))
+                self.progress.event("run_" + ("repaired" if decision.action is Action.REDO else "updated"),
+                                    run=ref.id, problems=list(decision.problems))
             if self.transfer.incremental and entry is not None:
                 resume, files_done = entry.checkpoint, dict(entry.files)
             else:
@@ -234,6 +248,8 @@ class Pipeline:
                 "bytes": sum(entry.files.values()) if entry else 0,
                 "dest_id": writer.dest_id,
             }
+            if record.revision is not None:
+                totals[REVISION_KEY] = record.revision
             self.ledger.done(ref.id, totals)
             self.progress.event("run_done", run=ref.id)
         except Exception as exc:  # one run's failure never stops the others

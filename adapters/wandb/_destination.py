@@ -13,7 +13,10 @@ from adapters.http import HttpClient
 from engine.errors import ConfigError, FatalError
 from engine.model import RunRecord
 
+from engine.incremental import FinishedRun
+
 from . import _gql
+from ._check import check_run
 from ._config import WandbDestinationConfig
 from ._filestream import FileStream, FileStreamClient, RunPacer
 from ._mapping import (
@@ -143,6 +146,12 @@ class WandbDestination:
 
     async def finalize(self) -> None:
         return None
+
+    async def check_run(self, run: RunRecord, finished: FinishedRun) -> list[str]:
+        """Incremental re-runs: what differs at the destination from what was written (see
+        ``_check``); empty when the run is intact."""
+        assert self.api is not None
+        return await check_run(self.api, self.config, run, finished)
 
 
 def _split_differs(run: RunRecord, before: str, now: str) -> bool:
