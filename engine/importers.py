@@ -1,5 +1,26 @@
-"""A Python API shaped like W&B's own importer (``wandb.apis.importers``, removed in wandb
-0.27.1), running on runferry's engine, so W&B users can switch by changing one import::
+"""A Python API shaped like W&B's own importers (``wandb.apis.importers``, removed in wandb
+0.27.1), running on runferry's engine, so W&B users can switch by changing one import.
+
+W&B -> W&B (``WandbImporter``)::
+
+    from engine.importers import Namespace, WandbImporter
+
+    importer = WandbImporter(
+        src_base_url="https://old.example.com", src_api_key=os.environ["SRC_KEY"],
+        dst_base_url="https://api.wandb.ai", dst_api_key=os.environ["DST_KEY"],
+    )
+    importer.import_all(
+        namespaces=[Namespace("old-team", "proj")],
+        remapping={Namespace("old-team", "proj"): Namespace("new-team", "proj")},
+        incremental=True,
+    )
+
+``import_runs``, ``import_artifact_sequences`` and ``import_reports`` take the same
+``namespaces`` / ``remapping``. Unlike W&B's, a repeated ``import_runs`` validates what earlier
+calls imported and repairs only what differs (history included), appends what is new at the
+source, and keeps run ids, states, times, system metrics and metric definitions.
+
+MLflow -> W&B (``MlflowImporter``)::
 
     from engine.importers import MlflowImporter, Namespace
 
@@ -32,13 +53,12 @@ from typing import Any, Self
 
 import anyio
 
-from adapters.base import Source
 from engine.config import Config, parse_config
 from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 from engine.pipeline import Report, make_context, migrate, open_adapters
 from engine.progress import Progress
 
-__all__ = ["MlflowImporter", "Namespace"]
+__all__ = ["MlflowImporter", "Namespace", "WandbImporter"]
 
 
 def _run_id_of(run: Any) -> str:
@@ -103,6 +123,39 @@ class _SelectedRuns:
         return self.inner.read_file(run, file)
 
 
+_TRANSFER_KEYS = frozenset(
+    {"incremental", "runs_concurrency", "file_workers", "chunk_points", "queue_chunks", "run_queue",
+     "part_bytes", "max_runs"}
+)
+
+
+def _secret_env(value: str | None, fallback: str) -> str:
+    """Keep a key in this process's environment under a private name (config objects, logs and
+    the ledger only ever see the name); ``None`` takes ``fallback``'s value."""
+    name = f"RUNFERRY_IMPORTER_KEY_{secrets.token_hex(6).upper()}"
+    os.environ[name] = value if value is not None else os.environ.get(fallback, "")
+    return name
+
+
+def _split_options(options: dict[str, Any], transfer: dict[str, Any], adapter: dict[str, Any]) -> None:
+    """``[transfer]`` keys go to the transfer table, every other option to the adapter's."""
+    for key, value in options.items():
+        (transfer if key in _TRANSFER_KEYS else adapter)[key] = value
+
+
+def _migrate_now(config: Config, mode: str, selected: list[Any] | None = None) -> Report:
+    async def run() -> Report:
+        progress = Progress(mode=mode, interval=30.0)
+        context = make_context(config, progress)
+        progress.limiters = context.limiters
+        source, destination = open_adapters(config, context)
+        if selected is not None:
+            source = _SelectedRuns(source, selected)  # type: ignore[assignment]
+        return await migrate(config, progress=progress, adapters=(source, destination))
+
+    return anyio.run(run)
+
+
 class MlflowImporter:
     """MLflow -> W&B with W&B's importer API (see module docstring).
 
@@ -113,11 +166,6 @@ class MlflowImporter:
     :param options: more ``[transfer]`` keys (``runs_concurrency``, ``chunk_points``...) and
         destination keys (``artifact_layout``, ``filestream_rate``...), by name
     """
-
-    _TRANSFER_KEYS = frozenset(
-        {"incremental", "runs_concurrency", "file_workers", "chunk_points", "queue_chunks", "run_queue",
-         "part_bytes", "max_runs"}
-    )
 
     def __init__(
         self,
@@ -136,10 +184,7 @@ class MlflowImporter:
         self.experiments = experiments or ["*"]
         self.progress_mode = progress
         self.options = options
-        # the key lives in this process's environment under a private name, never in config objects
-        self._key_env = f"RUNFERRY_IMPORTER_KEY_{secrets.token_hex(6).upper()}"
-        key = dst_api_key if dst_api_key is not None else os.environ.get("WANDB_API_KEY", "")
-        os.environ[self._key_env] = key
+        self._key_env = _secret_env(dst_api_key, "WANDB_API_KEY")
 
     def __repr__(self) -> str:
         return f"<MlflowImporter src={self.mlflow_tracking_uri} dst={self.dst_base_url}>"
@@ -147,8 +192,7 @@ class MlflowImporter:
     def _config(self, *, artifacts: bool, namespace: Namespace | None) -> Config:
         destination: dict[str, Any] = {"type": "wandb", "base_url": self.dst_base_url, "api_key_env": self._key_env}
         transfer: dict[str, Any] = {"ledger": self.ledger, "artifacts": artifacts}
-        for key, value in self.options.items():
-            (transfer if key in self._TRANSFER_KEYS else destination)[key] = value
+        _split_options(self.options, transfer, destination)
         if namespace is not None:
             if namespace.entity:
                 destination["entity"] = namespace.entity
@@ -196,14 +240,82 @@ class MlflowImporter:
             config = self._config(artifacts=artifacts, namespace=namespace)
         finally:
             self.options = saved
-        selected = list(runs)
+        return _migrate_now(config, self.progress_mode, list(runs))
 
-        async def run() -> Report:
-            progress = Progress(mode=self.progress_mode, interval=30.0)
-            context = make_context(config, progress)
-            progress.limiters = context.limiters
-            source, destination = open_adapters(config, context)
-            source_view: Source = _SelectedRuns(source, selected)  # type: ignore[assignment]
-            return await migrate(config, progress=progress, adapters=(source_view, destination))
 
-        return anyio.run(run)
+class WandbImporter:
+    """W&B -> W&B with W&B's importer API (see module docstring).
+
+    :param src_base_url / src_api_key: the W&B server to read (never written to)
+    :param dst_base_url / dst_api_key: the W&B server to write (keys stay in this process's
+        environment only; ``None`` takes ``WANDB_API_KEY``)
+    :param ledger: journal of progress (default ``runferry-ledger.jsonl`` in the working dir)
+    :param options: more ``[transfer]`` keys (``runs_concurrency``...) and destination keys
+        (``filestream_rate``, ``artifact_layout``...), by name
+    """
+
+    def __init__(
+        self,
+        src_base_url: str = "https://api.wandb.ai",
+        src_api_key: str | None = None,
+        dst_base_url: str = "https://api.wandb.ai",
+        dst_api_key: str | None = None,
+        *,
+        ledger: str = "runferry-ledger.jsonl",
+        progress: str = "plain",
+        **options: Any,
+    ) -> None:
+        self.src_base_url, self.dst_base_url = src_base_url, dst_base_url
+        self.ledger = ledger
+        self.progress_mode = progress
+        self.options = options
+        self._src_env = _secret_env(src_api_key, "WANDB_API_KEY")
+        self._dst_env = _secret_env(dst_api_key, "WANDB_API_KEY")
+
+    def __repr__(self) -> str:
+        return f"<WandbImporter src={self.src_base_url} dst={self.dst_base_url}>"
+
+    def _config(
+        self,
+        namespaces: Iterable[Namespace] | None,
+        remapping: dict[Namespace, Namespace] | None,
+        *,
+        incremental: bool,
+        artifacts: bool,
+        **options: Any,
+    ) -> Config:
+        source: dict[str, Any] = {"type": "wandb", "base_url": self.src_base_url, "api_key_env": self._src_env,
+                                  "include_artifacts": artifacts}
+        if namespaces is not None:
+            source["namespaces"] = [f"{ns.entity}/{ns.project}" for ns in namespaces]
+        destination: dict[str, Any] = {"type": "wandb", "base_url": self.dst_base_url, "api_key_env": self._dst_env}
+        transfer: dict[str, Any] = {"ledger": self.ledger, "incremental": incremental, "artifacts": True}
+        _split_options({**self.options, **options}, transfer, destination)
+        remap = [{"from": f"{a.entity}/{a.project}", "to": f"{b.entity}/{b.project}"}
+                 for a, b in (remapping or {}).items()]
+        return parse_config({"source": source, "destination": destination, "transfer": transfer, "remap": remap},
+                            "<WandbImporter>")
+
+    def import_runs(
+        self,
+        namespaces: Iterable[Namespace] | None = None,
+        remapping: dict[Namespace, Namespace] | None = None,
+        *,
+        incremental: bool = True,
+        parallel: bool = True,
+        max_workers: int | None = None,
+        limit: int | None = None,
+        artifacts: bool = True,
+    ) -> Report:
+        """Copy every run of ``namespaces`` (default: every project of the source key's
+        entity), with history, system metrics, console log, files and (``artifacts``) the
+        artifacts they logged and used. Returns the engine's report."""
+        options: dict[str, Any] = {}
+        if not parallel:
+            options["runs_concurrency"] = 1
+        elif max_workers:
+            options["runs_concurrency"] = max_workers
+        if limit:
+            options["max_runs"] = limit
+        config = self._config(namespaces, remapping, incremental=incremental, artifacts=artifacts, **options)
+        return _migrate_now(config, self.progress_mode)
