@@ -72,8 +72,10 @@ def source_config(server: WandbServer, **overrides: Any) -> WandbSourceConfig:
     return WandbSourceConfig(**values)
 
 
-def make_source(server: WandbServer, *, chunk_points: int = 100_000, events=None, **overrides: Any) -> WandbSource:
-    context = AdapterContext(chunk_points=chunk_points)
+def make_source(
+    server: WandbServer, *, chunk_points: int = 100_000, events=None, limiters=None, **overrides: Any
+) -> WandbSource:
+    context = AdapterContext(chunk_points=chunk_points, limiters=limiters)
     if events is not None:
         context.events = events
     return WandbSource(source_config(server, **overrides), context)
