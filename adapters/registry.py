@@ -10,6 +10,7 @@ SOURCES: dict[str, str] = {
     "synthetic": "adapters.synthetic:SyntheticSource",
     "local": "adapters.local:LocalSource",
     "mlflow": "adapters.mlflow:MlflowSource",
+    "wandb": "adapters.wandb:WandbSource",
 }
 
 DESTINATIONS: dict[str, str] = {

@@ -1,4 +1,14 @@
-"""W&B destination (``[destination] type = "wandb"``): runs, history, files and artifacts.
+"""W&B destination (``[destination] type = "wandb"``) and source (``[source] type = "wandb"``).
+
+Source (read-only; modules ``_source_config``, ``_read_ops`` (its GraphQL queries),
+``_runs_read`` (namespaces, ``Runs`` paging, RunRecord mapping), ``_history_read`` (full
+history and system metrics as points), ``_files_read`` (run files, console log),
+``_source``): ``RunRef.id`` = ``entity/project/run`` with hint ``run_id`` = the bare run id;
+``RunRecord``: ``source_system = "wandb"``, ``config`` unwrapped with ``_wandb`` kept
+(``wandb_version`` dropped), ``summary`` = the stored summary as is, ``labels`` = tags,
+``start_time`` = ``createdAt``, ``end_time`` = start + summary ``_wandb.runtime`` (else
+``heartbeatAt``), host/program from ``wandb-metadata.json``, ``system`` = source, uri, entity,
+project, run_id, storage_id, line counts, last_step. History point rules: ``_history_read``.
 
 Public names: ``WandbDestination`` (the adapter) and ``WandbDestinationConfig`` (its ``Config``;
 the keys are documented on the class). Modules, one purpose each:
@@ -69,5 +79,7 @@ running / scheduled -> left running. Source files: run files (``CreateRunFiles``
 
 from ._config import WandbDestinationConfig
 from ._destination import WandbDestination
+from ._source import WandbSource
+from ._source_config import WandbSourceConfig
 
-__all__ = ["WandbDestination", "WandbDestinationConfig"]
+__all__ = ["WandbDestination", "WandbDestinationConfig", "WandbSource", "WandbSourceConfig"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
 from types import TracebackType
 from typing import Any, Self
 
@@ -15,7 +13,7 @@ from engine.model import RunRecord
 
 from engine.incremental import FinishedRun
 
-from . import _gql
+from . import _auth, _gql
 from ._check import check_run
 from ._config import WandbDestinationConfig
 from ._filestream import FileStream, FileStreamClient, RunPacer
@@ -55,12 +53,8 @@ class WandbDestination:
         return f"wandb:{self.config.base_url.rstrip('/')}/{self.config.entity or '*'}/{self.config.project}"
 
     async def __aenter__(self) -> Self:
-        key = os.environ.get(self.config.api_key_env, "")
-        if not key:
-            raise ConfigError(f"[destination] environment variable {self.config.api_key_env} (api_key_env) is not set")
         # HTTP Basic with user "api" (as the SDK); the header lives only inside the sessions
-        auth_headers = {"Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode(),
-                        "User-Agent": "runferry"}
+        auth_headers = _auth.auth_headers(_auth.api_key_from_env(self.config.api_key_env, "[destination]"))
         base = self.config.base_url.rstrip("/")
         async with contextlib.AsyncExitStack() as stack:
             self.api = await stack.enter_async_context(HttpClient(
