@@ -71,9 +71,6 @@ def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
         out = {key: {"value": value} for key, value in record.config.items() if key != "_wandb"}
         internal = record.config.get("_wandb")
         wandb_internal = dict(internal) if isinstance(internal, dict) else {}
-        wandb_internal.setdefault("t", {})
-        if record.start_time is not None:
-            wandb_internal.setdefault("start_time", round(record.start_time * 1000))
         wandb_internal["runferry_source"] = provenance
         out["_wandb"] = {"value": wandb_internal}
         return out

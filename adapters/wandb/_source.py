@@ -32,6 +32,13 @@ from ._runs_read import record_from_node, resolve_namespaces, run_nodes, run_ref
 from ._source_config import WandbSourceConfig
 
 
+def source_path(ref: RunRef) -> tuple[str, str, str]:
+    """(entity, project, run) at the source. ``ref.id`` is ``entity/project/run`` and never
+    changes, while ``ref.namespace`` is where the run goes once ``[[remap]]`` has moved it."""
+    entity, project, name = ref.id.split("/", 2)
+    return entity, project, name
+
+
 class WandbSource:
     """``[source] type = "wandb"``; see ``WandbSourceConfig`` for the keys and the package
     docstring for how runs, history, files and the console log are read."""
@@ -103,7 +110,7 @@ class WandbSource:
                 yield run_ref(namespace, node)
 
     async def get_run(self, ref: RunRef) -> RunRecord:
-        entity, project, name = ref.namespace.entity, ref.namespace.project, ref.run_id
+        entity, project, name = source_path(ref)
         raw = ref.hint("run_json")
         if raw is not None:
             node = json.loads(raw)
@@ -130,9 +137,7 @@ class WandbSource:
         events = int(run.system.get("events_line_count") or 0) if self.config.include_system_metrics else 0
         chunks = iter_points(
             self.api,
-            entity=run.ref.namespace.entity,
-            project=run.ref.namespace.project,
-            run=run.ref.run_id,
+            **dict(zip(("entity", "project", "run"), source_path(run.ref), strict=True)),
             last_step=int(run.system.get("last_step", -1)),
             events_count=events,
             start_time=run.start_time or 0.0,
@@ -148,7 +153,7 @@ class WandbSource:
     async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
         """Run files (``include_files``), ``output.log`` as the console log
         (``include_console``), then the artifact members (``artifact_files``)."""
-        entity, project, name = run.ref.namespace.entity, run.ref.namespace.project, run.ref.run_id
+        entity, project, name = source_path(run.ref)
         has_console_file = False
         if self.config.include_files or self.config.include_console:
             async for node in file_nodes(self.api, entity, project, name, per_page=self.config.files_per_page):
@@ -177,7 +182,7 @@ class WandbSource:
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
         """The file's bytes in pieces (authenticated ``url``; the console log rebuilt from
         ``logLines`` when the run has no ``output.log`` file)."""
-        entity, project, name = run.ref.namespace.entity, run.ref.namespace.project, run.ref.run_id
+        entity, project, name = source_path(run.ref)
         url = self._urls.pop((run.ref.id, file.path), None)
         if url is None:
             url = await file_url(self.api, entity, project, name, file.path)
