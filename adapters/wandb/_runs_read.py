@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -118,8 +119,19 @@ def run_ref(namespace: Namespace, node: dict[str, Any]) -> RunRef:
         id=f"{namespace.entity}/{namespace.project}/{name}",
         namespace=namespace,
         name=node.get("displayName"),
-        extra=(("run_id", name), ("run_json", json.dumps(node).encode())),
+        extra=(("run_id", name), ("run_json", json.dumps(node).encode()), ("revision", revision_of(node))),
     )
+
+
+REVISION_FIELDS = ("state", "displayName", "notes", "tags", "group", "jobType", "config", "summaryMetrics",
+                   "historyLineCount", "eventsLineCount", "logLineCount")
+
+
+def revision_of(node: dict[str, Any]) -> str:
+    """Changes whenever the run gains lines or its metadata, config or summary change (see
+    ``RunRecord.revision``); files saved later without any of these changing are not seen."""
+    facts = json.dumps([node.get(name) for name in REVISION_FIELDS], sort_keys=True, default=str)
+    return hashlib.blake2b(facts.encode(), digest_size=12).hexdigest()
 
 
 def _json_field(value: Any) -> Any:
@@ -203,6 +215,7 @@ def record_from_node(
         git_commit=node.get("commit"),
         source_system="wandb",
         metric_keys=keys,
+        revision=revision_of(node),
         history_points=points,
         system={
             "source": "wandb",
