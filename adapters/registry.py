@@ -22,6 +22,7 @@ DESTINATIONS: dict[str, str] = {
 READERS: dict[str, str] = {
     "local": "adapters.local._readback:readback",
     "mlflow": "adapters.mlflow._readback:readback",
+    "wandb": "adapters.wandb._readback:readback",
 }
 """Destinations that can be read back for ``verify``: ``readback(dest_config, context)`` returns
 a Source over the destination and ``ref_for(dest_id, source_ref) -> RunRef``."""

@@ -72,6 +72,7 @@ def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
         internal = record.config.get("_wandb")
         wandb_internal = dict(internal) if isinstance(internal, dict) else {}
         wandb_internal["runferry_source"] = provenance
+        wandb_internal[TIMES_KEY] = _times(record)
         out["_wandb"] = {"value": wandb_internal}
         return out
     out = {key: {"value": value} for key, value in record.config.items()}
@@ -81,11 +82,29 @@ def wire_config(record: RunRecord, run_id: str) -> dict[str, Any]:
     if long_labels:
         out["source_labels"] = {"value": list(record.labels)}
     out["runferry_source"] = {"value": provenance}
-    other_internal: dict[str, Any] = {"t": {}, "runferry_run_id": run_id}
+    other_internal: dict[str, Any] = {"t": {}, "runferry_run_id": run_id, TIMES_KEY: _times(record)}
     if record.start_time is not None:
         other_internal["start_time"] = round(record.start_time * 1000)
     out["_wandb"] = {"value": other_internal}
     return out
+
+
+TIMES_KEY = "runferry_times"
+"""``_wandb`` key holding the source run's start and end time (float seconds): W&B sets a run's
+creation time itself and has no field for its end, so this is where they survive."""
+
+
+def _times(record: RunRecord) -> dict[str, float | None]:
+    return {"start_time": record.start_time, "end_time": record.end_time}
+
+
+def original_times(config: dict[str, Any]) -> tuple[float | None, float | None] | None:
+    """The (start, end) a migration kept in ``_wandb`` (config values unwrapped), or None."""
+    internal = config.get("_wandb")
+    times = internal.get(TIMES_KEY) if isinstance(internal, dict) else None
+    if not isinstance(times, dict):
+        return None
+    return times.get("start_time"), times.get("end_time")
 
 
 def _provenance(record: RunRecord) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ._files_read import (
     read_metadata,
 )
 from ._history_read import iter_points
+from ._mapping import original_times
 from ._runs_read import record_from_node, resolve_namespaces, run_nodes, run_ref
 from ._source_config import WandbSourceConfig
 
@@ -127,6 +128,9 @@ class WandbSource:
         record.program = metadata.get("program") or metadata.get("codePath")
         if not record.git_commit:
             record.git_commit = (metadata.get("git") or {}).get("commit")
+        kept = original_times(record.config)
+        if kept is not None:  # a run an earlier migration wrote: its source's times, not W&B's
+            record.start_time, record.end_time = kept
         if isinstance(record.metric_keys, list):  # destinations before the typed field read it here
             record.system["metric_keys"] = list(record.metric_keys)
         return record

@@ -56,7 +56,7 @@ def migrated(sdk_dataset, destination_server, tmp_path_factory):
         second = anyio.run(migrate, config)
     finally:
         os.environ.pop(KEY_ENV, None)
-    return first, second
+    return first, second, config
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def destination_api(destination_server, tmp_path_factory):
 
 
 def test_every_run_migrated_once_and_a_second_migration_moves_nothing(migrated):
-    first, second = migrated
+    first, second, _ = migrated
     assert first.exit_code == 0, first.progress.totals.failures
     assert first.progress.totals.runs_done == len(MOVES)
     t = second.progress.totals
@@ -87,6 +87,8 @@ def test_the_destination_reads_like_the_source(migrated, public_api, destination
     config = copy.deepcopy(dst["config"])
     provenance = config["_wandb"].pop("runferry_source")
     assert provenance["run_id"] == path.rsplit("/", 1)[1] and provenance["source"] == "wandb"
+    times = config["_wandb"].pop("runferry_times")  # W&B sets created time itself: the original is kept here
+    assert times["start_time"] == src["created"]
     assert dump(config) == dump(src["config"])  # metric definitions (_wandb.m) included
     assert dump(dst["summary"]) == dump(src["summary"])
     for key in ("tags", "notes", "group", "job_type", "state", "name"):
@@ -101,3 +103,17 @@ def test_console_lines_and_metric_definitions_arrive(migrated, public_api, desti
     src, dst = public_api.run(path), destination_api.run(MOVES[path])
     assert [m for m in dst.rawconfig["_wandb"]["m"]] == [m for m in src.rawconfig["_wandb"]["m"]]
     assert b"hello from the rich run" in sdk_view(destination_api, MOVES[path])["files"]["output.log"]
+
+
+def test_verify_reads_the_destination_back_and_finds_every_run_identical(migrated, sdk_dataset, monkeypatch):
+    import io
+
+    import anyio
+
+    from engine.verify import verify
+
+    monkeypatch.setenv(KEY_ENV, sdk_dataset.api_key)
+    monkeypatch.setenv(DEST_KEY_ENV, DEST_KEY)
+    out = io.StringIO()
+    report = anyio.run(verify, migrated[2], out)
+    assert (report.matched, report.mismatched, report.not_migrated) == (len(MOVES), [], []), out.getvalue()
