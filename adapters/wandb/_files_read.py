@@ -20,7 +20,6 @@ from adapters.http import HttpClient
 from engine.errors import NotFoundError
 
 from . import _read_ops
-from ._gql import call
 from ._history_read import loads
 
 CONSOLE_FILE = "output.log"
@@ -45,22 +44,20 @@ async def file_nodes(
     api: HttpClient, entity: str, project: str, run: str, *, per_page: int, names: list[str] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """The run's file nodes (``id name url directUrl sizeBytes md5 ...``), page by page."""
-    cursor = None
-    while True:
-        variables = {"entity": entity, "project": project, "name": run, "fileCursor": cursor,
-                     "fileLimit": per_page, "fileNames": names or [], "upload": False}
-        data = await call(api, _read_ops.RUN_FILES, variables, name="RunFiles")
+    variables = {"entity": entity, "project": project, "name": run, "fileLimit": per_page, "fileNames": names or [],
+                 "upload": False}
+
+    def connection(data: dict[str, Any]) -> dict[str, Any] | None:
         node = (data.get("project") or {}).get("run")
-        if node is None:
-            raise NotFoundError(f"wandb: run {entity}/{project}/{run} not found", adapter="wandb",
-                                run=f"{entity}/{project}/{run}")
-        files = node.get("files") or {}
-        edges = files.get("edges") or []
-        for edge in edges:
-            yield edge["node"]
-        if not edges or not (files.get("pageInfo") or {}).get("hasNextPage"):
-            return
-        cursor = edges[-1].get("cursor") or (files.get("pageInfo") or {}).get("endCursor")
+        return None if node is None else node.get("files") or {}
+
+    try:
+        async for node in _read_ops.edges_of(api, _read_ops.RUN_FILES, variables, name="RunFiles",
+                                             cursor_var="fileCursor", connection=connection):
+            yield node
+    except LookupError:
+        raise NotFoundError(f"wandb: run {entity}/{project}/{run} not found", adapter="wandb",
+                            run=f"{entity}/{project}/{run}") from None
 
 
 async def file_url(api: HttpClient, entity: str, project: str, run: str, name: str) -> str | None:
@@ -105,15 +102,15 @@ def log_line_text(node: dict[str, Any]) -> str:
 
 async def console_from_log_lines(api: HttpClient, entity: str, project: str, run: str) -> AsyncIterator[bytes]:
     """``output.log`` rebuilt from ``logLines`` pages (one page of text at a time)."""
-    cursor = None
-    while True:
-        variables = {"entity": entity, "project": project, "runName": run, "first": _LOG_PAGE, "after": cursor}
-        data = await call(api, _read_ops.RUN_CONSOLE_LOG_PAGE, variables, name="RunConsoleLogPage")
-        lines = ((data.get("project") or {}).get("run") or {}).get("logLines") or {}
-        edges = lines.get("edges") or []
-        if edges:
-            yield "".join(log_line_text(edge["node"]) + "\n" for edge in edges).encode()
-        info = lines.get("pageInfo") or {}
-        if not edges or not info.get("hasNextPage"):
-            return
-        cursor = info.get("endCursor")
+    variables = {"entity": entity, "project": project, "runName": run, "first": _LOG_PAGE}
+    nodes = _read_ops.edges_of(api, _read_ops.RUN_CONSOLE_LOG_PAGE, variables, name="RunConsoleLogPage",
+                               cursor_var="after",
+                               connection=lambda d: ((d.get("project") or {}).get("run") or {}).get("logLines") or {})
+    page: list[str] = []
+    async for node in nodes:
+        page.append(log_line_text(node) + "\n")
+        if len(page) >= _LOG_PAGE:
+            yield "".join(page).encode()
+            page = []
+    if page:
+        yield "".join(page).encode()

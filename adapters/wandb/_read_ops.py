@@ -10,6 +10,11 @@ runs (from wandb-core's ``RunResumeStatus``) and ``events(samples:)`` (``run.his
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ._gql import call
+
 GET_PROJECTS = """
 query GetProjects($entity: String, $cursor: String, $perPage: Int = 50) {
   models(entityName: $entity, after: $cursor, first: $perPage) {
@@ -93,3 +98,26 @@ query RunConsoleLogPage($entity: String!, $project: String!, $runName: String!, 
     }
   }
 }"""
+
+
+async def edges_of(
+    api: Any, document: str, variables: dict[str, Any], *, name: str, cursor_var: str,
+    connection: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> AsyncIterator[dict[str, Any]]:
+    """Every node of a cursor-paged GraphQL connection, page by page, as the SDK pages them:
+    the next cursor is the last edge's ``cursor`` (else ``pageInfo.endCursor``); stop when
+    ``hasNextPage`` is false or a page is empty. ``connection(data)`` finds the connection in
+    an answer; None there means its parent does not exist (a LookupError to the caller)."""
+    cursor = None
+    while True:
+        data = await call(api, document, {**variables, cursor_var: cursor}, name=name)
+        found = connection(data)
+        if found is None:
+            raise LookupError(name)
+        edges = found.get("edges") or []
+        for edge in edges:
+            yield edge["node"]
+        info = found.get("pageInfo") or {}
+        if not edges or not info.get("hasNextPage"):
+            return
+        cursor = edges[-1].get("cursor") or info.get("endCursor")

@@ -71,18 +71,10 @@ async def resolve_namespaces(
 
 async def list_projects(api: HttpClient, entity: str, per_page: int = 100) -> AsyncIterator[str]:
     """Project names of ``entity`` (``models`` connection, as ``api.projects(entity)``)."""
-    cursor = None
-    while True:
-        data = await call(api, _read_ops.GET_PROJECTS, {"entity": entity, "cursor": cursor, "perPage": per_page},
-                          name="GetProjects")
-        models = data.get("models") or {}
-        edges = models.get("edges") or []
-        for edge in edges:
-            yield edge["node"]["name"]
-        info = models.get("pageInfo") or {}
-        if not edges or not info.get("hasNextPage"):
-            return
-        cursor = info.get("endCursor")
+    nodes = _read_ops.edges_of(api, _read_ops.GET_PROJECTS, {"entity": entity, "perPage": per_page},
+                               name="GetProjects", cursor_var="cursor", connection=lambda d: d.get("models") or {})
+    async for node in nodes:
+        yield node["name"]
 
 
 async def project_exists(api: HttpClient, entity: str, project: str) -> bool:
@@ -94,21 +86,15 @@ async def run_nodes(
     api: HttpClient, namespace: Namespace, *, per_page: int, order: str, filters: str
 ) -> AsyncIterator[dict[str, Any]]:
     """The namespace's runs as ``RunFragment`` JSON, page by page (cursor = last edge's)."""
-    cursor = None
-    while True:
-        variables = {"entity": namespace.entity, "project": namespace.project, "cursor": cursor,
-                     "perPage": per_page, "order": order, "filters": filters}
-        data = await call(api, _read_ops.RUNS, variables, name="Runs")
-        project = data.get("project")
-        if project is None:
-            raise ConfigError(f"[source] project '{namespace}' no longer exists")
-        runs = project.get("runs") or {}
-        edges = runs.get("edges") or []
-        for edge in edges:
-            yield edge["node"]
-        if not edges or not (runs.get("pageInfo") or {}).get("hasNextPage"):
-            return
-        cursor = edges[-1].get("cursor")
+    variables = {"entity": namespace.entity, "project": namespace.project, "perPage": per_page, "order": order,
+                 "filters": filters}
+    nodes = _read_ops.edges_of(api, _read_ops.RUNS, variables, name="Runs", cursor_var="cursor",
+                               connection=lambda d: None if d.get("project") is None else d["project"].get("runs") or {})
+    try:
+        async for node in nodes:
+            yield node
+    except LookupError:
+        raise ConfigError(f"[source] project '{namespace}' no longer exists") from None
 
 
 def run_ref(namespace: Namespace, node: dict[str, Any]) -> RunRef:
