@@ -136,20 +136,22 @@ async def paged_artifacts(
     api: HttpClient, document: str, name: str, *, entity: str, project: str, run_name: str
 ) -> AsyncIterator[dict[str, Any]]:
     """Artifact nodes of a run's output or input connection, page by page."""
-    cursor = None
-    while True:
-        data = await _gql.call(api, document, {"entity": entity, "project": project, "run": run_name,
-                                               "cursor": cursor, "perPage": PAGE}, name=name)
-        run = ((data.get("project") or {}).get("run")) if data else None
-        if run is None:
+    found = False
+    async for node in paged(api, document, name, {"entity": entity, "project": project, "run": run_name},
+                            ("project", "run", "artifacts")):
+        found = True
+        yield node
+    if not found:
+        data = await _gql.call(api, RUN_EXISTS, {"entity": entity, "project": project, "run": run_name},
+                               name="RunExists")
+        if not (data.get("project") or {}).get("run"):
             raise NotFoundError(f"wandb: run {entity}/{project}/{run_name} not found", adapter="wandb")
-        connection = run.get("artifacts") or {}
-        for edge in connection.get("edges") or []:
-            yield edge["node"]
-        info = connection.get("pageInfo") or {}
-        if not info.get("hasNextPage"):
-            return
-        cursor = info.get("endCursor")
+
+
+RUN_EXISTS = """
+query RunExists($entity: String!, $project: String!, $run: String!) {
+  project(entityName: $entity, name: $project) { run(name: $run) { id } }
+}"""
 
 
 async def fetch_manifest(api: HttpClient, storage: HttpClient, artifact_id: str) -> dict[str, Any]:
@@ -261,3 +263,104 @@ async def used_artifacts(api: HttpClient, *, entity: str, project: str, run_name
             used.append({"artifact": {"project": ref.source_project, "name": ref.name, "version": ref.version,
                                       "type": ref.type, "digest": ref.digest}})
     return used
+
+
+ARTIFACT_BY_NAME = """
+query ArtifactByName($entity: String!, $project: String!, $name: String!) {
+  project(entityName: $entity, name: $project) { artifact(name: $name) { ...RunferryArtifact } }
+}""" + ARTIFACT_FIELDS
+
+PROJECT_ARTIFACT_TYPES = """
+query ProjectArtifactTypes($entity: String!, $project: String!, $cursor: String, $perPage: Int) {
+  project(name: $project, entityName: $entity) {
+    artifacts: artifactTypes(after: $cursor, first: $perPage) {
+      pageInfo { endCursor hasNextPage }
+      edges { node { name } }
+    }
+  }
+}"""
+
+TYPE_COLLECTIONS = """
+query ArtifactTypeCollections($entity: String!, $project: String!, $type: String!, $cursor: String, $perPage: Int) {
+  project(name: $project, entityName: $entity) {
+    artifactType(name: $type) {
+      artifacts: artifactCollections(after: $cursor, first: $perPage) {
+        pageInfo { endCursor hasNextPage }
+        edges { node { name } }
+      }
+    }
+  }
+}"""
+
+COLLECTION_VERSIONS = """
+query CollectionVersions($entity: String!, $project: String!, $type: String!, $collection: String!,
+  $cursor: String, $perPage: Int) {
+  project(entityName: $entity, name: $project) {
+    artifactType(name: $type) {
+      artifactCollection(name: $collection) {
+        artifacts(after: $cursor, first: $perPage) {
+          pageInfo { endCursor hasNextPage }
+          edges { node { ...RunferryArtifact createdBy { __typename ... on Run { name } } } }
+        }
+      }
+    }
+  }
+}""" + ARTIFACT_FIELDS
+
+
+async def paged(api: HttpClient, document: str, name: str, variables: dict[str, Any],
+                path: tuple[str, ...]) -> AsyncIterator[dict[str, Any]]:
+    """Nodes of the connection at ``path`` in the answer (missing parents: no nodes)."""
+    cursor = None
+    while True:
+        data: Any = await _gql.call(api, document, {**variables, "cursor": cursor, "perPage": PAGE}, name=name)
+        for key in path:
+            data = (data or {}).get(key)
+        for edge in (data or {}).get("edges") or []:
+            yield edge["node"]
+        info = (data or {}).get("pageInfo") or {}
+        if not info.get("hasNextPage"):
+            return
+        cursor = info.get("endCursor")
+
+
+async def artifact_version(api: HttpClient, project_path: str, name: str, version: str) -> dict[str, Any] | None:
+    """The artifact node of ``name:version`` in ``entity/project`` (None when absent)."""
+    entity, project = split_project(project_path)
+    data = await _gql.call(api, ARTIFACT_BY_NAME, {"entity": entity, "project": project,
+                                                   "name": f"{name}:{version}"}, name="ArtifactByName")
+    return (data.get("project") or {}).get("artifact")
+
+
+async def version_files(api: HttpClient, storage: HttpClient, node: dict[str, Any],
+                        events: Callable[..., None] = _ignore) -> list[FileRef]:
+    """The stored files of one artifact version node (manifest order: paths sorted)."""
+    return manifest_files(await fetch_manifest(api, storage, node["id"]), artifact_ref(node), events)
+
+
+async def project_collections(
+    api: HttpClient, project_path: str, *, skip_types: tuple[str, ...] = DEFAULT_SKIP_TYPES
+) -> AsyncIterator[tuple[str, str]]:
+    """(type, collection) of every artifact collection of a project, types and names sorted."""
+    entity, project = split_project(project_path)
+    variables = {"entity": entity, "project": project}
+    types = [n["name"] async for n in paged(api, PROJECT_ARTIFACT_TYPES, "ProjectArtifactTypes", variables,
+                                            ("project", "artifacts"))]
+    for type_name in sorted(set(types) - set(skip_types)):
+        names = [n["name"] async for n in paged(api, TYPE_COLLECTIONS, "ArtifactTypeCollections",
+                                                {**variables, "type": type_name},
+                                                ("project", "artifactType", "artifacts"))]
+        for name in sorted(names):
+            yield type_name, name
+
+
+async def collection_versions(api: HttpClient, project_path: str, type_name: str,
+                              collection: str) -> list[dict[str, Any]]:
+    """Committed version nodes of a collection, oldest first, each with ``createdBy``."""
+    entity, project = split_project(project_path)
+    nodes = [n async for n in paged(api, COLLECTION_VERSIONS, "CollectionVersions",
+                                    {"entity": entity, "project": project, "type": type_name,
+                                     "collection": collection},
+                                    ("project", "artifactType", "artifactCollection", "artifacts"))]
+    committed = [n for n in nodes if n.get("state", "COMMITTED") == "COMMITTED"]
+    return sorted(committed, key=lambda n: int(n["versionIndex"]))
