@@ -79,6 +79,27 @@ class PendingArtifact:
     aliases: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     members: dict[str, Spooled] = field(default_factory=dict)
+    # a copied W&B artifact version (``ArtifactRef.source_project`` set): where it came from
+    version: str | None = None
+    source_project: str | None = None
+    source_digest: str | None = None
+
+    @property
+    def copied(self) -> bool:
+        return self.source_project is not None and self.version is not None
+
+    def meta(self) -> dict[str, Any]:
+        """What ``RunStaging`` keeps beside the members (restored by ``from_meta``)."""
+        return {"name": self.name, "type": self.type, "description": self.description,
+                "aliases": list(self.aliases), "metadata": self.metadata, "version": self.version,
+                "source_project": self.source_project, "source_digest": self.source_digest}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], members: dict[str, Spooled] | None = None) -> PendingArtifact:
+        return cls(name=meta["name"], type=meta["type"], description=meta.get("description"),
+                   aliases=tuple(meta.get("aliases") or ()), metadata=meta.get("metadata") or {},
+                   members=members or {}, version=meta.get("version"),
+                   source_project=meta.get("source_project"), source_digest=meta.get("source_digest"))
 
     def discard(self) -> None:
         for spooled in self.members.values():
@@ -91,6 +112,9 @@ class ArtifactTarget:
     entity: str
     project: str
     run_id: str
+    logged: bool = True
+    """False: the version is created for a run that uses it (CreateArtifact without runName,
+    as the SDK does for ``use_artifact`` of a new artifact), not one that logged it."""
 
 
 class ArtifactUploader:
@@ -120,7 +144,7 @@ class ArtifactUploader:
             "projectName": target.project,
             "artifactTypeName": art.type,
             "artifactCollectionName": art.name,
-            "runName": target.run_id,
+            "runName": target.run_id if target.logged else None,
             "digest": digest,
             "digestAlgorithm": "MANIFEST_MD5",
             "description": art.description,
@@ -134,7 +158,8 @@ class ArtifactUploader:
         artifact_id = artifact["id"]
         if artifact.get("state") == "COMMITTED":
             self.events("artifact_deduplicated", artifact=art.name, digest=digest)
-            return {"id": artifact_id, "digest": digest, "deduplicated": True, "uploaded_files": 0}
+            return {"id": artifact_id, "digest": digest, "deduplicated": True, "uploaded_files": 0,
+                    "version_index": artifact.get("versionIndex")}
         base = ((artifact.get("artifactSequence") or {}).get("latestArtifact") or {}).get("id")
         common = {"artifactID": artifact_id, "baseArtifactID": base, "name": "wandb_manifest.json",
                   "entityName": target.entity, "projectName": target.project, "runName": target.run_id,
@@ -174,9 +199,10 @@ class ArtifactUploader:
             raise FatalError(f"wandb: no upload URL for the manifest of artifact {art.name}", adapter="wandb")
         headers = parse_headers(file.get("uploadHeaders"))
         await self.storage.upload("PUT", file["uploadUrl"], lambda: manifest, headers=headers, size=len(manifest))
-        await _gql.call(self.api, _gql.COMMIT_ARTIFACT, {"artifactID": artifact_id}, name="CommitArtifact")
+        committed = await _gql.call(self.api, _gql.COMMIT_ARTIFACT, {"artifactID": artifact_id}, name="CommitArtifact")
         self.events("artifact_committed", artifact=art.name, files=len(art.members), uploaded=uploaded)
-        return {"id": artifact_id, "digest": digest, "deduplicated": False, "uploaded_files": uploaded}
+        return {"id": artifact_id, "digest": digest, "deduplicated": False, "uploaded_files": uploaded,
+                "version_index": ((committed.get("commitArtifact") or {}).get("artifact") or {}).get("versionIndex")}
 
     async def _upload_member(self, artifact_id: str, spooled: Spooled, node: dict[str, Any]) -> None:
         headers = parse_headers(node.get("uploadHeaders"))

@@ -9,11 +9,12 @@ from typing import Any, Self
 from adapters.base import AdapterContext, Checkpoint
 from adapters.http import HttpClient
 from engine.errors import ConfigError, FatalError
-from engine.model import RunRecord
+from engine.model import Namespace, RunRecord, RunRef
 
 from engine.incremental import FinishedRun
 
 from . import _auth, _gql
+from ._artifact_copy import ArtifactFetcher, ArtifactOrder
 from ._check import check_run
 from ._config import WandbDestinationConfig
 from ._filestream import FileStream, FileStreamClient, RunPacer
@@ -48,9 +49,22 @@ class WandbDestination:
         self.storage: HttpClient | None = None
         self.default_entity = ""
         self.source_uri = str(context.extra.get("source_uri", ""))
+        # copied W&B artifacts (see _artifact_copy): one version-order coordinator for all runs;
+        # dest_project_of maps a source "entity/project" as runs are mapped (the engine may set
+        # a remap-aware one); artifact_fetcher reads used versions from a W&B source
+        self.artifact_order = ArtifactOrder()
+        self.dest_project_of = self.default_dest_project
+        self.artifact_fetcher: ArtifactFetcher | None = None
 
     def describe(self) -> str:
         return f"wandb:{self.config.base_url.rstrip('/')}/{self.config.entity or '*'}/{self.config.project}"
+
+    def default_dest_project(self, source_project: str) -> tuple[str, str]:
+        """Where a source ``entity/project`` lands under this config (entity and project
+        template), without the engine's ``[[remap]]`` rules."""
+        entity, _, project = source_project.partition("/")
+        record = RunRecord(ref=RunRef(id="", namespace=Namespace(entity, project)))
+        return self.config.entity or entity or self.default_entity, project_for(record, self.config)
 
     async def __aenter__(self) -> Self:
         # HTTP Basic with user "api" (as the SDK); the header lives only inside the sessions
@@ -135,7 +149,8 @@ class WandbDestination:
         return WandbRunWriter(
             config=self.config, api=self.api, storage=self.storage, stream=stream, staging=staging,
             events=self.context.events, entity=entity, project=project, run_id=run_id, record=run,
-            start_points=points, start_lines=lines, state=state,
+            start_points=points, start_lines=lines, state=state, artifact_order=self.artifact_order,
+            dest_project_of=self.dest_project_of, artifact_fetcher=self.artifact_fetcher,
         )
 
     async def finalize(self) -> None:

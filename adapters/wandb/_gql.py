@@ -60,7 +60,7 @@ mutation MarkRunFilesUploaded($entity: String!, $project: String!, $run: String!
 CREATE_ARTIFACT = """
 mutation CreateArtifact($input: CreateArtifactInput!) {
   createArtifact(input: $input) {
-    artifact { id state digest artifactSequence { id name latestArtifact { id } } }
+    artifact { id state digest versionIndex artifactSequence { id name latestArtifact { id } } }
   }
 }"""
 
@@ -103,7 +103,13 @@ mutation CompleteMultipartUploadArtifact($completeMultipartAction: CompleteMulti
 
 COMMIT_ARTIFACT = """
 mutation CommitArtifact($artifactID: ID!) {
-  commitArtifact(input: {artifactID: $artifactID}) { artifact { id digest } }
+  commitArtifact(input: {artifactID: $artifactID}) { artifact { id digest versionIndex } }
+}"""
+
+
+USE_ARTIFACT = """
+mutation UseArtifact($input: UseArtifactInput!) {
+  useArtifact(input: $input) { artifact { id } }
 }"""
 
 

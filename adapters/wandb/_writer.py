@@ -26,6 +26,15 @@ from engine.errors import FatalError
 from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, RunRecord
 
 from . import _gql
+from ._artifact_copy import (
+    ArtifactFetcher,
+    ArtifactOrder,
+    DestProjectOf,
+    commit_in_order,
+    commit_sort_key,
+    settle_all,
+    use_inputs,
+)
 from ._artifacts import (
     ArtifactTarget,
     ArtifactUploader,
@@ -67,6 +76,9 @@ class WandbRunWriter:
         start_points: int,
         start_lines: int,
         state: dict[str, Any],
+        artifact_order: ArtifactOrder | None = None,
+        dest_project_of: DestProjectOf | None = None,
+        artifact_fetcher: ArtifactFetcher | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -105,10 +117,11 @@ class WandbRunWriter:
         self._durable = self._make_checkpoint()
         self._artifacts: dict[str, PendingArtifact] = {}
         for key, (meta, members) in staging.load().items():
-            self._artifacts[key] = PendingArtifact(
-                name=meta["name"], type=meta["type"], description=meta.get("description"),
-                aliases=tuple(meta.get("aliases") or ()), metadata=meta.get("metadata") or {}, members=members,
-            )
+            self._artifacts[key] = PendingArtifact.from_meta(meta, members)
+        # copied W&B artifacts: version order across runs, lineage (see _artifact_copy)
+        self._order = artifact_order or ArtifactOrder()
+        self._dest_project_of: DestProjectOf = dest_project_of or (lambda source: (entity, project))
+        self._fetcher = artifact_fetcher
 
     # -- history -------------------------------------------------------------------------------
     async def write_history(self, chunk: HistoryChunk) -> None:
@@ -221,13 +234,15 @@ class WandbRunWriter:
         key = f"{artifact.name}:{artifact.version or ''}"
         pending = self._artifacts.get(key)
         if pending is None:
+            copied = artifact.source_project is not None and artifact.version is not None
             pending = PendingArtifact(
                 name=artifact_name(artifact.name), type=artifact.type, description=artifact.description,
                 aliases=tuple(artifact.aliases), metadata=dict(artifact.metadata),
+                version=artifact.version if copied else None, source_project=artifact.source_project,
+                source_digest=artifact.digest,
             )
             self._artifacts[key] = pending
-        meta = {"name": pending.name, "type": pending.type, "description": pending.description,
-                "aliases": list(pending.aliases), "metadata": pending.metadata}
+        meta = pending.meta()
         part_size = self.config.part_size if (file.size is None or file.size >= self.config.multipart_threshold) else 0
         old = pending.members.get(path)
         pending.members[path] = await self.staging.stage(key, meta, path, data, part_size)
@@ -291,12 +306,15 @@ class WandbRunWriter:
         uploader = ArtifactUploader(self.api, self.storage, multipart_threshold=self.config.multipart_threshold,
                                     concurrency=self.config.upload_concurrency, events=self.events)
         target = ArtifactTarget(self.entity, self.project, self.run_id)
-        for key in sorted(self._artifacts):
-            pending = self._artifacts[key]
+        for pending in sorted(self._artifacts.values(), key=commit_sort_key):
             if pending.members:
-                await uploader.commit(target, pending)
+                await commit_in_order(uploader, target, pending, api=self.api, order=self._order,
+                                      events=self.events)
         self.staging.clear()
         self._artifacts.clear()
+        if run.inputs:
+            await use_inputs(self.api, run.inputs, target=target, dest_project_of=self._dest_project_of,
+                             uploader=uploader, order=self._order, events=self.events, fetcher=self._fetcher)
         summary = summary_for(run, self._last, system_prefix=self.config.system_metrics_prefix)
         complete, exitcode, final_state = exit_for(run.state)
         await self.stream.send(
@@ -316,6 +334,8 @@ class WandbRunWriter:
                     throttles=self.stream.pacer.throttles)
 
     async def aclose(self) -> None:
+        # versions this run did not commit must not hold back later versions of other runs
+        settle_all(self._order, ArtifactTarget(self.entity, self.project, self.run_id), list(self._artifacts.values()))
         # staged artifact members stay on disk on purpose until finish() commits them, so a
         # resumed migration can still commit the complete artifact.
         release = getattr(self.stream.http, "release", None)

@@ -555,7 +555,7 @@ def commit_artifact(ctx, args: dict) -> dict:
         set_alias(state, art, "latest")
         for alias in getattr(art, "pending_aliases", []):
             set_alias(state, art, alias)
-    return {"artifact": {"id": art.id, "digest": art.digest}}
+    return {"artifact": {"id": art.id, "digest": art.digest, "versionIndex": art.version_index}}
 
 
 def use_artifact(ctx, args: dict) -> dict:
