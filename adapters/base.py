@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from engine.model import FileRef, HistoryChunk, RunRecord, RunRef
+from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 
 EventHook = Callable[..., None]
 """``hook(name, **fields)``: progress and throttling events (``"throttle"``, ``"retry"``...)."""
@@ -41,6 +41,10 @@ EventHook = Callable[..., None]
 
 def _ignore_event(name: str, **fields: Any) -> None:
     return None
+
+
+def _same_namespace(namespace: Namespace) -> Namespace:
+    return namespace
 
 
 @dataclass(kw_only=True)
@@ -56,6 +60,9 @@ class AdapterContext:
     events: EventHook = _ignore_event
     limiters: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    namespace_map: Callable[[Namespace], Namespace] = _same_namespace
+    """The engine's ``[[remap]]`` rules: where a source namespace goes. Destinations that link
+    to things in other namespaces (W&B artifacts used across projects, reports) map them so."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ that was durable, so re-running the same command resumes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from engine.config import Config
 from engine.errors import FatalError, TransientError
 from engine.incremental import REVISION_KEY, Action, FinishedRun, RunChecker, decide
 from engine.ledger import Ledger, RunStatus, pair_key
-from engine.mapping import apply_remap
+from engine.mapping import apply_remap, remap_namespace
 from engine.model import FileRef, RunRecord, RunRef
 from engine.progress import Progress
 from ratelimit import LimiterRegistry
@@ -59,6 +60,7 @@ def make_context(config: Config, progress: Progress) -> AdapterContext:
         part_bytes=config.transfer.part_bytes,
         events=progress.event,
         limiters=LimiterRegistry.from_mapping(config.ratelimit, origin=f"{config.path}: [ratelimit]"),
+        namespace_map=functools.partial(remap_namespace, rules=config.remap),
     )
 
 
@@ -67,6 +69,9 @@ def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Dest
     source = registry.load(registry.SOURCES[config.source_type])(config.source, context)
     context.extra.setdefault("source_uri", source.describe())  # destinations may derive ids from it
     destination = registry.load(registry.DESTINATIONS[config.destination_type])(config.destination, context)
+    pair = getattr(destination, "pair_with", None)
+    if pair is not None:  # a destination that can use its source directly (W&B -> W&B lineage)
+        pair(source)
     return source, destination
 
 

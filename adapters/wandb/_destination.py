@@ -16,6 +16,7 @@ from engine.incremental import FinishedRun
 from . import _auth, _gql
 from ._artifact_copy import ArtifactFetcher, ArtifactOrder
 from ._check import check_run
+from ._reports import copy_reports
 from ._config import WandbDestinationConfig
 from ._filestream import FileStream, FileStreamClient, RunPacer
 from ._mapping import (
@@ -55,6 +56,7 @@ class WandbDestination:
         self.artifact_order = ArtifactOrder()
         self.dest_project_of = self.default_dest_project
         self.artifact_fetcher: ArtifactFetcher | None = None
+        self._source: Any = None
 
     def describe(self) -> str:
         return f"wandb:{self.config.base_url.rstrip('/')}/{self.config.entity or '*'}/{self.config.project}"
@@ -63,8 +65,16 @@ class WandbDestination:
         """Where a source ``entity/project`` lands under this config (entity and project
         template), without the engine's ``[[remap]]`` rules."""
         entity, _, project = source_project.partition("/")
-        record = RunRecord(ref=RunRef(id="", namespace=Namespace(entity, project)))
-        return self.config.entity or entity or self.default_entity, project_for(record, self.config)
+        namespace = self.context.namespace_map(Namespace(entity, project))
+        record = RunRecord(ref=RunRef(id="", namespace=namespace))
+        return self.config.entity or namespace.entity or self.default_entity, project_for(record, self.config)
+
+    def pair_with(self, source: object) -> None:
+        """Called by the engine with this migration's source: a W&B source lets used artifacts
+        be copied on use (lineage across projects) and reports be copied at the end."""
+        from ._source import WandbSource
+
+        self._source = source if isinstance(source, WandbSource) else None
 
     async def __aenter__(self) -> Self:
         # HTTP Basic with user "api" (as the SDK); the header lives only inside the sessions
@@ -150,11 +160,25 @@ class WandbDestination:
             config=self.config, api=self.api, storage=self.storage, stream=stream, staging=staging,
             events=self.context.events, entity=entity, project=project, run_id=run_id, record=run,
             start_points=points, start_lines=lines, state=state, artifact_order=self.artifact_order,
-            dest_project_of=self.dest_project_of, artifact_fetcher=self.artifact_fetcher,
+            dest_project_of=self.dest_project_of, artifact_fetcher=self._fetcher(),
         )
 
     async def finalize(self) -> None:
-        return None
+        """After every run: a W&B source's reports (``include_reports``), namespaces remapped."""
+        source = self._source
+        if source is None or not source.config.include_reports:
+            return
+        assert self.api is not None
+        for namespace in source.namespaces:
+            await copy_reports(source.api, self.api, f"{namespace.entity}/{namespace.project}",
+                               dest_project_of=self.dest_project_of, events=self.context.events)
+
+    def _fetcher(self) -> ArtifactFetcher | None:
+        """Reads used artifact versions straight from a W&B source (made once it is open)."""
+        if self.artifact_fetcher is None and self._source is not None:
+            self.artifact_fetcher = ArtifactFetcher(self._source.api, self._source.storage,
+                                                    spool_dir=self.config.spool_dir or None)
+        return self.artifact_fetcher
 
     async def check_run(self, run: RunRecord, finished: FinishedRun) -> list[str]:
         """Incremental re-runs: what differs at the destination from what was written (see

@@ -29,6 +29,7 @@ from ._files_read import (
 )
 from ._history_read import iter_points
 from ._mapping import original_times
+from ._read_artifacts import logged_artifact_files, read_artifact_file, used_artifacts
 from ._runs_read import record_from_node, resolve_namespaces, run_nodes, run_ref
 from ._source_config import WandbSourceConfig
 
@@ -52,6 +53,7 @@ class WandbSource:
         self.base_url = config.base_url.rstrip("/")
         self._stack: contextlib.AsyncExitStack | None = None
         self._api: HttpClient | None = None
+        self._storage: HttpClient | None = None
         self.namespaces: list[Namespace] = []
         self._urls: dict[tuple[str, str], str] = {}  # (run id, file name) -> download URL
 
@@ -77,6 +79,10 @@ class WandbSource:
                 raise ConfigError("[source] namespaces is empty and the API key has no default entity")
             self.namespaces = await resolve_namespaces(
                 api, self.config.namespaces, default_entity=default_entity, teams=teams, base_url=self.base_url)
+            # presigned storage URLs (artifact members) never get W&B credentials
+            self._storage = await stack.enter_async_context(HttpClient(
+                base_url=self.base_url, name="wandb-source-storage", context=self.context,
+                timeout=self.config.timeout))
             self._api = api
             self._stack = stack.pop_all()
         return self
@@ -84,7 +90,7 @@ class WandbSource:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        stack, self._stack, self._api = self._stack, None, None
+        stack, self._stack, self._api, self._storage = self._stack, None, None, None
         if stack is not None:
             await stack.aclose()
 
@@ -93,6 +99,12 @@ class WandbSource:
         if self._api is None:
             raise RuntimeError("WandbSource used outside 'async with'")
         return self._api
+
+    @property
+    def storage(self) -> HttpClient:
+        if self._storage is None:
+            raise RuntimeError("WandbSource used outside 'async with'")
+        return self._storage
 
     # -- runs -----------------------------------------------------------------------------------
     async def list_runs(self) -> AsyncIterator[RunRef]:
@@ -128,6 +140,8 @@ class WandbSource:
         record.program = metadata.get("program") or metadata.get("codePath")
         if not record.git_commit:
             record.git_commit = (metadata.get("git") or {}).get("commit")
+        if self.config.include_artifacts:
+            record.inputs = await used_artifacts(self.api, entity=entity, project=project, run_name=name)
         kept = original_times(record.config)
         if kept is not None:  # a run an earlier migration wrote: its source's times, not W&B's
             record.start_time, record.end_time = kept
@@ -178,14 +192,25 @@ class WandbSource:
             yield member
 
     async def artifact_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
-        """HOOK for artifacts: members of the run's logged artifacts (``FileRef.artifact`` set)
-        are appended here when ``include_artifacts`` is on. Nothing yet."""
-        return
-        yield  # pragma: no cover - makes this an async generator
+        """Members of the run's logged artifact versions (``FileRef.artifact`` set), oldest
+        version first, when ``include_artifacts`` is on (see ``_read_artifacts``)."""
+        if not self.config.include_artifacts:
+            return
+        entity, project, name = source_path(run.ref)
+        members = logged_artifact_files(self.api, self.storage, entity=entity, project=project, run_name=name,
+                                        events=self.context.events)
+        async with contextlib.aclosing(members) as listing:
+            async for member in listing:
+                yield member
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
         """The file's bytes in pieces (authenticated ``url``; the console log rebuilt from
         ``logLines`` when the run has no ``output.log`` file)."""
+        if file.artifact is not None and file.artifact.source_project:
+            async with contextlib.aclosing(read_artifact_file(self.storage, self.api, file)) as member:
+                async for piece in member:
+                    yield piece
+            return
         entity, project, name = source_path(run.ref)
         url = self._urls.pop((run.ref.id, file.path), None)
         if url is None:

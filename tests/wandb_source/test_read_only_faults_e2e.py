@@ -19,7 +19,8 @@ from tests.wandb_source.oracle import dump, read_run, rows_from_points, sdk_view
 
 RICH = f"{ENTITY}/alpha/rich"
 QUERIES = {"Viewer", "GetProjects", "Project", "Runs", "Run", "HistoryPage", "RunEvents", "RunFiles",
-           "RunConsoleLogPage"}
+           "RunConsoleLogPage", "RunOutputArtifacts", "RunInputArtifacts", "RunExists", "FetchArtifactManifest",
+           "ArtifactMembershipFiles"}
 
 
 def fast_limiters() -> LimiterRegistry:
