@@ -79,6 +79,7 @@ class ArtifactOrder:
     def __init__(self, timeout: float = DEFAULT_ORDER_TIMEOUT) -> None:
         self.timeout = timeout
         self._settled: dict[tuple[CollectionKey, int], anyio.Event] = {}
+        self._locks: dict[tuple[CollectionKey, int], anyio.Lock] = {}
         self.on_wait: Callable[[CollectionKey, int], None] | None = None  # observation hook (tests)
 
     def _event(self, key: CollectionKey, index: int) -> anyio.Event:
@@ -86,6 +87,15 @@ class ArtifactOrder:
         if event is None:
             event = self._settled[(key, index)] = anyio.Event()
         return event
+
+    def lock(self, key: CollectionKey, index: int) -> anyio.Lock:
+        """One commit of a version at a time: a copy made because a run used the version and
+        the copy its logging run makes meet here, so the second finds the first committed (and
+        deduplicates onto it) instead of creating a second version with the same digest."""
+        lock = self._locks.get((key, index))
+        if lock is None:
+            lock = self._locks[(key, index)] = anyio.Lock()
+        return lock
 
     def settle(self, key: CollectionKey, index: int) -> None:
         """Version ``index`` of ``key`` is done (committed, skipped or failed)."""
@@ -145,11 +155,12 @@ async def commit_in_order(
         return await uploader.commit(target, pending)
     key = (target.entity, target.project, pending.name)
     index = int(str(pending.version)[1:])
-    try:
-        await order.wait_previous(api, key, index, events)
-        result = await uploader.commit(target, pending)
-    finally:
-        order.settle(key, index)
+    async with order.lock(key, index):
+        try:
+            await order.wait_previous(api, key, index, events)
+            result = await uploader.commit(target, pending)
+        finally:
+            order.settle(key, index)
     where = f"{target.entity}/{target.project}/{pending.name}"
     if pending.source_digest and result["digest"] != pending.source_digest:
         events("artifact_digest_mismatch", artifact=where, version=pending.version,
