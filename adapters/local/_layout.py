@@ -47,7 +47,7 @@ MAX_NAME = 200
 _RECORD_FIELDS = (
     "display_name", "user", "config", "summary", "tags", "labels", "notes", "group", "job_type",
     "git_commit", "program", "host", "parent_id", "inputs", "system", "history_points", "file_bytes",
-    "start_time", "end_time",
+    "start_time", "end_time", "source_system", "metric_keys",
 )  # fmt: skip
 
 
@@ -159,14 +159,17 @@ def record_to_json(record: RunRecord) -> dict[str, Any]:
 
 
 def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
-    """The RunRecord stored in run.json; ``ref.extra`` holds this export's ``local_dir``."""
+    """The RunRecord stored in run.json; ``ref.extra`` holds this export's ``local_dir`` and
+    the source's ``run_id`` hint when it had one (``RunRef.run_id``)."""
     if doc.get("format") != FORMAT:
         raise FatalError(f"{rel_dir}/{RUN_JSON}: unknown format {doc.get('format')!r}")
+    extra: tuple[tuple[str, Any], ...] = (("local_dir", rel_dir),)
+    extra += tuple(("run_id", v) for k, v in doc.get("source_extra") or () if k == "run_id")
     ref = RunRef(
         id=doc["id"],
         namespace=Namespace(doc["entity"], doc["project"]),
         name=doc.get("name"),
-        extra=(("local_dir", rel_dir),),
+        extra=extra,
     )
     fields = {name: doc.get(name) for name in _RECORD_FIELDS}
     for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {})):
@@ -183,6 +186,8 @@ def artifact_to_json(artifact: ArtifactRef) -> dict[str, Any]:
         "aliases": list(artifact.aliases),
         "description": artifact.description,
         "metadata": [[k, v] for k, v in artifact.metadata],
+        "source_project": artifact.source_project,
+        "digest": artifact.digest,
     }
 
 
@@ -194,6 +199,8 @@ def artifact_from_json(doc: dict[str, Any]) -> ArtifactRef:
         aliases=tuple(doc.get("aliases") or ()),
         description=doc.get("description"),
         metadata=tuple((k, _freeze(v)) for k, v in doc.get("metadata") or ()),
+        source_project=doc.get("source_project"),
+        digest=doc.get("digest"),
     )
 
 
