@@ -150,7 +150,7 @@ def record_to_json(record: RunRecord) -> dict[str, Any]:
         "entity": ref.namespace.entity,
         "project": ref.namespace.project,
         "name": ref.name,
-        "source_extra": [[k, v] for k, v in ref.extra],
+        "source_extra": [[k, v] for k, v in ref.extra if not isinstance(v, bytes)],  # not a page's raw JSON
         "state": record.state.value,
     }
     for name in _RECORD_FIELDS:
@@ -159,29 +159,23 @@ def record_to_json(record: RunRecord) -> dict[str, Any]:
 
 
 def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
-    """The RunRecord stored in run.json; ``ref.extra`` holds this export's ``local_dir``."""
+    """The RunRecord stored in run.json; ``ref.extra`` holds this export's ``local_dir`` and
+    the source's ``run_id`` hint when it had one (``RunRef.run_id``)."""
     if doc.get("format") != FORMAT:
         raise FatalError(f"{rel_dir}/{RUN_JSON}: unknown format {doc.get('format')!r}")
+    extra: tuple[tuple[str, Any], ...] = (("local_dir", rel_dir),)
+    extra += tuple(("run_id", v) for k, v in doc.get("source_extra") or () if k == "run_id")
     ref = RunRef(
         id=doc["id"],
         namespace=Namespace(doc["entity"], doc["project"]),
         name=doc.get("name"),
-        extra=(("local_dir", rel_dir), *_kept_hints(doc)),
+        extra=extra,
     )
     fields = {name: doc.get(name) for name in _RECORD_FIELDS}
     for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {})):
         if fields[name] is None:
             fields[name] = empty
     return RunRecord(ref=ref, state=RunState(doc["state"]), **fields)
-
-
-def _kept_hints(doc: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The source ref's ``run_id`` hint (its bare id when ``id`` is qualified), so a run exported
-    from W&B and imported elsewhere keeps its own id."""
-    for item in doc.get("source_extra") or ():
-        if isinstance(item, list) and len(item) == 2 and item[0] == "run_id":
-            return (("run_id", item[1]),)
-    return ()
 
 
 def artifact_to_json(artifact: ArtifactRef) -> dict[str, Any]:
@@ -192,6 +186,8 @@ def artifact_to_json(artifact: ArtifactRef) -> dict[str, Any]:
         "aliases": list(artifact.aliases),
         "description": artifact.description,
         "metadata": [[k, v] for k, v in artifact.metadata],
+        "source_project": artifact.source_project,
+        "digest": artifact.digest,
     }
 
 
@@ -203,6 +199,8 @@ def artifact_from_json(doc: dict[str, Any]) -> ArtifactRef:
         aliases=tuple(doc.get("aliases") or ()),
         description=doc.get("description"),
         metadata=tuple((k, _freeze(v)) for k, v in doc.get("metadata") or ()),
+        source_project=doc.get("source_project"),
+        digest=doc.get("digest"),
     )
 
 

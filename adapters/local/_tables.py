@@ -5,6 +5,13 @@ then ``config.<k>``, ``summary.<k>`` and ``tags.<k>`` (nested dicts flattened wi
 W&B's "export runs to CSV" recipe. Built in two streaming passes over every run.json (types,
 then rows in batches), so memory does not grow with the number of runs beyond the column set.
 Blocking: call through ``anyio.to_thread``.
+
+Runs from W&B (``source_system = "wandb"``) follow W&B's documented recipe exactly: ``id`` is
+the bare run id (``run.id``; ``entity``/``project`` beside it), ``created_at`` is
+``run.created_at``'s text (UTC, ``2024-05-01T10:20:30``), ``tags`` the W&B tags as a JSON list,
+``config.*`` leaves out keys starting with ``_`` (``_wandb``), and config and summary (the whole
+``summary._json_dict``, ``_step``/``_runtime``/``_wandb`` included) are flattened as
+``pd.json_normalize`` does (empty dicts leave no column). Lists are JSON text cells.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import pyarrow.parquet as pq
 
 from adapters.local._arrow import record_batch
 from adapters.local._layout import RUN_JSON, TMP_MARK, temp_sibling
+from engine.flatten import flatten_normalized
 
 BATCH_ROWS = 1000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -82,6 +90,23 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+def _created_at(ts: Any) -> str | None:
+    if _iso(ts) is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _wandb_columns(doc: dict[str, Any], row: dict[str, Any]) -> None:
+    run_id = next((v for k, v in doc.get("source_extra") or () if k == "run_id"), None)
+    if run_id:
+        row["id"] = run_id
+    row["created_at"] = _created_at(doc.get("start_time"))
+    row["tags"] = json.dumps(doc.get("labels") or [], ensure_ascii=False)
+    config = {k: v for k, v in (doc.get("config") or {}).items() if not k.startswith("_")}
+    for section, values in (("config", config), ("summary", doc.get("summary") or {})):
+        row.update(flatten_normalized(values, f"{section}."))
+
+
 def run_row(doc: dict[str, Any], rel_dir: str) -> dict[str, Any]:
     start, end = doc.get("start_time"), doc.get("end_time")
     row: dict[str, Any] = {
@@ -102,6 +127,9 @@ def run_row(doc: dict[str, Any], rel_dir: str) -> dict[str, Any]:
     for name in ("user", "notes", "group", "job_type", "git_commit", "program", "host", "parent_id",
                  "history_points", "file_bytes"):  # fmt: skip
         row[name] = doc.get(name)
+    if doc.get("source_system") == "wandb":
+        _wandb_columns(doc, row)
+        return row
     for section in ("config", "summary", "tags"):
         for key, value in (doc.get(section) or {}).items():
             _flatten(f"{section}.{key}", value, row)

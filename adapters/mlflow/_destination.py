@@ -22,8 +22,10 @@ parent has not been copied yet, the child gets a ``runferry.pending_parent`` tag
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import posixpath
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -57,6 +59,8 @@ from adapters.mlflow._config import (
     MlflowDestinationConfig,
     resolve_connection,
 )
+from adapters.mlflow import _wandb
+from adapters.mlflow._side_files import SideFiles
 from adapters.mlflow._spool import ReplayableStream
 from engine.errors import FatalError, NotFoundError, RetryableError
 from engine.model import FileRef, HistoryChunk, RunRecord, RunState, seconds_to_millis
@@ -76,9 +80,10 @@ _CREATE_ATTEMPTS = 4
 
 
 def source_identity(record: RunRecord) -> str:
-    """What the destination tag holds: MLflow run ids are globally unique uuids; other
-    sources' ids are unique within their namespace, which is prefixed."""
-    if record.system.get("source") == "mlflow":
+    """What the destination tag holds: MLflow run ids are globally unique uuids and W&B refs
+    are already qualified (``entity/project/run``); other sources' ids are unique within
+    their namespace, which is prefixed."""
+    if record.system.get("source") == "mlflow" or _wandb.is_wandb(record):
         return record.ref.id
     namespace = record.system.get("source_namespace") or str(record.ref.namespace)
     return f"{namespace}/{record.ref.id}"
@@ -107,11 +112,22 @@ def run_tags(record: RunRecord) -> dict[str, str]:
     ):
         if value and key not in tags:
             tags[key] = value
+    if _wandb.is_wandb(record):
+        tags.update(_wandb.wandb_tags(record))
     return tags
+
+
+def metric_entry(key: str, step: int, ts: float, value: float) -> dict[str, Any]:
+    """One log-batch metric: the timestamp in integer milliseconds, NaN/inf as MLflow's JSON."""
+    if math.isnan(value) or math.isinf(value):
+        return {"key": key, "value": encode_value(value), "timestamp": round(ts * 1000.0), "step": step}
+    return {"key": key, "value": value, "timestamp": round(ts * 1000.0), "step": step}
 
 
 def _point_identity(key: str, step: Any, timestamp: Any, value: Any) -> tuple[Any, ...]:
     number = decode_value(value)
+    if math.isinf(number):  # the SQL store keeps +-inf as +-DBL_MAX: the same point either way
+        number = math.copysign(sys.float_info.max, number)
     bits = "nan" if math.isnan(number) else repr(number)
     return (key, int(step), int(timestamp), bits)
 
@@ -142,9 +158,12 @@ def prepare_metadata(destination: MlflowDestination, record: RunRecord) -> tuple
         else:
             tags[PENDING_PARENT_TAG] = parent
     packed = Packed()
-    params = clean_entries(
-        ((k, param_text(v)) for k, v in record.config.items()), max_value=MAX_PARAM_VALUE, packed=packed
-    )
+    if _wandb.is_wandb(record):
+        emit = functools.partial(destination.context.events, run=record.ref.id)
+        config_params = _wandb.wandb_params(record.config, emit)
+    else:
+        config_params = [(k, param_text(v)) for k, v in record.config.items()]
+    params = clean_entries(config_params, max_value=MAX_PARAM_VALUE, packed=packed)
     tag_entries = clean_entries(tags.items(), max_value=MAX_TAG_VALUE, packed=packed)
     for key in packed.truncated:
         destination.context.events("value_truncated", run=record.ref.id, key=key)
@@ -311,6 +330,7 @@ class MlflowDestination:
         existing = experiment.index.get(identity)
         start_points = 0
         params, tags = prepare_metadata(self, run)
+        created = existing is None
         if existing is None:
             # small tag sets ride along with runs/create; params go with the first metrics batch
             inline = tags if len(tags) <= MAX_PARAMS_TAGS_PER_BATCH and sum(len(t["value"]) for t in tags) < 200_000 else []
@@ -322,7 +342,10 @@ class MlflowDestination:
                 existing.lifecycle_stage = "active"
             if resume is not None and resume.state.get("dest_run_id") in (None, existing.run_id):
                 start_points = resume.history_points
-        return MlflowRunWriter(self, run, existing, start_points, pending=list(pack_params_and_tags(params, tags)))
+        writer = MlflowRunWriter(self, run, existing, start_points, pending=list(pack_params_and_tags(params, tags)))
+        if writer.wandb_names is not None and not created:
+            await writer.prune_stale_parts()
+        return writer
 
     async def _create_run(
         self, experiment: _Experiment, run: RunRecord, identity: str, inline_tags: list[dict[str, str]]
@@ -422,6 +445,11 @@ class MlflowRunWriter:
         self.replayed_points_skipped = 0
         self.skipped_points = 0
         self.dropped_keys: set[str] = set()
+        # W&B runs: metric names MLflow accepts, and the side files for what it cannot hold
+        self.wandb_names = _wandb.MetricNames(self._event) if _wandb.is_wandb(record) else None
+        self.side = SideFiles(destination.rest, dest.run_id, self._artifact_url)
+        self.saw_whole_history = start_points == 0
+        self.nonnumeric_points = 0
 
     @property
     def rest(self) -> MlflowRest:
@@ -450,23 +478,18 @@ class MlflowRunWriter:
         steps = batch.column("step").to_pylist()[skip:]
         times = batch.column("timestamp").to_pylist()[skip:]
         values = batch.column("value").to_pylist()[skip:]
-        metrics: list[dict[str, Any]] = []
-        longest = 0
-        for key, step, ts, value in zip(keys, steps, times, values):
-            if value is None:
-                self.skipped_points += 1  # not a number (W&B media, strings): MLflow holds floats only
-                continue
-            if len(key) > 250:
-                if key not in self.dropped_keys:
-                    self.dropped_keys.add(key)
-                    self._event("key_dropped", key=key)
-                continue
-            if math.isnan(value) or math.isinf(value):
-                value = encode_value(value)
-            metrics.append({"key": key, "value": value, "timestamp": round(ts * 1000.0), "step": step})
-            longest = max(longest, len(key))
-        if len(metrics) < len(keys):
-            self._event("points_skipped", n=len(keys) - len(metrics))
+        side_part: tuple[str, bytes] | None = None
+        if self.wandb_names is not None:
+            value_json = batch.column("value_json").to_pylist()[skip:]
+            rows = zip(keys, steps, times, values, value_json)
+            metrics, lines = _wandb.split_points(self.wandb_names, rows, metric_entry)
+            if lines:
+                self.nonnumeric_points += len(lines)
+                self._event("points_to_artifact", n=len(lines), path=_wandb.NONNUMERIC_ARTIFACT)
+                side_part = (_wandb.part_name(chunk.offset + skip), "".join(lines).encode("utf-8"))
+        else:
+            metrics = self._plain_metrics(keys, steps, times, values)
+        longest = max((len(m["key"]) for m in metrics), default=0)
         if self._check_replay:
             self._check_replay = False
             metrics = await self._drop_already_stored(metrics)
@@ -485,10 +508,35 @@ class MlflowRunWriter:
             for part in pack_metrics(metrics, key_bytes=4 * longest + 2)
         ]
         async with anyio.create_task_group() as tg:
+            if side_part is not None:
+                tg.start_soon(self.side.put, *side_part)
             for body in bodies:
                 await self._in_flight.acquire()
                 tg.start_soon(self._send_batch, body)
         self._durable = chunk.end
+
+    def _plain_metrics(self, keys: list[str], steps: list[int], times: list[float], values: list[float | None]) -> list[dict[str, Any]]:
+        metrics = []
+        for key, step, ts, value in zip(keys, steps, times, values):
+            if value is None:
+                self.skipped_points += 1  # not a number: MLflow holds floats only
+                continue
+            if len(key) > 250:
+                if key not in self.dropped_keys:
+                    self.dropped_keys.add(key)
+                    self._event("key_dropped", key=key)
+                continue
+            metrics.append(metric_entry(key, step, ts, value))
+        if len(metrics) < len(keys):
+            self._event("points_skipped", n=len(keys) - len(metrics))
+        return metrics
+
+    async def prune_stale_parts(self) -> None:
+        """Delete non-numeric parts at or beyond the resume point: their chunk was stored but
+        never counted durable, and its replay may be cut differently."""
+        for offset, path in await self.side.parts(_wandb.NONNUMERIC_PARTS, _wandb.part_offset):
+            if offset >= self._durable:
+                await self.side.delete(path)
 
     async def _drop_already_stored(self, metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Remove points the destination already holds (as a multiset, so points the source
@@ -524,6 +572,10 @@ class MlflowRunWriter:
 
     async def flush_history(self) -> None:
         await self.send_pending()  # no points came: params and tags still go
+        if self.wandb_names is not None:
+            parts = await self.side.parts(_wandb.NONNUMERIC_PARTS, _wandb.part_offset)
+            if parts:  # none: no such points, or joined already before a crash
+                await self.side.join_parts(parts, _wandb.NONNUMERIC_ARTIFACT, _wandb.NONNUMERIC_PARTS)
 
     # -- files ----------------------------------------------------------------------------------
     def _artifact_url(self, path: str) -> str:
@@ -540,8 +592,12 @@ class MlflowRunWriter:
 
     async def write_file(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
         """Run files keep their path; members of a source artifact (W&B) go under a folder
-        named after the artifact, so they cannot collide with run files."""
-        path = file.path if file.artifact is None else f"{file.artifact.name}/{file.path}"
+        named after the artifact and its version (``name/v3/path``), so they cannot collide
+        with run files nor with another version of the artifact."""
+        path = file.path
+        if file.artifact is not None:
+            version = f"{file.artifact.version}/" if file.artifact.version else ""
+            path = f"{file.artifact.name}/{version}{file.path}"
         url = self._artifact_url(path)
         config = self.destination.config
         if (
@@ -629,6 +685,8 @@ class MlflowRunWriter:
     async def finish(self, run: RunRecord) -> None:
         """Dataset inputs, then the original status and end time, then deletion if deleted."""
         await self.send_pending()
+        if self.wandb_names is not None:
+            await self._finish_wandb(run)
         if run.inputs:
             datasets = [i for i in run.inputs if isinstance(i, dict) and "dataset" in i]
             if datasets:
@@ -641,6 +699,26 @@ class MlflowRunWriter:
         if deleted and not self.destination.config.restore_deleted:
             await self.rest.post("runs/delete", {"run_id": self.dest_id})
             self.dest.lifecycle_stage = "deleted"
+
+    async def _finish_wandb(self, run: RunRecord) -> None:
+        """config.json and summary.json, and summary numbers never logged as history."""
+        await self.side.put(_wandb.CONFIG_ARTIFACT, _wandb.json_document(run.config))
+        await self.side.put(_wandb.SUMMARY_ARTIFACT, _wandb.json_document(run.summary))
+        assert self.wandb_names is not None
+        if run.metric_keys is not None:
+            history_keys: set[str] | None = set(run.metric_keys)
+        else:
+            history_keys = set(self.wandb_names.seen) if self.saw_whole_history else None
+        metrics = []
+        for key, step, ts, value in _wandb.summary_points(run, history_keys, self._event):
+            name = self.wandb_names(key)
+            if name is not None:
+                metrics.append(metric_entry(name, step, ts, value))
+        if metrics:
+            self._event("summary_as_metrics", n=len(metrics))
+            longest = max(len(m["key"]) for m in metrics)
+            for part in pack_metrics(metrics, key_bytes=4 * longest + 2):
+                await self.rest.post("runs/log-batch", {"run_id": self.dest_id, "metrics": part})
 
     async def aclose(self) -> None:
         return None
