@@ -285,7 +285,7 @@ class WandbImporter:
         **options: Any,
     ) -> Config:
         source: dict[str, Any] = {"type": "wandb", "base_url": self.src_base_url, "api_key_env": self._src_env,
-                                  "include_artifacts": artifacts}
+                                  "include_artifacts": artifacts, "include_reports": False}
         if namespaces is not None:
             source["namespaces"] = [f"{ns.entity}/{ns.project}" for ns in namespaces]
         destination: dict[str, Any] = {"type": "wandb", "base_url": self.dst_base_url, "api_key_env": self._dst_env}
@@ -319,3 +319,87 @@ class WandbImporter:
             options["max_runs"] = limit
         config = self._config(namespaces, remapping, incremental=incremental, artifacts=artifacts, **options)
         return _migrate_now(config, self.progress_mode)
+
+    def import_artifact_sequences(
+        self,
+        namespaces: Iterable[Namespace] | None = None,
+        remapping: dict[Namespace, Namespace] | None = None,
+        *,
+        incremental: bool = True,
+        max_workers: int | None = None,
+    ) -> dict[str, int]:
+        """Copy every artifact collection of ``namespaces``: all versions in version order with
+        aliases, description and metadata, gaps (deleted versions) as placeholders, versions
+        of deleted runs under a placeholder run, as W&B's importer did. Idempotent (a version
+        already there comes back deduplicated by digest). Returns the counts."""
+        del incremental, max_workers  # always idempotent; versions go one at a time to keep their order
+        return self._with_adapters(namespaces, remapping, self._sequences)
+
+    def import_reports(
+        self,
+        namespaces: Iterable[Namespace] | None = None,
+        remapping: dict[Namespace, Namespace] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> dict[str, int]:
+        """Copy the reports of ``namespaces``, their namespace references remapped; a report
+        copied before is updated in place. Returns ``{"reports": n}``."""
+        del limit
+        return self._with_adapters(namespaces, remapping, self._reports)
+
+    def import_all(
+        self,
+        *,
+        runs: bool = True,
+        artifacts: bool = True,
+        reports: bool = True,
+        namespaces: Iterable[Namespace] | None = None,
+        incremental: bool = True,
+        remapping: dict[Namespace, Namespace] | None = None,
+    ) -> Report | None:
+        """Runs first (with the artifacts they logged, in version order, and their lineage),
+        then the artifact sequences (versions no selected run logged: deleted runs' versions,
+        gaps; the rest deduplicate by digest), then reports, as W&B's importer ordered them."""
+        selected = list(namespaces) if namespaces is not None else None
+        report = self.import_runs(selected, remapping, incremental=incremental, artifacts=artifacts) if runs else None
+        if artifacts:
+            self.import_artifact_sequences(selected, remapping)
+        if reports:
+            self.import_reports(selected, remapping)
+        return report
+
+    def _with_adapters(self, namespaces: Iterable[Namespace] | None, remapping: dict[Namespace, Namespace] | None,
+                       work: Any) -> dict[str, int]:
+        config = self._config(namespaces, remapping, incremental=True, artifacts=True)
+
+        async def run() -> dict[str, int]:
+            context = make_context(config, Progress(mode=self.progress_mode, interval=30.0))
+            source, destination = open_adapters(config, context)
+            async with source, destination:
+                counts: dict[str, int] = {}
+                for namespace in source.namespaces:  # type: ignore[attr-defined]
+                    found = await work(source, destination, f"{namespace.entity}/{namespace.project}")
+                    for key, value in found.items():
+                        counts[key] = counts.get(key, 0) + value
+                return counts
+
+        return anyio.run(run)
+
+    @staticmethod
+    async def _sequences(source: Any, destination: Any, project: str) -> dict[str, int]:
+        from adapters.wandb._artifact_copy import ArtifactFetcher, import_artifact_sequences
+
+        fetcher = ArtifactFetcher(source.api, source.storage, spool_dir=destination.config.spool_dir or None)
+        return await import_artifact_sequences(
+            fetcher, project, api=destination.api, storage=destination.storage,
+            dest_project_of=destination.dest_project_of, events=destination.context.events,
+            multipart_threshold=destination.config.multipart_threshold,
+            upload_concurrency=destination.config.upload_concurrency, order=destination.artifact_order)
+
+    @staticmethod
+    async def _reports(source: Any, destination: Any, project: str) -> dict[str, int]:
+        from adapters.wandb._reports import copy_reports
+
+        copied = await copy_reports(source.api, destination.api, project, dest_project_of=destination.dest_project_of,
+                                    events=destination.context.events)
+        return {"reports": len(copied)}
