@@ -11,7 +11,9 @@ actually costs:
   may overdraw by one item, so every admitted run always progresses (no deadlock); the overshoot
   is at most one chunk or piece per run.
 - ``Admission``: the next run starts while (a) the budget has room for one more run's seat (its
-  metadata plus the history chunk its source is building) and nothing waits for memory, (b) no
+  metadata plus the history chunk its source is building: a full chunk until runs were seen,
+  then the largest chunk of the last ``SEAT_WINDOW`` runs, so a sweep of 200-point runs does not
+  reserve 100,000 points each) and nothing waits for memory, (b) no
   endpoint the migration talks to is paused, throttled or saturated (read from the shared
   ``ratelimit`` registry), and (c) the cap (``runs_concurrency``, or ``AUTO_RUNS_CEILING``)
   allows. With nothing in flight a run is always admitted. Waiting happens before a run is
@@ -36,6 +38,9 @@ RUN_OVERHEAD_BYTES = 256 * 1024
 
 BYTES_PER_POINT = 48
 """Arrow bytes of one history point before any chunk was seen (key, step, timestamp, value)."""
+
+SEAT_WINDOW = 16
+"""Recent runs whose largest history chunk sizes the next run's seat."""
 
 ENDPOINT_POLL_SECONDS = 0.1
 """How often a waiting admission looks at the limiters again (they have no change signal)."""
@@ -169,12 +174,24 @@ class Admission:
     ) -> None:
         self.budget = budget
         self.cap = cap
-        self.seat_bytes = seat_bytes
+        self.first_seat = seat_bytes
+        self._recent_chunks: deque[int] = deque(maxlen=SEAT_WINDOW)
         self.endpoints = endpoints
         self.clock = clock or MonotonicClock()
         self.on_wait = on_wait
         self.in_flight = 0
         self.waiting_on: str | None = None  # what the next run waits for now, for progress
+
+    @property
+    def seat_bytes(self) -> int:
+        """What the next run reserves: a full chunk at first, then what recent runs needed."""
+        if not self._recent_chunks:
+            return self.first_seat
+        return RUN_OVERHEAD_BYTES + max(self._recent_chunks)
+
+    def observe_chunk(self, nbytes: int) -> None:
+        """A run's largest history chunk so far (its first, or 0 for a run without history)."""
+        self._recent_chunks.append(nbytes)
 
     def blocker(self) -> str | None:
         """Why the next run cannot start now (``cap``, ``memory``, ``endpoint <url> <why>``)."""
@@ -206,9 +223,10 @@ class Admission:
             else:
                 await self.budget.changed.wait()
         self.waiting_on = None
-        self.budget.used += self.seat_bytes  # checked to fit above; nothing awaited since
+        seat = self.seat_bytes
+        self.budget.used += seat  # checked to fit above; nothing awaited since
         self.in_flight += 1
-        return RunAccount(self.budget, self.seat_bytes)
+        return RunAccount(self.budget, seat)
 
     def finished(self, account: RunAccount) -> None:
         account.close()

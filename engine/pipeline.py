@@ -266,10 +266,14 @@ class Pipeline:
             async for chunk in chunks:
                 if len(chunk):
                     nbytes = chunk.batch.nbytes
+                    if not largest:
+                        self.admission.observe_chunk(nbytes)  # sizes the next runs' seats
                     largest = max(largest, nbytes)
                     account.resize_seat(RUN_OVERHEAD_BYTES + largest)
                     await account.reserve(nbytes)
                     await send.send((chunk, nbytes))
+        if not largest:
+            self.admission.observe_chunk(0)
         account.resize_seat(RUN_OVERHEAD_BYTES)  # no more chunks being built
 
     def _record_checkpoint(self, run_id: str, writer: RunWriter, last: Any) -> Any:
