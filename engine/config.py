@@ -7,12 +7,16 @@ types are checked, and every ``*_env`` key must name an environment variable tha
 
 Memory bound of a migration (what ``[transfer]`` controls), roughly::
 
-    peak ≈ runs_concurrency × (queue_chunks + 2) × chunk_points × ~40 bytes     (history in flight)
-         + file_workers × part_bytes × 2                                          (file bytes in flight)
+    peak ≈ start-up (~100 MB: Python, Arrow, HTTP clients)
+         + memory_budget                          (history chunks' Arrow bytes + file pieces in flight)
+         + one chunk or piece per run in flight   (each run may overdraw by one, so it always progresses)
          + run_queue × (size of one run's metadata)
 
-With the defaults (4 runs, 4 queued chunks, 100k points, 8 file workers, 8 MiB parts) that is
-about 100 MB + 128 MB at most, independent of how long runs are or how large files are.
+Runs are admitted while their seats (256 KiB plus the chunk their source is building) fit in
+``memory_budget`` (``engine/admission.py``), so many small runs run side by side and a few huge
+ones take the budget between them. With the defaults (96 MiB budget, at most 64 runs) peak RSS
+stays under 250 MB, independent of how many runs there are, how long they are or how large
+files are.
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ class TransferConfig:
     - ``incremental``: skip runs the ledger says are done, resume unfinished ones from their
       cursors (default true). ``false`` redoes every run from the start.
     - ``artifacts``: move run files and artifacts (default true).
-    - ``runs_concurrency``: runs in flight at once (metadata + history), default 4.
+    - ``runs_concurrency``: at most this many runs in flight at once; default 0 = automatic:
+      runs start while ``memory_budget`` has room and no endpoint is throttling or saturated,
+      up to 64 at once.
+    - ``memory_budget``: bytes of history chunks and file pieces in flight across all runs,
+      default 96 MiB (100663296). Big runs take more of it and admit fewer peers.
     - ``file_workers``: concurrent file/artifact transfers across all runs, default 8.
     - ``chunk_points``: history points per chunk, default 100,000.
     - ``queue_chunks``: chunks buffered between a run's reader and writer, default 4.
@@ -54,7 +62,8 @@ class TransferConfig:
     ledger: str = "runferry-ledger.jsonl"
     incremental: bool = True
     artifacts: bool = True
-    runs_concurrency: int = 4
+    runs_concurrency: int = 0
+    memory_budget: int = 96 * 1024 * 1024
     file_workers: int = 8
     chunk_points: int = 100_000
     queue_chunks: int = 4
@@ -63,9 +72,11 @@ class TransferConfig:
     max_runs: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("runs_concurrency", "file_workers", "chunk_points", "queue_chunks", "run_queue", "part_bytes"):
+        for name in ("memory_budget", "file_workers", "chunk_points", "queue_chunks", "run_queue", "part_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.runs_concurrency < 0:
+            raise ValueError("runs_concurrency must be 0 (automatic) or positive")
         if self.max_runs < 0:
             raise ValueError("max_runs must be 0 (all) or positive")
 

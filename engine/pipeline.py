@@ -2,14 +2,16 @@
 
 Shape::
 
-    source.list_runs ──(run_queue)──> run workers × runs_concurrency
+    source.list_runs ──(run_queue)──> admission (memory budget, endpoint headroom, cap) ──> one task per run
                                          │  get_run, open_run (find-or-create at the destination)
                                          ├─ history: reader ──(queue_chunks)──> writer, ledger cursor per chunk
-                                         └─ files: list_files ──(file queue)──> file workers × file_workers
+                                         └─ files: list_files ──(bounded stream)──> a task per file,
+                                               each holding one of the file_workers slots shared by all runs
                                          finish (summary, state, end time) -> ledger "done"
 
-Every task lives in a task group; streams are bounded, so memory is bounded by the formula in
-``engine/config.py`` whatever the size of runs. A run that fails is recorded in the ledger and
+Every task lives in a task group; streams are bounded, and history chunks and file pieces hold
+their bytes of ``[transfer] memory_budget`` while in flight, so memory is bounded by the formula
+in ``engine/config.py`` whatever the size or number of runs (see ``engine/admission.py``). A run that fails is recorded in the ledger and
 reported; the others go on. Cancellation (Ctrl-C, SIGTERM) is never swallowed: it unwinds
 through the task groups, writers are closed in shielded scopes, and the ledger holds every cursor
 that was durable, so re-running the same command resumes.
@@ -21,20 +23,21 @@ import contextlib
 import functools
 import signal
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectSendStream
 
 from adapters import registry
 from adapters.base import AdapterContext, Destination, RunWriter, Source
+from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
 from engine.errors import FatalError, TransientError
 from engine.incremental import REVISION_KEY, Action, FinishedRun, RunChecker, decide
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.mapping import apply_remap, remap_namespace
-from engine.model import FileRef, RunRecord, RunRef
+from engine.model import FileRef, HistoryChunk, RunRecord, RunRef
 from engine.progress import Progress
 from ratelimit import LimiterRegistry
 
@@ -81,17 +84,20 @@ async def migrate(
     progress: Progress | None = None,
     handle_signals: bool = False,
     adapters: tuple[Source, Destination] | None = None,
+    limiters: LimiterRegistry | None = None,
 ) -> Report:
     """Run the migration described by ``config``. Raises ``ConfigError``/``AuthError`` before
     anything is written when the configuration or credentials are unusable. ``adapters``
-    replaces the configured source and destination (tests, embedding)."""
+    replaces the configured source and destination (tests, embedding); ``limiters`` is then
+    the registry they share, whose endpoints admission watches (none by default)."""
     progress = progress or Progress(mode="plain")
     if adapters is None:
         context = make_context(config, progress)
-        progress.limiters = context.limiters
+        limiters = context.limiters
         source, destination = open_adapters(config, context)
     else:
         source, destination = adapters
+    progress.limiters = limiters
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     report = Report(progress)
     async with source, destination:  # credentials are checked here, before the ledger is touched
@@ -100,7 +106,7 @@ async def migrate(
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(_cancel_on_signal, tg.cancel_scope, report)
-                await Pipeline(config, source, destination, ledger, progress).run()
+                await Pipeline(config, source, destination, ledger, progress, limiters=limiters).run()
                 tg.cancel_scope.cancel()
             if not report.interrupted:
                 await destination.finalize()
@@ -132,60 +138,46 @@ async def feed_runs(
                 break
 
 
-@dataclass
-class _RunFiles:
-    """Tracks one run's file jobs across the shared file-worker pool."""
-
-    outstanding: int = 0
-    active: int = 0
-    listing_done: bool = False
-    failed: bool = False
-    errors: list[BaseException] = field(default_factory=list)
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    async def wait_until(self, predicate: Any) -> None:
-        while not predicate():
-            await self.changed.wait()
-
-
-@dataclass
-class _FileJob:
-    record: RunRecord
-    writer: RunWriter
-    file: FileRef
-    tracker: _RunFiles
-
-
 class Pipeline:
-    """One migration's worker pools. Use ``run()`` once."""
+    """One migration's runs, admitted by budget (``engine/admission.py``). Use ``run()`` once."""
 
     def __init__(
-        self, config: Config, source: Source, destination: Destination, ledger: Ledger, progress: Progress
+        self,
+        config: Config,
+        source: Source,
+        destination: Destination,
+        ledger: Ledger,
+        progress: Progress,
+        *,
+        limiters: LimiterRegistry | None = None,
     ) -> None:
         self.config = config
-        self.transfer = config.transfer
+        self.transfer = t = config.transfer
         self.source = source
         self.destination = destination
         self.ledger = ledger
         self.progress = progress
+        self.admission = Admission(
+            MemoryBudget(t.memory_budget),
+            cap=t.runs_concurrency or AUTO_RUNS_CEILING,
+            seat_bytes=run_seat_bytes(t.chunk_points),
+            endpoints=None if limiters is None else limiters.statistics,
+            clock=None if limiters is None else limiters.clock,
+            on_wait=lambda reason: progress.event("admission_wait", reason=reason),
+        )
+        progress.admission = self.admission
+        self.file_slots = anyio.CapacityLimiter(t.file_workers)  # shared by every run's files
 
     async def run(self) -> None:
-        t = self.transfer
-        run_send, run_recv = anyio.create_memory_object_stream[RunRef](t.run_queue)
-        file_send, file_recv = anyio.create_memory_object_stream[_FileJob](t.file_workers * 2)
-        async with anyio.create_task_group() as files_tg:
-            async with file_recv:
-                for _ in range(t.file_workers):
-                    files_tg.start_soon(self._file_worker, file_recv.clone())
-            async with file_send, anyio.create_task_group() as runs_tg:
-                runs_tg.start_soon(self._produce, run_send)
-                async with run_recv:
-                    for _ in range(t.runs_concurrency):
-                        runs_tg.start_soon(self._run_worker, run_recv.clone(), file_send.clone())
+        run_send, run_recv = anyio.create_memory_object_stream[RunRef](self.transfer.run_queue)
+        async with anyio.create_task_group() as runs_tg:
+            runs_tg.start_soon(self._produce, run_send)
+            async with run_recv:
+                async for ref in run_recv:
+                    if self._already_done(ref):
+                        continue
+                    account = await self.admission.admit()  # nothing of the run is touched before
+                    runs_tg.start_soon(self._migrate_admitted, ref, account)
 
     # -- producer ----------------------------------------------------------------------------
     async def _produce(self, send: ObjectSendStream[RunRef]) -> None:
@@ -197,18 +189,23 @@ class Pipeline:
         )
 
     # -- runs ----------------------------------------------------------------------------------
-    async def _run_worker(self, runs: ObjectReceiveStream[RunRef], files: ObjectSendStream[_FileJob]) -> None:
-        async with runs, files:
-            async for ref in runs:
-                await self._migrate_run(ref, files)
-
-    async def _migrate_run(self, ref: RunRef, files: ObjectSendStream[_FileJob]) -> None:
+    def _already_done(self, ref: RunRef) -> bool:
         entry = self.ledger.get(ref.id)
         finished = self.transfer.incremental and entry is not None and entry.status is RunStatus.DONE
         if finished and not isinstance(self.destination, RunChecker) and ref.hint("revision") is None:
             self.progress.event("run_skipped", run=ref.id)  # nothing could tell that it changed
-            return
-        tracker = _RunFiles()
+            return True
+        return False  # a finished run that may have changed is checked in _migrate_run
+
+    async def _migrate_admitted(self, ref: RunRef, account: RunAccount) -> None:
+        try:
+            await self._migrate_run(ref, account)
+        finally:
+            self.admission.finished(account)
+
+    async def _migrate_run(self, ref: RunRef, account: RunAccount) -> None:
+        entry = self.ledger.get(ref.id)
+        finished = self.transfer.incremental and entry is not None and entry.status is RunStatus.DONE
         try:
             record = apply_remap(await self.source.get_run(ref), self.config.remap)
             if finished and entry is not None:
@@ -229,22 +226,21 @@ class Pipeline:
                 if entry is not None:
                     self.ledger.reset(ref.id)
                 resume, files_done = None, {}
+            if record.history_points is not None:  # a run that says its size reserves for it
+                left = record.history_points - (resume.history_points if resume else 0)
+                account.resize_seat(min(account.seat, run_seat_bytes(self.transfer.chunk_points, left)))
             self.ledger.start(ref.id, record.display_name or ref.name)
             self.progress.event("run_started", run=ref.id)
             writer = await self.destination.open_run(record, resume)
             try:
                 self.ledger.opened(ref.id, writer.dest_id)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._move_history, record, writer)
+                async with anyio.create_task_group() as tg:  # file jobs end (or fail) inside it
+                    tg.start_soon(self._move_history, record, writer, account)
                     if self.transfer.artifacts:
-                        tg.start_soon(self._move_files, record, writer, files_done, files, tracker)
+                        tg.start_soon(self._move_files, record, writer, files_done, account)
                 await writer.finish(record)
             finally:
-                tracker.failed = True  # queued jobs of this run are dropped from here on
                 with anyio.CancelScope(shield=True):
-                    # file jobs already running on this writer finish (or fail) before it closes
-                    with anyio.move_on_after(60):
-                        await tracker.wait_until(lambda: tracker.active == 0)
                     await writer.aclose()
             entry = self.ledger.get(ref.id)
             totals = {
@@ -262,30 +258,45 @@ class Pipeline:
             self.ledger.failed(ref.id, reason)
             self.progress.event("run_failed", run=ref.id, reason=reason)
 
-    async def _move_history(self, record: RunRecord, writer: RunWriter) -> None:
+    async def _move_history(self, record: RunRecord, writer: RunWriter, account: RunAccount) -> None:
         run_id = record.ref.id
         start = writer.checkpoint().history_points
-        send, recv = anyio.create_memory_object_stream[Any](self.transfer.queue_chunks)
+        send, recv = anyio.create_memory_object_stream[tuple[HistoryChunk, int]](self.transfer.queue_chunks)
         last = writer.checkpoint()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read_history, record, start, send)
+            tg.start_soon(self._read_history, record, start, send, account)
             expected = start
             async with recv:
-                async for chunk in recv:
+                async for chunk, nbytes in recv:
                     if chunk.offset != expected:
                         raise FatalError(f"source history out of order: chunk at {chunk.offset}, expected {expected}")
                     expected = chunk.end
                     await writer.write_history(chunk)
+                    account.release(nbytes)
                     self.progress.event("points", n=len(chunk))
                     last = self._record_checkpoint(run_id, writer, last)
         await writer.flush_history()
         self._record_checkpoint(run_id, writer, last)
 
-    async def _read_history(self, record: RunRecord, start: int, send: ObjectSendStream[Any]) -> None:
+    async def _read_history(
+        self, record: RunRecord, start: int, send: ObjectSendStream[tuple[HistoryChunk, int]], account: RunAccount
+    ) -> None:
+        """Chunks onto ``send``, each holding its Arrow bytes of the budget until written; the
+        run's seat follows the largest chunk seen (what its source builds next)."""
+        largest = 0
         async with send, contextlib.aclosing(self.source.iter_history(record, start)) as chunks:
             async for chunk in chunks:
                 if len(chunk):
-                    await send.send(chunk)
+                    nbytes = chunk.batch.nbytes
+                    if not largest:
+                        self.admission.observe_chunk(nbytes)  # sizes the next runs' seats
+                    largest = max(largest, nbytes)
+                    account.resize_seat(RUN_OVERHEAD_BYTES + largest)
+                    await account.reserve(nbytes)
+                    await send.send((chunk, nbytes))
+        if not largest:
+            self.admission.observe_chunk(0)
+        account.resize_seat(RUN_OVERHEAD_BYTES)  # no more chunks being built
 
     def _record_checkpoint(self, run_id: str, writer: RunWriter, last: Any) -> Any:
         now = writer.checkpoint()
@@ -295,59 +306,65 @@ class Pipeline:
 
     # -- files ---------------------------------------------------------------------------------
     async def _move_files(
-        self,
-        record: RunRecord,
-        writer: RunWriter,
-        files_done: dict[str, int],
-        files: ObjectSendStream[_FileJob],
-        tracker: _RunFiles,
+        self, record: RunRecord, writer: RunWriter, files_done: dict[str, int], account: RunAccount
+    ) -> None:
+        """The run's files through a bounded stream, each moved in its own task once it holds one
+        of the ``file_workers`` slots shared by all runs; a failure cancels the run's other file
+        tasks and propagates (the writer is closed only after every task here has ended)."""
+        send, recv = anyio.create_memory_object_stream[FileRef](self.transfer.file_workers)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._list_files, record, files_done, send)
+            async with recv:
+                async for file in recv:
+                    slot = object()
+                    await self.file_slots.acquire_on_behalf_of(slot)
+                    tg.start_soon(self._file_task, record, writer, file, account, slot)
+
+    async def _list_files(self, record: RunRecord, files_done: dict[str, int], send: ObjectSendStream[FileRef]) -> None:
+        async with send, contextlib.aclosing(self.source.list_files(record)) as listing:
+            async for file in listing:
+                if file.key not in files_done:
+                    await send.send(file)
+
+    async def _file_task(
+        self, record: RunRecord, writer: RunWriter, file: FileRef, account: RunAccount, slot: object
     ) -> None:
         try:
-            async with contextlib.aclosing(self.source.list_files(record)) as listing:
-                async for file in listing:
-                    if file.key in files_done:
-                        continue
-                    tracker.outstanding += 1
-                    await files.send(_FileJob(record, writer, file, tracker))
+            await self._move_file(record, writer, file, account)
         finally:
-            tracker.listing_done = True
-        await tracker.wait_until(lambda: tracker.outstanding == 0)
-        if tracker.errors:
-            raise tracker.errors[0]
+            self.file_slots.release_on_behalf_of(slot)
 
-    async def _file_worker(self, jobs: ObjectReceiveStream[_FileJob]) -> None:
-        async with jobs:
-            async for job in jobs:
-                tracker = job.tracker
-                tracker.active += 1
-                try:
-                    if not tracker.failed:
-                        await self._move_file(job)
-                except Exception as exc:
-                    tracker.errors.append(exc)
-                    tracker.failed = True
-                finally:
-                    tracker.active -= 1
-                    tracker.outstanding -= 1
-                    tracker.notify()
-
-    async def _move_file(self, job: _FileJob) -> None:
+    async def _move_file(self, record: RunRecord, writer: RunWriter, file: FileRef, account: RunAccount) -> None:
         moved = 0
+        part_bytes = self.transfer.part_bytes
 
         async def pieces() -> AsyncIterator[bytes]:
+            """Each piece holds its bytes of the budget from before it is read until the writer
+            asks for the next one."""
             nonlocal moved
-            async with contextlib.aclosing(self.source.read_file(job.record, job.file)) as stream:
-                async for piece in stream:
-                    moved += len(piece)
-                    self.progress.event("bytes", n=len(piece))
-                    yield piece
+            async with contextlib.aclosing(self.source.read_file(record, file)) as stream:
+                while True:
+                    estimate = part_bytes if file.size is None else max(1, min(part_bytes, file.size - moved))
+                    await account.reserve(estimate)
+                    try:
+                        piece = await anext(stream)
+                    except StopAsyncIteration:
+                        account.release(estimate)
+                        return
+                    account.release(estimate - len(piece))  # true up to what was read
+                    try:
+                        moved += len(piece)
+                        self.progress.event("bytes", n=len(piece))
+                        yield piece
+                    finally:
+                        account.release(len(piece))
 
         async with contextlib.aclosing(pieces()) as stream:
-            await job.writer.write_file(job.file, stream)
-        if job.file.size is not None and moved != job.file.size:
-            raise TransientError(f"file {job.file.path}: read {moved} bytes, source said {job.file.size}")
-        self.ledger.file_done(job.record.ref.id, job.file.key, moved)
-        self.progress.event("file_done", run=job.record.ref.id)
+            await writer.write_file(file, stream)
+        if file.size is not None and moved != file.size:
+            raise TransientError(f"file {file.path}: read {moved} bytes, source said {file.size}")
+        self.ledger.file_done(record.ref.id, file.key, moved)
+        self.progress.event("file_done", run=record.ref.id)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -8,8 +8,11 @@ The pipeline and the adapters only call ``Progress.event(name, **fields)`` (the
 - ``json``  one JSON object per line (``--log-format json``), for machines
 
 Events: ``run_started``, ``run_done``, ``run_failed``, ``run_skipped``, ``points`` (n),
-``bytes`` (n), ``throttle``, ``retry``, ``collision`` (n), plus anything else an adapter sends
-(counted by name).
+``bytes`` (n), ``throttle``, ``retry``, ``collision`` (n), ``admission_wait`` (reason: ``cap``,
+``memory`` or ``endpoint <url> paused|throttled|saturated``), plus anything else an adapter sends
+(counted by name). Every view also shows the runs in flight, the memory budget in use and what
+admission of the next run waits for (``engine/admission.py``), so a user can tell what bounds
+the migration.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Totals:
     retries: int = 0
     other: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    admission_waits: Counter[str] = field(default_factory=Counter)  # by kind: cap, memory, endpoint
 
 
 class Progress:
@@ -61,6 +65,7 @@ class Progress:
         self._tasks: dict[str, Any] = {}
         self.expected_runs = expected_runs
         self.limiters: Any = None  # the run's ratelimit registry, for live per-endpoint figures
+        self.admission: Any = None  # the pipeline's run admission, for runs in flight and waits
 
     @classmethod
     def quiet(cls) -> Progress:
@@ -91,6 +96,8 @@ class Progress:
             t.throttles += 1
         elif name == "retry":
             t.retries += 1
+        elif name == "admission_wait":
+            t.admission_waits[str(fields.get("reason", "")).split(" ")[0]] += 1
         else:
             t.other[name] += int(fields.get("n", 1))
         if self.mode == "json" and name not in ("points", "bytes"):
@@ -115,6 +122,7 @@ class Progress:
             self._tasks["runs"] = self._live.add_task("runs", total=self.expected_runs, detail="")
             self._tasks["points"] = self._live.add_task("history", total=None, detail="")
             self._tasks["bytes"] = self._live.add_task("files", total=None, detail="")
+            self._tasks["admission"] = self._live.add_task("admission", total=None, detail="", visible=False)
             self._tasks["endpoints"] = self._live.add_task("limits", total=None, detail="", visible=False)
         return self
 
@@ -145,6 +153,9 @@ class Progress:
                 completed=t.bytes,
                 detail=f"{t.bytes / el / 1e6:,.1f} MB/s  throttled {t.throttles}  retries {t.retries}",
             )
+            admission = self.admission_figure()
+            if admission:
+                self._live.update(self._tasks["admission"], visible=True, detail=admission)
             figures = self.endpoint_figures()
             if figures:
                 self._live.update(self._tasks["endpoints"], visible=True, detail="; ".join(figures))
@@ -164,8 +175,20 @@ class Progress:
             f" | points {t.points:,} ({t.points / el:,.0f}/s) | bytes {t.bytes / 1e6:,.1f} MB"
             f" ({t.bytes / el / 1e6:,.1f} MB/s) | throttled {t.throttles} retries {t.retries}"
         )
+        admission = self.admission_figure()
         endpoints = self.endpoint_figures()
-        return line + ("".join(f"\n    {e}" for e in endpoints) if endpoints else "")
+        return line + "".join(f"\n    {e}" for e in [admission, *endpoints] if e)
+
+    def admission_figure(self) -> str:
+        """Runs in flight / cap, memory in use / budget, and what the next run waits for."""
+        if self.admission is None:
+            return ""
+        f = self.admission.figures()
+        waits = f["admission_waits_on"] or "nothing"
+        return (
+            f"runs in flight {f['runs_in_flight']}/{f['runs_cap']}, memory {f['memory_used'] / 1e6:,.1f}"
+            f"/{f['memory_budget'] / 1e6:,.1f} MB, next run waits on: {waits}"
+        )
 
     def endpoint_figures(self) -> list[str]:
         """Per-endpoint limiter figures: concurrency in use / allowed, paced and accepted rate."""
@@ -195,6 +218,8 @@ class Progress:
             "bytes_per_s": round(t.bytes / el, 1),
             "throttles": t.throttles,
             "retries": t.retries,
+            **({} if self.admission is None else self.admission.figures()),
+            "admission_waits": dict(t.admission_waits),
             "endpoints": [] if self.limiters is None else [
                 {"endpoint": s.endpoint, "concurrency": s.concurrency_limit, "in_flight": s.in_flight,
                  "rate_limit": s.rate_limit, "accepted_rate": round(s.accepted_rate, 2),
@@ -228,6 +253,9 @@ class Progress:
             ("throttling events", f"{t.throttles:,}"),
             ("retries", f"{t.retries:,}"),
         ]
+        if t.admission_waits:
+            waits = ", ".join(f"{kind} {n:,}" for kind, n in sorted(t.admission_waits.items()))
+            rows.append(("admission waited on", waits))
         rows += [(f"{k}", f"{v:,}") for k, v in sorted(t.other.items())]
         width = max(len(k) for k, _ in rows)
         title = "runferry report" + (" (interrupted — re-run the same command to resume)" if interrupted else "")

@@ -1,0 +1,167 @@
+"""Many small runs, MLflow -> W&B with W&B's per-run file_stream limit: runferry defaults against W&B's MlflowImporter.
+
+Org-wide migrations are mostly many small runs (sweeps, short experiments). This seeds one real
+``mlflow server`` with ``--runs`` runs of ``--keys`` x ``--steps`` points (a few hundred) through
+the official client, starts the W&B-compatible server (its own process) with W&B's documented
+per-run file_stream limit on (``--filestream-rps-per-run``, default 2: 429 + Retry-After above
+it), then measures, on the same data and servers, into two projects:
+
+- ``runferry``: ``python -m engine migrate`` with runferry's defaults (no ``runs_concurrency``:
+  runs are admitted by memory budget and endpoint headroom, up to 64 in flight);
+- ``peer``: ``wandb.apis.importers.mlflow.MlflowImporter`` (wandb 0.27.0, venv from
+  ``bench/wandb027.py``) with its defaults, ``import_runs(runs, artifacts=False)``.
+
+Both W&B projects are read back with ``wandb.Api`` and every point compared with MLflow; no time
+is reported unless both hold every point exactly. The bound the limits allow: a run whose lines,
+summary and ``complete`` take ``k`` file_stream requests (``--requests-per-run``, 2 for a small
+run) needs ``(k - 1) / rate`` seconds at least; with no per-project limit on this server all runs
+could overlap, so the limits allow ``(k - 1) / rate``; with runferry's ceiling of 64 runs in
+flight the bound is ``ceil(runs / 64) * (k - 1) / rate``.
+
+    python -m bench many_small_runs [--runs 1000 --keys 2 --steps 100 --skip-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, child_env, print_table, python_child, run_child, write_toml
+from bench.scenarios.mlflow_wandb import (
+    API_KEY,
+    ENTITY,
+    PEER_SCRIPT,
+    READ_ONLY_SCRIPT,
+    T0,
+    _exact_points,
+    _mlflow_server,
+    _wandb_server,
+)
+from engine.admission import AUTO_RUNS_CEILING
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench many_small_runs", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=1000)
+    p.add_argument("--keys", type=int, default=2)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--filestream-rps-per-run", type=float, default=2.0)
+    p.add_argument("--server-workers", type=int, default=4)
+    p.add_argument("--requests-per-run", type=int, default=2,
+                   help="file_stream requests one run needs (lines + summary + complete; 2 for a small run)")
+    p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
+    p.add_argument("--workdir", help="keep servers' data here (default: a temporary directory)")
+    a = p.parse_args(argv)
+    a.backend_store = "sqlite"  # what _mlflow_server reads
+    return a
+
+
+def main(argv: list[str]) -> int:
+    a = _args(argv)
+    sys.path.insert(0, str(REPO))
+    if a.workdir:
+        Path(a.workdir).mkdir(parents=True, exist_ok=True)
+        return _drive(a, Path(a.workdir))
+    with tempfile.TemporaryDirectory(prefix="bench-many-small-") as tmp:
+        return _drive(a, Path(tmp))
+
+
+def _drive(a: argparse.Namespace, workdir: Path) -> int:
+    peer_python = None
+    if not a.skip_peer:
+        from bench.wandb027 import ensure_wandb027
+
+        peer_python = ensure_wandb027(importers=True)
+    with contextlib.ExitStack() as stack:
+        mlflow_server = stack.enter_context(_mlflow_server(workdir, a))
+        wandb_url = stack.enter_context(_wandb_server(workdir, a))
+        _note(f"seeding {a.runs} runs x {a.keys} keys x {a.steps} steps")
+        expected = _seed(mlflow_server.url, a)
+        points = sum(len(p) for p in expected.values())
+        env = child_env({"WANDB_BASE_URL": wandb_url, "WANDB_API_KEY": API_KEY, "BENCH_WANDB_KEY": API_KEY})
+        # a fresh MLflow server answers its first requests far slower: one unmeasured drain first
+        warm = write_toml(workdir / "warm-up.toml", {
+            "source": {"type": "mlflow", "tracking_uri": mlflow_server.url},
+            "destination": {"type": "local", "path": str(workdir / "unused")},
+            "transfer": {"ledger": str(workdir / "warm-up-ledger.jsonl"), "runs_concurrency": 16},
+        })
+        _note("warming the MLflow server up")
+        run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(warm)], env=env).check()
+        config = write_toml(workdir / "runferry.toml", {
+            "source": {"type": "mlflow", "tracking_uri": mlflow_server.url},
+            "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
+                            "entity": ENTITY, "project": "runferry"},
+            "transfer": {"ledger": str(workdir / "runferry-ledger.jsonl")},  # runferry's defaults otherwise
+        })
+        results = {}
+        _note("running runferry")
+        results["runferry"] = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain",
+                                                     "--interval", "1"), env=env).check()
+        (workdir / "runferry.log").write_text(results["runferry"].stderr)  # progress lines: what bounded it
+        if peer_python is not None:
+            peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
+                             "WANDB_CACHE_DIR": str(workdir / "peer" / "cache"),
+                             "WANDB_CONFIG_DIR": str(workdir / "peer" / "config")})
+            (workdir / "peer").mkdir(exist_ok=True)
+            _note("running W&B's MlflowImporter")
+            results["peer"] = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, "peer"],
+                                        cwd=workdir / "peer", env=peer_env).check()
+        _note("verifying both W&B projects against MLflow")
+        exact = {name: _exact_points(wandb_url, name, expected) for name in results}
+        wrong = {name: n for name, n in exact.items() if n != points}
+        if wrong:
+            print(f"outputs differ from the source ({points:,} points expected): {wrong}; no times reported",
+                  file=sys.stderr)
+            return 1
+    rows: list[dict[str, Any]] = [
+        {"tool": name, "wall_s": round(r.wall_s, 2), "cpu_s": round(r.cpu_s, 2), "peak_rss_mb": round(r.peak_rss_mb, 1),
+         "runs_per_s": round(a.runs / r.wall_s, 1), "exact_points": exact[name]}
+        for name, r in results.items()
+    ]
+    print(f"\nMLflow -> W&B: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points; "
+          f"file_stream limit {a.filestream_rps_per_run}/s per run; outputs verified: every point exact\n")
+    print_table(rows)
+    floor = max(0, a.requests_per_run - 1) / a.filestream_rps_per_run
+    ceiling_bound = math.ceil(a.runs / AUTO_RUNS_CEILING) * floor
+    print(f"\nbound of the limits: a run of {a.requests_per_run} file_stream requests needs >= {floor:.2f} s; with every "
+          f"run in parallel (no per-project limit on) {floor:.2f} s; with {AUTO_RUNS_CEILING} runs in flight "
+          f"{ceiling_bound:.2f} s (runferry took {results['runferry'].wall_s / max(ceiling_bound, 1e-9):.2f}x that)")
+    if "peer" in results:
+        print(f"runferry is {results['peer'].wall_s / results['runferry'].wall_s:.1f}x faster than W&B's "
+              f"MlflowImporter (wall time, same data and servers)")
+    return 0
+
+
+def _note(text: str, started: float = time.monotonic()) -> None:
+    print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def _seed(url: str, a: argparse.Namespace) -> dict[str, list[tuple[str, int, float]]]:
+    """``a.runs`` runs of ``a.keys`` x ``a.steps`` points, 4 at a time (one ``log_batch`` each
+    when they fit); returns run id -> [(key, step, value)]. Values as in ``mlflow_wandb``."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.create_experiment("bench")
+
+    def one(r: int) -> tuple[str, list[tuple[str, int, float]]]:
+        rid = client.create_run(experiment, run_name=f"run-{r}", start_time=T0).info.run_id
+        metrics = [Metric(f"metric_{k:02d}", math.sin(step * 0.01 + k) * (r + 1), T0 + step * 1000, step)
+                   for step in range(a.steps) for k in range(a.keys)]
+        params = [Param(f"p{i}", str(i * r)) for i in range(10)]
+        for start in range(0, max(1, len(metrics)), 1000):
+            client.log_batch(rid, metrics=metrics[start:start + 1000], params=params if start == 0 else [])
+        client.set_terminated(rid, "FINISHED", end_time=T0 + a.steps * 1000)
+        return rid, [(m.key, m.step, m.value) for m in metrics]
+
+    with ThreadPoolExecutor(4) as pool:  # more jams the server's SQLite store
+        return dict(pool.map(one, range(a.runs)))
