@@ -86,7 +86,8 @@ class PendingArtifact:
 
     @property
     def copied(self) -> bool:
-        return self.source_project is not None and self.version is not None
+        version = self.version or ""
+        return self.source_project is not None and version[:1] == "v" and version[1:].isdigit()
 
     def meta(self) -> dict[str, Any]:
         """What ``RunStaging`` keeps beside the members (restored by ``from_meta``)."""
