@@ -49,6 +49,10 @@ class WandbDestinationConfig:
       none). Default ``"system/"``; ``""`` keeps every key in the history. Resume needs the
       same value as the interrupted migration.
 
+    - ``artifact_order_timeout``: seconds a copied W&B artifact version waits for the version
+      before it (logged by another run still on its way) before it is committed anyway and
+      counted as ``artifact_order`` (default 120; see ``_artifact_copy``).
+
     A source's console log (a file with role ``console``) becomes the run's ``output.log``:
     streamed line by line (the Logs tab, ``run.console_logs()``), then uploaded as the run file
     ``output.log`` with the source's exact bytes.
@@ -70,6 +74,7 @@ class WandbDestinationConfig:
     upload_concurrency: int = 8
     spool_dir: str = ""
     system_metrics_prefix: str = "system/"
+    artifact_order_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.artifact_layout not in ARTIFACT_LAYOUTS:
@@ -82,6 +87,8 @@ class WandbDestinationConfig:
             raise ValueError("filestream_rate must be positive")
         if self.part_size < 1 or self.multipart_threshold < 1:
             raise ValueError("part_size and multipart_threshold must be positive")
+        if self.artifact_order_timeout < 0:
+            raise ValueError("artifact_order_timeout must be 0 or more seconds")
         if self.upload_concurrency < 1:
             raise ValueError("upload_concurrency must be at least 1")
         if not self.base_url.startswith(("http://", "https://")):

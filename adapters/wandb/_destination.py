@@ -53,7 +53,7 @@ class WandbDestination:
         # copied W&B artifacts (see _artifact_copy): one version-order coordinator for all runs;
         # dest_project_of maps a source "entity/project" as runs are mapped (the engine may set
         # a remap-aware one); artifact_fetcher reads used versions from a W&B source
-        self.artifact_order = ArtifactOrder()
+        self.artifact_order = ArtifactOrder(timeout=config.artifact_order_timeout)
         self.dest_project_of = self.default_dest_project
         self.artifact_fetcher: ArtifactFetcher | None = None
         self._source: Any = None
