@@ -64,6 +64,13 @@ def admission_waits(kind: str) -> Callable[[str, dict[str, Any]], bool]:
     return lambda name, fields: name == "admission_wait" and str(fields.get("reason")).startswith(kind)
 
 
+async def run1_waits(progress: RecordingProgress, kind: str) -> None:
+    """Until run0 is in flight and admission of run1 waits on ``kind``, and all is quiet."""
+    await progress.seen(admission_waits(kind)).wait()
+    await progress.seen(started("run0")).wait()
+    await anyio.wait_all_tasks_blocked()
+
+
 class GatedWriter(FakeWriter):
     """Waits for ``history_gate`` before its first chunk and ``finish_gate`` before finishing."""
 
@@ -162,9 +169,7 @@ async def test_admission_waits_on_memory_and_resumes_when_it_frees(tmp_path: Pat
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: migrate(config, progress=progress, adapters=(source, dest)))
-            await progress.seen(admission_waits("memory")).wait()
-            await progress.seen(started("run0")).wait()
-            await anyio.wait_all_tasks_blocked()
+            await run1_waits(progress, "memory")
             assert progress.names("run_started") == ["run0"]
             assert [run for run, _ in dest.store.opened] == ["run0"]
             assert progress.admission.figures()["admission_waits_on"] == "memory"
@@ -236,9 +241,7 @@ async def test_cancelled_while_waiting_for_admission_nothing_is_half_started(tmp
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: migrate(config, progress=progress, adapters=(source, dest)))
-            await progress.seen(admission_waits("memory")).wait()
-            await progress.seen(started("run0")).wait()
-            await anyio.wait_all_tasks_blocked()
+            await run1_waits(progress, "memory")
             tg.cancel_scope.cancel()
     ledger = ledger_of(tmp_path, source, dest)
     assert sorted(ledger.entries) == ["run0"]
