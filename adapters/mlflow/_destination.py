@@ -37,6 +37,7 @@ import orjson
 
 from adapters.base import AdapterContext, Checkpoint
 from adapters.http import HttpClient
+from adapters.mlflow import _wandb
 from adapters.mlflow._batching import (
     MAX_PARAM_VALUE,
     MAX_TAG_VALUE,
@@ -59,7 +60,6 @@ from adapters.mlflow._config import (
     MlflowDestinationConfig,
     resolve_connection,
 )
-from adapters.mlflow import _wandb
 from adapters.mlflow._side_files import SideFiles
 from adapters.mlflow._spool import ReplayableStream
 from engine.errors import FatalError, NotFoundError, RetryableError
@@ -486,7 +486,7 @@ class MlflowRunWriter:
             if lines:
                 self.nonnumeric_points += len(lines)
                 self._event("points_to_artifact", n=len(lines), path=_wandb.NONNUMERIC_ARTIFACT)
-                side_part = (_wandb.part_name(chunk.offset + skip), "".join(lines).encode("utf-8"))
+            side_part = (_wandb.part_name(chunk.offset + skip, chunk.end), "".join(lines).encode("utf-8"))
         else:
             metrics = self._plain_metrics(keys, steps, times, values)
         longest = max((len(m["key"]) for m in metrics), default=0)
@@ -515,7 +515,9 @@ class MlflowRunWriter:
                 tg.start_soon(self._send_batch, body)
         self._durable = chunk.end
 
-    def _plain_metrics(self, keys: list[str], steps: list[int], times: list[float], values: list[float | None]) -> list[dict[str, Any]]:
+    def _plain_metrics(
+        self, keys: list[str], steps: list[int], times: list[float], values: list[float | None]
+    ) -> list[dict[str, Any]]:
         metrics = []
         for key, step, ts, value in zip(keys, steps, times, values):
             if value is None:
@@ -532,10 +534,10 @@ class MlflowRunWriter:
         return metrics
 
     async def prune_stale_parts(self) -> None:
-        """Delete non-numeric parts at or beyond the resume point: their chunk was stored but
-        never counted durable, and its replay may be cut differently."""
-        for offset, path in await self.side.parts(_wandb.NONNUMERIC_PARTS, _wandb.part_offset):
-            if offset >= self._durable:
+        """Delete non-numeric parts reaching beyond the resume point: their chunk was stored
+        but never counted durable, and its replay may be cut differently."""
+        for (_, end), path in await self.side.parts(_wandb.NONNUMERIC_PARTS, _wandb.part_span):
+            if end > self._durable:
                 await self.side.delete(path)
 
     async def _drop_already_stored(self, metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -573,9 +575,24 @@ class MlflowRunWriter:
     async def flush_history(self) -> None:
         await self.send_pending()  # no points came: params and tags still go
         if self.wandb_names is not None:
-            parts = await self.side.parts(_wandb.NONNUMERIC_PARTS, _wandb.part_offset)
-            if parts:  # none: no such points, or joined already before a crash
-                await self.side.join_parts(parts, _wandb.NONNUMERIC_ARTIFACT, _wandb.NONNUMERIC_PARTS)
+            await self._join_nonnumeric()
+
+    async def _join_nonnumeric(self) -> None:
+        """One ``history_nonnumeric.jsonl`` from the parts (see ``_wandb``), crash-safe."""
+        parts = await self.side.parts(_wandb.NONNUMERIC_PARTS, _wandb.part_span)
+        target, folder = _wandb.NONNUMERIC_ARTIFACT, _wandb.NONNUMERIC_PARTS
+        if _wandb.covers([span for span, _ in parts], self._durable):
+            await self.side.join_parts(parts, target, folder)
+        elif await self.side.exists(target):
+            if parts:  # joined before a crash that broke off deleting the parts
+                await self.side.delete(folder)
+        else:
+            raise FatalError(
+                f"mlflow: run {self.dest_id}: parts of {target} are missing (artifacts removed at the "
+                "destination?); migrate the run again without resuming",
+                adapter="mlflow",
+                run=self.record.ref.id,
+            )
 
     # -- files ----------------------------------------------------------------------------------
     def _artifact_url(self, path: str) -> str:

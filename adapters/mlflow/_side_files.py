@@ -28,19 +28,25 @@ class SideFiles:
     async def put(self, path: str, data: bytes) -> None:
         await self.rest.http.upload("PUT", self.url(path), lambda: data, headers=_OCTETS, size=len(data))
 
-    async def parts(self, folder: str, offset_of: Callable[[str], int | None]) -> list[tuple[int, str]]:
-        """``(offset, path)`` of the parts stored under ``folder``, in offset order."""
+    async def parts(
+        self, folder: str, span_of: Callable[[str], tuple[int, int] | None]
+    ) -> list[tuple[tuple[int, int], str]]:
+        """``((start, end), path)`` of the parts stored under ``folder``, in order."""
         found = []
         for entry in await self.rest.list_artifacts(self.run_id, folder):
-            offset = offset_of(entry.get("path", ""))
-            if offset is not None and not entry.get("is_dir"):
-                found.append((offset, entry["path"]))
+            span = span_of(entry.get("path", ""))
+            if span is not None and not entry.get("is_dir"):
+                found.append((span, entry["path"]))
         return sorted(found)
+
+    async def exists(self, path: str) -> bool:
+        folder = path.rpartition("/")[0]
+        return any(e.get("path") == path for e in await self.rest.list_artifacts(self.run_id, folder))
 
     async def delete(self, path: str) -> None:
         await self.rest.http.request_json("DELETE", self.url(path))
 
-    async def join_parts(self, parts: list[tuple[int, str]], target: str, folder: str) -> None:
+    async def join_parts(self, parts: list[tuple[tuple[int, int], str]], target: str, folder: str) -> None:
         """Stream ``parts`` into ``target`` (one upload), then delete ``folder``."""
 
         async def joined() -> AsyncIterator[bytes]:
@@ -53,4 +59,5 @@ class SideFiles:
             await self.rest.http.upload("PUT", self.url(target), stream.attempt, headers=_OCTETS)
         finally:
             await stream.aclose()
-        await self.delete(folder)
+        if parts:
+            await self.delete(folder)

@@ -14,14 +14,18 @@
   are not), ``wandb.run_id``, ``wandb.path`` (``entity/project/run_id``), ``wandb.state`` (the W&B
   state: MLflow has no "crashed", so a crashed run is FAILED with ``wandb.state = crashed``)
   and ``wandb.url`` when the source gives ``system["url"]``.
-- History: numbers become metrics (integers as their float). Points MLflow cannot hold as
+- History: numbers become metrics with their step and timestamp (integers as their float; the
+  SQL store keeps +-inf as +-DBL_MAX, NaN as NaN). Points MLflow cannot hold as
   metrics (strings, bools, lists, dicts, media, histograms, null; names over 250 characters)
   go, in history order, to ``wandb/history_nonnumeric.jsonl``: one JSON object per line,
-  ``{"step", "timestamp", "key", "value"}`` with ``value`` the point's exact JSON. Each chunk's
-  lines are stored before the chunk counts as durable, as a part named by the chunk's first
-  point (``wandb/history_nonnumeric.parts/<offset>.jsonl``); ``flush_history`` joins the parts
-  into the one file (streamed) and deletes them. On resume, parts at or beyond the resume point
-  are deleted first, so a replayed chunk never leaves a line twice.
+  ``{"step", "timestamp", "key", "value"}`` with ``value`` the point's exact JSON (the file is
+  empty when there are none). Each chunk's lines are stored before the chunk counts as
+  durable, as a part named by the chunk's point range (``wandb/history_nonnumeric.parts/
+  <start>-<end>.jsonl``, empty when the chunk has no such point); ``flush_history`` joins the
+  parts into the one file (streamed) once they tile the whole history, then deletes them. On
+  resume, parts reaching beyond the resume point are deleted first, so a replayed chunk never
+  leaves a line twice; parts that no longer tile the history beside a joined file are the
+  leftovers of a deletion that broke off, and are deleted.
 - Summary: the whole summary is ``wandb/summary.json``. Top-level numbers set directly (keys
   never in the history, not ``_``-prefixed) become one metric point each at the summary's
   ``_step`` and ``_timestamp``; values logged as history already have their points. When the
@@ -138,13 +142,24 @@ def nonnumeric_line(key: str, step: int, timestamp: float, value: float | None, 
     return f'{{"step":{int(step)},"timestamp":{json_text(timestamp)},"key":{json_text(key)},"value":{text}}}\n'
 
 
-def part_name(offset: int) -> str:
-    return f"{NONNUMERIC_PARTS}/{offset:012d}.jsonl"
+def part_name(start: int, end: int) -> str:
+    """The part holding the lines of history points ``start`` to ``end`` (exclusive)."""
+    return f"{NONNUMERIC_PARTS}/{start:012d}-{end:012d}.jsonl"
 
 
-def part_offset(path: str) -> int | None:
-    stem = path.rsplit("/", 1)[-1].removesuffix(".jsonl")
-    return int(stem) if stem.isdigit() else None
+def part_span(path: str) -> tuple[int, int] | None:
+    start, _, end = path.rsplit("/", 1)[-1].removesuffix(".jsonl").partition("-")
+    return (int(start), int(end)) if start.isdigit() and end.isdigit() else None
+
+
+def covers(spans: list[tuple[int, int]], total: int) -> bool:
+    """Whether sorted ``spans`` tile ``[0, total)`` exactly: every chunk's part is there."""
+    position = 0
+    for start, end in spans:
+        if start != position:
+            return False
+        position = end
+    return position == total
 
 
 class MetricNames:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric_name
 
 from adapters.mlflow import MlflowDestination
-from adapters.mlflow._wandb import mlflow_name
+from adapters.mlflow._wandb import covers, mlflow_name, part_name, part_span
 from engine.model import RunRecord
 from tests.engine.wandb_shaped import (
     ARTIFACT_FILES,
@@ -182,7 +182,7 @@ async def test_wandb_resume_after_crash_stores_nothing_twice(
     assert recorded.history_points == 300
     parts = "wandb/history_nonnumeric.parts"
     stored_parts = [f.path for f in dest_client.list_artifacts(writer.dest_id, parts)]
-    assert stored_parts == [f"{parts}/{offset:012d}.jsonl" for offset in (0, 100, 200, 300)]
+    assert stored_parts == [f"{parts}/{start:012d}-{start + 100:012d}.jsonl" for start in (0, 100, 200, 300)]
 
     source.context = context(70)  # the replay is cut differently
     async with MlflowDestination(config, context(70)) as dest:
@@ -205,12 +205,15 @@ async def test_wandb_resume_after_crash_stores_nothing_twice(
         await resumed.finish(record)
         await resumed.aclose()
 
-        # a crash after the history was joined: flushing again keeps the joined file as it is
+        # a crash after the history was joined, while its parts were being deleted: flushing
+        # again keeps the joined file as it is and deletes the leftover part
         total = record.history_points
         assert total is not None
         late = await dest.open_run(record, resumed.checkpoint())
         assert late.checkpoint().history_points == total
+        await late.side.put(f"{parts}/{70:012d}-{140:012d}.jsonl", b'{"leftover": true}\n')
         await late.flush_history()
+        assert dest_client.list_artifacts(writer.dest_id, parts) == []
         await late.finish(record)
     assert_wandb_run(dest_client, dest_server.url, writer.dest_id, 1, tmp_path)
 
@@ -254,3 +257,19 @@ def test_mapped_names_are_accepted_by_mlflow(name: str) -> None:
         assert mapped != name
     else:
         assert mapped == name  # names MLflow accepts are kept as they are
+
+
+@pytest.mark.parametrize(
+    ("spans", "total", "tiled"),
+    [
+        ([], 0, True),
+        ([(0, 100), (100, 170)], 170, True),
+        ([(0, 100), (100, 170)], 200, False),  # the last chunk's part is missing
+        ([(100, 170)], 170, False),  # the first is missing
+        ([(0, 100), (170, 240)], 240, False),  # a hole
+        ([(0, 100), (70, 140)], 140, False),  # overlapping: a stale part
+    ],
+)
+def test_parts_must_tile_the_history_before_they_are_joined(spans: list[tuple[int, int]], total: int, tiled: bool) -> None:
+    assert covers(spans, total) is tiled
+    assert [part_span(part_name(*span)) for span in spans] == spans
