@@ -17,6 +17,9 @@ against the destination's stored history of its keys instead.
 Nested runs: ``mlflow.parentRunId`` is rewritten to the parent's destination id. When the
 parent has not been copied yet, the child gets a ``runferry.pending_parent`` tag that
 ``finalize`` resolves once every run was handled (also after a crash, on the next run).
+
+Runs from W&B (``source_system = "wandb"``) are mapped as ``_wandb`` documents: flattened
+params, W&B fields as tags, non-numeric history and the config and summary as artifacts.
 """
 
 from __future__ import annotations

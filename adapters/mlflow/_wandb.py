@@ -4,7 +4,8 @@
 - Params: the config flattened as W&B's UI and ``pd.json_normalize`` do (``opt.beta1``; lists
   as JSON text; strings as they are, other scalars ``str()`` as MLflow's client does), without
   ``_wandb``. A param MLflow cannot hold (key over 250 characters, value over 6000) is skipped,
-  never cut, and reported (``param_skipped``); the whole config, ``_wandb`` included, is the
+  never cut, and reported (``param_skipped``, also for a second key mapping to the same
+  name); the whole config, ``_wandb`` included, is the
   artifact ``wandb/config.json``.
 - Names MLflow's server refuses (characters outside letters, digits, ``_ - . : / space``, or
   paths such as ``a//b``, ``./a``, ``a/``) are mapped by ``mlflow_name`` and reported
@@ -26,6 +27,11 @@
   resume, parts reaching beyond the resume point are deleted first, so a replayed chunk never
   leaves a line twice; parts that no longer tile the history beside a joined file are the
   leftovers of a deletion that broke off, and are deleted.
+- System metrics (``system/cpu``, ``system/gpu.0.gpu``) keep their names: MLflow's own system
+  metrics live under ``system/`` too. Integers beyond 2**53 keep only their float here (the
+  exact text stays in W&B and in local exports).
+- Files: run files at their paths, the console log at ``output.log``, artifact members at
+  ``<artifact>/<version>/<path>`` (``MlflowRunWriter.write_file``).
 - Summary: the whole summary is ``wandb/summary.json``. Top-level numbers set directly (keys
   never in the history, not ``_``-prefixed) become one metric point each at the summary's
   ``_step`` and ``_timestamp``; values logged as history already have their points. When the

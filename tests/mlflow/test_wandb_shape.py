@@ -18,6 +18,7 @@ from mlflow.utils.validation import _validate_metric_name
 from adapters.mlflow import MlflowDestination
 from adapters.mlflow._wandb import covers, mlflow_name, part_name, part_span
 from engine.model import RunRecord
+from tests.adapters.contract import copy_run
 from tests.engine.wandb_shaped import (
     ARTIFACT_FILES,
     CONSOLE_TEXT,
@@ -169,15 +170,8 @@ async def test_wandb_resume_after_crash_stores_nothing_twice(
     ref = source.refs()[1]
     async with MlflowDestination(config, context(100)) as dest:
         record = await source.get_run(ref)
-        writer = await dest.open_run(record, None)
-        checkpoints = []
-        async with contextlib.aclosing(source.iter_history(record, 0)) as chunks:
-            async for chunk in chunks:
-                await writer.write_history(chunk)
-                checkpoints.append(writer.checkpoint())
-                if len(checkpoints) == 4:
-                    break  # "crash": the fourth chunk is stored, its checkpoint never recorded
-        await writer.aclose()
+        # "crash": the fourth chunk is stored, its checkpoint never recorded
+        writer, checkpoints = await copy_run(source, record, dest, stop_after_chunks=4)
     recorded = checkpoints[2]
     assert recorded.history_points == 300
     parts = "wandb/history_nonnumeric.parts"
@@ -220,24 +214,20 @@ async def test_wandb_resume_after_crash_stores_nothing_twice(
 
 async def test_summary_numbers_wait_for_known_history_keys(dest_server: MlflowServer, dest_client: MlflowClient) -> None:
     """Without ``metric_keys`` a writer that resumed mid-history cannot tell which summary keys
-    were logged: it writes no summary metric (reported) rather than a wrong extra point."""
+    were logged: it writes no summary metric (reported) rather than a wrong extra point; one
+    that saw the whole history can."""
     events = Events()
     source = WandbShapedSource(context(100), metric_keys_known=False)
     config = dest_config(dest_server.url, experiment="wb-unknown-keys-{experiment}")
     ref = source.refs()[0]
     async with MlflowDestination(config, context(100, events)) as dest:
         record: RunRecord = await source.get_run(ref)
-        first = await dest.open_run(record, None)
-        async with contextlib.aclosing(source.iter_history(record, 0)) as chunks:
-            async for chunk in chunks:
-                await first.write_history(chunk)
-                break
-        resumed = await dest.open_run(record, first.checkpoint())
-        async with contextlib.aclosing(source.iter_history(record, 100)) as chunks:
-            async for chunk in chunks:
-                await resumed.write_history(chunk)
-        await resumed.flush_history()
-        await resumed.finish(record)
+        first, checkpoints = await copy_run(source, record, dest, stop_after_chunks=1)
+        await copy_run(source, record, dest, resume=checkpoints[-1], files=False)
+        # a writer that saw the whole history knows the logged keys without being told
+        whole, _ = await copy_run(source, await source.get_run(source.refs()[1]), dest, files=False)
+    assert [(m.step, m.value) for m in dest_client.get_metric_history(whole.dest_id, "best_acc")] == [(STEPS - 1, 0.95)]
+    assert len(dest_client.get_metric_history(whole.dest_id, "acc")) == STEPS  # logged: no extra point
     assert "best_acc" not in dest_client.get_run(first.dest_id).data.metrics
     assert events.named("summary_metrics_skipped") == [{"run": ref.id, "n": 5, "reason": "history keys unknown after resume"}]
     assert len(dest_client.get_metric_history(first.dest_id, "bad_key")) == STEPS
