@@ -40,3 +40,19 @@ def test_bad_values_are_one_line_errors(table: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
         parse_config({**BASE, **table}, "c.toml")
     assert "hunter2" not in str(caught.value)
+
+
+def test_the_rayjob_example_carries_a_valid_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as on the image: Ray installed
+    for name in ("WANDB_API_KEY", "RUNFERRY_LEDGER_PASSWORD"):
+        monkeypatch.setenv(name, "x")
+    path = Path(__file__).resolve().parents[2] / "examples" / "ray" / "rayjob.yaml"
+    config_map = next(yaml.safe_load_all(path.read_text()))
+    config = parse_config(tomllib.loads(config_map["data"]["migration.toml"]), str(path))
+    assert (config.transfer.executor, config.ray.address, config.ray.ledger_password_env) == (
+        "ray", "auto", "RUNFERRY_LEDGER_PASSWORD")
