@@ -29,13 +29,13 @@ from engine.ledger import Ledger
 from engine.ledger_store import Lease, LeaseLost, Plan, Shard, StoreLedger
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS runferry_plans (pair TEXT NOT NULL, generation INTEGER NOT NULL,"
-    " body TEXT NOT NULL, PRIMARY KEY (pair, generation))",
-    "CREATE TABLE IF NOT EXISTS runferry_leases (pair TEXT NOT NULL, shard TEXT NOT NULL,"
+    ("CREATE TABLE IF NOT EXISTS runferry_plans (pair TEXT NOT NULL, generation INTEGER NOT NULL,"
+    " body TEXT NOT NULL, PRIMARY KEY (pair, generation))"),
+    ("CREATE TABLE IF NOT EXISTS runferry_leases (pair TEXT NOT NULL, shard TEXT NOT NULL,"
     " epoch INTEGER NOT NULL, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL,"
-    " done BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (pair, shard))",
-    "CREATE TABLE IF NOT EXISTS runferry_events (id BIGSERIAL PRIMARY KEY, pair TEXT NOT NULL,"
-    " shard TEXT NOT NULL, epoch INTEGER NOT NULL, run TEXT NOT NULL, body TEXT NOT NULL)",
+    " done BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (pair, shard))"),
+    ("CREATE TABLE IF NOT EXISTS runferry_events (id BIGSERIAL PRIMARY KEY, pair TEXT NOT NULL,"
+    " shard TEXT NOT NULL, epoch INTEGER NOT NULL, run TEXT NOT NULL, body TEXT NOT NULL)"),
     "CREATE INDEX IF NOT EXISTS runferry_events_run ON runferry_events (pair, run, id)",
 )
 

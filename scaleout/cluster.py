@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from engine.config import Config
 from scaleout.config import RayConfig
@@ -28,7 +28,7 @@ class RayCluster:
         self._actors: list[Any] = []
         self._limiter: Any = None
 
-    def __enter__(self) -> RayCluster:
+    def __enter__(self) -> Self:
         import ray
 
         if not ray.is_initialized():

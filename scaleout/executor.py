@@ -155,9 +155,8 @@ class ShardScheduler:
                     self._release(shard, epoch)
                     raise cause if isinstance(cause, (ConfigError, AuthError)) else exc
             except BaseException:  # cancelled (Ctrl-C) or failed here: stop the worker, free the shard
-                with anyio.CancelScope(shield=True):
-                    self.cluster.kill(actor)
-                    self._release(shard, epoch)
+                self.cluster.kill(actor)  # synchronous: nothing here can be cancelled
+                self._release(shard, epoch)
                 raise
             finally:
                 self.in_flight -= 1

@@ -31,8 +31,15 @@ import anyio
 
 from engine.config import Config
 from ratelimit import ControlConfig, EndpointLimiter, LimiterRegistry, RateMeter
-from ratelimit._policy import Outcome, OutcomeKind, apply_quota, effective_rate, initial_state, next_state
 from ratelimit._limiter import Ticket
+from ratelimit._policy import (
+    Outcome,
+    OutcomeKind,
+    apply_quota,
+    effective_rate,
+    initial_state,
+    next_state,
+)
 
 AUTHORITY_NAME = "runferry-limiter"
 LEASE_SLOTS = 20
@@ -139,7 +146,7 @@ class ClusterEndpointLimiter(EndpointLimiter):
         try:
             with anyio.fail_after(CALL_TIMEOUT):
                 anchor, offsets, rate = await self._authority.lease.remote(self.endpoint, want, report)
-        except Exception:  # unreachable (dead, partitioned, slow): our share, then ask again
+        except Exception:  # noqa: BLE001 - unreachable (dead, partitioned, slow): our share, then ask again
             now = self.clock.now()
             self._fallback_until = now + FALLBACK_SECONDS
             if self._cluster_rate is not None:  # the rate in force, split evenly

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from adapters.base import Source
 from engine.ledger_store import Plan, Shard
@@ -52,7 +52,7 @@ class ShardSource:
     def describe(self) -> str:
         return self.inner.describe()
 
-    async def __aenter__(self) -> ShardSource:
+    async def __aenter__(self) -> Self:
         await self.inner.__aenter__()
         return self
 

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from engine.config import load_config
-from engine.ledger import RunStatus, pair_key
+from engine.ledger import RunStatus
 from engine.ledger_store import read_ledger
 from engine.pipeline import migrate
 from engine.progress import Progress

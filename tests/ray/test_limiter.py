@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Iterator
+from typing import Self
 
 import aiohttp
 import pytest
@@ -13,7 +15,7 @@ import ray
 from aiohttp import web
 
 from ratelimit import ControlConfig
-from scaleout.limiter import SlotAuthority, cluster_limiters, start_authority, share_of
+from scaleout.limiter import SlotAuthority, cluster_limiters, share_of, start_authority
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -47,7 +49,7 @@ class CountingEndpoint:
         self.ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> CountingEndpoint:
+    def __enter__(self) -> Self:
         self.thread.start()
         self.ready.wait()
         return self
@@ -125,7 +127,7 @@ def test_a_throttle_reported_by_one_worker_slows_every_worker() -> None:
     assert after == pytest.approx(90.0)  # CUBIC's decrease, beta 0.9
     _, slots_b, rate_b = authority.lease("http://x:80", 5, [])  # worker B draws from the same schedule
     assert rate_b == pytest.approx(90.0)
-    gaps = [b - a for a, b in zip(slots_b, slots_b[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(slots_b)]
     assert gaps == pytest.approx([1 / 90.0] * 4)
     _, paused, _ = authority.lease("http://x:80", 1, [("throttle", clock.now, 3.0)])  # Retry-After: 3 s
     assert paused[0] >= 3.0
