@@ -119,7 +119,10 @@ def export_config(config: Config, directory: str) -> Config:
 
 
 def _migrate(config: Config, args: argparse.Namespace) -> int:
-    from engine.pipeline import migrate
+    if config.transfer.executor == "ray":
+        from scaleout.executor import migrate_on_ray as migrate
+    else:
+        from engine.pipeline import migrate
 
     mode = args.log_format
     if mode == "auto":

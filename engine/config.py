@@ -33,6 +33,7 @@ from typing import Any
 
 from adapters import registry
 from engine.errors import ConfigError
+from scaleout.config import RayConfig, require_ray
 
 SECRET_WORDS = ("api_key", "token", "password", "secret")
 
@@ -57,6 +58,8 @@ class TransferConfig:
     - ``run_queue``: run references buffered ahead of the workers, default 64.
     - ``part_bytes``: piece size for streamed files and multipart parts, default 8 MiB.
     - ``max_runs``: stop after this many selected runs (0 = all), default 0.
+    - ``executor``: ``"local"`` (default: this process) or ``"ray"`` (shards leased to worker
+      actors on a Ray cluster, configured by the ``[ray]`` table; needs ``runferry[ray]``).
     """
 
     ledger: str = "runferry-ledger.jsonl"
@@ -70,6 +73,7 @@ class TransferConfig:
     run_queue: int = 64
     part_bytes: int = 8 * 1024 * 1024
     max_runs: int = 0
+    executor: str = "local"
 
     def __post_init__(self) -> None:
         for name in ("memory_budget", "file_workers", "chunk_points", "queue_chunks", "run_queue", "part_bytes"):
@@ -79,6 +83,8 @@ class TransferConfig:
             raise ValueError("runs_concurrency must be 0 (automatic) or positive")
         if self.max_runs < 0:
             raise ValueError("max_runs must be 0 (all) or positive")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor must be \"local\" or \"ray\", got {self.executor!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +107,7 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     remap: tuple[Remap, ...] = ()
     ratelimit: dict[str, Any] = field(default_factory=dict)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def ledger_path(self) -> Path:
@@ -124,11 +131,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
-    _reject_unknown(origin, "", data, ["source", "destination", "transfer", "remap", "ratelimit"])
+    _reject_unknown(origin, "", data, ["source", "destination", "transfer", "remap", "ratelimit", "ray"])
     source_type, source = _adapter_table(origin, "source", data, registry.SOURCES)
     destination_type, destination = _adapter_table(origin, "destination", data, registry.DESTINATIONS)
     transfer = _build(origin, "[transfer]", TransferConfig, _table(origin, "transfer", data.get("transfer", {})))
     ratelimit = _table(origin, "[ratelimit]", data.get("ratelimit", {}))
+    ray = _build(origin, "[ray]", RayConfig, _table(origin, "[ray]", data.get("ray", {})))
+    if transfer.executor == "ray":
+        require_ray(origin)
     from ratelimit import LimiterRegistry
 
     LimiterRegistry.from_mapping(ratelimit, origin=f"{origin}: [ratelimit]")  # validate now, fail early
@@ -153,6 +163,7 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
         transfer=transfer,
         remap=tuple(remaps),
         ratelimit=ratelimit,
+        ray=ray,
     )
 
 

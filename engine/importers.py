@@ -48,15 +48,15 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 
 from engine.config import Config, parse_config
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from engine.model import Namespace, RunRef
 from engine.pipeline import Report, make_context, migrate, open_adapters
 from engine.progress import Progress
+from scaleout.shards import ShardSource
 
 __all__ = ["MlflowImporter", "Namespace", "WandbImporter"]
 
@@ -77,24 +77,12 @@ def _run_id_of(run: Any) -> str:
     raise TypeError(f"cannot tell the MLflow run id of {run!r}")
 
 
-class _SelectedRuns:
+class _SelectedRuns(ShardSource):
     """A source that yields only the given runs (in the given order) and delegates the rest."""
 
     def __init__(self, inner: Any, runs: list[Any]) -> None:
-        self.inner = inner
+        super().__init__(inner, [r for r in runs if isinstance(r, RunRef)])
         self.runs = runs
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    async def __aenter__(self) -> Self:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
 
     async def list_runs(self) -> AsyncIterator[RunRef]:
         refs = [r for r in self.runs if isinstance(r, RunRef)]
@@ -109,18 +97,6 @@ class _SelectedRuns:
                     yield ref
                     if not remaining:
                         break
-
-    async def get_run(self, ref: RunRef) -> RunRecord:
-        return await self.inner.get_run(ref)
-
-    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
-        return self.inner.iter_history(run, start)
-
-    def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
-        return self.inner.list_files(run)
-
-    def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
-        return self.inner.read_file(run, file)
 
 
 _TRANSFER_KEYS = frozenset(
@@ -387,7 +363,10 @@ class WandbImporter:
 
     @staticmethod
     async def _sequences(source: Any, destination: Any, project: str) -> dict[str, int]:
-        from adapters.wandb._artifact_copy import ArtifactFetcher, import_artifact_sequences
+        from adapters.wandb._artifact_copy import (
+            ArtifactFetcher,
+            import_artifact_sequences,
+        )
 
         fetcher = ArtifactFetcher(source.api, source.storage, spool_dir=destination.config.spool_dir or None)
         return await import_artifact_sequences(

@@ -34,6 +34,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Container, Iterable
 from typing import Any, TextIO
 
 from adapters.base import Checkpoint
@@ -88,16 +89,23 @@ class Ledger:
         if not path.exists():
             return ledger
         with open(path, "rb") as fh:
-            for raw in fh:
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    ledger.torn_lines += 1  # a torn line from a crash mid-write
-                    continue
-                if not isinstance(event, dict) or (pair is not None and event.get("pair") != pair):
-                    continue
-                ledger._fold(event)
+            ledger.fold_lines(fh, pair)
         return ledger
+
+    def fold_lines(self, lines: Iterable[bytes | str], pair: str | None, runs: Container[str] | None = None) -> None:
+        """Fold journal lines in order (``pair=None``: every pair; ``runs``: only those runs).
+        Ledger stores (``engine.ledger_store``) feed their files and rows through here."""
+        for raw in lines:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                self.torn_lines += 1  # a torn line from a crash mid-write
+                continue
+            if not isinstance(event, dict) or (pair is not None and event.get("pair") != pair):
+                continue
+            if runs is not None and event.get("run") not in runs:
+                continue
+            self._fold(event)
 
     def _fold(self, event: dict[str, Any]) -> None:
         run = event.get("run")
@@ -142,6 +150,9 @@ class Ledger:
             self._fh.write("\n")
             self._fh.flush()
 
+    def writable(self) -> bool:
+        return self._fh is not None
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.flush()
@@ -152,12 +163,17 @@ class Ledger:
     def _append(self, run: str, kind: str, *, sync: bool = False, **fields: Any) -> None:
         event = {"t": round(self._clock(), 3), "pair": self.pair, "run": run, "ev": kind, **fields}
         self._fold(event)
-        if self._fh is None:
+        if not self.writable():
             raise RuntimeError("ledger is not open for writing")
         self._appended += 1
         if self._appended == self._kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        self._fh.write(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n")
+        self._write(run, json.dumps(event, separators=(",", ":"), allow_nan=False), sync)
+
+    def _write(self, run: str, line: str, sync: bool) -> None:
+        """Make one journal line durable (stores that are not one local file override this)."""
+        assert self._fh is not None
+        self._fh.write(line + "\n")
         self._fh.flush()
         if sync:
             os.fsync(self._fh.fileno())

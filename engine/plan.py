@@ -14,7 +14,8 @@ from typing import TextIO
 import anyio
 
 from engine.config import Config
-from engine.ledger import Ledger, RunStatus, pair_key
+from engine.ledger import RunStatus, pair_key
+from engine.ledger_store import ledger_location, read_ledger
 from engine.model import RunRef
 from engine.pipeline import feed_runs, make_context, open_adapters
 from engine.progress import Progress
@@ -35,7 +36,7 @@ class PlanTotals:
 async def plan(config: Config, out: TextIO, *, workers: int = 8) -> PlanTotals:
     context = make_context(config, Progress.quiet())
     source, destination = open_adapters(config, context)
-    ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
+    ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     totals = PlanTotals()
     send, recv = anyio.create_memory_object_stream[RunRef](workers * 4)
 
@@ -83,11 +84,11 @@ async def plan(config: Config, out: TextIO, *, workers: int = 8) -> PlanTotals:
 
 def status(config: Config, out: TextIO) -> dict[str, int]:
     source, destination = open_adapters(config, make_context(config, Progress.quiet()))
-    ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
+    ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     counts = {s.value: 0 for s in RunStatus}
     for entry in ledger.entries.values():
         counts[entry.status.value] += 1
-    out.write(f"ledger {config.ledger_path}: {source.describe()} -> {destination.describe()}\n")
+    out.write(f"ledger {ledger_location(config)}: {source.describe()} -> {destination.describe()}\n")
     out.write(
         f"  done {counts['done']:,}  failed {counts['failed']:,}  in progress (resumable) {counts['in_progress']:,}\n"
     )

@@ -32,7 +32,8 @@ from adapters import registry
 from adapters.base import Source
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.ledger import Ledger, RunStatus, pair_key
+from engine.ledger import RunStatus, pair_key
+from engine.ledger_store import read_ledger
 from engine.model import RunRecord, RunRef, same_float
 from engine.pipeline import describe_error, feed_runs, make_context, open_adapters
 from engine.progress import Progress
@@ -149,7 +150,7 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             f" (readable: {', '.join(sorted(registry.READERS))})"
         )
     reader, ref_for = registry.load(spec)(config.destination, context)
-    ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
+    ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     report = VerifyReport()
     send, recv = anyio.create_memory_object_stream[RunRef](workers * 2)
 
