@@ -75,6 +75,7 @@ class Ledger:
         self.pair = pair
         self._clock = clock
         self._fh: TextIO | None = None
+        self._append_ready = False
         self._appended = 0
         self._kill_at = int(os.environ.get("RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE", "0") or 0)
         self.entries: dict[str, RunEntry] = {}
@@ -130,6 +131,11 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------
     def open_for_append(self) -> None:
+        """Ready to append; the file (and its directory) is created with the first line, so a
+        migration that stops before moving anything leaves no ledger behind."""
+        self._append_ready = True
+
+    def _open_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size:
             with open(self.path, "rb") as fh:
@@ -143,6 +149,7 @@ class Ledger:
             self._fh.flush()
 
     def close(self) -> None:
+        self._append_ready = False
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -152,6 +159,8 @@ class Ledger:
     def _append(self, run: str, kind: str, *, sync: bool = False, **fields: Any) -> None:
         event = {"t": round(self._clock(), 3), "pair": self.pair, "run": run, "ev": kind, **fields}
         self._fold(event)
+        if self._fh is None and self._append_ready:
+            self._open_file()
         if self._fh is None:
             raise RuntimeError("ledger is not open for writing")
         self._appended += 1
