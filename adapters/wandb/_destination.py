@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -10,6 +11,7 @@ from adapters.base import AdapterContext, Checkpoint
 from adapters.http import HttpClient
 from engine.errors import AuthError, ConfigError, FatalError
 from engine.model import Namespace, RunRecord, RunRef
+from engine.preflight import probe_directory
 
 from engine.incremental import FinishedRun
 
@@ -77,6 +79,8 @@ class WandbDestination:
         self._source = source if isinstance(source, WandbSource) else None
 
     async def __aenter__(self) -> Self:
+        if self.config.spool_dir:  # staged bytes must have a place before any run is created
+            probe_directory(Path(self.config.spool_dir), key="spool_dir")
         # HTTP Basic with user "api" (as the SDK); the header lives only inside the sessions
         auth_headers = _auth.auth_headers(_auth.api_key_from_env(self.config.api_key_env, "[destination]"))
         base = self.config.base_url.rstrip("/")

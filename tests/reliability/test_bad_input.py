@@ -151,6 +151,7 @@ CASES = [
     Case("ledger_read_only_fs", ok(transfer='[transfer]\nledger = "/proc/runferry/ledger.jsonl"\n'), ("[transfer] ledger", "/proc")),
     Case("destination_is_a_file", ok(destination=LOCAL.replace("{d}/out", "{d}/afile")), ("[destination]", "afile", "not a directory"), setup="file"),
     Case("destination_under_a_file", ok(destination=LOCAL.replace("{d}/out", "{d}/afile/out")), ("[destination]", "afile"), setup="file"),
+    Case("wandb_spool_under_a_file", ok(destination=WBDST + 'spool_dir = "{d}/afile/spool"\n'), ("[destination]", "spool_dir", "afile"), setup="file"),
     Case("destination_read_only_fs", ok(destination=LOCAL.replace("{d}/out", "/proc/runferry/out")), ("[destination]", "/proc")),
 ]
 
