@@ -27,6 +27,8 @@ from tests.servers.databricks_front import DatabricksFront
 from tests.servers.mlflow_server import MlflowServer
 from tests.servers.wandb import WandbServer, start_wandb_server
 
+pytestmark = pytest.mark.timeout(900)  # module fixtures start real MLflow servers: minutes on a loaded 2-core machine
+
 WANDB_KEY = "f" * 8 + "runferrybadinputkey" + "0" * 13
 WANDB_KEY_ENV = "RUNFERRY_BAD_INPUT_WANDB_KEY"
 WRONG_KEY_ENV = "RUNFERRY_BAD_INPUT_WRONG_KEY"

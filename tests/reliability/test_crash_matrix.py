@@ -30,6 +30,8 @@ from tests.reliability.servers import engine
 from tests.servers.mlflow_server import MlflowServer
 from tests.servers.wandb import WandbServer, start_wandb_server
 
+pytestmark = pytest.mark.timeout(900)  # module fixtures start real MLflow servers: minutes on a loaded 2-core machine
+
 KEY = "c" * 8 + "runferrycrashmatrix" + "0" * 13
 ENV = {"RF_CRASH_KEY": KEY}
 RUNS = 3

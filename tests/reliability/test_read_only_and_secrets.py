@@ -31,6 +31,8 @@ from tests.servers.mlflow_server import MlflowServer
 from tests.servers.wandb import WandbServer, start_wandb_server
 from tests.servers.wandb._server import check_loopback
 
+pytestmark = pytest.mark.timeout(900)  # module fixtures start real MLflow servers: minutes on a loaded 2-core machine
+
 SRC_KEY = "srcSECRETwandb" + "1" * 26
 DST_KEY = "dstSECRETwandb" + "2" * 26
 WRONG_KEY = "badSECRETwandb" + "3" * 26
