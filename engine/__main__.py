@@ -50,7 +50,6 @@ def _pyarrow_without_pandas() -> None:
 import anyio
 
 from engine.config import Config, load_config
-from engine.errors import AuthError, ConfigError
 from engine.progress import Progress
 
 
@@ -66,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="path of the TOML configuration")
+        p.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
         if name == "export":
             p.add_argument("--to", required=True, metavar="DIR", help="export directory (ledger kept inside it)")
         if name in ("migrate", "export"):
@@ -82,28 +82,38 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
-        if args.command == "plan":
-            from engine.plan import plan
+        return _command(args)
+    except (Exception, KeyboardInterrupt) as exc:  # one line (exit 2 for config/credentials), no traceback
+        from engine.refusal import refusal
 
-            anyio.run(plan, config, sys.stdout)
-            return 0
-        if args.command == "status":
-            from engine.plan import status
+        code, line = refusal(exc)
+        if args.debug:
+            import traceback
 
-            status(config, sys.stdout)
-            return 0
-        if args.command == "verify":
-            from engine.verify import verify
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"runferry: {line}", file=sys.stderr)
+        return code
 
-            return anyio.run(verify, config, sys.stdout).exit_code
-        if args.command == "export":
-            config = export_config(config, args.to)
-        return _migrate(config, args)
-    except (ConfigError, AuthError) as exc:
-        kind = "configuration error" if isinstance(exc, ConfigError) else "credentials rejected"
-        print(f"runferry: {kind}: {exc}", file=sys.stderr)
-        return 2
+
+def _command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.command == "plan":
+        from engine.plan import plan
+
+        anyio.run(plan, config, sys.stdout)
+        return 0
+    if args.command == "status":
+        from engine.plan import status
+
+        status(config, sys.stdout)
+        return 0
+    if args.command == "verify":
+        from engine.verify import verify
+
+        return anyio.run(verify, config, sys.stdout).exit_code
+    if args.command == "export":
+        config = export_config(config, args.to)
+    return _migrate(config, args)
 
 
 def export_config(config: Config, directory: str) -> Config:

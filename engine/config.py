@@ -124,6 +124,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{origin}: file not found — pass the path of a TOML config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML ({exc}) — fix the syntax at that line") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{origin}: not UTF-8 (byte {exc.start}) — save the file as UTF-8 text") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{origin}: is a directory — pass the path of a TOML config file") from None
     except OSError as exc:
         raise ConfigError(f"{origin}: cannot read ({exc.strerror})") from None
     return parse_config(data, origin)
@@ -151,8 +155,11 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
         item = _table(origin, where, item)
         _reject_unknown(origin, where, item, ["from", "to"])
         for key in ("from", "to"):
-            if not isinstance(item.get(key), str) or "/" not in item[key]:
-                raise ConfigError(f"{origin}: {where} key '{key}' must be a string 'entity/project'")
+            parts = item[key].split("/") if isinstance(item.get(key), str) else []
+            if len(parts) != 2 or not all(part.strip() for part in parts):
+                raise ConfigError(
+                    f"{origin}: {where} key '{key}' must be a string 'entity/project' (two non-empty parts; '*' matches any)"
+                )
         remaps.append(Remap(source=item["from"], target=item["to"]))
     return Config(
         path=origin,

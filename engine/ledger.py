@@ -76,6 +76,7 @@ class Ledger:
         self.pair = pair
         self._clock = clock
         self._fh: TextIO | None = None
+        self._append_ready = False
         self._appended = 0
         self._kill_at = int(os.environ.get("RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE", "0") or 0)
         self.entries: dict[str, RunEntry] = {}
@@ -138,6 +139,11 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------
     def open_for_append(self) -> None:
+        """Ready to append; the file (and its directory) is created with the first line, so a
+        migration that stops before moving anything leaves no ledger behind."""
+        self._append_ready = True
+
+    def _open_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size:
             with open(self.path, "rb") as fh:
@@ -151,9 +157,10 @@ class Ledger:
             self._fh.flush()
 
     def writable(self) -> bool:
-        return self._fh is not None
+        return self._fh is not None or self._append_ready
 
     def close(self) -> None:
+        self._append_ready = False
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -172,6 +179,8 @@ class Ledger:
 
     def _write(self, run: str, line: str, sync: bool) -> None:
         """Make one journal line durable (stores that are not one local file override this)."""
+        if self._fh is None:
+            self._open_file()
         assert self._fh is not None
         self._fh.write(line + "\n")
         self._fh.flush()

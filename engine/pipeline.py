@@ -31,6 +31,7 @@ from anyio.abc import ObjectSendStream
 
 from adapters import registry
 from adapters.base import AdapterContext, Destination, RunWriter, Source
+from engine import preflight
 from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
 from engine.errors import FatalError, TransientError
@@ -98,10 +99,14 @@ async def migrate(
     else:
         source, destination = adapters
     progress.limiters = limiters
+    preflight.probe_ledger(config.ledger_path, origin=config.path)
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     report = Report(progress)
-    async with source, destination:  # credentials are checked here, before the ledger is touched
-        ledger.open_for_append()
+    # servers, credentials and named things are checked here, before anything is written
+    async with preflight.checked_entry(source, origin=config.path, table="source"), preflight.checked_entry(
+        destination, origin=config.path, table="destination"
+    ):
+        ledger.open_for_append()  # the file itself appears with its first line
         try:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
@@ -253,7 +258,9 @@ class Pipeline:
                 totals[REVISION_KEY] = record.revision
             self.ledger.done(ref.id, totals)
             self.progress.event("run_done", run=ref.id)
-        except Exception as exc:  # one run's failure never stops the others
+        except Exception as exc:  # one run's failure never stops the others ...
+            if preflight.is_disk_full(exc):  # ... but a full disk would fail them all: stop, resumable
+                raise preflight.DiskFullError(self.destination.describe(), self.config.ledger_path) from exc
             reason = describe_error(exc)
             self.ledger.failed(ref.id, reason)
             self.progress.event("run_failed", run=ref.id, reason=reason)

@@ -23,8 +23,9 @@ import pyarrow as pa
 from adapters.base import AdapterContext, Checkpoint
 from adapters.local import _history, _layout, _tables
 from adapters.local._io import blocking
-from engine.errors import ConfigError, FatalError
+from engine.errors import FatalError
 from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord
+from engine.preflight import probe_directory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,17 +139,8 @@ class LocalDestination:
         return f"local:{self.root}"
 
     async def __aenter__(self) -> LocalDestination:
-        def prepare() -> None:
-            if self.root.exists() and not self.root.is_dir():
-                raise ConfigError(f"destination path {self.root} exists and is not a directory")
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cannot create destination path {self.root}: {exc.strerror}") from exc
-            if not os.access(self.root, os.W_OK):
-                raise ConfigError(f"destination path {self.root} is not writable")
-
-        await blocking(prepare)
+        # probe only: the directory is created with the first run (nothing written before)
+        await blocking(lambda: probe_directory(self.root, key="path"))
         return self
 
     async def __aexit__(
@@ -172,7 +164,11 @@ class LocalDestination:
         return LocalRunWriter(run_dir, rel, durable, fsync=self.config.fsync)
 
     async def finalize(self) -> None:
-        await blocking(lambda: _tables.write_runs_tables(self.root, csv=self.config.csv))
+        def write() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _tables.write_runs_tables(self.root, csv=self.config.csv)
+
+        await blocking(write)
 
 
 def _remove_temporaries(run_dir: Path) -> None:

@@ -21,6 +21,7 @@ from adapters.base import AdapterContext
 from adapters.http import Classification, HttpClient, classify_default
 from adapters.mlflow._bulk import BULK_PATH
 from adapters.mlflow._config import Connection
+from engine.errors import AuthError
 
 API = "/api/2.0/mlflow/"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/"
@@ -126,7 +127,11 @@ class MlflowRest:
 
     async def check_access(self) -> None:
         """One cheap authenticated call, so bad credentials fail before any work starts."""
-        await self.get("experiments/search", {"max_results": 1})
+        try:
+            await self.get("experiments/search", {"max_results": 1})
+        except AuthError as exc:
+            names = ", ".join(self.connection.credential_names) or "none configured: set token_env or username_env/password_env"
+            raise AuthError(f"{exc} (credentials from: {names})") from None
 
     # -- paged searches -------------------------------------------------------------------------
     async def search_experiments(self, *, include_deleted: bool, page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -153,8 +154,8 @@ class MlflowDestinationConfig:
             raise ValueError("batch_concurrency must be at least 1")
         if self.multipart_threshold < 1 or self.part_size < 0:
             raise ValueError("multipart_threshold must be positive and part_size not negative")
-        if self.part_size and self.part_size < 5 * 1024 * 1024:
-            raise ValueError("part_size must be at least 5 MiB (S3's minimum part)")
+        if self.part_size and not 5 * 1024 * 1024 <= self.part_size <= 5 * 1024**3:
+            raise ValueError("part_size must be between 5 MiB and 5 GiB (S3's part limits), or 0")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
         if self.max_in_flight < 1:
@@ -162,8 +163,8 @@ class MlflowDestinationConfig:
 
 
 def check_tracking_uri(uri: str) -> None:
-    if uri != "databricks" and not uri.startswith(("http://", "https://")):
-        raise ValueError("tracking_uri must be http(s)://host[:port] or 'databricks'")
+    if uri != "databricks" and (not uri.startswith(("http://", "https://")) or not urlsplit(uri).hostname):
+        raise ValueError(f"tracking_uri {uri!r} must be http(s)://host[:port] or 'databricks'")
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class Connection:
     base_url: str
     headers: dict[str, str]
     auth: aiohttp.BasicAuth | None
+    credential_names: tuple[str, ...] = ()
+    """The environment variables the credentials came from (names only: safe to show)."""
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
         return f"Connection({self.base_url!r})"
@@ -183,6 +186,7 @@ def resolve_connection(
 ) -> Connection:
     """Turn a tracking URI and the names of secret variables into a ``Connection``."""
     headers: dict[str, str] = {}
+    names: list[str] = []
     base_url = tracking_uri.rstrip("/")
     if tracking_uri == "databricks":
         host = os.environ.get("DATABRICKS_HOST", "").strip().rstrip("/")
@@ -195,6 +199,7 @@ def resolve_connection(
         if not token:
             raise ConfigError(f"{where}: environment variable {token_env} (token_env) is not set")
         headers["Authorization"] = f"Bearer {token}"
+        names.append(token_env)
     auth = None
     if username_env or password_env:
         if not (username_env and password_env):
@@ -205,4 +210,5 @@ def resolve_connection(
             raise ConfigError(f"{where}: environment variable {missing} is not set")
         credentials = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         headers["Authorization"] = f"Basic {credentials}"
-    return Connection(base_url, headers, auth)
+        names += [username_env, password_env]
+    return Connection(base_url, headers, auth, tuple(names))

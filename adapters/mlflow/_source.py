@@ -96,6 +96,7 @@ class MlflowSource:
             )
             await rest.check_access()
             self._experiments = await self._select_experiments(rest)
+            await self._check_filter(rest)
             if c.artifacts_direct_s3 and c.artifacts:
                 from adapters.s3 import S3Config, S3Store
 
@@ -153,6 +154,19 @@ class MlflowSource:
             for e in sorted(matches, key=_experiment_order):
                 chosen.setdefault(e["experiment_id"], e)
         return list(chosen.values())
+
+    async def _check_filter(self, rest: MlflowRest) -> None:
+        """Ask for one run with ``filter``, so a filter the server cannot parse is a config error
+        before anything is written, not a failure after the migration started."""
+        if not self.config.filter.strip() or not self._experiments:
+            return
+        runs = rest.search_runs([self._experiments[0]["experiment_id"]], filter=self.config.filter, page_size=1)
+        try:
+            async with contextlib.aclosing(runs):
+                async for _ in runs:
+                    break
+        except FatalError as exc:
+            raise ConfigError(f"[source] filter {self.config.filter!r} is refused by the server ({exc}) — fix it (MLflow search syntax)") from None
 
     # -- runs -----------------------------------------------------------------------------------
     async def list_runs(self) -> AsyncIterator[RunRef]:

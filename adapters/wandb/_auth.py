@@ -17,7 +17,7 @@ def api_key_from_env(variable: str, where: str) -> str:
     """The API key held by ``variable``; ConfigError naming the variable (never a value) if unset."""
     key = os.environ.get(variable, "")
     if not key:
-        raise ConfigError(f"{where} environment variable {variable} (api_key_env) is not set")
+        raise ConfigError(f"{where} environment variable {variable} (api_key_env) is not set or empty — export the API key in it")
     return key
 
 

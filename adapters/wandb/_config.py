@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 ARTIFACT_LAYOUTS = ("files", "folders", "single")
 RUN_ID_MODES = ("source", "hash")
@@ -81,15 +82,17 @@ class WandbDestinationConfig:
             raise ValueError(f"artifact_layout must be one of {ARTIFACT_LAYOUTS}")
         if self.run_id not in RUN_ID_MODES:
             raise ValueError(f"run_id must be one of {RUN_ID_MODES}")
-        if self.max_request_bytes < 64 * 1024:
-            raise ValueError("max_request_bytes must be at least 64 KiB")
+        if not 64 * 1024 <= self.max_request_bytes <= 10 * 1024 * 1024:
+            raise ValueError("max_request_bytes must be between 64 KiB and 10 MiB (W&B refuses larger requests)")
         if self.filestream_rate <= 0:
             raise ValueError("filestream_rate must be positive")
         if self.part_size < 1 or self.multipart_threshold < 1:
             raise ValueError("part_size and multipart_threshold must be positive")
+        if self.part_size > 5 * 1024**3:
+            raise ValueError("part_size must be at most 5 GiB (the object store's largest part)")
         if self.artifact_order_timeout < 0:
             raise ValueError("artifact_order_timeout must be 0 or more seconds")
         if self.upload_concurrency < 1:
             raise ValueError("upload_concurrency must be at least 1")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
+        if not self.base_url.startswith(("http://", "https://")) or not urlsplit(self.base_url).hostname:
+            raise ValueError(f"base_url {self.base_url!r} must be http(s)://host[:port]")

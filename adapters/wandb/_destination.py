@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from adapters.base import AdapterContext, Checkpoint
 from adapters.http import HttpClient
-from engine.errors import ConfigError, FatalError
+from engine.errors import AuthError, ConfigError, FatalError
 from engine.model import Namespace, RunRecord, RunRef
+from engine.preflight import probe_directory
 
 from engine.incremental import FinishedRun
 
@@ -77,6 +79,8 @@ class WandbDestination:
         self._source = source if isinstance(source, WandbSource) else None
 
     async def __aenter__(self) -> Self:
+        if self.config.spool_dir:  # staged bytes must have a place before any run is created
+            probe_directory(Path(self.config.spool_dir), key="spool_dir")
         # HTTP Basic with user "api" (as the SDK); the header lives only inside the sessions
         auth_headers = _auth.auth_headers(_auth.api_key_from_env(self.config.api_key_env, "[destination]"))
         base = self.config.base_url.rstrip("/")
@@ -90,10 +94,24 @@ class WandbDestination:
             # presigned storage URLs never get W&B credentials
             self.storage = await stack.enter_async_context(HttpClient(
                 base_url=base, name="wandb-storage", context=self.context))
-            viewer = await _gql.call(self.api, _gql.VIEWER, {}, name="Viewer")
+            try:
+                viewer = await _gql.call(self.api, _gql.VIEWER, {}, name="Viewer")
+            except AuthError:
+                raise AuthError(f"wandb: {base} refused the API key in {self.config.api_key_env} (api_key_env)") from None
             self.default_entity = ((viewer.get("viewer") or {}).get("entity")) or ""
+            self._check_entity(viewer.get("viewer") or {})
             self._stack = stack.pop_all()
         return self
+
+    def _check_entity(self, viewer: dict[str, Any]) -> None:
+        """A configured ``entity`` the key cannot write to fails now, before any run is created."""
+        teams = [e["node"]["name"] for e in ((viewer.get("teams") or {}).get("edges") or []) if e.get("node")]
+        mine = {self.default_entity, *teams} - {""}
+        if self.config.entity and mine and self.config.entity not in mine:
+            raise ConfigError(
+                f"[destination] entity {self.config.entity!r} is not one of the API key's entities "
+                f"({', '.join(sorted(mine))}) — fix entity or use a key of that entity"
+            )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

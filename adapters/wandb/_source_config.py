@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,8 +63,8 @@ class WandbSourceConfig:
     timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
+        if not self.base_url.startswith(("http://", "https://")) or not urlsplit(self.base_url).hostname:
+            raise ValueError(f"base_url {self.base_url!r} must be http(s)://host[:port]")
         for selector in self.namespaces:
             entity, slash, project = selector.partition("/")
             if not slash or not entity or not project or "/" in project:

@@ -52,6 +52,8 @@ class Spooled:
 async def spool(data: AsyncIterator[bytes], directory: str | None = None, part_size: int = 0) -> Spooled:
     """Write the stream to a new temp file; return its path, size and MD5 (and, with
     ``part_size``, the MD5 of every ``part_size`` slice, for multipart uploads)."""
+    if directory:  # a configured spool_dir is created with its first file (probed at start)
+        os.makedirs(directory, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="runferry-wandb-", dir=directory or None)
     os.close(fd)
     md5 = hashlib.md5()

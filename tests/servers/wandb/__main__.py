@@ -12,6 +12,8 @@ from ._server import DEFAULT_KEYS, launch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.servers.wandb", description=__doc__)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback unless --allow-non-loopback)")
+    parser.add_argument("--allow-non-loopback", action="store_true", help="allow --host to be a non-loopback address")
     parser.add_argument(
         "--key",
         action="append",
@@ -32,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()  # handlers first: whoever reads the lines below may signal at once
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    server = launch(args.port, keys, sqlite_path=args.sqlite)
+    try:
+        server = launch(args.port, keys, sqlite_path=args.sqlite, host=args.host, allow_non_loopback=args.allow_non_loopback)
+    except ValueError as exc:
+        parser.error(str(exc))
     server.faults.filestream_rps_per_run = args.filestream_rps_per_run
     server.faults.storage_slowdown_rps = args.storage_slowdown_rps
     print(f"fake W&B server listening on {server.base_url}", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -89,6 +90,16 @@ class WandbServer:
         self.state.close()
 
 
+def check_loopback(host: str, allowed_elsewhere: bool) -> None:
+    """Refuse (ValueError) to bind anything but a loopback address unless told."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not allowed_elsewhere:
+        raise ValueError(f"refusing to listen on {host!r}: not a loopback address (pass allow_non_loopback / --allow-non-loopback)")
+
+
 @contextlib.contextmanager
 def start_wandb_server(
     port: int = 0,
@@ -114,11 +125,16 @@ def launch(
     state: ServerState | None = None,
     host: str = "127.0.0.1",
     sqlite_path: str | Path | None = None,
+    allow_non_loopback: bool = False,
 ) -> WandbServer:
     """Start the server on a thread and return its handle (call ``close()`` to stop).
 
     With ``sqlite_path`` the data is loaded from that SQLite file when it exists and saved to
-    it on ``save()`` and ``close()`` (blob bytes live in ``<file>.blobs/`` beside it)."""
+    it on ``save()`` and ``close()`` (blob bytes live in ``<file>.blobs/`` beside it).
+
+    ``host`` must be a loopback address unless ``allow_non_loopback`` (a test server holds
+    test keys and accepts any upload: nothing off this machine may reach it by accident)."""
+    check_loopback(host, allow_non_loopback)
     keys = {k: list(v) for k, v in (keys or DEFAULT_KEYS).items()}
     sqlite_path = Path(sqlite_path) if sqlite_path is not None else None
     if state is None and sqlite_path is not None:
