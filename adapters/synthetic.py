@@ -29,9 +29,9 @@ import anyio.lowlevel
 import numpy as np
 import pyarrow as pa
 
-from adapters.base import AdapterContext
-from engine.errors import NotFoundError
-from engine.model import (
+from core.protocols import AdapterContext
+from core.errors import NotFoundError
+from core.model import (
     CONSOLE_LOG,
     HISTORY_SCHEMA,
     ArtifactRef,

@@ -50,7 +50,7 @@ def _pyarrow_without_pandas() -> None:
 import anyio
 
 from engine.config import Config, load_config
-from engine.errors import AuthError, ConfigError
+from core.errors import AuthError, ConfigError
 from engine.progress import Progress
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters import registry
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 SECRET_WORDS = ("api_key", "token", "password", "secret")
 
@@ -131,7 +131,10 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
     ratelimit = _table(origin, "[ratelimit]", data.get("ratelimit", {}))
     from ratelimit import LimiterRegistry
 
-    LimiterRegistry.from_mapping(ratelimit, origin=f"{origin}: [ratelimit]")  # validate now, fail early
+    try:  # validate now, fail early; ratelimit knows nothing of our error tree
+        LimiterRegistry.from_mapping(ratelimit, origin=f"{origin}: [ratelimit]")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     remaps = []
     raw_remap = data.get("remap", [])
     if not isinstance(raw_remap, list):

@@ -54,7 +54,7 @@ from typing import Any, Self
 import anyio
 
 from engine.config import Config, parse_config
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 from engine.pipeline import Report, make_context, migrate, open_adapters
 from engine.progress import Progress
 

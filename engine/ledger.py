@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 
 
 class RunStatus(str, enum.Enum):

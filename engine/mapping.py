@@ -12,7 +12,7 @@ import dataclasses
 import fnmatch
 
 from engine.config import Remap
-from engine.model import Namespace, RunRecord
+from core.model import Namespace, RunRecord
 
 
 def remap_namespace(namespace: Namespace, rules: tuple[Remap, ...]) -> Namespace:

@@ -30,14 +30,14 @@ import anyio
 from anyio.abc import ObjectSendStream
 
 from adapters import registry
-from adapters.base import AdapterContext, Destination, RunWriter, Source
+from core.protocols import AdapterContext, Destination, FinishedRun, RunChecker, RunWriter, Source
 from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
-from engine.errors import FatalError, TransientError
-from engine.incremental import REVISION_KEY, Action, FinishedRun, RunChecker, decide
+from core.errors import FatalError, TransientError
+from engine.incremental import REVISION_KEY, Action, decide
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.mapping import apply_remap, remap_namespace
-from engine.model import FileRef, HistoryChunk, RunRecord, RunRef
+from core.model import FileRef, HistoryChunk, RunRecord, RunRef
 from engine.progress import Progress
 from ratelimit import LimiterRegistry
 

@@ -15,7 +15,7 @@ import anyio
 
 from engine.config import Config
 from engine.ledger import Ledger, RunStatus, pair_key
-from engine.model import RunRef
+from core.model import RunRef
 from engine.pipeline import feed_runs, make_context, open_adapters
 from engine.progress import Progress
 

@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from adapters import registry
-from adapters.base import Source
+from core.protocols import Source
 from engine.config import Config
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from engine.ledger import Ledger, RunStatus, pair_key
-from engine.model import RunRecord, RunRef, same_float
+from core.model import RunRecord, RunRef, same_float
 from engine.pipeline import describe_error, feed_runs, make_context, open_adapters
 from engine.progress import Progress
 

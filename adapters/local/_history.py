@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adapters.local._layout import HISTORY, PARTS, TMP_MARK, temp_sibling
-from engine.errors import FatalError
-from engine.model import HISTORY_SCHEMA
+from core.errors import FatalError
+from core.model import HISTORY_SCHEMA
 
 _DICTIONARY_COLUMNS = ["key", "value_json"]
 _WRITE_OPTIONS = {"use_dictionary": _DICTIONARY_COLUMNS, "write_statistics": ["step"]}

@@ -27,8 +27,8 @@ import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from engine.errors import FatalError
-from engine.model import CONSOLE_LOG, ArtifactRef, Namespace, RunRecord, RunRef, RunState
+from core.errors import FatalError
+from core.model import CONSOLE_LOG, ArtifactRef, Namespace, RunRecord, RunRef, RunState
 
 FORMAT = "runferry.local/1"
 RUN_JSON = "run.json"

@@ -21,11 +21,11 @@ import anyio
 import anyio.to_thread
 import pyarrow.parquet as pq
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.local import _history, _layout, _tables
 from adapters.local._io import blocking_read
-from engine.errors import ConfigError, NotFoundError
-from engine.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
+from core.errors import ConfigError, NotFoundError
+from core.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
 
 _MAX_PIECE = 8 * 1024 * 1024
 

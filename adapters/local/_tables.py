@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from adapters.local._arrow import record_batch
 from adapters.local._layout import RUN_JSON, TMP_MARK, temp_sibling
-from engine.flatten import flatten_normalized
+from core.flatten import flatten_normalized
 
 BATCH_ROWS = 1000
 _INT64 = (-(2**63), 2**63 - 1)

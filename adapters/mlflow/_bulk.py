@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from engine.errors import FatalError, NotFoundError
+from core.errors import FatalError, NotFoundError
 
 BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 DEFAULT_MAX_POINTS = 10_000

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import Classification, HttpClient, classify_default
 from adapters.mlflow._bulk import BULK_PATH
 from adapters.mlflow._config import Connection

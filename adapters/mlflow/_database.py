@@ -41,8 +41,8 @@ import anyio.to_thread
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import ConfigError
-from engine.model import HistoryChunk, history_batch
+from core.errors import ConfigError
+from core.model import HistoryChunk, history_batch
 
 SQLITE_SCHEME = "sqlite:///"
 # libpq's schemes, and SQLAlchemy's postgresql+<driver> as given to ``mlflow server``

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import HttpClient, classify_default, redact_url
 from adapters.mlflow._client import MlflowRest
-from engine.errors import AuthError, FatalError
+from core.errors import AuthError, FatalError
 
 CREDENTIALS_FOR_READ = "artifacts/credentials-for-read"
 DBFS_RUN_PREFIX = "dbfs:/databricks/mlflow-tracking/"

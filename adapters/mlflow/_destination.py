@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 import orjson
 
-from adapters.base import AdapterContext, Checkpoint
+from core.protocols import AdapterContext, Checkpoint
 from adapters.http import HttpClient
 from adapters.mlflow import _wandb
 from adapters.mlflow._batching import (
@@ -62,8 +62,8 @@ from adapters.mlflow._config import (
 )
 from adapters.mlflow._side_files import SideFiles
 from adapters.mlflow._spool import ReplayableStream
-from engine.errors import FatalError, NotFoundError, RetryableError
-from engine.model import FileRef, HistoryChunk, RunRecord, RunState, seconds_to_millis
+from core.errors import FatalError, NotFoundError, RetryableError
+from core.model import FileRef, HistoryChunk, RunRecord, RunState, seconds_to_millis
 
 SOURCE_URI_TAG = "runferry.source"
 PENDING_PARENT_TAG = "runferry.pending_parent"

@@ -22,14 +22,14 @@ from urllib.parse import quote
 import anyio
 import orjson
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.mlflow._bulk import BulkHistory
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from adapters.mlflow._database import HistoryDatabase
 from adapters.mlflow._dbfs import DBFS_RUN_PREFIX, DatabricksArtifacts, is_databricks_run_uri
-from engine.errors import ConfigError, FatalError, NotFoundError
-from engine.model import (
+from core.errors import ConfigError, FatalError, NotFoundError
+from core.model import (
     FileRef,
     HistoryChunk,
     Namespace,

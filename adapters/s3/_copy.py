@@ -16,7 +16,7 @@ from adapters.s3._listing import Listing
 from adapters.s3._parts import MD5_HEX, plan_part_size, plan_ranges
 from adapters.s3._upload import Uploads
 from adapters.s3._url import ObjectInfo, PutResult, S3Url
-from engine.errors import FatalError
+from core.errors import FatalError
 
 if TYPE_CHECKING:
     from adapters.s3._store import S3Store

@@ -27,7 +27,7 @@ from adapters.s3._parts import (
     plan_ranges,
 )
 from adapters.s3._url import ObjectInfo, S3Url
-from engine.errors import TransientError
+from core.errors import TransientError
 
 _READ = 256 * 1024  # asyncio reads sockets 256 KiB at a time: chunks of it pass without a copy
 

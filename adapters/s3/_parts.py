@@ -13,7 +13,7 @@ import re
 import anyio.to_thread
 
 from adapters.s3._config import MAX_PART, MAX_PARTS, MIB, MIN_PART
-from engine.errors import FatalError
+from core.errors import FatalError
 
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")

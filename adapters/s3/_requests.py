@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 
 from botocore.exceptions import ClientError
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.s3._client import open_client
 from adapters.s3._config import S3Config
 from adapters.s3._errors import (
@@ -26,7 +26,7 @@ from adapters.s3._errors import (
     TRANSIENT_CODES,
 )
 from adapters.s3._url import S3Url
-from engine.errors import (
+from core.errors import (
     AuthError,
     FatalError,
     NotFoundError,

@@ -25,7 +25,7 @@ from adapters.s3._parts import (
 )
 from adapters.s3._requests import RequestCore
 from adapters.s3._url import PutResult, S3Url
-from engine.errors import FatalError, NotFoundError, TransientError
+from core.errors import FatalError, NotFoundError, TransientError
 
 
 class Uploads(RequestCore):

@@ -6,12 +6,12 @@ import contextlib
 from types import TracebackType
 from typing import Any, Self
 
-from adapters.base import AdapterContext, Checkpoint
+from core.protocols import AdapterContext, Checkpoint
 from adapters.http import HttpClient
-from engine.errors import ConfigError, FatalError
-from engine.model import Namespace, RunRecord, RunRef
+from core.errors import ConfigError, FatalError
+from core.model import Namespace, RunRecord, RunRef
 
-from engine.incremental import FinishedRun
+from core.protocols import FinishedRun
 
 from . import _auth, _gql
 from ._artifact_copy import ArtifactFetcher, ArtifactOrder

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.errors import NotFoundError
+from core.errors import NotFoundError
 
 from . import _read_ops
 from ._history_read import loads

@@ -24,7 +24,7 @@ import anyio
 import orjson
 
 from adapters.http import HttpClient
-from engine.errors import ThrottledError, TransientError
+from core.errors import ThrottledError, TransientError
 from ratelimit import (
     Clock,
     EndpointLimiter,

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from adapters.http import HttpClient
-from engine.model import HistoryChunk, history_batch
+from core.model import HistoryChunk, history_batch
 
 from . import _read_ops
 from ._gql import call

@@ -33,8 +33,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.errors import AuthError, FatalError, NotFoundError
-from engine.model import ArtifactRef, FileRef
+from core.errors import AuthError, FatalError, NotFoundError
+from core.model import ArtifactRef, FileRef
 
 from . import _gql
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.errors import AuthError, ConfigError
-from engine.model import Namespace, RunRecord, RunRef, RunState
+from core.errors import AuthError, ConfigError
+from core.model import Namespace, RunRecord, RunRef, RunState
 
 from . import _read_ops
 from ._gql import call

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import HttpClient
-from engine.errors import AuthError, ConfigError, NotFoundError
-from engine.model import CONSOLE_LOG, FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from core.errors import AuthError, ConfigError, NotFoundError
+from core.model import CONSOLE_LOG, FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 
 from . import _auth, _gql, _read_ops
 from ._files_read import (

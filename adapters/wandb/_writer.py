@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from adapters.http import HttpClient
-from engine.errors import FatalError
-from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, RunRecord
+from core.errors import FatalError
+from core.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, RunRecord
 
 from . import _gql
 from ._artifact_copy import (
@@ -58,7 +58,7 @@ def content_budget(max_request_bytes: int) -> int:
 
 
 class WandbRunWriter:
-    """Implements ``adapters.base.RunWriter`` for one W&B run."""
+    """Implements ``core.protocols.RunWriter`` for one W&B run."""
 
     def __init__(
         self,

@@ -13,10 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from adapters.local import LocalDestination, LocalSource, _layout
-from engine.errors import ConfigError, FatalError
-from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
+from core.errors import ConfigError, FatalError
+from core.model import CONSOLE_LOG, ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
 from tests.adapters.contract import (
     all_refs,
     assert_history_equal,
@@ -302,7 +302,7 @@ async def test_fsync_mode_round_trips_too(tmp_path: Path) -> None:
 async def test_history_batches_in_compatible_types_are_stored_in_the_standard_schema(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from engine.model import HISTORY_SCHEMA, HistoryChunk
+    from core.model import HISTORY_SCHEMA, HistoryChunk
 
     batch = pa.RecordBatch.from_arrays(
         [pa.array(["a", "b"]).dictionary_encode(), pa.array([0, 0]), pa.array([1.5, 1.5]),
@@ -352,7 +352,7 @@ async def test_repeated_crashes_at_random_points_never_duplicate_or_lose_points(
 
 
 async def test_disk_errors_become_transfer_errors(tmp_path: Path) -> None:
-    from engine.errors import NotFoundError
+    from core.errors import NotFoundError
 
     src, record, _ = await expected_history()
     async with destination(tmp_path) as dest:

@@ -13,9 +13,9 @@ import anyio
 import numpy as np
 import pyarrow as pa
 
-from adapters.base import AdapterContext, Checkpoint
-from engine.errors import FatalError
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef, history_batch
+from core.protocols import AdapterContext, Checkpoint
+from core.errors import FatalError
+from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef, history_batch
 
 
 def make_points(run_index: int, n: int) -> pa.RecordBatch:

@@ -19,7 +19,7 @@ from engine.admission import (
     run_seat_bytes,
 )
 from engine.ledger import Ledger, pair_key
-from engine.model import FileRef, RunRecord
+from core.model import FileRef, RunRecord
 from engine.pipeline import migrate
 from engine.progress import Progress
 from ratelimit import FakeClock, LimiterRegistry, LimiterStatistics

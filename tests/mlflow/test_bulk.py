@@ -16,7 +16,7 @@ import pytest
 
 from adapters.mlflow import MlflowSource
 from adapters.mlflow._bulk import BulkHistory
-from engine.errors import FatalError, NotFoundError
+from core.errors import FatalError, NotFoundError
 from tests.adapters.contract import all_refs, assert_history_equal, read_history
 from tests.mlflow.fault_proxy import Answer, FaultProxy
 from tests.mlflow.helpers import context, source_config

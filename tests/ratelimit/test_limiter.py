@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
+from engine.config import parse_config
 from ratelimit import (
     AdjustableSemaphore,
     ControlConfig,
@@ -219,6 +220,11 @@ def test_registry_shares_one_limiter_per_endpoint_and_applies_longest_override()
     ],
 )
 def test_registry_config_errors_name_the_key(table: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ValueError) as info:
         LimiterRegistry.from_mapping(table)
     assert message in str(info.value)
+    # The config loader turns ratelimit's ValueError into our ConfigError, message intact.
+    with pytest.raises(ConfigError) as config_info:
+        parse_config({"source": {"type": "local", "path": "/in"}, "destination": {"type": "local", "path": "/out"},
+                      "ratelimit": table})
+    assert message in str(config_info.value)

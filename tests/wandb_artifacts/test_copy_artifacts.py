@@ -8,7 +8,7 @@ import contextlib
 import anyio
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.wandb import WandbDestination, WandbDestinationConfig
 from adapters.wandb._artifact_copy import (
     PLACEHOLDER_DESCRIPTION,
@@ -17,7 +17,7 @@ from adapters.wandb._artifact_copy import (
     import_artifact_sequences,
 )
 from adapters.wandb._read_artifacts import logged_artifact_files, read_artifact_file, used_artifacts
-from engine.model import Namespace, RunRecord, RunRef
+from core.model import Namespace, RunRecord, RunRef
 
 from .conftest import Events, clients
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.wandb import WandbDestination, WandbDestinationConfig
 from ratelimit import FakeClock, LimiterRegistry
 from tests.servers.wandb import WandbServer, start_wandb_server

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.wandb import WandbSource, WandbSourceConfig
 from tests.servers.wandb import WandbServer, start_wandb_server
 

@@ -4,7 +4,7 @@ The pipeline talks only to these protocols; it never asks which system is behind
 
 Lifecycle: an adapter is constructed from its frozen config dataclass and an ``AdapterContext``
 (no I/O in ``__init__``), then used as an async context manager: ``__aenter__`` opens sessions and
-checks credentials (raise ``engine.errors.AuthError`` for rejected credentials, ``ConfigError`` for
+checks credentials (raise ``core.errors.AuthError`` for rejected credentials, ``ConfigError`` for
 unusable settings), ``__aexit__`` closes everything it opened, even on cancellation.
 
 Config convention: each adapter class has a ``Config`` attribute, a ``@dataclass(frozen=True,
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 
 EventHook = Callable[..., None]
 """``hook(name, **fields)``: progress and throttling events (``"throttle"``, ``"retry"``...)."""
@@ -162,3 +162,20 @@ class Destination(Protocol):
     async def finalize(self) -> None:
         """Called once after every run was handled (for example to write summary tables)."""
         ...
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What the ledger says an earlier migration left at the destination."""
+
+    dest_id: str
+    checkpoint: Checkpoint
+    files: dict[str, int]
+
+
+@runtime_checkable
+class RunChecker(Protocol):
+    """Optional destination capability: compare a finished run at the destination with what
+    the ledger says was written there; an empty list means intact."""
+
+    async def check_run(self, run: RunRecord, finished: FinishedRun) -> list[str]: ...
