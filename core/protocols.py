@@ -31,15 +31,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+
+if TYPE_CHECKING:  # types only: at run time core imports nothing of ours
+    from ratelimit import Clock, LimiterRegistry
 
 EventHook = Callable[..., None]
 """``hook(name, **fields)``: progress and throttling events (``"throttle"``, ``"retry"``...)."""
 
 
-def _ignore_event(name: str, **fields: Any) -> None:
+def _ignore_event(name: str, **fields: object) -> None:
     return None
 
 
@@ -47,19 +50,25 @@ def _same_namespace(namespace: Namespace) -> Namespace:
     return namespace
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class AdapterContext:
     """What the engine gives every adapter: sizing hints, an event hook, shared limiters.
 
-    ``limiters`` is the process-wide ``ratelimit`` registry (one adaptive controller per
-    endpoint, shared by every worker); ``None`` means "use your own defaults".
+    Frozen: the engine derives a new context (``dataclasses.replace``) rather than changing one
+    an adapter already holds.
     """
 
     chunk_points: int = 100_000
     part_bytes: int = 8 * 1024 * 1024
     events: EventHook = _ignore_event
-    limiters: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    limiters: LimiterRegistry | None = None
+    """The process-wide ``ratelimit`` registry (one adaptive controller per endpoint, shared by
+    every worker); ``None`` means "use your own defaults"."""
+    clock: Clock | None = None
+    """Time for pacing that is not a limiter's (tests inject a ``FakeClock``); ``None``: real time."""
+    source_uri: str = ""
+    """The source's ``describe()`` (set by the engine once the source exists): destinations may
+    derive stable run ids from it. Empty when the adapter is used on its own."""
     namespace_map: Callable[[Namespace], Namespace] = _same_namespace
     """The engine's ``[[remap]]`` rules: where a source namespace goes. Destinations that link
     to things in other namespaces (W&B artifacts used across projects, reports) map them so."""

@@ -19,6 +19,7 @@ that was durable, so re-running the same command resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import functools
 import signal
@@ -70,7 +71,8 @@ def make_context(config: Config, progress: Progress) -> AdapterContext:
 def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Destination]:
     """Construct (no I/O yet) the configured source and destination."""
     source = registry.load(registry.SOURCES[config.source_type])(config.source, context)
-    context.extra.setdefault("source_uri", source.describe())  # destinations may derive ids from it
+    if not context.source_uri:  # destinations may derive ids from it
+        context = dataclasses.replace(context, source_uri=source.describe())
     destination = registry.load(registry.DESTINATIONS[config.destination_type])(config.destination, context)
     pair = getattr(destination, "pair_with", None)
     if pair is not None:  # a destination that can use its source directly (W&B -> W&B lineage)

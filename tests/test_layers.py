@@ -19,7 +19,11 @@ OURS = {"core", "engine", "adapters", "ratelimit", "bench"}
 def imported_packages(path: Path) -> set[str]:
     """Top-level packages of ours that ``path`` imports (relative imports stay in its package)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for block in ast.walk(tree):  # ``if TYPE_CHECKING:`` imports are annotations, not dependencies
+        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
+            block.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

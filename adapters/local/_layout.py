@@ -47,7 +47,7 @@ MAX_NAME = 200
 _RECORD_FIELDS = (
     "display_name", "user", "config", "summary", "tags", "labels", "notes", "group", "job_type",
     "git_commit", "program", "host", "parent_id", "inputs", "system", "history_points", "file_bytes",
-    "start_time", "end_time", "source_system", "metric_keys",
+    "start_time", "end_time", "source_system", "metric_keys", "source_uri", "source_namespace", "deleted",
 )  # fmt: skip
 
 
@@ -172,7 +172,8 @@ def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
         extra=extra,
     )
     fields = {name: doc.get(name) for name in _RECORD_FIELDS}
-    for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {})):
+    for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {}),
+                        ("deleted", False)):
         if fields[name] is None:
             fields[name] = empty
     return RunRecord(ref=ref, state=RunState(doc["state"]), **fields)

@@ -83,18 +83,18 @@ def source_identity(record: RunRecord) -> str:
     """What the destination tag holds: MLflow run ids are globally unique uuids and W&B refs
     are already qualified (``entity/project/run``); other sources' ids are unique within
     their namespace, which is prefixed."""
-    if record.system.get("source") == "mlflow" or _wandb.is_wandb(record):
+    if record.source_system == "mlflow" or _wandb.is_wandb(record):
         return record.ref.id
-    namespace = record.system.get("source_namespace") or str(record.ref.namespace)
+    namespace = record.source_namespace or str(record.ref.namespace)
     return f"{namespace}/{record.ref.id}"
 
 
 def parent_identity(record: RunRecord) -> str | None:
     if not record.parent_id:
         return None
-    if record.system.get("source") == "mlflow":
+    if record.source_system == "mlflow":
         return record.parent_id
-    namespace = record.system.get("source_namespace") or str(record.ref.namespace)
+    namespace = record.source_namespace or str(record.ref.namespace)
     return f"{namespace}/{record.parent_id}"
 
 
@@ -102,7 +102,7 @@ def run_tags(record: RunRecord) -> dict[str, str]:
     """The run's tags; for non-MLflow sources, system tags are filled from the record's fields
     (an MLflow source's own tags are authoritative and copied as they are)."""
     tags = dict(record.tags)
-    if record.system.get("source") == "mlflow":
+    if record.source_system == "mlflow":
         return tags
     for key, value in (
         ("mlflow.note.content", record.notes),
@@ -352,7 +352,8 @@ class MlflowDestination:
     ) -> _DestRun:
         tags = {t["key"]: t["value"] for t in inline_tags}
         tags[self.config.source_tag] = identity
-        source_uri = run.system.get("tracking_uri") or run.system.get("source")
+        # an MLflow source's tracking URI; other sources are named by their kind, as before
+        source_uri = (run.source_uri if run.source_system == "mlflow" else None) or run.source_system
         if source_uri:
             tags[SOURCE_URI_TAG] = str(source_uri)[:MAX_TAG_VALUE]
         user_tag = run_tags(run).get("mlflow.user")
@@ -712,8 +713,7 @@ class MlflowRunWriter:
         if run.end_time is not None:
             body["end_time"] = seconds_to_millis(run.end_time)
         await self.rest.post("runs/update", body)
-        deleted = run.system.get("lifecycle_stage") == "deleted"
-        if deleted and not self.destination.config.restore_deleted:
+        if run.deleted and not self.destination.config.restore_deleted:
             await self.rest.post("runs/delete", {"run_id": self.dest_id})
             self.dest.lifecycle_stage = "deleted"
 

@@ -214,6 +214,8 @@ class MlflowSource:
                 "lifecycle_stage": info.get("lifecycle_stage", "active"),
             },
             source_system="mlflow",
+            source_uri=self._source_uri,
+            deleted=info.get("lifecycle_stage") == "deleted",
             metric_keys=sorted(latest),
         )
 

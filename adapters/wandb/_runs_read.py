@@ -200,6 +200,7 @@ def record_from_node(
         job_type=node.get("jobType"),
         git_commit=node.get("commit"),
         source_system="wandb",
+        source_uri=base_url,
         metric_keys=keys,
         revision=revision_of(node),
         history_points=points,

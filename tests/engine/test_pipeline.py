@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import anyio
@@ -44,7 +45,7 @@ def assert_same_batches(actual: pa.Table, expected: pa.RecordBatch) -> None:
 
 
 async def run(config: Config, source: FakeSource, dest: FakeDestination) -> object:
-    source.context.chunk_points = config.transfer.chunk_points
+    source.context = dataclasses.replace(source.context, chunk_points=config.transfer.chunk_points)
     with anyio.fail_after(30):
         return await migrate(config, progress=quiet(), adapters=(source, dest))
 
@@ -150,7 +151,7 @@ async def test_cancellation_leaves_a_resumable_ledger(tmp_path: Path) -> None:
         return writer
 
     dest.open_run = open_blocking  # type: ignore[method-assign]
-    source.context.chunk_points = config.transfer.chunk_points
+    source.context = dataclasses.replace(source.context, chunk_points=config.transfer.chunk_points)
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: migrate(config, progress=quiet(), adapters=(source, dest)))

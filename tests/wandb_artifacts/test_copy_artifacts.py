@@ -32,7 +32,7 @@ def destination(wandb_server, monkeypatch):
     def make(template: str, events: Events) -> WandbDestination:
         config = WandbDestinationConfig(base_url=wandb_server.base_url, api_key_env=KEY_ENV, entity=DEST,
                                         project=template, filestream_rate=1000.0)
-        return WandbDestination(config, AdapterContext(events=events, extra={"source_uri": "test://src"}))
+        return WandbDestination(config, AdapterContext(events=events, source_uri="test://src"))
 
     return make
 
