@@ -37,7 +37,7 @@ from core.errors import (
     ThrottledError,
     TransientError,
 )
-from ratelimit import EndpointLimiter, LimiterRegistry, endpoint_of
+from ratelimit import EndpointLimiter, LimiterRegistry, Retrying, Ticket, endpoint_of
 
 T = TypeVar("T")
 
@@ -149,6 +149,22 @@ def server_message(body: bytes, limit: int = 500) -> str:
     if not text:
         text = body[:limit].decode("utf-8", "replace").strip()
     return text[:limit]
+
+
+def error_code(body: bytes) -> str | None:
+    """The server's machine-readable error code: JSON ``error_code`` / ``code`` (MLflow, W&B)
+    or XML ``<Code>`` (S3-style stores); None when the body has none."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("error_code") or data.get("code")
+        return str(code) if code else None
+    for name, value in _XML_MESSAGE.findall(body[:4096]):
+        if name == b"Code":
+            return value.decode("utf-8", "replace")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,11 +365,9 @@ class HttpClient:
         """
         full_url = self.url(url)
         limiter = self.limiter_for(full_url)
-        attempt = 0
-        delay = 0.0
+        retrying = self._retrying(limiter)
         while True:
-            attempt += 1
-            error: RetryableError | None = None
+            error: RetryableError
             async with limiter.slot() as ticket:
                 try:
                     async with self.session.request("GET", full_url, headers=headers) as response:
@@ -379,7 +393,7 @@ class HttpClient:
                         raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
                     ticket.failed()
                     error = self._network_error("GET", full_url, exc)
-            delay = await self._before_retry(limiter, full_url, error, attempt, delay, True)
+            await self._before_retry(retrying, error, retry_transient=True)
 
     async def _exchange(
         self,
@@ -393,10 +407,8 @@ class HttpClient:
     ) -> T:
         full_url = self.url(path_or_url)
         limiter = self.limiter_for(full_url)
-        attempt = 0
-        delay = 0.0
+        retrying = self._retrying(limiter)
         while True:
-            attempt += 1
             if body_factory is not None:
                 kwargs["data"] = body_factory()
             try:
@@ -408,7 +420,7 @@ class HttpClient:
                     await close()
             if not isinstance(outcome, RetryableError):
                 return outcome.value
-            delay = await self._before_retry(limiter, full_url, outcome, attempt, delay, retry_transient)
+            await self._before_retry(retrying, outcome, retry_transient=retry_transient)
 
     async def _attempt(
         self,
@@ -455,22 +467,28 @@ class HttpClient:
         """Map a non-OK answer: raise the final errors, return the retryable ones."""
         where = f"{self.name}: {method} {redact_url(url)} -> {response.status}"
         message = f"{where}: {server_message(body)}"
+        answer = {"adapter": self.name, "status": response.status, "code": error_code(body)}
         if verdict is Classification.THROTTLE:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            ticket.throttled(retry_after)
+            self._throttled(ticket, retry_after)
             self.context.events(
                 "throttle", endpoint=endpoint_of(url), status=response.status, retry_after=retry_after
             )
-            return ThrottledError(message, retry_after=retry_after, adapter=self.name)
+            return ThrottledError(message, retry_after=retry_after, **answer)
         if verdict is Classification.TRANSIENT:
             ticket.failed()
-            return TransientError(message, adapter=self.name)
+            return TransientError(message, **answer)
         ticket.success()  # the endpoint is healthy; the answer is just final
         if verdict is Classification.AUTH:
             raise AuthError(message)
         if verdict is Classification.NOT_FOUND:
-            raise NotFoundError(message, adapter=self.name)
-        raise FatalError(message, adapter=self.name)
+            raise NotFoundError(message, **answer)
+        raise FatalError(message, **answer)
+
+    def _throttled(self, ticket: Ticket, retry_after: float | None) -> None:
+        """Tell the endpoint's controller it was throttled (a subclass with its own controller
+        for throttles overrides this, so that one 429 is answered once)."""
+        ticket.throttled(retry_after)
 
     def _network_error(self, method: str, url: str, exc: BaseException) -> TransientError:
         kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
@@ -483,22 +501,12 @@ class HttpClient:
         if quota is not None:
             limiter.note_quota(*quota)
 
-    async def _before_retry(
-        self,
-        limiter: EndpointLimiter,
-        url: str,
-        error: RetryableError,
-        attempt: int,
-        previous_delay: float,
-        retry_transient: bool,
-    ) -> float:
-        """Give up (raise ``error``) or wait the backoff delay and return it."""
+    def _retrying(self, limiter: EndpointLimiter) -> Retrying:
+        return Retrying(limiter, max_attempts=self.max_attempts, events=self.context.events)
+
+    async def _before_retry(self, retrying: Retrying, error: RetryableError, *, retry_transient: bool) -> None:
+        """Give up (raise ``error``) or wait the backoff delay (the shared retry driver)."""
         throttled = isinstance(error, ThrottledError)
         if not throttled and not retry_transient:
             raise error
-        if attempt >= self.max_attempts or not limiter.allow_retry(throttled=throttled):
-            raise error
-        self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=attempt)
-        delay = limiter.backoff(attempt, previous_delay)
-        await limiter.clock.sleep(delay)
-        return delay
+        await retrying.wait_or_raise(error, throttled=throttled)

@@ -134,7 +134,7 @@ class BulkHistory:
             self._switch_off(batch)
             return
         except FatalError as exc:
-            if "INVALID_PARAMETER_VALUE" not in str(exc):
+            if exc.code != "INVALID_PARAMETER_VALUE":
                 raise
             if len(run_ids) == 1:
                 self._switch_off(batch)

@@ -309,7 +309,7 @@ class MlflowDestination:
                 created = await self.rest.post("experiments/create", {"name": name}, retry_transient=False)
                 return str(created["experiment_id"])
             except FatalError as exc:
-                if "ALREADY_EXISTS" not in str(exc):
+                if exc.code != "RESOURCE_ALREADY_EXISTS":
                     raise
             except RetryableError:
                 pass  # it may have been created: look again
@@ -653,7 +653,8 @@ class MlflowRunWriter:
                 headers={"Content-Type": "application/json"},
             )
         except FatalError as exc:
-            if "NOT_IMPLEMENTED" in str(exc) or "not supported" in str(exc):
+            # MLflow's _UnsupportedMultipartUploadException: 501 NOT_IMPLEMENTED
+            if exc.code == "NOT_IMPLEMENTED" or exc.status == 501:
                 self.destination.multipart_supported = False
                 return False
             raise

@@ -125,7 +125,7 @@ class Downloads(Listing):
         current = hashlib.md5()
         in_current = 0
         received = 0
-        breaks, delay = 0, 0.0
+        retrying = self.retrying(limiter)  # for breaks mid-body; _call retries each GET
         while True:
             if first is not None:
                 response, first = first, None
@@ -170,15 +170,11 @@ class Downloads(Listing):
                     yield piece
             if broke is None:
                 break
-            breaks += 1
             error = TransientError(
                 f"{self.name}: GetObject {target}: broke off after {received} bytes: {broke!r}", adapter=self.name
             )
-            if breaks >= self.config.max_attempts or not limiter.allow_retry(throttled=False):
-                raise error from broke
-            self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=breaks)
-            delay = limiter.backoff(breaks, delay)
-            await limiter.clock.sleep(delay)
+            error.__cause__ = broke
+            await retrying.wait_or_raise(error, throttled=False)
         if verify == "parts" and in_current:
             part_digests.append(current.digest())
         if received != info.size:

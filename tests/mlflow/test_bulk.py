@@ -128,7 +128,8 @@ async def test_a_server_without_the_endpoint_switches_bulk_off() -> None:
 
 async def test_too_many_run_ids_shrinks_the_batch() -> None:
     server = ScriptedServer({"a": 1, "b": 2, "c": 3, "d": 4})
-    server.errors = [FatalError("400: INVALID_PARAMETER_VALUE: cannot specify more than 2 run_ids")]
+    server.errors = [FatalError("400: INVALID_PARAMETER_VALUE: cannot specify more than 2 run_ids", status=400,
+                               code="INVALID_PARAMETER_VALUE")]
     bulk = BulkHistory(server.fetch)
     got = await ask_all(bulk, ["a", "b", "c", "d"])
     assert server.calls == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
