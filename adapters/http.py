@@ -19,7 +19,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -163,7 +163,7 @@ def error_code(body: bytes) -> str | None:
         return str(code) if code else None
     for name, value in _XML_MESSAGE.findall(body[:4096]):
         if name == b"Code":
-            return value.decode("utf-8", "replace")
+            return bytes(value).decode("utf-8", "replace")
     return None
 
 
@@ -251,7 +251,7 @@ class HttpClient:
         self._auth = auth
         self._timeout = timeout
         self._limit_per_host = limit_per_host
-        self._limiters: Any = context.limiters if context.limiters is not None else LimiterRegistry()
+        self._limiters: LimiterRegistry = context.limiters if context.limiters is not None else LimiterRegistry()
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -300,7 +300,7 @@ class HttpClient:
         method: str,
         path_or_url: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         json: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
@@ -321,7 +321,7 @@ class HttpClient:
         method: str,
         path_or_url: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         json: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
@@ -356,7 +356,7 @@ class HttpClient:
 
     async def download(
         self, url: str, *, headers: Mapping[str, str] | None = None, chunk_size: int = 1 << 20
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream a response body in pieces of at most ``chunk_size`` bytes.
 
         Retries only until the first piece is yielded; a failure after that raises
@@ -467,23 +467,23 @@ class HttpClient:
         """Map a non-OK answer: raise the final errors, return the retryable ones."""
         where = f"{self.name}: {method} {redact_url(url)} -> {response.status}"
         message = f"{where}: {server_message(body)}"
-        answer = {"adapter": self.name, "status": response.status, "code": error_code(body)}
+        status, code = response.status, error_code(body)
         if verdict is Classification.THROTTLE:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             self._throttled(ticket, retry_after)
             self.context.events(
                 "throttle", endpoint=endpoint_of(url), status=response.status, retry_after=retry_after
             )
-            return ThrottledError(message, retry_after=retry_after, **answer)
+            return ThrottledError(message, retry_after=retry_after, adapter=self.name, status=status, code=code)
         if verdict is Classification.TRANSIENT:
             ticket.failed()
-            return TransientError(message, **answer)
+            return TransientError(message, adapter=self.name, status=status, code=code)
         ticket.success()  # the endpoint is healthy; the answer is just final
         if verdict is Classification.AUTH:
             raise AuthError(message)
         if verdict is Classification.NOT_FOUND:
-            raise NotFoundError(message, **answer)
-        raise FatalError(message, **answer)
+            raise NotFoundError(message, adapter=self.name, status=status, code=code)
+        raise FatalError(message, adapter=self.name, status=status, code=code)
 
     def _throttled(self, ticket: Ticket, retry_after: float | None) -> None:
         """Tell the endpoint's controller it was throttled (a subclass with its own controller

@@ -222,11 +222,11 @@ class HistoryChunk:
     offset: int
 
     def __len__(self) -> int:
-        return self.batch.num_rows
+        return int(self.batch.num_rows)
 
     @property
     def end(self) -> int:
-        return self.offset + self.batch.num_rows
+        return self.offset + int(self.batch.num_rows)
 
 
 def history_batch(

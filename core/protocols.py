@@ -15,6 +15,9 @@ environment variable holding a secret; the config loader checks that it is set (
 before anything runs. Secrets are read from ``os.environ`` by the adapter itself and never
 stored on objects that get logged. ``Config.__doc__`` documents the keys (README copies it).
 
+Streams are async generators: the engine closes one it stops early (``contextlib.aclosing``), so
+an adapter's connection or file is released at once.
+
 Ordering contract for history: ``iter_history(run, start)`` yields the run's points in the same
 deterministic order every time, beginning with point index ``start``; chunks carry their offset.
 
@@ -28,10 +31,10 @@ overwrite it idempotently, so that no point is ever stored twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 
@@ -79,7 +82,7 @@ class Checkpoint:
     """A writer's durable position: history points stored, plus adapter-private state."""
 
     history_points: int = 0
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, object] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -96,7 +99,7 @@ class Source(Protocol):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    def list_runs(self) -> AsyncIterator[RunRef]:
+    def list_runs(self) -> AsyncGenerator[RunRef, None]:
         """Page through the selected runs (filters pushed down where the system allows)."""
         ...
 
@@ -104,15 +107,15 @@ class Source(Protocol):
         """Everything about the run except history points and file bytes."""
         ...
 
-    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         """The run's history from point ``start`` on, in chunks of about ``chunk_points``."""
         ...
 
-    def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Run files and artifact members (walk the whole tree)."""
         ...
 
-    def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         """Stream the file's bytes in pieces; never the whole file in memory."""
         ...
 

@@ -29,6 +29,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from adapters import registry
@@ -95,12 +96,12 @@ class Config:
 
     path: str
     source_type: str
-    source: Any
+    source: object
     destination_type: str
-    destination: Any
+    destination: object
     transfer: TransferConfig = field(default_factory=TransferConfig)
     remap: tuple[Remap, ...] = ()
-    ratelimit: dict[str, Any] = field(default_factory=dict)
+    ratelimit: dict[str, object] = field(default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
@@ -122,7 +123,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, origin)
 
 
-def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
+def parse_config(data: Mapping[str, object], origin: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
     _reject_unknown(origin, "", data, ["source", "destination", "transfer", "remap", "ratelimit"])
     source_type, source = _adapter_table(origin, "source", data, registry.SOURCES)
@@ -159,7 +160,7 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
     )
 
 
-def _adapter_table(origin: str, section: str, data: dict[str, Any], known: dict[str, str]) -> tuple[str, Any]:
+def _adapter_table(origin: str, section: str, data: Mapping[str, object], known: dict[str, str]) -> tuple[str, object]:
     if section not in data:
         raise ConfigError(f"{origin}: missing [{section}] table — add one with type = one of {sorted(known)}")
     table = dict(_table(origin, section, data[section]))
@@ -175,7 +176,7 @@ def _adapter_table(origin: str, section: str, data: dict[str, Any], known: dict[
     return kind, _build(origin, f"[{section}]", cls.Config, table)
 
 
-def _table(origin: str, where: str, value: Any) -> dict[str, Any]:
+def _table(origin: str, where: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{origin}: {where} must be a table, got {type(value).__name__}")
     return value
@@ -186,7 +187,7 @@ def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" — did you mean '{close[0]}'?" if close else ""
 
 
-def _reject_unknown(origin: str, where: str, table: dict[str, Any], allowed: typing.Iterable[str]) -> None:
+def _reject_unknown(origin: str, where: str, table: Mapping[str, object], allowed: typing.Iterable[str]) -> None:
     allowed = list(allowed)
     for key in table:
         if key not in allowed:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -55,6 +55,7 @@ import anyio
 
 from engine.config import Config, parse_config
 from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from core.protocols import Source
 from engine.pipeline import Report, make_context, migrate, open_adapters
 from engine.progress import Progress
 
@@ -80,7 +81,7 @@ def _run_id_of(run: Any) -> str:
 class _SelectedRuns:
     """A source that yields only the given runs (in the given order) and delegates the rest."""
 
-    def __init__(self, inner: Any, runs: list[Any]) -> None:
+    def __init__(self, inner: Source, runs: list[Any]) -> None:
         self.inner = inner
         self.runs = runs
 
@@ -96,7 +97,7 @@ class _SelectedRuns:
     ) -> None:
         await self.inner.__aexit__(exc_type, exc, tb)
 
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         refs = [r for r in self.runs if isinstance(r, RunRef)]
         wanted = [_run_id_of(r) for r in self.runs if not isinstance(r, RunRef)]
         for ref in refs:
@@ -113,13 +114,13 @@ class _SelectedRuns:
     async def get_run(self, ref: RunRef) -> RunRecord:
         return await self.inner.get_run(ref)
 
-    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         return self.inner.iter_history(run, start)
 
-    def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         return self.inner.list_files(run)
 
-    def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         return self.inner.read_file(run, file)
 
 
@@ -150,7 +151,7 @@ def _migrate_now(config: Config, mode: str, selected: list[Any] | None = None) -
         progress.limiters = context.limiters
         source, destination = open_adapters(config, context)
         if selected is not None:
-            source = _SelectedRuns(source, selected)  # type: ignore[assignment]
+            source = _SelectedRuns(source, selected)
         return await migrate(config, progress=progress, adapters=(source, destination))
 
     return anyio.run(run)

@@ -23,15 +23,14 @@ import dataclasses
 import contextlib
 import functools
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 from anyio.abc import ObjectSendStream
 
 from adapters import registry
-from core.protocols import AdapterContext, Destination, FinishedRun, RunChecker, RunWriter, Source
+from core.protocols import AdapterContext, Checkpoint, Destination, FinishedRun, RunChecker, RunWriter, Source
 from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
 from core.errors import FatalError, TransientError
@@ -300,7 +299,7 @@ class Pipeline:
             self.admission.observe_chunk(0)
         account.resize_seat(RUN_OVERHEAD_BYTES)  # no more chunks being built
 
-    def _record_checkpoint(self, run_id: str, writer: RunWriter, last: Any) -> Any:
+    def _record_checkpoint(self, run_id: str, writer: RunWriter, last: Checkpoint | None) -> Checkpoint:
         now = writer.checkpoint()
         if now != last:
             self.ledger.history(run_id, now)
@@ -340,7 +339,7 @@ class Pipeline:
         moved = 0
         part_bytes = self.transfer.part_bytes
 
-        async def pieces() -> AsyncIterator[bytes]:
+        async def pieces() -> AsyncGenerator[bytes, None]:
             """Each piece holds its bytes of the budget from before it is read until the writer
             asks for the next one."""
             nonlocal moved

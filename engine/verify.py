@@ -46,7 +46,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def _string_hashes(column: pa.Array) -> np.ndarray:
@@ -65,7 +66,7 @@ def _float_bits(column: pa.Array, *, round_ms: bool = False) -> np.ndarray:
     values = column.fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
     if round_ms:
         values = np.round(values * 1000.0)
-    bits = values.view(np.uint64).copy()
+    bits: np.ndarray = values.view(np.uint64).copy()
     bits[np.isnan(values)] = _CANONICAL_NAN
     nulls = column.is_null().to_numpy(zero_copy_only=False)
     bits[nulls] = np.uint64(0x7FF0DEADBEEF0001)  # "no number" differs from every float

@@ -52,7 +52,7 @@ def part_path(run_dir: Path, offset: int) -> Path:
 
 
 def _rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+    return int(pq.ParquetFile(path).metadata.num_rows)
 
 
 def segments(run_dir: Path) -> list[Segment]:

@@ -171,7 +171,7 @@ def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
         name=doc.get("name"),
         extra=extra,
     )
-    fields = {name: doc.get(name) for name in _RECORD_FIELDS}
+    fields: dict[str, Any] = {name: doc.get(name) for name in _RECORD_FIELDS}
     for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {}),
                         ("deleted", False)):
         if fields[name] is None:

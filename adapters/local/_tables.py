@@ -169,7 +169,8 @@ def _cell(value: Any, kind: pa.DataType) -> Any:
 
 def _load(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
-        return json.loads(f.read())
+        doc: dict[str, Any] = json.loads(f.read())
+        return doc
 
 
 def write_runs_tables(root: Path, *, csv: bool) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from core.errors import FatalError, NotFoundError
 
@@ -88,7 +89,7 @@ class BulkHistory:
         """Send batches for ``key`` until the leader's own answer is in, then pass the lead."""
         batch: list[_Ask] = []
         try:
-            await anyio.sleep(0)  # asks made in this same turn of the loop join the first batch
+            await anyio.lowlevel.checkpoint()  # asks made in this same turn of the loop join the first batch
             while not leader.finished:
                 batch = self._take(key, leader)
                 await self._send(key, batch)  # puts back whatever it did not answer

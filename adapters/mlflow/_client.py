@@ -10,7 +10,7 @@ sees them; ``_source`` and ``_destination`` do the mapping.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -129,7 +129,7 @@ class MlflowRest:
         await self.get("experiments/search", {"max_results": 1})
 
     # -- paged searches -------------------------------------------------------------------------
-    async def search_experiments(self, *, include_deleted: bool, page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def search_experiments(self, *, include_deleted: bool, page_size: int = 1000) -> AsyncGenerator[dict[str, Any], None]:
         token = None
         while True:
             body: dict[str, Any] = {"max_results": page_size, "view_type": VIEW_TYPES[include_deleted]}
@@ -150,7 +150,7 @@ class MlflowRest:
         include_deleted: bool = False,
         page_size: int = 1000,
         order_by: tuple[str, ...] = ("attributes.start_time ASC",),
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Every matching run (all pages), in a stable order (offset paging needs one)."""
         token = None
         while True:
@@ -187,7 +187,8 @@ class MlflowRest:
         """Every point of ``key`` for these runs, cut at ``max_points`` (see ``_bulk``)."""
         params = [("metric_key", key), ("max_results", max_points), *(("run_id", run_id) for run_id in run_ids)]
         page = await self.http.request_json("GET", BULK_PATH, params=params) or {}
-        return page.get("metrics", [])
+        metrics: list[dict[str, Any]] = page.get("metrics", [])
+        return metrics
 
     async def list_artifacts(self, run_id: str, path: str) -> list[dict[str, Any]]:
         """One directory level (OSS never pages it; follow a token anyway, Databricks does)."""

@@ -482,7 +482,7 @@ class MlflowRunWriter:
         side_part: tuple[str, bytes] | None = None
         if self.wandb_names is not None:
             value_json = batch.column("value_json").to_pylist()[skip:]
-            rows = zip(keys, steps, times, values, value_json)
+            rows = zip(keys, steps, times, values, value_json, strict=True)
             metrics, lines = _wandb.split_points(self.wandb_names, rows, metric_entry)
             if lines:
                 self.nonnumeric_points += len(lines)
@@ -520,7 +520,7 @@ class MlflowRunWriter:
         self, keys: list[str], steps: list[int], times: list[float], values: list[float | None]
     ) -> list[dict[str, Any]]:
         metrics = []
-        for key, step, ts, value in zip(keys, steps, times, values):
+        for key, step, ts, value in zip(keys, steps, times, values, strict=True):
             if value is None:
                 self.skipped_points += 1  # not a number: MLflow holds floats only
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -155,7 +155,7 @@ class MlflowSource:
         return list(chosen.values())
 
     # -- runs -----------------------------------------------------------------------------------
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         for experiment in self._experiments:
             namespace = Namespace("", experiment["name"])
             async for run in self.rest.search_runs(
@@ -220,7 +220,7 @@ class MlflowSource:
         )
 
     # -- history --------------------------------------------------------------------------------
-    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         """Points from index ``start`` on, keys sorted, the server's order within a key.
 
         The points before ``start`` are fetched and skipped: MLflow cannot seek into a key's
@@ -265,7 +265,7 @@ class MlflowSource:
             yield last
 
     # -- artifacts ------------------------------------------------------------------------------
-    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Every file of the artifact tree, depth first, names sorted (one list call per dir)."""
         if not self.config.artifacts:
             return
@@ -297,7 +297,7 @@ class MlflowSource:
         root = S3Url.parse(artifact_uri)
         return S3Url(root.bucket, root.key.rstrip("/"))
 
-    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         """The file's bytes, streamed: from the bucket (``artifacts_direct_s3``), through a
         Databricks signed URL (``dbfs:/databricks/mlflow-tracking`` roots, see ``_dbfs``), or
         through the tracking server (``mlflow-artifacts`` proxy, else ``get-artifact``)."""

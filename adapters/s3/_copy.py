@@ -103,5 +103,5 @@ async def copy_between(source: S3Store, source_url: str | S3Url, destination: S3
     try:
         return await destination.put_stream(destination_url, stream, size=info.size)
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 

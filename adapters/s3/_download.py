@@ -8,9 +8,11 @@ pieces is in memory.
 
 from __future__ import annotations
 
+import functools
+
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -43,7 +45,7 @@ class Downloads(Listing):
 
     async def get_stream(
         self, url: str | S3Url, *, part_size: int | None = None, parallelism: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The object's bytes in order, in pieces of at most ``part_size`` (see package docstring).
 
         Objects up to ``ranged_get_threshold`` come through one streamed GET (resumed from the
@@ -110,7 +112,7 @@ class Downloads(Listing):
 
     async def _get_streaming(
         self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str, first: Any
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """One GET (``first``, already answered), streamed; verified like the ranged reads, at
         the same range boundaries.
 
@@ -131,7 +133,7 @@ class Downloads(Listing):
                 response, first = first, None
             else:
                 response = await self._call(
-                    target, "GetObject", lambda start=received: self._get_from(target, info, start)
+                    target, "GetObject", functools.partial(self._get_from, target, info, received)
                 )
             broke: BaseException | None = None
             # The request went through the limiter; reading its body holds no slot.

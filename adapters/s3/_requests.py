@@ -46,7 +46,7 @@ class RequestCore:
         self.config = config
         self.context = context or AdapterContext()
         self.name = name
-        self._limiters: Any = self.context.limiters if self.context.limiters is not None else LimiterRegistry()
+        self._limiters: LimiterRegistry = self.context.limiters if self.context.limiters is not None else LimiterRegistry()
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         endpoint = config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"

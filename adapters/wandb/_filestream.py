@@ -189,7 +189,7 @@ class FileStream:
                 answer = await self.http.request_json("POST", self.path, data=body, headers=headers)
             except RetryableError as exc:
                 throttled = isinstance(exc, ThrottledError)
-                self.pacer.throttled(exc.retry_after if throttled else None)
+                self.pacer.throttled(exc.retry_after if isinstance(exc, ThrottledError) else None)
                 # the pacer's turn is the wait (it honours Retry-After); the driver keeps count
                 await retrying.wait_or_raise(exc, throttled=throttled, backoff=False)
                 continue

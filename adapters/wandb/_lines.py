@@ -93,7 +93,8 @@ def _float_text(values: pa.Array | np.ndarray) -> pa.Array:
 
 def format_float(value: float) -> str:
     """Scalar version of the float rule (summary values, tests)."""
-    return _float_text(pa.array([value], pa.float64()))[0].as_py()
+    text: str = _float_text(pa.array([value], pa.float64()))[0].as_py()
+    return text
 
 
 @dataclass(slots=True)
@@ -159,7 +160,8 @@ class KeyTable:
                 self._json.append(orjson.dumps(name).decode())
                 self._json_array = None
             mapping[i] = index
-        return mapping[encoded.indices.to_numpy(zero_copy_only=False)]
+        decoded: np.ndarray = mapping[encoded.indices.to_numpy(zero_copy_only=False)]
+        return decoded
 
     def json_texts(self) -> pa.Array:
         if self._json_array is None:
@@ -250,7 +252,8 @@ def encode_points(
         "",
     )
     lines = pc.binary_join_element_wise(head, joined, pa.scalar("}"), "")
-    return lines.to_pylist()
+    texts: list[str] = lines.to_pylist()
+    return texts
 
 
 @dataclass

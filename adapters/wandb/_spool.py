@@ -12,7 +12,7 @@ import base64
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import anyio
@@ -36,7 +36,7 @@ class Spooled:
         except FileNotFoundError:
             pass
 
-    async def read(self, start: int = 0, length: int | None = None, piece: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def read(self, start: int = 0, length: int | None = None, piece: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         """Stream ``length`` bytes from ``start`` (whole file by default)."""
         remaining = self.size - start if length is None else length
         async with await anyio.open_file(self.path, "rb") as fh:

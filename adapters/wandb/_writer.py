@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -262,7 +262,7 @@ class WandbRunWriter:
             splitter, batcher = LineSplitter(line_cap(budget)), LineBatcher(budget)
             offset = 0
 
-            async def lines() -> AsyncIterator[str]:
+            async def lines() -> AsyncGenerator[str, None]:
                 async for piece in spooled.read():
                     for line in splitter.feed(piece):
                         yield line
