@@ -17,8 +17,10 @@ migrations. Events, folded in order into one ``RunEntry`` per run:
 
 A destination write always happens before the ledger line that records it, so after a SIGKILL
 the ledger may lag the destination but never lead it; writers reconcile on reopen (see
-``adapters/base.py``). Lines are flushed to the OS at once (enough for SIGKILL); ``done`` lines
-are also fsynced (power loss).
+``core/protocols.py``). Lines are written by one writer thread, in order, off the event loop
+(``_LineWriter``): each is flushed to the OS as soon as that thread gets to it (a SIGKILL can
+lose the last few, which only makes the ledger lag), and ``done`` / ``failed`` lines are also
+fsynced (power loss). The in-memory entries are updated at once, in the caller.
 
 Crash testing: with ``RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE=N`` in the environment the process
 kills itself with SIGKILL instead of appending its N-th line — the worst moment, when the
@@ -30,7 +32,9 @@ from __future__ import annotations
 import enum
 import json
 import os
+import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,15 +71,65 @@ def pair_key(source: str, destination: str) -> str:
     return f"{source} -> {destination}"
 
 
+class _LineWriter:
+    """Writes, flushes and (when asked) fsyncs the ledger's lines in order, on its own thread.
+
+    The first error stops the writing and is raised to the next ``put`` or to ``close``.
+    """
+
+    def __init__(self, fh: TextIO, kill_at: int) -> None:
+        self._fh = fh
+        self._kill_at = kill_at
+        self._written = 0
+        self._queue: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="runferry-ledger", daemon=True)
+        self._thread.start()
+
+    def put(self, line: str, *, sync: bool) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((line, sync))
+
+    def close(self) -> None:
+        """Write what is queued, fsync, close the file; raise the writer's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self._error is None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+        finally:
+            self._fh.close()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            line, sync = item
+            try:
+                self._written += 1
+                if self._written == self._kill_at:  # crash testing: see the module docstring
+                    os.kill(os.getpid(), signal.SIGKILL)
+                self._fh.write(line)
+                self._fh.flush()
+                if sync:
+                    os.fsync(self._fh.fileno())
+            except BaseException as exc:  # handed to the event loop's side (put / close)
+                self._error = exc
+
+
 class Ledger:
-    """Reads the journal once, then appends to it. Not thread-safe; used from one event loop."""
+    """Reads the journal once, then appends to it. Appending is called from one event loop;
+    the file I/O happens on the ledger's writer thread."""
 
     def __init__(self, path: Path, pair: str, *, clock: Any = time.time) -> None:
         self.path = path
         self.pair = pair
         self._clock = clock
-        self._fh: TextIO | None = None
-        self._appended = 0
+        self._writer: _LineWriter | None = None
         self._kill_at = int(os.environ.get("RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE", "0") or 0)
         self.entries: dict[str, RunEntry] = {}
         self.torn_lines = 0
@@ -137,30 +191,25 @@ class Ledger:
                 needs_newline = fh.read(1) != b"\n"
         else:
             needs_newline = False
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        log = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the writer's close()
         if needs_newline:  # terminate a torn last line so our first record stands on its own
-            self._fh.write("\n")
-            self._fh.flush()
+            log.write("\n")
+            log.flush()
+        self._writer = _LineWriter(log, self._kill_at)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        """Wait for every queued line to be written, fsync and close (blocking: call it from a
+        worker thread in async code)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def _append(self, run: str, kind: str, *, sync: bool = False, **fields: Any) -> None:
         event = {"t": round(self._clock(), 3), "pair": self.pair, "run": run, "ev": kind, **fields}
         self._fold(event)
-        if self._fh is None:
+        if self._writer is None:
             raise RuntimeError("ledger is not open for writing")
-        self._appended += 1
-        if self._appended == self._kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._fh.write(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n")
-        self._fh.flush()
-        if sync:
-            os.fsync(self._fh.fileno())
+        self._writer.put(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n", sync=sync)
 
     def get(self, run: str) -> RunEntry | None:
         return self.entries.get(run)

@@ -112,7 +112,8 @@ async def migrate(
             if not report.interrupted:
                 await destination.finalize()
         finally:
-            ledger.close()
+            with anyio.CancelScope(shield=True):  # the last lines and the fsync, off the loop
+                await anyio.to_thread.run_sync(ledger.close)
     return report
 
 

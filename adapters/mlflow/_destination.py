@@ -639,8 +639,10 @@ class MlflowRunWriter:
 
     async def _multipart(self, path: str, size: int, data: AsyncIterator[bytes]) -> bool:
         """Multipart upload through the proxy; False (nothing consumed) when unsupported."""
+        from adapters.s3 import plan_part_size  # the proxy stores parts in S3: S3's part rules
+
         config = self.destination.config
-        part_size = config.part_size or max(self.destination.context.part_bytes, 5 << 20)
+        part_size = plan_part_size(size, config.part_size or max(self.destination.context.part_bytes, 5 << 20))
         num_parts = max(1, -(-size // part_size))
         root = proxied_artifact_path(self.dest.artifact_uri, "")
         assert root is not None
