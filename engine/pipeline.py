@@ -23,11 +23,11 @@ import dataclasses
 import contextlib
 import functools
 import signal
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from adapters import registry
 from core.protocols import AdapterContext, Checkpoint, Destination, FinishedRun, RunChecker, RunWriter, Source
@@ -138,6 +138,33 @@ async def feed_runs(
             count += 1
             if limit and count >= limit:
                 break
+
+
+async def for_each_run(
+    source: Source,
+    handle: Callable[[RunRef], Awaitable[None]],
+    *,
+    workers: int,
+    buffer: int,
+    limit: int = 0,
+    on_ref: Callable[[RunRef], None] | None = None,
+) -> None:
+    """``handle(ref)`` for each selected run, by ``workers`` tasks fed through a bounded stream of
+    ``buffer`` refs (``feed_runs``); the first error cancels the rest. ``plan`` and ``verify``
+    use it; ``migrate`` feeds the same stream but admits each run by memory budget instead of a
+    fixed worker count (``engine/admission.py``)."""
+    send, recv = anyio.create_memory_object_stream[RunRef](buffer)
+
+    async def work(refs: ObjectReceiveStream[RunRef]) -> None:
+        async with refs:
+            async for ref in refs:
+                await handle(ref)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(feed_runs, source, send, limit=limit, on_ref=on_ref))
+        async with recv:
+            for _ in range(workers):
+                tg.start_soon(work, recv.clone())
 
 
 class Pipeline:

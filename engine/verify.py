@@ -21,9 +21,8 @@ import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
-import anyio
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,7 +33,7 @@ from engine.config import Config
 from core.errors import ConfigError
 from engine.ledger import Ledger, RunStatus, pair_key
 from core.model import RunRecord, RunRef, same_float
-from engine.pipeline import describe_error, feed_runs, make_context, open_adapters
+from engine.pipeline import describe_error, for_each_run, make_context, open_adapters
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
@@ -152,32 +151,26 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     reader, ref_for = registry.load(spec)(config.destination, context)
     ledger = Ledger.read(config.ledger_path, pair_key(source.describe(), destination.describe()))
     report = VerifyReport()
-    send, recv = anyio.create_memory_object_stream[RunRef](workers * 2)
 
-    async def check(refs: Any) -> None:
-        async with refs:
-            async for ref in refs:
-                entry = ledger.get(ref.id)
-                if entry is None or entry.status is not RunStatus.DONE or not entry.dest_id:
-                    report.not_migrated.append(ref.id)
-                    continue
-                try:
-                    problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
-                except Exception as exc:
-                    problems = [f"cannot read: {describe_error(exc)}"]
-                if problems == [MILLIS_ONLY]:  # the destination's clock precision, not a loss of data
-                    report.notes.append((ref.id, MILLIS_ONLY))
-                    problems = []
-                if problems:
-                    report.mismatched.append((ref.id, "; ".join(problems)))
-                else:
-                    report.matched += 1
+    async def check(ref: RunRef) -> None:
+        entry = ledger.get(ref.id)
+        if entry is None or entry.status is not RunStatus.DONE or not entry.dest_id:
+            report.not_migrated.append(ref.id)
+            return
+        try:
+            problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
+        except Exception as exc:
+            problems = [f"cannot read: {describe_error(exc)}"]
+        if problems == [MILLIS_ONLY]:  # the destination's clock precision, not a loss of data
+            report.notes.append((ref.id, MILLIS_ONLY))
+            problems = []
+        if problems:
+            report.mismatched.append((ref.id, "; ".join(problems)))
+        else:
+            report.matched += 1
 
-    async with source, reader, anyio.create_task_group() as tg:
-        tg.start_soon(feed_runs, source, send)
-        async with recv:
-            for _ in range(workers):
-                tg.start_soon(check, recv.clone())
+    async with source, reader:
+        await for_each_run(source, check, workers=workers, buffer=workers * 2)
     out.write(f"verify {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs identical:      {report.matched:,}\n")
     out.write(f"  runs different:      {len(report.mismatched):,}\n")
