@@ -105,17 +105,26 @@ class _LineWriter:
             raise self._error
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is not None:
+        """Take every line queued so far, write them in order, flush once, fsync once if any
+        asked for it (one wake-up and one system call per burst, not per line)."""
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            done = batch[-1] is None
+            lines = [item for item in batch if item is not None]
+            if self._error is not None or not lines:
                 continue
-            line, sync = item
             try:
-                self._written += 1
-                if self._written == self._kill_at:  # crash testing: see the module docstring
-                    os.kill(os.getpid(), signal.SIGKILL)
-                self._fh.write(line)
+                for line, _ in lines:
+                    self._written += 1
+                    if self._written == self._kill_at:  # crash testing: see the module docstring
+                        self._fh.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    self._fh.write(line)
                 self._fh.flush()
-                if sync:
+                if any(sync for _, sync in lines):
                     os.fsync(self._fh.fileno())
             except BaseException as exc:  # handed to the event loop's side (put / close)
                 self._error = exc
