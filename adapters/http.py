@@ -2,7 +2,7 @@
 
 Each ``HttpClient`` owns one aiohttp session. Every request passes through the endpoint's
 adaptive limiter (``context.limiters``, one controller per ``scheme://host:port`` shared by all
-workers) and ends in one of: a result, or an ``core.errors`` exception. Adapters decide what a
+workers) and ends in one of: a result, or a ``core.errors`` exception. Adapters decide what a
 response *means* by passing a classifier (``classify_default`` handles plain HTTP semantics);
 the client decides what to *do*: retry throttles and transient failures with jittered backoff
 within the endpoint's retry budget, and map the rest to ``AuthError``, ``NotFoundError`` or
