@@ -26,6 +26,7 @@ from typing import Any, Generic, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import anyio
 import orjson
 
 from core.protocols import AdapterContext
@@ -417,7 +418,8 @@ class HttpClient:
                 # A body stream made for this attempt is closed, whether it was sent or not.
                 close = getattr(kwargs.get("data"), "aclose", None)
                 if close is not None:
-                    await close()
+                    with anyio.CancelScope(shield=True):  # also when cancelled: it may hold a file
+                        await close()
             if not isinstance(outcome, RetryableError):
                 return outcome.value
             await self._before_retry(retrying, outcome, retry_transient=retry_transient)

@@ -263,9 +263,10 @@ class WandbRunWriter:
             offset = 0
 
             async def lines() -> AsyncGenerator[str, None]:
-                async for piece in spooled.read():
-                    for line in splitter.feed(piece):
-                        yield line
+                async with contextlib.aclosing(spooled.read()) as pieces:
+                    async for piece in pieces:
+                        for line in splitter.feed(piece):
+                            yield line
                 for line in splitter.finish():
                     yield line
 
