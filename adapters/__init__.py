@@ -1,1 +1,1 @@
-"""Adapters: one module (or small package) per external system, behind ``adapters.base``."""
+"""Adapters: one module (or small package) per external system, behind ``core.protocols``."""

@@ -2,7 +2,7 @@
 
 Each ``HttpClient`` owns one aiohttp session. Every request passes through the endpoint's
 adaptive limiter (``context.limiters``, one controller per ``scheme://host:port`` shared by all
-workers) and ends in one of: a result, or an ``engine.errors`` exception. Adapters decide what a
+workers) and ends in one of: a result, or a ``core.errors`` exception. Adapters decide what a
 response *means* by passing a classifier (``classify_default`` handles plain HTTP semantics);
 the client decides what to *do*: retry throttles and transient failures with jittered backoff
 within the endpoint's retry budget, and map the rest to ``AuthError``, ``NotFoundError`` or
@@ -19,17 +19,18 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import anyio
 import orjson
 
-from adapters.base import AdapterContext
-from engine.errors import (
+from core.protocols import AdapterContext
+from core.errors import (
     AuthError,
     FatalError,
     NotFoundError,
@@ -37,7 +38,7 @@ from engine.errors import (
     ThrottledError,
     TransientError,
 )
-from ratelimit import EndpointLimiter, LimiterRegistry, endpoint_of
+from ratelimit import EndpointLimiter, LimiterRegistry, Retrying, Ticket, endpoint_of
 
 T = TypeVar("T")
 
@@ -151,6 +152,22 @@ def server_message(body: bytes, limit: int = 500) -> str:
     return text[:limit]
 
 
+def error_code(body: bytes) -> str | None:
+    """The server's machine-readable error code: JSON ``error_code`` / ``code`` (MLflow, W&B)
+    or XML ``<Code>`` (S3-style stores); None when the body has none."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        code = data.get("error_code") or data.get("code")
+        return str(code) if code else None
+    for name, value in _XML_MESSAGE.findall(body[:4096]):
+        if name == b"Code":
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Done(Generic[T]):
     """A successful exchange's decoded result (told apart from a retryable error)."""
@@ -235,7 +252,7 @@ class HttpClient:
         self._auth = auth
         self._timeout = timeout
         self._limit_per_host = limit_per_host
-        self._limiters: Any = context.limiters if context.limiters is not None else LimiterRegistry()
+        self._limiters: LimiterRegistry = context.limiters if context.limiters is not None else LimiterRegistry()
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -284,7 +301,7 @@ class HttpClient:
         method: str,
         path_or_url: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         json: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
@@ -305,7 +322,7 @@ class HttpClient:
         method: str,
         path_or_url: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         json: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
@@ -340,7 +357,7 @@ class HttpClient:
 
     async def download(
         self, url: str, *, headers: Mapping[str, str] | None = None, chunk_size: int = 1 << 20
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream a response body in pieces of at most ``chunk_size`` bytes.
 
         Retries only until the first piece is yielded; a failure after that raises
@@ -349,11 +366,9 @@ class HttpClient:
         """
         full_url = self.url(url)
         limiter = self.limiter_for(full_url)
-        attempt = 0
-        delay = 0.0
+        retrying = self._retrying(limiter)
         while True:
-            attempt += 1
-            error: RetryableError | None = None
+            error: RetryableError
             async with limiter.slot() as ticket:
                 try:
                     async with self.session.request("GET", full_url, headers=headers) as response:
@@ -379,7 +394,7 @@ class HttpClient:
                         raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
                     ticket.failed()
                     error = self._network_error("GET", full_url, exc)
-            delay = await self._before_retry(limiter, full_url, error, attempt, delay, True)
+            await self._before_retry(retrying, error, retry_transient=True)
 
     async def _exchange(
         self,
@@ -393,10 +408,8 @@ class HttpClient:
     ) -> T:
         full_url = self.url(path_or_url)
         limiter = self.limiter_for(full_url)
-        attempt = 0
-        delay = 0.0
+        retrying = self._retrying(limiter)
         while True:
-            attempt += 1
             if body_factory is not None:
                 kwargs["data"] = body_factory()
             try:
@@ -405,10 +418,11 @@ class HttpClient:
                 # A body stream made for this attempt is closed, whether it was sent or not.
                 close = getattr(kwargs.get("data"), "aclose", None)
                 if close is not None:
-                    await close()
+                    with anyio.CancelScope(shield=True):  # also when cancelled: it may hold a file
+                        await close()
             if not isinstance(outcome, RetryableError):
                 return outcome.value
-            delay = await self._before_retry(limiter, full_url, outcome, attempt, delay, retry_transient)
+            await self._before_retry(retrying, outcome, retry_transient=retry_transient)
 
     async def _attempt(
         self,
@@ -455,22 +469,28 @@ class HttpClient:
         """Map a non-OK answer: raise the final errors, return the retryable ones."""
         where = f"{self.name}: {method} {redact_url(url)} -> {response.status}"
         message = f"{where}: {server_message(body)}"
+        status, code = response.status, error_code(body)
         if verdict is Classification.THROTTLE:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            ticket.throttled(retry_after)
+            self._throttled(ticket, retry_after)
             self.context.events(
                 "throttle", endpoint=endpoint_of(url), status=response.status, retry_after=retry_after
             )
-            return ThrottledError(message, retry_after=retry_after, adapter=self.name)
+            return ThrottledError(message, retry_after=retry_after, adapter=self.name, status=status, code=code)
         if verdict is Classification.TRANSIENT:
             ticket.failed()
-            return TransientError(message, adapter=self.name)
+            return TransientError(message, adapter=self.name, status=status, code=code)
         ticket.success()  # the endpoint is healthy; the answer is just final
         if verdict is Classification.AUTH:
             raise AuthError(message)
         if verdict is Classification.NOT_FOUND:
-            raise NotFoundError(message, adapter=self.name)
-        raise FatalError(message, adapter=self.name)
+            raise NotFoundError(message, adapter=self.name, status=status, code=code)
+        raise FatalError(message, adapter=self.name, status=status, code=code)
+
+    def _throttled(self, ticket: Ticket, retry_after: float | None) -> None:
+        """Tell the endpoint's controller it was throttled (a subclass with its own controller
+        for throttles overrides this, so that one 429 is answered once)."""
+        ticket.throttled(retry_after)
 
     def _network_error(self, method: str, url: str, exc: BaseException) -> TransientError:
         kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
@@ -483,22 +503,12 @@ class HttpClient:
         if quota is not None:
             limiter.note_quota(*quota)
 
-    async def _before_retry(
-        self,
-        limiter: EndpointLimiter,
-        url: str,
-        error: RetryableError,
-        attempt: int,
-        previous_delay: float,
-        retry_transient: bool,
-    ) -> float:
-        """Give up (raise ``error``) or wait the backoff delay and return it."""
+    def _retrying(self, limiter: EndpointLimiter) -> Retrying:
+        return Retrying(limiter, max_attempts=self.max_attempts, events=self.context.events)
+
+    async def _before_retry(self, retrying: Retrying, error: RetryableError, *, retry_transient: bool) -> None:
+        """Give up (raise ``error``) or wait the backoff delay (the shared retry driver)."""
         throttled = isinstance(error, ThrottledError)
         if not throttled and not retry_transient:
             raise error
-        if attempt >= self.max_attempts or not limiter.allow_retry(throttled=throttled):
-            raise error
-        self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=attempt)
-        delay = limiter.backoff(attempt, previous_delay)
-        await limiter.clock.sleep(delay)
-        return delay
+        await retrying.wait_or_raise(error, throttled=throttled)

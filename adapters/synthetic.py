@@ -19,7 +19,7 @@ stream seeded by ``(seed, run, block)``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -29,9 +29,9 @@ import anyio.lowlevel
 import numpy as np
 import pyarrow as pa
 
-from adapters.base import AdapterContext
-from engine.errors import NotFoundError
-from engine.model import (
+from core.protocols import AdapterContext
+from core.errors import NotFoundError
+from core.model import (
     CONSOLE_LOG,
     HISTORY_SCHEMA,
     ArtifactRef,
@@ -495,7 +495,7 @@ class SyntheticSource:
             self._keys_column = _keys_column(key_names(cfg.keys, cfg.json_keys, cfg.system_keys), needed)
         return _HistoryGenerator(cfg, index, self._keys_column)
 
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         cfg = self.config
         for index in range(cfg.runs):
             namespace = Namespace(cfg.entity, f"project-{index % cfg.projects}")
@@ -506,17 +506,17 @@ class SyntheticSource:
         index = _run_index(ref, self.config.runs)
         return _run_record(self.config, ref, index, self._generator(index))
 
-    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         gen = self._generator(_run_index(run.ref, self.config.runs))
         for lo, hi in gen.chunk_bounds(max(0, start), self.chunk_points):
             yield HistoryChunk(batch=gen.batch(lo, hi), offset=lo)
             await anyio.lowlevel.checkpoint()
 
-    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         for file in _files(self.config, _run_index(run.ref, self.config.runs)):
             yield file
 
-    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         index = _run_index(run.ref, self.config.runs)
         keys = [f.key for f in _files(self.config, index)]
         if file.key not in keys:

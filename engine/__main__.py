@@ -40,11 +40,11 @@ def _pyarrow_without_pandas() -> None:
             if name == "pandas":
                 raise ImportError("pandas is not used by the runferry command line")
 
-    sys.meta_path.insert(0, NoPandas)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, NoPandas)
     try:
         pa.scalar(0)  # pyarrow probes for pandas once per process
     finally:
-        sys.meta_path.remove(NoPandas)  # type: ignore[arg-type]
+        sys.meta_path.remove(NoPandas)
 
 
 import anyio

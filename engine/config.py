@@ -29,10 +29,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from adapters import registry
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from scaleout.config import RayConfig, require_ray
 
 SECRET_WORDS = ("api_key", "token", "password", "secret")
@@ -101,12 +102,12 @@ class Config:
 
     path: str
     source_type: str
-    source: Any
+    source: object
     destination_type: str
-    destination: Any
+    destination: object
     transfer: TransferConfig = field(default_factory=TransferConfig)
     remap: tuple[Remap, ...] = ()
-    ratelimit: dict[str, Any] = field(default_factory=dict)
+    ratelimit: dict[str, object] = field(default_factory=dict)
     ray: RayConfig = field(default_factory=RayConfig)
 
     @property
@@ -133,7 +134,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, origin)
 
 
-def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
+def parse_config(data: Mapping[str, object], origin: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
     _reject_unknown(origin, "", data, ["source", "destination", "transfer", "remap", "ratelimit", "ray"])
     source_type, source = _adapter_table(origin, "source", data, registry.SOURCES)
@@ -145,7 +146,10 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
         require_ray(origin)
     from ratelimit import LimiterRegistry
 
-    LimiterRegistry.from_mapping(ratelimit, origin=f"{origin}: [ratelimit]")  # validate now, fail early
+    try:  # validate now, fail early; ratelimit knows nothing of our error tree
+        LimiterRegistry.from_mapping(ratelimit, origin=f"{origin}: [ratelimit]")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     remaps = []
     raw_remap = data.get("remap", [])
     if not isinstance(raw_remap, list):
@@ -174,7 +178,7 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
     )
 
 
-def _adapter_table(origin: str, section: str, data: dict[str, Any], known: dict[str, str]) -> tuple[str, Any]:
+def _adapter_table(origin: str, section: str, data: Mapping[str, object], known: dict[str, str]) -> tuple[str, object]:
     if section not in data:
         raise ConfigError(f"{origin}: missing [{section}] table — add one with type = one of {sorted(known)}")
     table = dict(_table(origin, section, data[section]))
@@ -190,7 +194,7 @@ def _adapter_table(origin: str, section: str, data: dict[str, Any], known: dict[
     return kind, _build(origin, f"[{section}]", cls.Config, table)
 
 
-def _table(origin: str, where: str, value: Any) -> dict[str, Any]:
+def _table(origin: str, where: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{origin}: {where} must be a table, got {type(value).__name__}")
     return value
@@ -201,7 +205,7 @@ def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" — did you mean '{close[0]}'?" if close else ""
 
 
-def _reject_unknown(origin: str, where: str, table: dict[str, Any], allowed: typing.Iterable[str]) -> None:
+def _reject_unknown(origin: str, where: str, table: Mapping[str, object], allowed: typing.Iterable[str]) -> None:
     allowed = list(allowed)
     for key in table:
         if key not in allowed:

@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import anyio
 
 from engine.config import Config, parse_config
-from engine.model import Namespace, RunRef
+from core.model import Namespace, RunRef
 from engine.pipeline import Report, make_context, migrate, open_adapters
 from engine.progress import Progress
 from scaleout.shards import ShardSource
@@ -84,7 +84,7 @@ class _SelectedRuns(ShardSource):
         super().__init__(inner, [r for r in runs if isinstance(r, RunRef)])
         self.runs = runs
 
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         refs = [r for r in self.runs if isinstance(r, RunRef)]
         wanted = [_run_id_of(r) for r in self.runs if not isinstance(r, RunRef)]
         for ref in refs:
@@ -126,7 +126,7 @@ def _migrate_now(config: Config, mode: str, selected: list[Any] | None = None) -
         progress.limiters = context.limiters
         source, destination = open_adapters(config, context)
         if selected is not None:
-            source = _SelectedRuns(source, selected)  # type: ignore[assignment]
+            source = _SelectedRuns(source, selected)
         return await migrate(config, progress=progress, adapters=(source, destination))
 
     return anyio.run(run)

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-from adapters.base import Checkpoint
-from engine.model import RunRecord
+from core.model import RunRecord
+from core.protocols import FinishedRun, RunChecker
 
 
 class Action(enum.Enum):
@@ -38,23 +36,6 @@ class Action(enum.Enum):
 class Decision:
     action: Action
     problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class FinishedRun:
-    """What the ledger says an earlier migration left at the destination."""
-
-    dest_id: str
-    checkpoint: Checkpoint
-    files: dict[str, int]
-
-
-@runtime_checkable
-class RunChecker(Protocol):
-    """Optional destination capability: compare a finished run at the destination with what
-    the ledger says was written there; an empty list means intact."""
-
-    async def check_run(self, run: RunRecord, finished: FinishedRun) -> list[str]: ...
 
 
 REVISION_KEY = "source_revision"

@@ -37,7 +37,7 @@ from pathlib import Path
 from collections.abc import Container, Iterable
 from typing import Any, TextIO
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 
 
 class RunStatus(str, enum.Enum):

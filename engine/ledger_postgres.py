@@ -24,7 +24,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from engine.ledger import Ledger
 from engine.ledger_store import Lease, LeaseLost, Plan, Shard, StoreLedger
 
@@ -69,7 +69,8 @@ class PostgresStore:
 
     def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         self._cursor.execute(query, params or None)
-        return self._cursor.fetchall()
+        rows: list[tuple[Any, ...]] = self._cursor.fetchall()
+        return rows
 
     def _count(self, query: str, params: tuple[Any, ...]) -> int:
         """Rows a guarded INSERT/UPDATE touched (``RETURNING 1`` counts them portably)."""

@@ -29,7 +29,7 @@ from engine.ledger import Ledger
 
 if TYPE_CHECKING:
     from engine.config import Config
-    from engine.model import RunRef
+    from core.model import RunRef
 
 
 class LeaseLost(Exception):

@@ -12,7 +12,7 @@ import dataclasses
 import fnmatch
 
 from engine.config import Remap
-from engine.model import Namespace, RunRecord
+from core.model import Namespace, RunRecord
 
 
 def remap_namespace(namespace: Namespace, rules: tuple[Remap, ...]) -> Namespace:
@@ -31,6 +31,8 @@ def apply_remap(record: RunRecord, rules: tuple[Remap, ...]) -> RunRecord:
     target = remap_namespace(record.ref.namespace, rules)
     if target == record.ref.namespace:
         return record
-    record.system.setdefault("source_namespace", str(record.ref.namespace))
+    record.system.setdefault("source_namespace", str(record.ref.namespace))  # provenance, as copied
+    if record.source_namespace is None:
+        record.source_namespace = str(record.ref.namespace)
     record.ref = dataclasses.replace(record.ref, namespace=target)
     return record

@@ -19,26 +19,26 @@ that was durable, so re-running the same command resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import functools
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from adapters import registry
-from adapters.base import AdapterContext, Destination, RunWriter, Source
+from core.protocols import AdapterContext, Checkpoint, Destination, FinishedRun, RunChecker, RunWriter, Source
 from engine import preflight
 from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
-from engine.errors import FatalError, TransientError
-from engine.incremental import REVISION_KEY, Action, FinishedRun, RunChecker, decide
+from core.errors import FatalError, TransientError
+from engine.incremental import REVISION_KEY, Action, decide
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.mapping import apply_remap, remap_namespace
-from engine.model import FileRef, HistoryChunk, RunRecord, RunRef
+from core.model import FileRef, HistoryChunk, RunRecord, RunRef
 from engine.progress import Progress
 from ratelimit import LimiterRegistry
 
@@ -71,7 +71,8 @@ def make_context(config: Config, progress: Progress) -> AdapterContext:
 def open_adapters(config: Config, context: AdapterContext) -> tuple[Source, Destination]:
     """Construct (no I/O yet) the configured source and destination."""
     source = registry.load(registry.SOURCES[config.source_type])(config.source, context)
-    context.extra.setdefault("source_uri", source.describe())  # destinations may derive ids from it
+    if not context.source_uri:  # destinations may derive ids from it
+        context = dataclasses.replace(context, source_uri=source.describe())
     destination = registry.load(registry.DESTINATIONS[config.destination_type])(config.destination, context)
     pair = getattr(destination, "pair_with", None)
     if pair is not None:  # a destination that can use its source directly (W&B -> W&B lineage)
@@ -116,7 +117,8 @@ async def migrate(
             if not report.interrupted:
                 await destination.finalize()
         finally:
-            ledger.close()
+            with anyio.CancelScope(shield=True):  # the last lines and the fsync, off the loop
+                await anyio.to_thread.run_sync(ledger.close)
     return report
 
 
@@ -141,6 +143,33 @@ async def feed_runs(
             count += 1
             if limit and count >= limit:
                 break
+
+
+async def for_each_run(
+    source: Source,
+    handle: Callable[[RunRef], Awaitable[None]],
+    *,
+    workers: int,
+    buffer: int,
+    limit: int = 0,
+    on_ref: Callable[[RunRef], None] | None = None,
+) -> None:
+    """``handle(ref)`` for each selected run, by ``workers`` tasks fed through a bounded stream of
+    ``buffer`` refs (``feed_runs``); the first error cancels the rest. ``plan`` and ``verify``
+    use it; ``migrate`` feeds the same stream but admits each run by memory budget instead of a
+    fixed worker count (``engine/admission.py``)."""
+    send, recv = anyio.create_memory_object_stream[RunRef](buffer)
+
+    async def work(refs: ObjectReceiveStream[RunRef]) -> None:
+        async with refs:
+            async for ref in refs:
+                await handle(ref)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(feed_runs, source, send, limit=limit, on_ref=on_ref))
+        async with recv:
+            for _ in range(workers):
+                tg.start_soon(work, recv.clone())
 
 
 class Pipeline:
@@ -305,7 +334,7 @@ class Pipeline:
             self.admission.observe_chunk(0)
         account.resize_seat(RUN_OVERHEAD_BYTES)  # no more chunks being built
 
-    def _record_checkpoint(self, run_id: str, writer: RunWriter, last: Any) -> Any:
+    def _record_checkpoint(self, run_id: str, writer: RunWriter, last: Checkpoint | None) -> Checkpoint:
         now = writer.checkpoint()
         if now != last:
             self.ledger.history(run_id, now)
@@ -345,7 +374,7 @@ class Pipeline:
         moved = 0
         part_bytes = self.transfer.part_bytes
 
-        async def pieces() -> AsyncIterator[bytes]:
+        async def pieces() -> AsyncGenerator[bytes, None]:
             """Each piece holds its bytes of the budget from before it is read until the writer
             asks for the next one."""
             nonlocal moved

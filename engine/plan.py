@@ -11,13 +11,12 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import anyio
 
 from engine.config import Config
 from engine.ledger import RunStatus, pair_key
 from engine.ledger_store import ledger_location, read_ledger
-from engine.model import RunRef
-from engine.pipeline import feed_runs, make_context, open_adapters
+from core.model import RunRef
+from engine.pipeline import for_each_run, make_context, open_adapters
 from engine.progress import Progress
 
 
@@ -38,38 +37,31 @@ async def plan(config: Config, out: TextIO, *, workers: int = 8) -> PlanTotals:
     source, destination = open_adapters(config, context)
     ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     totals = PlanTotals()
-    send, recv = anyio.create_memory_object_stream[RunRef](workers * 4)
 
     def count(_: RunRef) -> None:
         totals.runs += 1
 
-    async def inspect(refs: anyio.abc.ObjectReceiveStream[RunRef]) -> None:
-        async with refs:
-            async for ref in refs:
-                entry = ledger.get(ref.id)
-                if config.transfer.incremental and entry is not None and entry.status is RunStatus.DONE:
-                    totals.runs_done_already += 1
-                    continue
-                record = await source.get_run(ref)
-                totals.runs_to_move += 1
-                ns = str(record.ref.namespace)
-                totals.namespaces[ns] = totals.namespaces.get(ns, 0) + 1
-                if record.history_points is None:
-                    totals.points_unknown += 1
-                else:
-                    totals.points += record.history_points
-                if config.transfer.artifacts:
-                    async with contextlib.aclosing(source.list_files(record)) as listing:
-                        async for f in listing:
-                            totals.files += 1
-                            totals.bytes += f.size or 0
+    async def inspect(ref: RunRef) -> None:
+        entry = ledger.get(ref.id)
+        if config.transfer.incremental and entry is not None and entry.status is RunStatus.DONE:
+            totals.runs_done_already += 1
+            return
+        record = await source.get_run(ref)
+        totals.runs_to_move += 1
+        ns = str(record.ref.namespace)
+        totals.namespaces[ns] = totals.namespaces.get(ns, 0) + 1
+        if record.history_points is None:
+            totals.points_unknown += 1
+        else:
+            totals.points += record.history_points
+        if config.transfer.artifacts:
+            async with contextlib.aclosing(source.list_files(record)) as listing:
+                async for f in listing:
+                    totals.files += 1
+                    totals.bytes += f.size or 0
 
     async with source:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: feed_runs(source, send, limit=config.transfer.max_runs, on_ref=count))
-            async with recv:
-                for _ in range(workers):
-                    tg.start_soon(inspect, recv.clone())
+        await for_each_run(source, inspect, workers=workers, buffer=workers * 4, limit=config.transfer.max_runs, on_ref=count)
     out.write(f"plan for {config.path}: {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs selected:          {totals.runs:,}\n")
     out.write(f"  runs to move:           {totals.runs_to_move:,}\n")

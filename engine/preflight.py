@@ -15,43 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
-from engine.errors import AuthError, ConfigError, FatalError, NotFoundError, RunferryError, TransferError
-
-PROBE_PREFIX = ".runferry-probe-"
+from core.probe import probe_directory
+from core.errors import AuthError, ConfigError, FatalError, NotFoundError, RunferryError, TransferError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def probe_directory(directory: Path, *, key: str) -> None:
-    """``directory`` (or, when missing, its nearest existing ancestor) accepts a new file:
-    create and remove a probe there. Raises ``ConfigError`` starting with ``key``; creates nothing."""
-    target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"{key} = {str(directory)!r} exists and is not a directory — give a directory path")
-    anchor = _existing_ancestor(target)
-    if not anchor.is_dir():
-        raise ConfigError(f"{key}: {str(anchor)!r} is a file, so {str(directory)!r} cannot be created — fix the path")
-    probe = anchor / f"{PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        probe.open("xb").close()
-    except OSError as exc:
-        raise ConfigError(
-            f"{key}: cannot write in {str(anchor)!r} ({exc.strerror or exc}) — choose a writable path or fix its permissions"
-        ) from None
-    with contextlib.suppress(OSError):
-        probe.unlink()
 
 
 def probe_ledger(path: Path, *, origin: str) -> None:

@@ -17,9 +17,11 @@ the migration.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -51,7 +53,7 @@ class Progress:
         mode: str = "plain",
         stream: TextIO | None = None,
         interval: float = 5.0,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
         expected_runs: int | None = None,
     ) -> None:
         self.mode = mode
@@ -279,9 +281,8 @@ def _console(stream: TextIO) -> Any:
     return Console(file=stream)
 
 
-class _NullStream:
+class _NullStream(io.StringIO):
+    """Swallows text (``Progress.quiet``)."""
+
     def write(self, _: str) -> int:
         return 0
-
-    def flush(self) -> None:
-        return None

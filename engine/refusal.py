@@ -8,15 +8,16 @@ anything was written, see ``engine/preflight.py``), 130 for an interrupt, 1 for 
 
 from __future__ import annotations
 
-from engine.errors import AuthError, ConfigError, RunferryError
+from core.errors import AuthError, ConfigError, RunferryError
 from engine.preflight import DiskFullError, is_disk_full
 
 
 def _innermost(exc: BaseException) -> BaseException:
     """The first meaningful exception inside task-group exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        preferred = [e for e in exc.exceptions if isinstance(e, (ConfigError, AuthError))]
-        exc = (preferred or [e for e in exc.exceptions if not isinstance(e, KeyboardInterrupt)] or exc.exceptions)[0]
+        preferred: list[BaseException] = [e for e in exc.exceptions if isinstance(e, (ConfigError, AuthError))]
+        others: list[BaseException] = [e for e in exc.exceptions if not isinstance(e, KeyboardInterrupt)]
+        exc = (preferred or others or list(exc.exceptions))[0]
     return exc
 
 

@@ -21,21 +21,20 @@ import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
-import anyio
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from adapters import registry
-from adapters.base import Source
+from core.protocols import Source
 from engine.config import Config
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from engine.ledger import RunStatus, pair_key
 from engine.ledger_store import read_ledger
-from engine.model import RunRecord, RunRef, same_float
-from engine.pipeline import describe_error, feed_runs, make_context, open_adapters
+from core.model import RunRecord, RunRef, same_float
+from engine.pipeline import describe_error, for_each_run, make_context, open_adapters
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
@@ -47,7 +46,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def _string_hashes(column: pa.Array) -> np.ndarray:
@@ -66,7 +66,7 @@ def _float_bits(column: pa.Array, *, round_ms: bool = False) -> np.ndarray:
     values = column.fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
     if round_ms:
         values = np.round(values * 1000.0)
-    bits = values.view(np.uint64).copy()
+    bits: np.ndarray = values.view(np.uint64).copy()
     bits[np.isnan(values)] = _CANONICAL_NAN
     nulls = column.is_null().to_numpy(zero_copy_only=False)
     bits[nulls] = np.uint64(0x7FF0DEADBEEF0001)  # "no number" differs from every float
@@ -152,32 +152,26 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     reader, ref_for = registry.load(spec)(config.destination, context)
     ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     report = VerifyReport()
-    send, recv = anyio.create_memory_object_stream[RunRef](workers * 2)
 
-    async def check(refs: Any) -> None:
-        async with refs:
-            async for ref in refs:
-                entry = ledger.get(ref.id)
-                if entry is None or entry.status is not RunStatus.DONE or not entry.dest_id:
-                    report.not_migrated.append(ref.id)
-                    continue
-                try:
-                    problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
-                except Exception as exc:
-                    problems = [f"cannot read: {describe_error(exc)}"]
-                if problems == [MILLIS_ONLY]:  # the destination's clock precision, not a loss of data
-                    report.notes.append((ref.id, MILLIS_ONLY))
-                    problems = []
-                if problems:
-                    report.mismatched.append((ref.id, "; ".join(problems)))
-                else:
-                    report.matched += 1
+    async def check(ref: RunRef) -> None:
+        entry = ledger.get(ref.id)
+        if entry is None or entry.status is not RunStatus.DONE or not entry.dest_id:
+            report.not_migrated.append(ref.id)
+            return
+        try:
+            problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
+        except Exception as exc:
+            problems = [f"cannot read: {describe_error(exc)}"]
+        if problems == [MILLIS_ONLY]:  # the destination's clock precision, not a loss of data
+            report.notes.append((ref.id, MILLIS_ONLY))
+            problems = []
+        if problems:
+            report.mismatched.append((ref.id, "; ".join(problems)))
+        else:
+            report.matched += 1
 
-    async with source, reader, anyio.create_task_group() as tg:
-        tg.start_soon(feed_runs, source, send)
-        async with recv:
-            for _ in range(workers):
-                tg.start_soon(check, recv.clone())
+    async with source, reader:
+        await for_each_run(source, check, workers=workers, buffer=workers * 2)
     out.write(f"verify {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs identical:      {report.matched:,}\n")
     out.write(f"  runs different:      {len(report.mismatched):,}\n")

@@ -30,6 +30,7 @@ from ._policy import next_state as next_state
 from ._policy import spend_retry as spend_retry
 from ._registry import LimiterRegistry as LimiterRegistry
 from ._registry import endpoint_of as endpoint_of
+from ._retry import Retrying as Retrying
 
 __all__ = [
     "AdjustableSemaphore",

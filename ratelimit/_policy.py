@@ -135,7 +135,7 @@ class Outcome:
 
 def cubic_k(config: ControlConfig, w_max: float) -> float:
     """Seconds CUBIC takes to climb back from ``beta * w_max`` to ``w_max``."""
-    return (w_max * (1.0 - config.rate_decrease) / config.cubic_scale) ** (1.0 / 3.0)
+    return float((w_max * (1.0 - config.rate_decrease) / config.cubic_scale) ** (1.0 / 3.0))
 
 
 def cubic_rate(config: ControlConfig, w_max: float, since_decrease: float) -> float:

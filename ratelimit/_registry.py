@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.errors import ConfigError
-
 from ._clock import Clock, MonotonicClock
 from ._limiter import EndpointLimiter, LimiterStatistics
 from ._policy import ControlConfig
@@ -60,11 +58,12 @@ class LimiterRegistry:
         cls, table: Mapping[str, Any], *, origin: str = "[ratelimit]", clock: Clock | None = None
     ) -> LimiterRegistry:
         """Build from a config table: ``ControlConfig`` keys as defaults, plus an ``endpoints``
-        table of per-endpoint tables with the same keys. Raises ``ConfigError`` naming the key."""
+        table of per-endpoint tables with the same keys. Raises ``ValueError`` naming the key (the
+        config loader turns it into a ``ConfigError``: this package depends on nothing of ours)."""
         table = dict(table)
         endpoints = table.pop("endpoints", {}) or {}
         if not isinstance(endpoints, Mapping):
-            raise ConfigError(f"{origin}.endpoints must be a table of endpoint tables")
+            raise ValueError(f"{origin}.endpoints must be a table of endpoint tables")
         default = _config_from(ControlConfig(), table, origin)
         overrides = {
             key: _config_from(default, value, f"{origin}.endpoints.{key!r}")
@@ -98,14 +97,14 @@ class LimiterRegistry:
 
 def _config_from(base: ControlConfig, values: Any, origin: str) -> ControlConfig:
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{origin} must be a table")
+        raise ValueError(f"{origin} must be a table")
     known = {f.name: f for f in dataclasses.fields(ControlConfig)}
     for key in values:
         if key not in known:
-            raise ConfigError(
+            raise ValueError(
                 f"{origin}: unknown key {key!r}; expected one of: {', '.join(sorted(known))}"
             )
     try:
         return base.replace(**dict(values))
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: {exc}") from exc
+        raise ValueError(f"{origin}: {exc}") from exc

@@ -10,6 +10,8 @@ dead worker is replaced by the scheduler, which knows what its shard needs.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from types import TracebackType
 from typing import Any, Self
@@ -34,9 +36,9 @@ class RayCluster:
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else this Ray writes ~/.ray/auth_token
             if self.config.address:
-                ray.init(address=self.config.address, logging_level="WARNING")
+                ray.init(address=self.config.address, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=self.config.local_cpus, include_dashboard=False, logging_level="WARNING",
+                ray.init(num_cpus=self.config.local_cpus, include_dashboard=False, logging_level=logging.WARNING,
                          object_store_memory=LOCAL_OBJECT_STORE_BYTES)
             self._started = True
         return self

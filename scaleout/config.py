@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 
 from engine.config import Config
-from engine.errors import AuthError, ConfigError
+from core.errors import AuthError, ConfigError
 from engine.ledger import pair_key
 from engine.ledger_store import LeaseLost, LedgerStore, Plan, Shard, open_store
 from engine.pipeline import Report, _cancel_on_signal, make_context, open_adapters
@@ -153,7 +153,9 @@ class ShardScheduler:
                     self.progress.event("lease_lost", shard=shard.key)
                 else:
                     self._release(shard, epoch)
-                    raise cause if isinstance(cause, (ConfigError, AuthError)) else exc
+                    if isinstance(cause, (ConfigError, AuthError)):  # the worker's one-line refusal
+                        raise cause from None
+                    raise
             except BaseException:  # cancelled (Ctrl-C) or failed here: stop the worker, free the shard
                 self.cluster.kill(actor)  # synchronous: nothing here can be cancelled
                 self._release(shard, epoch)

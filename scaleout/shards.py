@@ -9,13 +9,13 @@ the shard's refs and nothing else, and runs unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from adapters.base import Source
+from core.protocols import Source
 from engine.ledger_store import Plan, Shard
-from engine.model import RunRef
+from core.model import RunRef
 
 
 def shard_key(generation: int, index: int) -> str:
@@ -61,7 +61,7 @@ class ShardSource:
     ) -> None:
         await self.inner.__aexit__(exc_type, exc, tb)
 
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         for ref in self.refs:
             yield ref
 

@@ -77,7 +77,7 @@ class ShardWorker:
         store = self._store
         context = make_context(self.config, self.progress)
         if self._limiters is not None:
-            context.limiters = self._limiters
+            context = dataclasses.replace(context, limiters=self._limiters)
         source, destination = open_adapters(self.config, context)
         shard_source = ShardSource(source, shard.refs)
         ledger = store.shard_ledger(pair, shard, epoch)

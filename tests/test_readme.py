@@ -26,6 +26,16 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_commands[0] in ci_lines
 
 
+def test_ci_runs_the_readme_checks_before_the_tests() -> None:
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    checks = [c for c in _commands() if "mypy" in c]
+    assert checks, "README has no lint/type check command"
+    assert "ruff check core engine adapters ratelimit scaleout" in checks[0]
+    assert checks[0] in ci_lines
+    test_command = next(c for c in _commands() if "pytest" in c)
+    assert ci_lines.index(checks[0]) < ci_lines.index(test_command)
+
+
 def test_readme_has_the_quickstart_command() -> None:
     assert any("python -m engine migrate examples/quickstart.toml" in c for c in _commands())
     assert (ROOT / "examples" / "quickstart.toml").exists()

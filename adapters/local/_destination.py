@@ -1,6 +1,6 @@
 """The local export directory as a destination: Parquet history, files, run.json, run tables.
 
-Durability follows ``adapters.base``: every history chunk becomes its own part file before
+Durability follows ``core.protocols``: every history chunk becomes its own part file before
 ``write_history`` returns, so ``checkpoint()`` counts exactly what a crash would leave;
 ``open_run(resume=...)`` trims whatever came after the ledger's last record. Blocking file work
 runs in worker threads (``anyio.to_thread``), never on the event loop.
@@ -20,12 +20,12 @@ import anyio
 import anyio.to_thread
 import pyarrow as pa
 
-from adapters.base import AdapterContext, Checkpoint
+from core.protocols import AdapterContext, Checkpoint
 from adapters.local import _history, _layout, _tables
 from adapters.local._io import blocking
-from engine.errors import FatalError
-from engine.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord
-from engine.preflight import probe_directory
+from core.errors import FatalError
+from core.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord
+from core.probe import probe_directory
 
 
 @dataclass(frozen=True, kw_only=True)

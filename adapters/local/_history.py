@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adapters.local._layout import HISTORY, PARTS, TMP_MARK, temp_sibling
-from engine.errors import FatalError
-from engine.model import HISTORY_SCHEMA
+from core.errors import FatalError
+from core.model import HISTORY_SCHEMA
 
 _DICTIONARY_COLUMNS = ["key", "value_json"]
 _WRITE_OPTIONS = {"use_dictionary": _DICTIONARY_COLUMNS, "write_statistics": ["step"]}
@@ -52,7 +52,7 @@ def part_path(run_dir: Path, offset: int) -> Path:
 
 
 def _rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+    return int(pq.ParquetFile(path).metadata.num_rows)
 
 
 def segments(run_dir: Path) -> list[Segment]:

@@ -15,7 +15,7 @@ from typing import TypeVar
 import anyio.to_thread
 import pyarrow as pa
 
-from engine.errors import FatalError, NotFoundError
+from core.errors import FatalError, NotFoundError
 
 T = TypeVar("T")
 

@@ -27,8 +27,8 @@ import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from engine.errors import FatalError
-from engine.model import CONSOLE_LOG, ArtifactRef, Namespace, RunRecord, RunRef, RunState
+from core.errors import FatalError
+from core.model import CONSOLE_LOG, ArtifactRef, Namespace, RunRecord, RunRef, RunState
 
 FORMAT = "runferry.local/1"
 RUN_JSON = "run.json"
@@ -47,7 +47,7 @@ MAX_NAME = 200
 _RECORD_FIELDS = (
     "display_name", "user", "config", "summary", "tags", "labels", "notes", "group", "job_type",
     "git_commit", "program", "host", "parent_id", "inputs", "system", "history_points", "file_bytes",
-    "start_time", "end_time", "source_system", "metric_keys",
+    "start_time", "end_time", "source_system", "metric_keys", "source_uri", "source_namespace", "deleted",
 )  # fmt: skip
 
 
@@ -171,8 +171,9 @@ def record_from_json(doc: dict[str, Any], rel_dir: str) -> RunRecord:
         name=doc.get("name"),
         extra=extra,
     )
-    fields = {name: doc.get(name) for name in _RECORD_FIELDS}
-    for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {})):
+    fields: dict[str, Any] = {name: doc.get(name) for name in _RECORD_FIELDS}
+    for name, empty in (("config", {}), ("summary", {}), ("tags", {}), ("labels", []), ("inputs", []), ("system", {}),
+                        ("deleted", False)):
         if fields[name] is None:
             fields[name] = empty
     return RunRecord(ref=ref, state=RunState(doc["state"]), **fields)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.local._destination import LocalDestinationConfig
 from adapters.local._source import LocalSource, LocalSourceConfig
-from engine.model import RunRef
+from core.model import RunRef
 
 
 def readback(config: LocalDestinationConfig, context: AdapterContext) -> tuple[LocalSource, Callable[[str, RunRef], RunRef]]:

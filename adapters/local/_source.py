@@ -11,21 +11,21 @@ import contextlib
 import fnmatch
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
 import pyarrow.parquet as pq
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.local import _history, _layout, _tables
 from adapters.local._io import blocking_read
-from engine.errors import ConfigError, NotFoundError
-from engine.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
+from core.errors import ConfigError, NotFoundError
+from core.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
 
 _MAX_PIECE = 8 * 1024 * 1024
 
@@ -53,12 +53,13 @@ class LocalSourceConfig:
 def _load_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            doc: dict[str, Any] = json.loads(f.read())
+            return doc
     except FileNotFoundError as exc:
         raise NotFoundError(f"{path} does not exist", adapter="local") from exc
 
 
-async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
+async def _drain_in_thread(iterator: Iterator[Any]) -> AsyncGenerator[Any, None]:
     """Step a blocking iterator in worker threads, one item per hop."""
     done = object()
     try:
@@ -111,7 +112,7 @@ class LocalSource:
             if self._selected(doc):
                 yield _layout.record_from_json(doc, str(path.parent.relative_to(self.root))).ref
 
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         async with contextlib.aclosing(_drain_in_thread(self._refs())) as refs:
             async for ref in refs:
                 yield ref
@@ -154,7 +155,7 @@ class LocalSource:
                     yield HistoryChunk(batch=batch, offset=position)
                     position += batch.num_rows
 
-    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         _, run_dir = self._run_dir(run.ref)
         async with contextlib.aclosing(_drain_in_thread(self._history(run_dir, max(0, start)))) as chunks:
             async for chunk in chunks:
@@ -177,16 +178,19 @@ class LocalSource:
                 ]
         return found
 
-    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         _, run_dir = self._run_dir(run.ref)
         for file in await blocking_read(self._files, run_dir):
             yield file
 
-    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         _, run_dir = self._run_dir(run.ref)
         path = _layout.file_target(run_dir, file.path, file.artifact, file.role)
         piece = min(self.context.part_bytes, _MAX_PIECE)
-        handle = await blocking_read(open, path, "rb")  # NotFoundError when it is missing
+        def open_binary() -> BinaryIO:
+            return open(path, "rb")
+
+        handle = await blocking_read(open_binary)  # NotFoundError when it is missing
         try:
             while data := await blocking_read(handle.read, piece):
                 yield data

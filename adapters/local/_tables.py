@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from adapters.local._arrow import record_batch
 from adapters.local._layout import RUN_JSON, TMP_MARK, temp_sibling
-from engine.flatten import flatten_normalized
+from core.flatten import flatten_normalized
 
 BATCH_ROWS = 1000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -169,7 +169,8 @@ def _cell(value: Any, kind: pa.DataType) -> Any:
 
 def _load(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
-        return json.loads(f.read())
+        doc: dict[str, Any] = json.loads(f.read())
+        return doc
 
 
 def write_runs_tables(root: Path, *, csv: bool) -> int:

@@ -14,7 +14,7 @@ _HOME = {
     "MlflowDestinationConfig": "_config",
     "MlflowSourceConfig": "_config",
     "MlflowDestination": "_destination",
-    "MlflowRunWriter": "_destination",
+    "MlflowRunWriter": "_writer",
     "MlflowSource": "_source",
 }
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
-from engine.errors import FatalError, NotFoundError
+from core.errors import FatalError, NotFoundError
 
 BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 DEFAULT_MAX_POINTS = 10_000
@@ -88,7 +89,7 @@ class BulkHistory:
         """Send batches for ``key`` until the leader's own answer is in, then pass the lead."""
         batch: list[_Ask] = []
         try:
-            await anyio.sleep(0)  # asks made in this same turn of the loop join the first batch
+            await anyio.lowlevel.checkpoint()  # asks made in this same turn of the loop join the first batch
             while not leader.finished:
                 batch = self._take(key, leader)
                 await self._send(key, batch)  # puts back whatever it did not answer
@@ -134,7 +135,7 @@ class BulkHistory:
             self._switch_off(batch)
             return
         except FatalError as exc:
-            if "INVALID_PARAMETER_VALUE" not in str(exc):
+            if exc.code != "INVALID_PARAMETER_VALUE":
                 raise
             if len(run_ids) == 1:
                 self._switch_off(batch)

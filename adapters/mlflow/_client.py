@@ -10,18 +10,18 @@ sees them; ``_source`` and ``_destination`` do the mapping.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import Classification, HttpClient, classify_default
 from adapters.mlflow._bulk import BULK_PATH
 from adapters.mlflow._config import Connection
-from engine.errors import AuthError
+from core.errors import AuthError
 
 API = "/api/2.0/mlflow/"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/"
@@ -134,7 +134,7 @@ class MlflowRest:
             raise AuthError(f"{exc} (credentials from: {names})") from None
 
     # -- paged searches -------------------------------------------------------------------------
-    async def search_experiments(self, *, include_deleted: bool, page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def search_experiments(self, *, include_deleted: bool, page_size: int = 1000) -> AsyncGenerator[dict[str, Any], None]:
         token = None
         while True:
             body: dict[str, Any] = {"max_results": page_size, "view_type": VIEW_TYPES[include_deleted]}
@@ -155,7 +155,7 @@ class MlflowRest:
         include_deleted: bool = False,
         page_size: int = 1000,
         order_by: tuple[str, ...] = ("attributes.start_time ASC",),
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Every matching run (all pages), in a stable order (offset paging needs one)."""
         token = None
         while True:
@@ -192,7 +192,8 @@ class MlflowRest:
         """Every point of ``key`` for these runs, cut at ``max_points`` (see ``_bulk``)."""
         params = [("metric_key", key), ("max_results", max_points), *(("run_id", run_id) for run_id in run_ids)]
         page = await self.http.request_json("GET", BULK_PATH, params=params) or {}
-        return page.get("metrics", [])
+        metrics: list[dict[str, Any]] = page.get("metrics", [])
+        return metrics
 
     async def list_artifacts(self, run_id: str, path: str) -> list[dict[str, Any]]:
         """One directory level (OSS never pages it; follow a token anyway, Databricks does)."""

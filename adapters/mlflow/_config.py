@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from adapters.mlflow._database import backend_store
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 # Server limits of runs/log-batch (mlflow/utils/validation.py); the 1 MB body cap is kept with
 # a margin for the JSON envelope.

@@ -30,7 +30,7 @@ A PostgreSQL URI may hold a password: it is shown as ``***`` in every message ru
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,8 @@ import anyio.to_thread
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import ConfigError
-from engine.model import HistoryChunk, history_batch
+from core.errors import ConfigError
+from core.model import HistoryChunk, history_batch
 
 SQLITE_SCHEME = "sqlite:///"
 # libpq's schemes, and SQLAlchemy's postgresql+<driver> as given to ``mlflow server``
@@ -168,7 +168,8 @@ class _Connection:
 
     def rows(self, query: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         self.cursor.execute(query, parameters)
-        return self.cursor.fetchall()
+        rows: list[tuple[Any, ...]] = self.cursor.fetchall()
+        return rows
 
     def end_history(self) -> None:
         """A history was read to its end: make the connection ready for the next one."""
@@ -337,7 +338,7 @@ class HistoryDatabase:
                     f"(experiment {ident} {experiment.get('name')!r} is not in it)"
                 )
 
-    async def history(self, run_id: str, start: int, chunk_points: int) -> AsyncIterator[HistoryChunk]:
+    async def history(self, run_id: str, start: int, chunk_points: int) -> AsyncGenerator[HistoryChunk, None]:
         """Points of the run from index ``start`` on, in chunks of at most ``chunk_points``."""
         connection = await self._borrow()
         ended = False

@@ -18,15 +18,15 @@ retried by the shared ``HttpClient``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import HttpClient, classify_default, redact_url
 from adapters.mlflow._client import MlflowRest
-from engine.errors import AuthError, FatalError
+from core.errors import AuthError, FatalError
 
 CREDENTIALS_FOR_READ = "artifacts/credentials-for-read"
 DBFS_RUN_PREFIX = "dbfs:/databricks/mlflow-tracking/"
@@ -111,7 +111,7 @@ class DatabricksArtifacts:
             return parse_credential(infos[0], run_id=run_id, path=path)
         raise FatalError(f"mlflow: databricks gave no read credential for artifact {path!r}", adapter="mlflow", run=run_id)
 
-    async def read(self, run_id: str, path: str) -> AsyncIterator[bytes]:
+    async def read(self, run_id: str, path: str) -> AsyncGenerator[bytes, None]:
         """The file's bytes in pieces; one credential refresh when the signed URL is refused."""
         credential = await self.credential(run_id, path)
         for attempt in (1, 2):

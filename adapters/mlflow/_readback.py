@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.mlflow._config import MlflowDestinationConfig, MlflowSourceConfig
 from adapters.mlflow._source import MlflowSource
-from engine.model import Namespace, RunRef
+from core.model import Namespace, RunRef
 
 
 def readback(config: MlflowDestinationConfig, context: AdapterContext) -> tuple[MlflowSource, Callable[[str, RunRef], RunRef]]:

@@ -9,7 +9,7 @@ after a crash writes the same file again; the parts go only after the file is st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from adapters.mlflow._client import MlflowRest
 from adapters.mlflow._spool import ReplayableStream
@@ -49,7 +49,7 @@ class SideFiles:
     async def join_parts(self, parts: list[tuple[tuple[int, int], str]], target: str, folder: str) -> None:
         """Stream ``parts`` into ``target`` (one upload), then delete ``folder``."""
 
-        async def joined() -> AsyncIterator[bytes]:
+        async def joined() -> AsyncGenerator[bytes, None]:
             for _, path in parts:
                 async for piece in self.rest.http.download(self.url(path)):
                     yield piece

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -22,14 +22,14 @@ from urllib.parse import quote
 import anyio
 import orjson
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.mlflow._bulk import BulkHistory
 from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_path
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from adapters.mlflow._database import HistoryDatabase
 from adapters.mlflow._dbfs import DBFS_RUN_PREFIX, DatabricksArtifacts, is_databricks_run_uri
-from engine.errors import ConfigError, FatalError, NotFoundError
-from engine.model import (
+from core.errors import ConfigError, FatalError, NotFoundError
+from core.model import (
     FileRef,
     HistoryChunk,
     Namespace,
@@ -169,7 +169,7 @@ class MlflowSource:
             raise ConfigError(f"[source] filter {self.config.filter!r} is refused by the server ({exc}) — fix it (MLflow search syntax)") from None
 
     # -- runs -----------------------------------------------------------------------------------
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         for experiment in self._experiments:
             namespace = Namespace("", experiment["name"])
             async for run in self.rest.search_runs(
@@ -228,11 +228,13 @@ class MlflowSource:
                 "lifecycle_stage": info.get("lifecycle_stage", "active"),
             },
             source_system="mlflow",
+            source_uri=self._source_uri,
+            deleted=info.get("lifecycle_stage") == "deleted",
             metric_keys=sorted(latest),
         )
 
     # -- history --------------------------------------------------------------------------------
-    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         """Points from index ``start`` on, keys sorted, the server's order within a key.
 
         The points before ``start`` are fetched and skipped: MLflow cannot seek into a key's
@@ -277,7 +279,7 @@ class MlflowSource:
             yield last
 
     # -- artifacts ------------------------------------------------------------------------------
-    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Every file of the artifact tree, depth first, names sorted (one list call per dir)."""
         if not self.config.artifacts:
             return
@@ -309,7 +311,7 @@ class MlflowSource:
         root = S3Url.parse(artifact_uri)
         return S3Url(root.bucket, root.key.rstrip("/"))
 
-    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         """The file's bytes, streamed: from the bucket (``artifacts_direct_s3``), through a
         Databricks signed URL (``dbfs:/databricks/mlflow-tracking`` roots, see ``_dbfs``), or
         through the tracking server (``mlflow-artifacts`` proxy, else ``get-artifact``)."""

@@ -10,7 +10,7 @@ closed.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import IO
 
 import anyio.to_thread
@@ -34,7 +34,7 @@ class ReplayableStream:
         """Bytes pulled from the source so far."""
         return self._size
 
-    async def attempt(self) -> AsyncIterator[bytes]:
+    async def attempt(self) -> AsyncGenerator[bytes, None]:
         """The whole stream: replay what was spooled, then go on reading (and spooling)."""
         async for piece in self._replay():
             yield piece
@@ -61,7 +61,7 @@ class ReplayableStream:
             self._memory = None
         await anyio.to_thread.run_sync(_append, self._file, piece)
 
-    async def _replay(self) -> AsyncIterator[bytes]:
+    async def _replay(self) -> AsyncGenerator[bytes, None]:
         if self._memory is not None:
             snapshot = bytes(self._memory)
             for i in range(0, len(snapshot), _READ_PIECE):

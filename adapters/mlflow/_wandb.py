@@ -48,8 +48,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from adapters.mlflow._batching import MAX_KEY_LENGTH, MAX_PARAM_VALUE
-from engine.flatten import flatten_normalized
-from engine.model import RunRecord
+from core.flatten import flatten_normalized
+from core.model import RunRecord
 
 CONFIG_ARTIFACT = "wandb/config.json"
 SUMMARY_ARTIFACT = "wandb/summary.json"

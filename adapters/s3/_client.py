@@ -18,7 +18,7 @@ from aiobotocore.session import get_session
 from botocore.handlers import convert_body_to_file_like_object
 
 from adapters.s3._config import S3Config
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 # botocore appends "botocore/<version>" itself.
 USER_AGENT = f"runferry aiobotocore/{aiobotocore.__version__} Python/{platform.python_version()}"

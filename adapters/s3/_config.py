@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 MIB = 1 << 20
 MIN_PART = 5 * MIB  # S3: every part but the last is at least 5 MiB

@@ -16,7 +16,7 @@ from adapters.s3._listing import Listing
 from adapters.s3._parts import MD5_HEX, plan_part_size, plan_ranges
 from adapters.s3._upload import Uploads
 from adapters.s3._url import ObjectInfo, PutResult, S3Url
-from engine.errors import FatalError
+from core.errors import FatalError
 
 if TYPE_CHECKING:
     from adapters.s3._store import S3Store
@@ -103,5 +103,5 @@ async def copy_between(source: S3Store, source_url: str | S3Url, destination: S3
     try:
         return await destination.put_stream(destination_url, stream, size=info.size)
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 

@@ -8,9 +8,11 @@ pieces is in memory.
 
 from __future__ import annotations
 
+import functools
+
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -27,7 +29,7 @@ from adapters.s3._parts import (
     plan_ranges,
 )
 from adapters.s3._url import ObjectInfo, S3Url
-from engine.errors import TransientError
+from core.errors import TransientError
 
 _READ = 256 * 1024  # asyncio reads sockets 256 KiB at a time: chunks of it pass without a copy
 
@@ -43,7 +45,7 @@ class Downloads(Listing):
 
     async def get_stream(
         self, url: str | S3Url, *, part_size: int | None = None, parallelism: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The object's bytes in order, in pieces of at most ``part_size`` (see package docstring).
 
         Objects up to ``ranged_get_threshold`` come through one streamed GET (resumed from the
@@ -110,7 +112,7 @@ class Downloads(Listing):
 
     async def _get_streaming(
         self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str, first: Any
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """One GET (``first``, already answered), streamed; verified like the ranged reads, at
         the same range boundaries.
 
@@ -125,13 +127,13 @@ class Downloads(Listing):
         current = hashlib.md5()
         in_current = 0
         received = 0
-        breaks, delay = 0, 0.0
+        retrying = self.retrying(limiter)  # for breaks mid-body; _call retries each GET
         while True:
             if first is not None:
                 response, first = first, None
             else:
                 response = await self._call(
-                    target, "GetObject", lambda start=received: self._get_from(target, info, start)
+                    target, "GetObject", functools.partial(self._get_from, target, info, received)
                 )
             broke: BaseException | None = None
             # The request went through the limiter; reading its body holds no slot.
@@ -170,15 +172,11 @@ class Downloads(Listing):
                     yield piece
             if broke is None:
                 break
-            breaks += 1
             error = TransientError(
                 f"{self.name}: GetObject {target}: broke off after {received} bytes: {broke!r}", adapter=self.name
             )
-            if breaks >= self.config.max_attempts or not limiter.allow_retry(throttled=False):
-                raise error from broke
-            self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=breaks)
-            delay = limiter.backoff(breaks, delay)
-            await limiter.clock.sleep(delay)
+            error.__cause__ = broke
+            await retrying.wait_or_raise(error, throttled=False)
         if verify == "parts" and in_current:
             part_digests.append(current.digest())
         if received != info.size:

@@ -42,7 +42,7 @@ NETWORK_ERRORS = (
 )
 
 
-def unwrap(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+def unwrap(group: BaseExceptionGroup) -> BaseException:
     """The first real error of a task group's failure (cancellations are its echo)."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):

@@ -5,7 +5,10 @@ Small single requests through the retry loop; ``head`` is also what downloads an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import builtins
+import functools
+
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from adapters.s3._requests import RequestCore
@@ -36,7 +39,7 @@ class Listing(RequestCore):
         )
         return info_of(target, response)
 
-    async def list(self, url: str | S3Url, *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
+    async def list(self, url: str | S3Url, *, page_size: int = 1000) -> AsyncGenerator[ObjectInfo, None]:
         """Every object whose key starts with the URL's key, in key order, page by page."""
         prefix = url if isinstance(url, S3Url) else S3Url.parse(url)
         token: str | None = None
@@ -44,7 +47,7 @@ class Listing(RequestCore):
             kwargs: dict[str, Any] = {"Bucket": prefix.bucket, "Prefix": prefix.key, "MaxKeys": page_size}
             if token:
                 kwargs["ContinuationToken"] = token
-            page = await self._call(prefix, "ListObjectsV2", lambda kw=kwargs: self.client.list_objects_v2(**kw))
+            page = await self._call(prefix, "ListObjectsV2", functools.partial(self.client.list_objects_v2, **kwargs))
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     url=S3Url(prefix.bucket, item["Key"]),
@@ -60,7 +63,7 @@ class Listing(RequestCore):
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
         await self._call(target, "DeleteObject", lambda: self.client.delete_object(Bucket=target.bucket, Key=target.key))
 
-    async def list_open_uploads(self, url: str | S3Url) -> list[tuple[str, str]]:
+    async def list_open_uploads(self, url: str | S3Url) -> builtins.list[tuple[str, str]]:
         """``(key, upload id)`` of multipart uploads begun under the prefix and not finished."""
         prefix = url if isinstance(url, S3Url) else S3Url.parse(url)
         response = await self._call(

@@ -13,7 +13,7 @@ import re
 import anyio.to_thread
 
 from adapters.s3._config import MAX_PART, MAX_PARTS, MIB, MIN_PART
-from engine.errors import FatalError
+from core.errors import FatalError
 
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")
@@ -40,7 +40,7 @@ def multipart_etag(md5_digests: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(md5_digests)).hexdigest()}-{len(md5_digests)}"
 
 
-async def md5_of(data: bytes) -> bytes:
+async def md5_of(data: bytes | bytearray) -> bytes:
     """MD5 off the event loop for big buffers (hashlib releases the GIL)."""
     if len(data) < MIB:
         return hashlib.md5(data).digest()

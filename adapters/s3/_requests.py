@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 
 from botocore.exceptions import ClientError
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.s3._client import open_client
 from adapters.s3._config import S3Config
 from adapters.s3._errors import (
@@ -26,7 +26,7 @@ from adapters.s3._errors import (
     TRANSIENT_CODES,
 )
 from adapters.s3._url import S3Url
-from engine.errors import (
+from core.errors import (
     AuthError,
     FatalError,
     NotFoundError,
@@ -34,7 +34,7 @@ from engine.errors import (
     ThrottledError,
     TransientError,
 )
-from ratelimit import EndpointLimiter, LimiterRegistry, endpoint_of
+from ratelimit import EndpointLimiter, LimiterRegistry, Retrying, endpoint_of
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ class RequestCore:
         self.config = config
         self.context = context or AdapterContext()
         self.name = name
-        self._limiters: Any = self.context.limiters if self.context.limiters is not None else LimiterRegistry()
+        self._limiters: LimiterRegistry = self.context.limiters if self.context.limiters is not None else LimiterRegistry()
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         endpoint = config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"
@@ -95,9 +95,8 @@ class RequestCore:
     async def _call(self, url: S3Url, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run one S3 request through the prefix's limiter, retrying what may succeed later."""
         limiter = self.limiter_for(url)
-        attempt, delay = 0, 0.0
+        retrying = self.retrying(limiter)
         while True:
-            attempt += 1
             error: RetryableError
             async with limiter.slot() as ticket:
                 try:
@@ -113,12 +112,11 @@ class RequestCore:
                 except RetryableError as exc:  # raised by our own checks inside attempt_once
                     ticket.failed()
                     error = exc
-            throttled = isinstance(error, ThrottledError)
-            if attempt >= self.config.max_attempts or not limiter.allow_retry(throttled=throttled):
-                raise error
-            self.context.events("retry", endpoint=limiter.endpoint, error=str(error), attempt=attempt)
-            delay = limiter.backoff(attempt, delay)
-            await limiter.clock.sleep(delay)
+            await retrying.wait_or_raise(error, throttled=isinstance(error, ThrottledError))
+
+    def retrying(self, limiter: EndpointLimiter) -> Retrying:
+        """The shared retry driver for one request through ``limiter``."""
+        return Retrying(limiter, max_attempts=self.config.max_attempts, events=self.context.events)
 
     def _client_error(self, exc: ClientError, url: S3Url, what: str, ticket: Any) -> RetryableError:
         error = exc.response.get("Error", {})
@@ -133,16 +131,18 @@ class RequestCore:
                 retry_after = float(headers.get("retry-after"))
             ticket.throttled(retry_after)
             self.context.events("throttle", endpoint=self.limiter_for(url).endpoint, status=status, retry_after=retry_after)
-            failure: RetryableError = ThrottledError(message, retry_after=retry_after, adapter=self.name)
+            failure: RetryableError = ThrottledError(
+                message, retry_after=retry_after, adapter=self.name, status=status, code=code
+            )
         elif code in TRANSIENT_CODES or status >= 500 or status == 408:
             ticket.failed()
-            failure = TransientError(message, adapter=self.name)
+            failure = TransientError(message, adapter=self.name, status=status, code=code)
         else:
             ticket.success()
             if code in NOT_FOUND_CODES or status == 404:
-                raise NotFoundError(message, adapter=self.name) from exc
+                raise NotFoundError(message, adapter=self.name, status=status, code=code) from exc
             if code in AUTH_CODES or status in (401, 403):
                 raise AuthError(message) from exc
-            raise FatalError(message, adapter=self.name) from exc
+            raise FatalError(message, adapter=self.name, status=status, code=code) from exc
         failure.__cause__ = exc
         return failure

@@ -8,7 +8,7 @@ upload is aborted, shielded from cancellation, if anything fails, so no upload i
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
@@ -25,7 +25,12 @@ from adapters.s3._parts import (
 )
 from adapters.s3._requests import RequestCore
 from adapters.s3._url import PutResult, S3Url
-from engine.errors import FatalError, NotFoundError, TransientError
+from core.errors import FatalError, NotFoundError, TransientError
+
+
+Part = bytes | bytearray
+"""A part's bytes: a fresh ``bytearray`` when ``_rechunk`` assembled it (no extra copy), else the
+piece as the source gave it. md5, ``len()`` and request bodies take both alike."""
 
 
 class Uploads(RequestCore):
@@ -54,7 +59,7 @@ class Uploads(RequestCore):
         part_size = plan_part_size(size, self.config.part_size)
         parts = _rechunk(data, part_size)
         # Objects up to the threshold go in one PutObject (buffering at most the threshold).
-        head: list[bytes] = []
+        head: list[Part] = []
         buffered = 0
         while buffered <= self.config.multipart_threshold:
             piece = await anext(parts, None)
@@ -88,7 +93,7 @@ class Uploads(RequestCore):
             raise TransientError(f"{self.name}: {what}: ETag {value} != MD5 {digest.hex()} of what we sent", adapter=self.name)
 
     async def _put_multipart(
-        self, target: S3Url, parts: AsyncIterator[bytes], part_size: int,
+        self, target: S3Url, parts: AsyncIterator[Part], part_size: int,
         size: int | None, extra: dict[str, Any],
     ) -> PutResult:
         created = await self._call(
@@ -101,12 +106,12 @@ class Uploads(RequestCore):
             etags: dict[int, str] = {}
             total = 0
 
-            async def upload_parts(receive: anyio.abc.ObjectReceiveStream[tuple[int, bytes]]) -> None:
+            async def upload_parts(receive: anyio.abc.ObjectReceiveStream[tuple[int, Part]]) -> None:
                 async with receive:
                     async for number, body in receive:
                         etags[number], digests[number] = await self._upload_part(target, upload_id, number, body)
 
-            send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](0)
+            send, receive = anyio.create_memory_object_stream[tuple[int, Part]](0)
             try:
                 async with anyio.create_task_group() as tg:
                     async with receive:
@@ -143,7 +148,7 @@ class Uploads(RequestCore):
                 await self._abort(target, upload_id)
             raise
 
-    async def _upload_part(self, target: S3Url, upload_id: str, number: int, body: bytes) -> tuple[str, bytes]:
+    async def _upload_part(self, target: S3Url, upload_id: str, number: int, body: Part) -> tuple[str, bytes]:
         digest = await md5_of(body)
 
         async def attempt() -> Any:
@@ -183,31 +188,31 @@ class SlicedBody:
 
     SLICE = 256 * 1024
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Part) -> None:
         self._data = data
         self._position = 0
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> Part:
         end = len(self._data) if size < 0 else min(len(self._data), self._position + size)
         piece = self._data[self._position : end]
         self._position = end
         return piece
 
-    async def __aiter__(self) -> AsyncIterator[memoryview]:
+    async def __aiter__(self) -> AsyncGenerator[memoryview, None]:
         view = memoryview(self._data)
         for start in range(0, len(view), self.SLICE):
             yield view[start : start + self.SLICE]
 
 
-def body_of(data: bytes) -> bytes | SlicedBody:
+def body_of(data: Part) -> Part | SlicedBody:
     """What to pass as ``Body``: small bodies as they are, large ones sliced."""
     return SlicedBody(data) if len(data) > SlicedBody.SLICE else data
 
 
-async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncGenerator[Part, None]:
     """Pieces of exactly ``size`` bytes (the last may be shorter; never an empty one).
 
     Pieces that already are a part pass through; other bytes are copied once, into a fresh
@@ -236,7 +241,9 @@ async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes
         yield part
 
 
-async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _chain(
+    first: list[Part], rest: AsyncIterator[Part]
+) -> AsyncGenerator[Part, None]:
     for piece in first:
         yield piece
     async for piece in rest:

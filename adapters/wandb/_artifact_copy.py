@@ -33,7 +33,7 @@ copied versions, and collections whose logging runs are gone copied too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,7 +260,7 @@ async def use_inputs(
 
 
 async def _placeholder(index: int, spool_dir: str | None, name: str, type_name: str) -> PendingArtifact:
-    async def nothing() -> AsyncIterator[bytes]:
+    async def nothing() -> AsyncGenerator[bytes, None]:
         return
         yield b""
 

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 from adapters.http import HttpClient
-from engine.errors import FatalError
+from core.errors import FatalError
 
 from . import _gql
 from ._spool import Spooled

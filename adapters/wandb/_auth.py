@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
 
 
 def api_key_from_env(variable: str, where: str) -> str:

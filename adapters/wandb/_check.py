@@ -18,8 +18,8 @@ import json
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.incremental import FinishedRun
-from engine.model import CONSOLE_LOG, RunRecord
+from core.protocols import FinishedRun
+from core.model import CONSOLE_LOG, RunRecord
 
 from . import _gql
 from ._config import WandbDestinationConfig

@@ -7,13 +7,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from adapters.base import AdapterContext, Checkpoint
+from core.protocols import AdapterContext, Checkpoint
 from adapters.http import HttpClient
-from engine.errors import AuthError, ConfigError, FatalError
-from engine.model import Namespace, RunRecord, RunRef
-from engine.preflight import probe_directory
+from core.errors import AuthError, ConfigError, FatalError
+from core.model import Namespace, RunRecord, RunRef
+from core.probe import probe_directory
 
-from engine.incremental import FinishedRun
+from core.protocols import FinishedRun
 
 from . import _auth, _gql
 from ._artifact_copy import ArtifactFetcher, ArtifactOrder
@@ -45,13 +45,13 @@ class WandbDestination:
                 raise ConfigError(f"[destination] {exc}") from None
         self.config = config
         self.context = context
-        self.clock: Any = context.extra.get("clock")
+        self.clock = context.clock
         self._stack: contextlib.AsyncExitStack | None = None
         self.api: HttpClient | None = None
         self.filestream_http: FileStreamClient | None = None
         self.storage: HttpClient | None = None
         self.default_entity = ""
-        self.source_uri = str(context.extra.get("source_uri", ""))
+        self.source_uri = context.source_uri
         # copied W&B artifacts (see _artifact_copy): one version-order coordinator for all runs;
         # dest_project_of maps a source "entity/project" as runs are mapped (the engine may set
         # a remap-aware one); artifact_fetcher reads used versions from a W&B source
@@ -126,7 +126,7 @@ class WandbDestination:
         if not entity:
             raise ConfigError("[destination] entity is empty and the API key has no default entity")
         project = project_for(run, self.config)
-        source_uri = self.source_uri or str(run.system.get("uri") or run.system.get("tracking_uri") or "")
+        source_uri = self.source_uri or run.source_uri or ""
         run_id = run_id_for(run, self.config, source_uri)
         parent_run_id = None
         if run.parent_id:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.errors import NotFoundError
+from core.errors import NotFoundError
 
 from . import _read_ops
 from ._history_read import loads
@@ -42,7 +42,7 @@ def hex_md5(b64: Any) -> str | None:
 
 async def file_nodes(
     api: HttpClient, entity: str, project: str, run: str, *, per_page: int, names: list[str] | None = None
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """The run's file nodes (``id name url directUrl sizeBytes md5 ...``), page by page."""
     variables = {"entity": entity, "project": project, "name": run, "fileLimit": per_page, "fileNames": names or [],
                  "upload": False}
@@ -67,7 +67,7 @@ async def file_url(api: HttpClient, entity: str, project: str, run: str, name: s
     return None
 
 
-async def download(api: HttpClient, url: str) -> AsyncIterator[bytes]:
+async def download(api: HttpClient, url: str) -> AsyncGenerator[bytes, None]:
     async for piece in api.download(url, chunk_size=_PIECE):
         yield piece
 
@@ -100,7 +100,7 @@ def log_line_text(node: dict[str, Any]) -> str:
     return f"{prefix}{stamp} " + (f"[{label}] " if label else "") + content
 
 
-async def console_from_log_lines(api: HttpClient, entity: str, project: str, run: str) -> AsyncIterator[bytes]:
+async def console_from_log_lines(api: HttpClient, entity: str, project: str, run: str) -> AsyncGenerator[bytes, None]:
     """``output.log`` rebuilt from ``logLines`` pages (one page of text at a time)."""
     variables = {"entity": entity, "project": project, "runName": run, "first": _LOG_PAGE}
     nodes = _read_ops.edges_of(api, _read_ops.RUN_CONSOLE_LOG_PAGE, variables, name="RunConsoleLogPage",

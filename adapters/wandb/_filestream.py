@@ -8,8 +8,12 @@ towards the configured rate after accepted requests. Requests are sent one at a 
 so offsets are acknowledged in order and a resumed migration re-sends the same (offset, lines)
 windows, which overwrite, never append.
 
-The HTTP client used here makes single attempts (``max_attempts=1``); this module owns the
-retry loop so that each run's throttles slow that run, not the others.
+The HTTP client used here makes single attempts (``max_attempts=1``); this module retries
+through the shared driver (``ratelimit.Retrying``) on the run's own limiter, so each run's
+throttles slow that run, not the others, and throttles spend from that limiter's retry budget
+like every other endpoint's. One controller answers a run's 429: the ``RunPacer`` (the run's
+limiter still keeps its quota headers, its concurrency and its budget, but does not also slow
+down on the same 429).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import anyio
 import orjson
 
 from adapters.http import HttpClient
-from engine.errors import ThrottledError, TransientError
+from core.errors import RetryableError, ThrottledError
 from ratelimit import (
     Clock,
     EndpointLimiter,
     LimiterRegistry,
     MonotonicClock,
+    Retrying,
+    Ticket,
     endpoint_of,
 )
 
@@ -64,6 +70,10 @@ class FileStreamClient(HttpClient):
             config = self._shared.config_for(key) if self._shared is not None else None
             limiter = self._per_run[key] = EndpointLimiter(key, config, clock=self._clock)
         return limiter
+
+    def _throttled(self, ticket: Ticket, retry_after: float | None) -> None:
+        """The run's ``RunPacer`` is the one controller that answers its 429s (see the module
+        docstring); the ticket stays neutral."""
 
     def release(self, path: str) -> None:
         self._per_run.pop(endpoint_of(self.url(path)) + urlsplit(self.url(path)).path, None)
@@ -171,19 +181,17 @@ class FileStream:
             return await self._post(body, headers)
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> Any:
-        failures = 0
+        limiter = self.http.limiter_for(self.http.url(self.path))
+        retrying = Retrying(limiter, max_attempts=self.max_failures, events=self.http.context.events)
         while True:
             await self.pacer.wait_turn()
             try:
                 answer = await self.http.request_json("POST", self.path, data=body, headers=headers)
-            except ThrottledError as exc:
-                self.pacer.throttled(exc.retry_after)
-                continue  # throttles are the server pacing us, not failures: always retry
-            except TransientError:
-                failures += 1
-                if failures >= self.max_failures:
-                    raise
-                self.pacer.throttled(None)
+            except RetryableError as exc:
+                throttled = isinstance(exc, ThrottledError)
+                self.pacer.throttled(exc.retry_after if isinstance(exc, ThrottledError) else None)
+                # the pacer's turn is the wait (it honours Retry-After); the driver keeps count
+                await retrying.wait_or_raise(exc, throttled=throttled, backoff=False)
                 continue
             self.requests += 1
             self.pacer.accepted()

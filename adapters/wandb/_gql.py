@@ -3,7 +3,7 @@
 Why here: the documents are the wire contract with the W&B server (names and shapes follow the
 official SDK's operations, see wandb-protocol.md §2); keeping them together makes it easy to
 check them against a server. GraphQL answers errors inside a 200 body, so ``call`` turns them
-into ``engine.errors`` exactly like HTTP statuses.
+into ``core.errors`` exactly like HTTP statuses.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.http import Classification, HttpClient, classify_default
-from engine.errors import AuthError, FatalError, NotFoundError
+from core.errors import AuthError, FatalError, NotFoundError
 
 VIEWER = """query Viewer { viewer { id entity username teams { edges { node { name } } } } }"""
 

@@ -30,13 +30,13 @@ point ``start`` re-reads the pages before it and skips their points (W&B cannot 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import orjson
 
 from adapters.http import HttpClient
-from engine.model import HistoryChunk, history_batch
+from core.model import HistoryChunk, history_batch
 
 from . import _read_ops
 from ._gql import call
@@ -147,7 +147,7 @@ def next_window(width: int, rows: int, page_rows: int) -> int:
 
 async def history_pages(
     api: HttpClient, entity: str, project: str, run: str, last_step: int, page_rows: int
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncGenerator[list[dict[str, Any]], None]:
     """The run's history rows, one step window per page, each page sorted by step (stable)."""
     min_step, width = 0, max(1, page_rows)
     while min_step <= last_step:
@@ -191,7 +191,7 @@ async def iter_points(
     page_rows: int,
     chunk_points: int,
     start: int,
-) -> AsyncIterator[HistoryChunk]:
+) -> AsyncGenerator[HistoryChunk, None]:
     """History points, then system-metrics points, from point ``start`` on (module docstring)."""
     builder = ChunkBuilder(chunk_points, start)
     async for rows in history_pages(api, entity, project, run, last_step, page_rows):

@@ -43,6 +43,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._points import Points
+from ._spill import SortedRun, merge_windows, sort_by_step, spill
+
 
 class Order(enum.Enum):
     """What the assembler knows about the source's point order."""
@@ -93,50 +96,8 @@ def _float_text(values: pa.Array | np.ndarray) -> pa.Array:
 
 def format_float(value: float) -> str:
     """Scalar version of the float rule (summary values, tests)."""
-    return _float_text(pa.array([value], pa.float64()))[0].as_py()
-
-
-@dataclass(slots=True)
-class Points:
-    """Compact columns of buffered points: keys as int32 indices into a ``KeyTable``."""
-
-    key: np.ndarray  # int32
-    step: np.ndarray  # int64
-    ts: np.ndarray  # float64
-    value: np.ndarray  # float64 (NaN where value_json holds the value)
-    value_json: pa.Array | None  # string, null where the value is numeric; None = all numeric
-
-    def __len__(self) -> int:
-        return len(self.step)
-
-    def take(self, index: np.ndarray) -> Points:
-        json_part = None if self.value_json is None else self.value_json.take(pa.array(index))
-        return Points(self.key[index], self.step[index], self.ts[index], self.value[index], json_part)
-
-    def head(self, n: int) -> Points:
-        json_part = None if self.value_json is None else self.value_json.slice(0, n)
-        return Points(self.key[:n], self.step[:n], self.ts[:n], self.value[:n], json_part)
-
-    def tail(self, n: int) -> Points:
-        json_part = None if self.value_json is None else self.value_json.slice(n)
-        return Points(self.key[n:], self.step[n:], self.ts[n:], self.value[n:], json_part)
-
-    @staticmethod
-    def concat(parts: list[Points]) -> Points:
-        if len(parts) == 1:
-            return parts[0]
-        json_part = None
-        if any(p.value_json is not None for p in parts):
-            json_part = pa.concat_arrays(
-                [p.value_json if p.value_json is not None else pa.nulls(len(p), pa.string()) for p in parts]
-            )
-        return Points(
-            np.concatenate([p.key for p in parts]),
-            np.concatenate([p.step for p in parts]),
-            np.concatenate([p.ts for p in parts]),
-            np.concatenate([p.value for p in parts]),
-            json_part,
-        )
+    text: str = _float_text(pa.array([value], pa.float64()))[0].as_py()
+    return text
 
 
 class KeyTable:
@@ -159,7 +120,8 @@ class KeyTable:
                 self._json.append(orjson.dumps(name).decode())
                 self._json_array = None
             mapping[i] = index
-        return mapping[encoded.indices.to_numpy(zero_copy_only=False)]
+        decoded: np.ndarray = mapping[encoded.indices.to_numpy(zero_copy_only=False)]
+        return decoded
 
     def json_texts(self) -> pa.Array:
         if self._json_array is None:
@@ -250,7 +212,8 @@ def encode_points(
         "",
     )
     lines = pc.binary_join_element_wise(head, joined, pa.scalar("}"), "")
-    return lines.to_pylist()
+    texts: list[str] = lines.to_pylist()
+    return texts
 
 
 @dataclass
@@ -308,8 +271,6 @@ class HistoryAssembler:
         if self.order is Order.UNDECIDED and self._has_multi_key_complete_step():
             self.order = Order.STREAM
         if self.order is Order.BUFFER and self._pending_points > self.spill_points:
-            from ._spill import spill
-
             self._spilled.append(spill(Points.concat(self._pending), self.spill_dir))
             self._spilled_points += self._pending_points
             self._pending, self._pending_points = [], 0
@@ -346,8 +307,6 @@ class HistoryAssembler:
     # -- internals --------------------------------------------------------------------------
     def _finish_spilled(self) -> Iterator[LineBlock]:
         """Merge the sorted runs on disk with what is still in memory, window by window."""
-        from ._spill import SortedRun, merge_windows, sort_by_step
-
         runs = list(self._spilled)
         if self._pending:
             runs.append(SortedRun(sort_by_step(Points.concat(self._pending))))

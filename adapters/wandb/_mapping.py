@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from engine.model import RunRecord, RunState
+from core.model import RunRecord, RunState
 
 from ._config import WandbDestinationConfig
 

@@ -29,12 +29,12 @@ import base64
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.errors import AuthError, FatalError, NotFoundError
-from engine.model import ArtifactRef, FileRef
+from core.errors import AuthError, FatalError, NotFoundError
+from core.model import ArtifactRef, FileRef
 
 from . import _gql
 
@@ -134,7 +134,7 @@ def version_index(ref: ArtifactRef) -> int:
 
 async def paged_artifacts(
     api: HttpClient, document: str, name: str, *, entity: str, project: str, run_name: str
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Artifact nodes of a run's output or input connection, page by page."""
     found = False
     async for node in paged(api, document, name, {"entity": entity, "project": project, "run": run_name},
@@ -196,7 +196,7 @@ async def logged_artifact_files(
     run_name: str,
     skip_types: tuple[str, ...] = DEFAULT_SKIP_TYPES,
     events: Callable[..., None] = _ignore,
-) -> AsyncIterator[FileRef]:
+) -> AsyncGenerator[FileRef, None]:
     """Every file of every artifact version the run logged (committed ones), versions oldest
     first, paths sorted within a version."""
     nodes = []
@@ -234,7 +234,7 @@ async def artifact_file_url(api: HttpClient, file: FileRef) -> str:
 
 async def read_artifact_file(
     storage: HttpClient, api: HttpClient, file: FileRef, *, chunk_size: int = 1 << 20
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The member's bytes, streamed. A presigned URL that expired (403/404 before the first
     byte) is asked for again once; a break mid-body raises ``TransientError`` (the engine
     restarts the file), as ``HttpClient.download`` documents."""
@@ -309,7 +309,7 @@ query CollectionVersions($entity: String!, $project: String!, $type: String!, $c
 
 
 async def paged(api: HttpClient, document: str, name: str, variables: dict[str, Any],
-                path: tuple[str, ...]) -> AsyncIterator[dict[str, Any]]:
+                path: tuple[str, ...]) -> AsyncGenerator[dict[str, Any], None]:
     """Nodes of the connection at ``path`` in the answer (missing parents: no nodes)."""
     cursor = None
     while True:
@@ -340,7 +340,7 @@ async def version_files(api: HttpClient, storage: HttpClient, node: dict[str, An
 
 async def project_collections(
     api: HttpClient, project_path: str, *, skip_types: tuple[str, ...] = DEFAULT_SKIP_TYPES
-) -> AsyncIterator[tuple[str, str]]:
+) -> AsyncGenerator[tuple[str, str], None]:
     """(type, collection) of every artifact collection of a project, types and names sorted."""
     entity, project = split_project(project_path)
     variables = {"entity": entity, "project": project}

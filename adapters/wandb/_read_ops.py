@@ -10,7 +10,7 @@ runs (from wandb-core's ``RunResumeStatus``) and ``events(samples:)`` (``run.his
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from ._gql import call
@@ -103,7 +103,7 @@ query RunConsoleLogPage($entity: String!, $project: String!, $runName: String!, 
 async def edges_of(
     api: Any, document: str, variables: dict[str, Any], *, name: str, cursor_var: str,
     connection: Callable[[dict[str, Any]], dict[str, Any] | None],
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Every node of a cursor-paged GraphQL connection, page by page, as the SDK pages them:
     the next cursor is the last edge's ``cursor`` (else ``pageInfo.endCursor``); stop when
     ``hasNextPage`` is false or a page is empty. ``connection(data)`` finds the connection in

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from adapters.base import AdapterContext
-from engine.model import Namespace, RunRef
+from core.protocols import AdapterContext
+from core.model import Namespace, RunRef
 
 from ._config import WandbDestinationConfig
 from ._source import WandbSource

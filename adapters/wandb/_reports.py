@@ -12,7 +12,7 @@ Reads follow ``ProjectViews`` (wandb-protocol.md §3.6), writes ``upsertView`` (
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from adapters.http import HttpClient
@@ -46,7 +46,7 @@ mutation upsertView($id: ID, $entityName: String, $projectName: String, $type: S
 DestProjectOf = Callable[[str], tuple[str, str]]
 
 
-async def project_reports(api: HttpClient, project_path: str, *, name: str | None = None) -> AsyncIterator[dict[str, Any]]:
+async def project_reports(api: HttpClient, project_path: str, *, name: str | None = None) -> AsyncGenerator[dict[str, Any], None]:
     """Every report (view of type ``runs``) of ``entity/project``, oldest first, spec as text."""
     entity, project = split_project(project_path)
     async for node in paged(api, PROJECT_VIEWS, "ProjectViews",

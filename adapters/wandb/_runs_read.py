@@ -11,12 +11,12 @@ import datetime as dt
 import fnmatch
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from adapters.http import HttpClient
-from engine.errors import AuthError, ConfigError
-from engine.model import Namespace, RunRecord, RunRef, RunState
+from core.errors import AuthError, ConfigError
+from core.model import Namespace, RunRecord, RunRef, RunState
 
 from . import _read_ops
 from ._gql import call
@@ -69,7 +69,7 @@ async def resolve_namespaces(
     return list(chosen)
 
 
-async def list_projects(api: HttpClient, entity: str, per_page: int = 100) -> AsyncIterator[str]:
+async def list_projects(api: HttpClient, entity: str, per_page: int = 100) -> AsyncGenerator[str, None]:
     """Project names of ``entity`` (``models`` connection, as ``api.projects(entity)``)."""
     nodes = _read_ops.edges_of(api, _read_ops.GET_PROJECTS, {"entity": entity, "perPage": per_page},
                                name="GetProjects", cursor_var="cursor", connection=lambda d: d.get("models") or {})
@@ -84,7 +84,7 @@ async def project_exists(api: HttpClient, entity: str, project: str) -> bool:
 
 async def run_nodes(
     api: HttpClient, namespace: Namespace, *, per_page: int, order: str, filters: str
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """The namespace's runs as ``RunFragment`` JSON, page by page (cursor = last edge's)."""
     variables = {"entity": namespace.entity, "project": namespace.project, "perPage": per_page, "order": order,
                  "filters": filters}
@@ -176,6 +176,7 @@ def record_from_node(
     config = unwrap_config(_json_field(node.get("config")))
     start = parse_time(node.get("createdAt"))
     runtime = (summary.get("_wandb") or {}).get("runtime") if isinstance(summary.get("_wandb"), dict) else None
+    end: float | None
     if start is not None and isinstance(runtime, (int, float)) and not isinstance(runtime, bool):
         end = start + runtime
     else:
@@ -200,6 +201,7 @@ def record_from_node(
         job_type=node.get("jobType"),
         git_commit=node.get("commit"),
         source_system="wandb",
+        source_uri=base_url,
         metric_keys=keys,
         revision=revision_of(node),
         history_points=points,

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import HttpClient
-from engine.errors import AuthError, ConfigError, NotFoundError
-from engine.model import CONSOLE_LOG, FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from core.errors import AuthError, ConfigError, NotFoundError
+from core.model import CONSOLE_LOG, FileRef, HistoryChunk, Namespace, RunRecord, RunRef
 
 from . import _auth, _gql, _read_ops
 from ._files_read import (
@@ -107,7 +107,7 @@ class WandbSource:
         return self._storage
 
     # -- runs -----------------------------------------------------------------------------------
-    async def list_runs(self) -> AsyncIterator[RunRef]:
+    async def list_runs(self) -> AsyncGenerator[RunRef, None]:
         """Every selected run once, namespaces in order, each in the server's ``order``; a run
         a later page repeats (a run created or changed while paging) is skipped."""
         seen: set[tuple[str, str, str]] = set()
@@ -150,7 +150,7 @@ class WandbSource:
         return record
 
     # -- history --------------------------------------------------------------------------------
-    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         """History points then system-metrics points (``_history_read`` has the conventions)."""
         events = int(run.system.get("events_line_count") or 0) if self.config.include_system_metrics else 0
         chunks = iter_points(
@@ -168,7 +168,7 @@ class WandbSource:
                 yield chunk
 
     # -- files ----------------------------------------------------------------------------------
-    async def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Run files (``include_files``), ``output.log`` as the console log
         (``include_console``), then the artifact members (``artifact_files``)."""
         entity, project, name = source_path(run.ref)
@@ -191,7 +191,7 @@ class WandbSource:
         async for member in self.artifact_files(run):
             yield member
 
-    async def artifact_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    async def artifact_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Members of the run's logged artifact versions (``FileRef.artifact`` set), oldest
         version first, when ``include_artifacts`` is on (see ``_read_artifacts``)."""
         if not self.config.include_artifacts:
@@ -203,7 +203,7 @@ class WandbSource:
             async for member in listing:
                 yield member
 
-    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         """The file's bytes in pieces (authenticated ``url``; the console log rebuilt from
         ``logLines`` when the run has no ``output.log`` file)."""
         if file.artifact is not None and file.artifact.source_project:

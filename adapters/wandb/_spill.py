@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from ._lines import Points
+from ._points import Points
 
 _SCHEMA = pa.schema(
     [("key", pa.int32()), ("step", pa.int64()), ("ts", pa.float64()), ("value", pa.float64()), ("value_json", pa.string())]

@@ -12,10 +12,11 @@ import base64
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import anyio
+import anyio.to_thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +37,20 @@ class Spooled:
         except FileNotFoundError:
             pass
 
-    async def read(self, start: int = 0, length: int | None = None, piece: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def read(self, start: int = 0, length: int | None = None, piece: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         """Stream ``length`` bytes from ``start`` (whole file by default)."""
         remaining = self.size - start if length is None else length
-        async with await anyio.open_file(self.path, "rb") as fh:
-            await fh.seek(start)
+        fh = await anyio.to_thread.run_sync(open, self.path, "rb")
+        try:
+            await anyio.to_thread.run_sync(fh.seek, start)
             while remaining > 0:
-                data = await fh.read(min(piece, remaining))
+                data = await anyio.to_thread.run_sync(fh.read, min(piece, remaining))
                 if not data:
                     raise OSError(f"staged file {self.path} is shorter than expected")
                 remaining -= len(data)
                 yield data
+        finally:  # closed at once, even when the reader is cancelled (a read-only close never blocks)
+            fh.close()
 
 
 async def spool(data: AsyncIterator[bytes], directory: str | None = None, part_size: int = 0) -> Spooled:

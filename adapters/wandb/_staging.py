@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -39,7 +40,7 @@ class RunStaging:
         return self.dir / hashlib.blake2b(artifact_key.encode(), digest_size=12).hexdigest()
 
     async def stage(
-        self, artifact_key: str, artifact_meta: dict, path: str, data: AsyncIterator[bytes], part_size: int
+        self, artifact_key: str, artifact_meta: dict[str, Any], path: str, data: AsyncIterator[bytes], part_size: int
     ) -> Spooled:
         """Spool one member and record it (atomically: data first, then the sidecar)."""
         directory = self._member_dir(artifact_key)
@@ -58,9 +59,9 @@ class RunStaging:
         os.replace(tmp, directory / f"{member_id}.json")
         return Spooled(str(final), spooled.size, spooled.md5_hex, spooled.part_size, spooled.part_md5_hex)
 
-    def load(self) -> dict[str, tuple[dict, dict[str, Spooled]]]:
+    def load(self) -> dict[str, tuple[dict[str, Any], dict[str, Spooled]]]:
         """Everything staged before (after a crash): artifact key -> (meta, {path: member})."""
-        found: dict[str, tuple[dict, dict[str, Spooled]]] = {}
+        found: dict[str, tuple[dict[str, Any], dict[str, Spooled]]] = {}
         if not self.dir.exists():
             return found
         for directory in sorted(self.dir.iterdir()):

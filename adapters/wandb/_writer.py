@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from adapters.http import HttpClient
-from engine.errors import FatalError
-from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, RunRecord
+from core.errors import FatalError
+from core.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, RunRecord
 
 from . import _gql
 from ._artifact_copy import (
@@ -58,7 +58,7 @@ def content_budget(max_request_bytes: int) -> int:
 
 
 class WandbRunWriter:
-    """Implements ``adapters.base.RunWriter`` for one W&B run."""
+    """Implements ``core.protocols.RunWriter`` for one W&B run."""
 
     def __init__(
         self,
@@ -262,10 +262,11 @@ class WandbRunWriter:
             splitter, batcher = LineSplitter(line_cap(budget)), LineBatcher(budget)
             offset = 0
 
-            async def lines() -> AsyncIterator[str]:
-                async for piece in spooled.read():
-                    for line in splitter.feed(piece):
-                        yield line
+            async def lines() -> AsyncGenerator[str, None]:
+                async with contextlib.aclosing(spooled.read()) as pieces:
+                    async for piece in pieces:
+                        for line in splitter.feed(piece):
+                            yield line
                 for line in splitter.finish():
                     yield line
 

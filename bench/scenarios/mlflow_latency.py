@@ -33,7 +33,7 @@ async def _runferry_get_run(url: str, run_id: str, calls: int, prompt_ack: bool)
     from unittest import mock
 
     from adapters import http
-    from adapters.base import AdapterContext
+    from core.protocols import AdapterContext
 
     with contextlib.ExitStack() as stack:
         if not prompt_ack:

@@ -307,7 +307,7 @@ def _phase(phase: str, config_path: Path) -> int:
 
 
 async def _run_phase(phase: str, config: Any) -> float:
-    from adapters.base import AdapterContext
+    from core.protocols import AdapterContext
     from adapters.mlflow import MlflowDestination, MlflowSource
     from engine.pipeline import migrate
     from engine.progress import Progress
@@ -350,7 +350,7 @@ class _NullDestination:
             return None
 
         def checkpoint(self) -> Any:
-            from adapters.base import Checkpoint
+            from core.protocols import Checkpoint
 
             return Checkpoint(history_points=self.points)
 

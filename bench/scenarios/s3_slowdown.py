@@ -48,9 +48,9 @@ from typing import Any, Self
 
 import anyio
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.s3 import MIB, S3Config, S3Store, S3Url
-from engine.errors import TransferError
+from core.errors import TransferError
 from ratelimit import LimiterRegistry
 from tests.servers.s3front import S3Stack, start_s3_stack
 

@@ -84,7 +84,7 @@ def make_config(workdir: Path, a: argparse.Namespace, name: str = "bench") -> Pa
 
 # -- the in-process phases (run as children) --------------------------------------------------
 def _adapters(config_path: Path) -> tuple[Any, Any, int]:
-    from adapters.base import AdapterContext
+    from core.protocols import AdapterContext
     from adapters.local import LocalDestination
     from adapters.synthetic import SyntheticSource
 
@@ -117,7 +117,7 @@ async def _write(config_path: Path) -> dict[str, Any]:
     one random piece, all built before the clock starts."""
     import os
 
-    from engine.model import HistoryChunk
+    from core.model import HistoryChunk
 
     source, destination, _ = _adapters(config_path)
     async with source:
@@ -173,7 +173,7 @@ def _run_phase(phase: str, config_path: Path) -> int:
         import pyarrow.parquet  # noqa: F401  (imports stay out of the inner timings)
 
         from adapters import local, synthetic  # noqa: F401
-        from engine import model  # noqa: F401
+        from core import model  # noqa: F401
 
         started, cpu = time.perf_counter(), time.process_time()
         result = anyio.run(_generate if phase == "generate" else _write, config_path)

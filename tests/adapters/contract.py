@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from adapters.base import AdapterContext, Checkpoint, Destination, RunWriter, Source
+from core.protocols import AdapterContext, Checkpoint, Destination, RunWriter, Source
 from adapters.synthetic import SyntheticConfig, SyntheticSource
-from engine.model import HISTORY_SCHEMA, FileRef, RunRecord, RunRef
+from core.model import HISTORY_SCHEMA, FileRef, RunRecord, RunRef
 
 
 # -- comparison helpers ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.local import LocalDestination, LocalSource
 from tests.adapters.contract import (
     DestinationCase,

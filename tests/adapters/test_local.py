@@ -13,10 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from adapters.local import LocalDestination, LocalSource, _layout
-from engine.errors import ConfigError, FatalError
-from engine.model import CONSOLE_LOG, ArtifactRef, FileRef, Namespace, RunRecord, RunRef, RunState
+from core.errors import ConfigError, FatalError
+from core.model import CONSOLE_LOG, ArtifactRef, FileRef, HistoryChunk, Namespace, RunRecord, RunRef, RunState
 from tests.adapters.contract import (
     all_refs,
     assert_history_equal,
@@ -131,6 +131,41 @@ async def test_failed_file_stream_leaves_the_previous_copy_and_no_temporaries(tm
     assert (folder / "dir" / "f.txt").read_bytes() == b"old bytes"
     assert (folder / "empty").read_bytes() == b""
     assert sorted(p.name for p in folder.rglob("*")) == ["dir", "empty", "f.txt"]
+
+
+def temporaries(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if _layout.TMP_MARK in p.name)
+
+
+async def test_failed_local_writes_remove_their_temporary_files_at_once(tmp_path: Path) -> None:
+    """A file stream that breaks, a file and a history chunk that cannot be renamed into place
+    (a directory is in the way): each leaves no temporary file behind, checked right after the
+    failure and before the writer closes (nothing else sweeps them in between)."""
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise OSError("source connection reset")
+
+    async with destination(tmp_path) as dest:
+        writer = await dest.open_run(weird_record(), None)
+        run_dir = tmp_path / writer.dest_id
+        with pytest.raises(OSError, match="source connection reset"):
+            await writer.write_file(FileRef(path="f.txt"), broken())
+        assert temporaries(run_dir) == []
+
+        blocked = _layout.file_target(run_dir, "g.txt", None, None)
+        (blocked / "in-the-way").mkdir(parents=True)
+        with pytest.raises(FatalError, match="IsADirectoryError"):
+            await writer.write_file(FileRef(path="g.txt"), pieces(b"abc"))
+        assert temporaries(run_dir) == []
+
+        (run_dir / _layout.HISTORY / "in-the-way").mkdir(parents=True)
+        _src, _record, table = await expected_history()
+        with pytest.raises(FatalError, match="IsADirectoryError"):
+            await writer.write_history(HistoryChunk(table.to_batches()[0], 0))
+        assert temporaries(run_dir) == []
+        assert writer.checkpoint().history_points == 0
+        await writer.aclose()
 
 
 async def expected_history(**settings: object):  # type: ignore[no-untyped-def]
@@ -302,7 +337,7 @@ async def test_fsync_mode_round_trips_too(tmp_path: Path) -> None:
 async def test_history_batches_in_compatible_types_are_stored_in_the_standard_schema(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from engine.model import HISTORY_SCHEMA, HistoryChunk
+    from core.model import HISTORY_SCHEMA, HistoryChunk
 
     batch = pa.RecordBatch.from_arrays(
         [pa.array(["a", "b"]).dictionary_encode(), pa.array([0, 0]), pa.array([1.5, 1.5]),
@@ -352,7 +387,7 @@ async def test_repeated_crashes_at_random_points_never_duplicate_or_lose_points(
 
 
 async def test_disk_errors_become_transfer_errors(tmp_path: Path) -> None:
-    from engine.errors import NotFoundError
+    from core.errors import NotFoundError
 
     src, record, _ = await expected_history()
     async with destination(tmp_path) as dest:

@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 
 from adapters.local import LocalDestination, LocalSource
-from engine.flatten import flatten_normalized
-from engine.model import RunRecord
+from core.flatten import flatten_normalized
+from core.model import RunRecord
 from tests.adapters.contract import (
     all_files,
     all_refs,

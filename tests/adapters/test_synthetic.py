@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.synthetic import BLOCK_POINTS, FILE_PIECE, SyntheticConfig, SyntheticSource, key_names
-from engine.errors import NotFoundError
-from engine.model import CONSOLE_LOG, Namespace, RunRef, RunState
+from core.errors import NotFoundError
+from core.model import CONSOLE_LOG, Namespace, RunRef, RunState
 from tests.adapters.contract import (
     all_files,
     all_refs,
@@ -149,7 +149,7 @@ async def test_unknown_runs_and_files_are_not_found() -> None:
     with pytest.raises(NotFoundError):
         await src.get_run(RunRef(id="nope", namespace=Namespace("synthetic", "project-0")))
     run = await first_run(src)
-    from engine.model import FileRef
+    from core.model import FileRef
 
     with pytest.raises(NotFoundError):
         async for _ in src.read_file(run, FileRef(path="missing.bin")):
@@ -163,7 +163,7 @@ def test_bad_settings_are_rejected() -> None:
 
 
 async def test_batches_follow_the_history_schema_exactly() -> None:
-    from engine.model import HISTORY_SCHEMA
+    from core.model import HISTORY_SCHEMA
 
     src = source(runs=1, steps=10, keys=3, chunk_points=4)
     async for chunk in src.iter_history(await first_run(src)):

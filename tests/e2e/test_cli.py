@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.synthetic import SyntheticSource
 from tests.adapters.contract import all_files, all_refs, assert_history_equal, read_bytes, read_history
 

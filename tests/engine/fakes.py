@@ -13,9 +13,9 @@ import anyio
 import numpy as np
 import pyarrow as pa
 
-from adapters.base import AdapterContext, Checkpoint
-from engine.errors import FatalError
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef, history_batch
+from core.protocols import AdapterContext, Checkpoint
+from core.errors import FatalError
+from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef, history_batch
 
 
 def make_points(run_index: int, n: int) -> pa.RecordBatch:
@@ -39,6 +39,7 @@ class FakeSource:
     fail_history_at: dict[str, int] = field(default_factory=dict)
     context: AdapterContext = field(default_factory=AdapterContext)
     history_calls: list[tuple[str, int]] = field(default_factory=list)
+    file_reads: list[tuple[str, str]] = field(default_factory=list)
 
     def describe(self) -> str:
         return "fake://source"
@@ -77,6 +78,7 @@ class FakeSource:
             yield FileRef(path=path, size=len(data), md5=hashlib.md5(data).hexdigest())
 
     async def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+        self.file_reads.append((run.ref.id, file.path))
         data = self.files[file.path]
         for i in range(0, len(data), 100):
             yield data[i : i + 100]

@@ -3,6 +3,7 @@ pipeline against in-memory adapters, driven by events and a fake clock (no sleep
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from engine.admission import (
     run_seat_bytes,
 )
 from engine.ledger import Ledger, pair_key
-from engine.model import FileRef, RunRecord
+from core.model import FileRef, RunRecord
 from engine.pipeline import migrate
 from engine.progress import Progress
 from ratelimit import FakeClock, LimiterRegistry, LimiterStatistics
@@ -162,7 +163,7 @@ async def test_admission_waits_on_memory_and_resumes_when_it_frees(tmp_path: Pat
     # room for one finished-history run (its overhead) plus one seat, not for two seats
     config = make_config(tmp_path, memory_budget=RUN_OVERHEAD_BYTES + seat)
     source, dest = FakeSource(runs=2, points=300, files={}), FakeDestination()
-    source.context.chunk_points = 128
+    source.context = dataclasses.replace(source.context, chunk_points=128)
     history, finish = anyio.Event(), anyio.Event()
     gate_run0(dest, history=history, finish=finish)
     progress = RecordingProgress()
@@ -192,7 +193,7 @@ async def test_admission_waits_on_a_throttled_endpoint_and_resumes_when_it_frees
         ticket.throttled(retry_after=30.0)  # the server asked for 30 s of quiet
     config = make_config(tmp_path)
     source, dest = FakeSource(runs=2, points=300, files={}), FakeDestination()
-    source.context.chunk_points = 128
+    source.context = dataclasses.replace(source.context, chunk_points=128)
     finish = anyio.Event()
     gate_run0(dest, history=None, finish=finish)
     progress = RecordingProgress(clock.now)
@@ -216,7 +217,7 @@ async def test_an_explicit_cap_still_bounds_runs_in_flight(tmp_path: Path) -> No
     config = make_config(tmp_path, runs_concurrency=1)
     source, dest = FakeSource(runs=3, points=10, files={}), FakeDestination()
     progress = RecordingProgress()
-    source.context.chunk_points = 128
+    source.context = dataclasses.replace(source.context, chunk_points=128)
     with anyio.fail_after(30):
         await migrate(config, progress=progress, adapters=(source, dest))
     lifecycle = [(n, f["run"]) for n, f, _, _ in progress.log if n in ("run_started", "run_done")]
@@ -227,7 +228,7 @@ async def test_an_explicit_cap_still_bounds_runs_in_flight(tmp_path: Path) -> No
 async def test_cancelled_while_waiting_for_admission_nothing_is_half_started(tmp_path: Path) -> None:
     config = make_config(tmp_path, memory_budget=1)
     source, dest = FakeSource(runs=2, points=300, files={}), FakeDestination()
-    source.context.chunk_points = 128
+    source.context = dataclasses.replace(source.context, chunk_points=128)
     gate_run0(dest, history=anyio.Event(), finish=None)  # run0 never gets further
     read: list[str] = []
     get_run = source.get_run
@@ -254,7 +255,7 @@ async def test_cancelled_while_waiting_for_admission_nothing_is_half_started(tmp
 async def test_a_small_run_reserves_for_its_points_not_for_a_full_chunk(tmp_path: Path) -> None:
     config = make_config(tmp_path, chunk_points=100_000)
     source, dest = FakeSource(runs=1, points=200, files={}), FakeDestination()
-    source.context.chunk_points = 100_000
+    source.context = dataclasses.replace(source.context, chunk_points=100_000)
     progress = RecordingProgress()
     with anyio.fail_after(30):
         await migrate(config, progress=progress, adapters=(source, dest))
@@ -286,7 +287,7 @@ async def test_a_resumed_run_does_not_copy_again_files_the_ledger_records_as_don
     source = CountingSource(runs=1, points=50, files=files)
     dest = FakeDestination(fail_files={"b.txt"})
     config = make_config(tmp_path, file_workers=1)  # one file at a time: a.txt is done before b.txt fails
-    source.context.chunk_points = 128
+    source.context = dataclasses.replace(source.context, chunk_points=128)
     first = await migrate(config, progress=Progress.quiet(), adapters=(source, dest))
     assert first.progress.totals.failures == [("run0", "FatalError: refusing b.txt")]
     assert set(ledger_of(tmp_path, source, dest).entries["run0"].files) == {"a.txt"}
@@ -316,7 +317,7 @@ async def test_files_wait_for_the_shared_file_worker_slots(tmp_path: Path) -> No
             in_flight -= 1
 
     config = make_config(tmp_path, file_workers=2)
-    source.context.chunk_points = 128
+    source.context = dataclasses.replace(source.context, chunk_points=128)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FakeWriter, "write_file", counting_write_file)
         report = await migrate(config, progress=Progress.quiet(), adapters=(source, dest))

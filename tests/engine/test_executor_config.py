@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from engine.config import parse_config
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from scaleout.config import RayConfig
 
 BASE = {"source": {"type": "synthetic"}, "destination": {"type": "local", "path": "/tmp/x"}}

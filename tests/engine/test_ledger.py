@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from engine.ledger import Ledger, RunStatus
 
 

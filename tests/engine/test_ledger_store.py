@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from engine.ledger import RunStatus
 from engine.ledger_dir import DirectoryStore
 from engine.ledger_store import LeaseLost, LedgerStore, Plan, Shard
-from engine.model import Namespace, RunRef
+from core.model import Namespace, RunRef
 
 PAIR = "synthetic:seed=1 -> local:/x"
 

@@ -6,7 +6,7 @@ import pytest
 
 from engine.config import Remap
 from engine.mapping import apply_remap, remap_namespace
-from engine.model import Namespace, RunRecord, RunRef
+from core.model import Namespace, RunRecord, RunRef
 
 RULES = (
     Remap(source="old-team/old-project", target="new-team/new-project"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import anyio
@@ -44,7 +45,7 @@ def assert_same_batches(actual: pa.Table, expected: pa.RecordBatch) -> None:
 
 
 async def run(config: Config, source: FakeSource, dest: FakeDestination) -> object:
-    source.context.chunk_points = config.transfer.chunk_points
+    source.context = dataclasses.replace(source.context, chunk_points=config.transfer.chunk_points)
     with anyio.fail_after(30):
         return await migrate(config, progress=quiet(), adapters=(source, dest))
 
@@ -108,6 +109,25 @@ async def test_failed_history_resumes_from_the_ledger_cursor_without_duplicates(
     assert_same_batches(dest.store.table("run1"), source.full_history("run1"))
 
 
+async def test_resumed_run_does_not_copy_again_the_files_the_ledger_records_as_done(tmp_path: Path) -> None:
+    """One file is copied, the next fails the run; the resumed run copies only the missing one.
+    (file_workers=1 moves files one at a time in listing order, so the first is done for sure.)"""
+    config = make_config(tmp_path, file_workers=1)
+    files = {"a-ok.txt": b"x" * 300, "z-bad.txt": b"y" * 7}
+    source = FakeSource(runs=1, points=100, files=files)
+    dest = FakeDestination(fail_files={"z-bad.txt"})
+    first = await run(config, source, dest)
+    assert first.progress.totals.runs_failed == 1
+    ledger = Ledger.read(tmp_path / "ledger.jsonl", pair_key(source.describe(), dest.describe()))
+    assert ledger.entries["run0"].files == {"a-ok.txt": 300}
+
+    source.file_reads.clear()
+    second = await run(config, source, FakeDestination(store=dest.store))
+    assert second.exit_code == 0
+    assert source.file_reads == [("run0", "z-bad.txt")]
+    assert dest.store.files["run0"] == files
+
+
 async def test_incremental_false_redoes_everything(tmp_path: Path) -> None:
     source, dest = FakeSource(runs=2, points=200), FakeDestination()
     await run(make_config(tmp_path), source, dest)
@@ -150,7 +170,7 @@ async def test_cancellation_leaves_a_resumable_ledger(tmp_path: Path) -> None:
         return writer
 
     dest.open_run = open_blocking  # type: ignore[method-assign]
-    source.context.chunk_points = config.transfer.chunk_points
+    source.context = dataclasses.replace(source.context, chunk_points=config.transfer.chunk_points)
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: migrate(config, progress=quiet(), adapters=(source, dest)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.model import history_batch
+from core.model import history_batch
 from engine.verify import HistoryDigest
 
 KEYS = ["a", "b", "a", "c"]

@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import pyarrow as pa
 
-from adapters.base import AdapterContext
-from engine.model import (
+from core.protocols import AdapterContext
+from core.model import (
     CONSOLE_LOG,
     ArtifactRef,
     FileRef,

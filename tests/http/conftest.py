@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from ratelimit import FakeClock, LimiterRegistry
 from tests.servers.scripted_http import ScriptedServer
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import (
     Classification,
     HttpClient,
@@ -20,7 +20,7 @@ from adapters.http import (
     redact_url,
     server_message,
 )
-from engine.errors import (
+from core.errors import (
     AuthError,
     FatalError,
     NotFoundError,

@@ -12,7 +12,7 @@ import mlflow.artifacts
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from adapters.base import AdapterContext, Checkpoint
+from core.protocols import AdapterContext, Checkpoint
 from adapters.mlflow import (
     MlflowDestination,
     MlflowDestinationConfig,

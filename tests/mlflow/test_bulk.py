@@ -16,7 +16,7 @@ import pytest
 
 from adapters.mlflow import MlflowSource
 from adapters.mlflow._bulk import BulkHistory
-from engine.errors import FatalError, NotFoundError
+from core.errors import FatalError, NotFoundError
 from tests.adapters.contract import all_refs, assert_history_equal, read_history
 from tests.mlflow.fault_proxy import Answer, FaultProxy
 from tests.mlflow.helpers import context, source_config
@@ -128,7 +128,8 @@ async def test_a_server_without_the_endpoint_switches_bulk_off() -> None:
 
 async def test_too_many_run_ids_shrinks_the_batch() -> None:
     server = ScriptedServer({"a": 1, "b": 2, "c": 3, "d": 4})
-    server.errors = [FatalError("400: INVALID_PARAMETER_VALUE: cannot specify more than 2 run_ids")]
+    server.errors = [FatalError("400: INVALID_PARAMETER_VALUE: cannot specify more than 2 run_ids", status=400,
+                               code="INVALID_PARAMETER_VALUE")]
     bulk = BulkHistory(server.fetch)
     got = await ask_all(bulk, ["a", "b", "c", "d"])
     assert server.calls == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pytest
 
 from adapters.mlflow import MlflowDestination, MlflowSource
-from engine.model import HISTORY_SCHEMA, RunRecord, RunRef
+from core.model import HISTORY_SCHEMA, RunRecord, RunRef
 from tests.adapters.contract import (
     DestinationCase,
     DestinationContract,

@@ -15,7 +15,7 @@ import pytest
 
 from adapters.mlflow import MlflowSource
 from adapters.mlflow._database import HistoryDatabase
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from tests.adapters.contract import all_refs, assert_history_equal, read_history
 from tests.mlflow.fault_proxy import FaultProxy
 from tests.mlflow.helpers import context, source_config

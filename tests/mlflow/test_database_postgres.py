@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from adapters.mlflow import MlflowSource
 from adapters.mlflow._database import HistoryDatabase, PostgresStore
-from engine.errors import ConfigError
+from core.errors import ConfigError
 from tests.adapters.contract import all_refs, read_history
 from tests.mlflow.helpers import context, source_config
 from tests.mlflow.seed import EDGE_POINTS, Seeded, seed_source

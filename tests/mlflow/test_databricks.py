@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from adapters.local import LocalSource
 from adapters.mlflow import MlflowSource
 from engine.config import parse_config
-from engine.errors import FatalError
+from core.errors import FatalError
 from engine.pipeline import migrate
 from engine.progress import Progress
 from tests.adapters.contract import all_files, all_refs, read_bytes, read_history

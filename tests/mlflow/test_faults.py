@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from adapters.mlflow import MlflowDestination, MlflowSource
 from adapters.http import Classification
 from adapters.mlflow._client import classify_mlflow
-from engine.errors import AuthError
+from core.errors import AuthError
 from tests.adapters.contract import all_refs, assert_history_equal
 from tests.mlflow.fault_proxy import (
     BAD_JSON,

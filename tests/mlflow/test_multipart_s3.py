@@ -12,8 +12,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from adapters.mlflow import MlflowDestination
-from engine.errors import TransferError
-from engine.model import FileRef, Namespace, RunRecord, RunRef
+from core.errors import TransferError
+from core.model import FileRef, Namespace, RunRecord, RunRef
 from tests.mlflow.fault_proxy import Answer, FaultProxy
 from tests.mlflow.helpers import context, dest_config
 from tests.mlflow.seed import blob

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 from mlflow.tracking import MlflowClient
 
-from adapters.base import Checkpoint
+from core.protocols import Checkpoint
 from adapters.mlflow import MlflowDestination, MlflowSource
 from tests.adapters.contract import all_refs
 from tests.mlflow.helpers import (

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from adapters.mlflow import MlflowSource
-from engine.errors import ConfigError
-from engine.model import RunState
+from core.errors import ConfigError
+from core.model import RunState
 from tests.adapters.contract import (
     all_files,
     all_refs,

@@ -17,7 +17,7 @@ from mlflow.utils.validation import _validate_metric_name
 
 from adapters.mlflow import MlflowDestination
 from adapters.mlflow._wandb import covers, mlflow_name, part_name, part_span
-from engine.model import RunRecord
+from core.model import RunRecord
 from tests.adapters.contract import copy_run
 from tests.engine.wandb_shaped import (
     ARTIFACT_FILES,

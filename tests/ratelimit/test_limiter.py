@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import anyio
 import pytest
 
-from engine.errors import ConfigError
+from core.errors import ConfigError
+from engine.config import parse_config
 from ratelimit import (
     AdjustableSemaphore,
     ControlConfig,
@@ -117,6 +119,45 @@ async def test_semaphore_cancelled_waiter_gives_no_token_away() -> None:
     assert semaphore.used == 0
 
 
+async def test_semaphore_waiter_cancelled_right_after_it_was_handed_the_slot_passes_it_on() -> None:
+    """The holder releases, which hands the slot to the first waiter; that waiter is cancelled
+    before it runs: the slot must go to the next waiter, not be lost with the cancelled one.
+
+    The cancellation is asyncio's own ``Task.cancel()`` (as ``asyncio.timeout`` or a foreign
+    caller would do): anyio's scopes wait for a woken task to run before cancelling it, so only
+    a native cancel lands in that window."""
+    semaphore = AdjustableSemaphore(1)
+    await semaphore.acquire()
+    first_got = False
+    second_got = anyio.Event()
+
+    async def first() -> None:
+        nonlocal first_got
+        await semaphore.acquire()
+        first_got = True
+        semaphore.release()
+
+    async def second() -> None:
+        await semaphore.acquire()
+        second_got.set()
+
+    with anyio.fail_after(10):
+        first_task = asyncio.get_running_loop().create_task(first())
+        async with anyio.create_task_group() as tg:
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            assert semaphore.waiting == 2
+            semaphore.release()  # handed to ``first``: its event is set, it has not run yet
+            assert (semaphore.used, semaphore.waiting) == (1, 1)
+            first_task.cancel()
+            await second_got.wait()
+        with pytest.raises(asyncio.CancelledError):
+            await first_task
+    assert not first_got
+    assert (semaphore.used, semaphore.waiting) == (1, 0)
+
+
 async def test_semaphore_raising_limit_wakes_waiters() -> None:
     semaphore = AdjustableSemaphore(1)
     await semaphore.acquire()
@@ -219,6 +260,11 @@ def test_registry_shares_one_limiter_per_endpoint_and_applies_longest_override()
     ],
 )
 def test_registry_config_errors_name_the_key(table: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ValueError) as info:
         LimiterRegistry.from_mapping(table)
     assert message in str(info.value)
+    # The config loader turns ratelimit's ValueError into our ConfigError, message intact.
+    with pytest.raises(ConfigError) as config_info:
+        parse_config({"source": {"type": "local", "path": "/in"}, "destination": {"type": "local", "path": "/out"},
+                      "ratelimit": table})
+    assert message in str(config_info.value)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.s3 import MIB, S3Config, S3Store
 from ratelimit import LimiterRegistry
 from tests.servers.s3front import FrontSettings, S3Stack, start_s3_stack

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.s3 import (
     MAX_PARTS,
     MIB,
@@ -21,7 +21,7 @@ from adapters.s3 import (
     plan_part_size,
     plan_ranges,
 )
-from engine.errors import (
+from core.errors import (
     ConfigError,
     FatalError,
     NotFoundError,

@@ -48,7 +48,11 @@ class LoopThreadServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:  # an unclosed loop is a ResourceWarning (an error under filterwarnings = error)
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
 
     async def _serve(self) -> None:
         self._stop_event = asyncio.Event()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.http import HttpClient
 from adapters.wandb import _gql
 from tests.servers.wandb import WandbServer

@@ -8,7 +8,7 @@ import contextlib
 import anyio
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.wandb import WandbDestination, WandbDestinationConfig
 from adapters.wandb._artifact_copy import (
     PLACEHOLDER_DESCRIPTION,
@@ -17,7 +17,7 @@ from adapters.wandb._artifact_copy import (
     import_artifact_sequences,
 )
 from adapters.wandb._read_artifacts import logged_artifact_files, read_artifact_file, used_artifacts
-from engine.model import Namespace, RunRecord, RunRef
+from core.model import Namespace, RunRecord, RunRef
 
 from .conftest import Events, clients
 
@@ -32,7 +32,7 @@ def destination(wandb_server, monkeypatch):
     def make(template: str, events: Events) -> WandbDestination:
         config = WandbDestinationConfig(base_url=wandb_server.base_url, api_key_env=KEY_ENV, entity=DEST,
                                         project=template, filestream_rate=1000.0)
-        return WandbDestination(config, AdapterContext(events=events, extra={"source_uri": "test://src"}))
+        return WandbDestination(config, AdapterContext(events=events, source_uri="test://src"))
 
     return make
 

@@ -10,8 +10,8 @@ import os
 import pytest
 
 from adapters.wandb._read_artifacts import logged_artifact_files, read_artifact_file, used_artifacts
-from engine.errors import NotFoundError
-from engine.model import ArtifactRef, FileRef
+from core.errors import NotFoundError
+from core.model import ArtifactRef, FileRef
 
 from .conftest import Events, clients
 from .sdk_scripts.artifact_data import DESCRIPTIONS, FILES, METADATA

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.wandb import WandbDestination, WandbDestinationConfig
 from ratelimit import FakeClock, LimiterRegistry
 from tests.servers.wandb import WandbServer, start_wandb_server
@@ -58,12 +58,8 @@ def make_destination(server: WandbServer, events: Events | None = None, *, clock
         "base_url": server.base_url, "api_key_env": KEY_ENV, "entity": server.entity, "filestream_rate": 1000.0,
     }
     settings.update(overrides)
-    extra: dict[str, Any] = {"source_uri": "test://source"}
-    limiters = None
-    if clock is not None:
-        extra["clock"] = clock
-        limiters = LimiterRegistry(clock=clock)
-    context = AdapterContext(events=events or Events(), limiters=limiters, extra=extra)
+    limiters = None if clock is None else LimiterRegistry(clock=clock)
+    context = AdapterContext(events=events or Events(), limiters=limiters, clock=clock, source_uri="test://source")
     return WandbDestination(WandbDestinationConfig(**settings), context)
 
 

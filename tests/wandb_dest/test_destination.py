@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from adapters.base import Checkpoint
-from engine.errors import AuthError, ConfigError
-from engine.model import (
+from core.protocols import Checkpoint
+from core.errors import AuthError, ConfigError
+from core.model import (
     ArtifactRef,
     FileRef,
     HistoryChunk,
@@ -216,7 +216,7 @@ async def test_pacing_at_the_documented_rate_never_trips_the_servers_window(serv
 
 
 def test_filestream_limits_are_per_run_not_per_host(server) -> None:
-    from adapters.base import AdapterContext
+    from core.protocols import AdapterContext
     from adapters.wandb._filestream import FileStreamClient
     from ratelimit import LimiterRegistry
 

@@ -16,7 +16,7 @@ from adapters.wandb._lines import (
     format_float,
     iter_request_slices,
 )
-from engine.model import history_batch
+from core.model import history_batch
 
 NAN, INF = float("nan"), float("inf")
 

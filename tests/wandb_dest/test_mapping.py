@@ -15,7 +15,7 @@ from adapters.wandb._mapping import (
     wire_config,
     wire_tags,
 )
-from engine.model import Namespace, RunRecord, RunRef, RunState
+from core.model import Namespace, RunRecord, RunRef, RunState
 
 
 def record(**kw) -> RunRecord:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.synthetic import SyntheticConfig, SyntheticSource
 from engine.config import parse_config
-from engine.model import CONSOLE_LOG
+from core.model import CONSOLE_LOG
 from engine.pipeline import migrate
 
 from .conftest import KEY_ENV, same_value, wandb_api

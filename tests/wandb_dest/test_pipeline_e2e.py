@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.synthetic import SyntheticSource
 from engine.config import parse_config
 from engine.pipeline import migrate

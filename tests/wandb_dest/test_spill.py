@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from adapters.wandb._lines import HistoryAssembler, Order
 from adapters.wandb._spill import SortedRun, merge_windows, sort_by_step
-from engine.model import history_batch
+from core.model import history_batch
 
 
 def key_major_batches(keys: int, steps: int, chunk: int) -> list[pa.RecordBatch]:

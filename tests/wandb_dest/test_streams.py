@@ -9,7 +9,7 @@ import pytest
 from adapters.wandb._console import LineBatcher, LineSplitter, line_cap
 from adapters.wandb._lines import HistoryAssembler
 from adapters.wandb._streams import Position, StreamSplit
-from engine.model import history_batch
+from core.model import history_batch
 
 
 def source(n: int, is_event: np.ndarray) -> tuple[list[str], list[int], list[float], list[float]]:

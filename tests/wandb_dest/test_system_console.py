@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.base import AdapterContext, Checkpoint
+from core.protocols import AdapterContext, Checkpoint
 from adapters.synthetic import SyntheticSource
 from engine.config import parse_config
-from engine.errors import FatalError
-from engine.model import CONSOLE_LOG, FileRef, HistoryChunk, Namespace, RunRecord, RunRef, history_batch
+from core.errors import FatalError
+from core.model import CONSOLE_LOG, FileRef, HistoryChunk, Namespace, RunRecord, RunRef, history_batch
 from engine.pipeline import migrate
 
 from .conftest import KEY_ENV, make_destination, pieces, same_value, wandb_api

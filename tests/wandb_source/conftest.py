@@ -7,6 +7,7 @@ same server is the oracle of what "what W&B holds" means.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.wandb import WandbSource, WandbSourceConfig
 from tests.servers.wandb import WandbServer, start_wandb_server
 
@@ -77,7 +78,7 @@ def make_source(
 ) -> WandbSource:
     context = AdapterContext(chunk_points=chunk_points, limiters=limiters)
     if events is not None:
-        context.events = events
+        context = dataclasses.replace(context, events=events)
     return WandbSource(source_config(server, **overrides), context)
 
 

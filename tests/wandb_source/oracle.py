@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.wandb import WandbSource
-from engine.model import RunRecord
+from core.model import RunRecord
 
 
 def dump(value: Any) -> str:

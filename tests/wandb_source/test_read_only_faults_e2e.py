@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import AdapterContext
+from core.protocols import AdapterContext
 from adapters.local import LocalSource
 from ratelimit import ControlConfig, LimiterRegistry
 from tests.wandb_source.conftest import ENTITY, KEY_ENV, OTHER_ENTITY, collect, make_source

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from engine.model import CONSOLE_LOG, RunState
+from core.model import CONSOLE_LOG, RunState
 from tests.wandb_source.conftest import ENTITY, OTHER_ENTITY, collect, make_source
 from tests.wandb_source.oracle import dump, read_run, record_view, rows_from_points, sdk_view
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from engine.errors import AuthError, ConfigError
+from core.errors import AuthError, ConfigError
 from tests.servers.wandb._state import Run, node_id
 from tests.wandb_source.conftest import ENTITY, OTHER_ENTITY, collect, make_source
 

@@ -4,7 +4,7 @@ The pipeline talks only to these protocols; it never asks which system is behind
 
 Lifecycle: an adapter is constructed from its frozen config dataclass and an ``AdapterContext``
 (no I/O in ``__init__``), then used as an async context manager: ``__aenter__`` opens sessions and
-checks credentials (raise ``engine.errors.AuthError`` for rejected credentials, ``ConfigError`` for
+checks credentials (raise ``core.errors.AuthError`` for rejected credentials, ``ConfigError`` for
 unusable settings), ``__aexit__`` closes everything it opened, even on cancellation.
 
 Config convention: each adapter class has a ``Config`` attribute, a ``@dataclass(frozen=True,
@@ -14,6 +14,9 @@ scalars with None), ``list[str]``, ``dict[str, str]``. A field whose name ends i
 environment variable holding a secret; the config loader checks that it is set (when non-empty)
 before anything runs. Secrets are read from ``os.environ`` by the adapter itself and never
 stored on objects that get logged. ``Config.__doc__`` documents the keys (README copies it).
+
+Streams are async generators: the engine closes one it stops early (``contextlib.aclosing``), so
+an adapter's connection or file is released at once.
 
 Ordering contract for history: ``iter_history(run, start)`` yields the run's points in the same
 deterministic order every time, beginning with point index ``start``; chunks carry their offset.
@@ -28,18 +31,21 @@ overwrite it idempotently, so that no point is ever stored twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from engine.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+from core.model import FileRef, HistoryChunk, Namespace, RunRecord, RunRef
+
+if TYPE_CHECKING:  # types only: at run time core imports nothing of ours
+    from ratelimit import Clock, LimiterRegistry
 
 EventHook = Callable[..., None]
 """``hook(name, **fields)``: progress and throttling events (``"throttle"``, ``"retry"``...)."""
 
 
-def _ignore_event(name: str, **fields: Any) -> None:
+def _ignore_event(name: str, **fields: object) -> None:
     return None
 
 
@@ -47,19 +53,25 @@ def _same_namespace(namespace: Namespace) -> Namespace:
     return namespace
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class AdapterContext:
     """What the engine gives every adapter: sizing hints, an event hook, shared limiters.
 
-    ``limiters`` is the process-wide ``ratelimit`` registry (one adaptive controller per
-    endpoint, shared by every worker); ``None`` means "use your own defaults".
+    Frozen: the engine derives a new context (``dataclasses.replace``) rather than changing one
+    an adapter already holds.
     """
 
     chunk_points: int = 100_000
     part_bytes: int = 8 * 1024 * 1024
     events: EventHook = _ignore_event
-    limiters: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    limiters: LimiterRegistry | None = None
+    """The process-wide ``ratelimit`` registry (one adaptive controller per endpoint, shared by
+    every worker); ``None`` means "use your own defaults"."""
+    clock: Clock | None = None
+    """Time for pacing that is not a limiter's (tests inject a ``FakeClock``); ``None``: real time."""
+    source_uri: str = ""
+    """The source's ``describe()`` (set by the engine once the source exists): destinations may
+    derive stable run ids from it. Empty when the adapter is used on its own."""
     namespace_map: Callable[[Namespace], Namespace] = _same_namespace
     """The engine's ``[[remap]]`` rules: where a source namespace goes. Destinations that link
     to things in other namespaces (W&B artifacts used across projects, reports) map them so."""
@@ -70,7 +82,7 @@ class Checkpoint:
     """A writer's durable position: history points stored, plus adapter-private state."""
 
     history_points: int = 0
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, object] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -87,7 +99,7 @@ class Source(Protocol):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    def list_runs(self) -> AsyncIterator[RunRef]:
+    def list_runs(self) -> AsyncGenerator[RunRef, None]:
         """Page through the selected runs (filters pushed down where the system allows)."""
         ...
 
@@ -95,15 +107,15 @@ class Source(Protocol):
         """Everything about the run except history points and file bytes."""
         ...
 
-    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncIterator[HistoryChunk]:
+    def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         """The run's history from point ``start`` on, in chunks of about ``chunk_points``."""
         ...
 
-    def list_files(self, run: RunRecord) -> AsyncIterator[FileRef]:
+    def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Run files and artifact members (walk the whole tree)."""
         ...
 
-    def read_file(self, run: RunRecord, file: FileRef) -> AsyncIterator[bytes]:
+    def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
         """Stream the file's bytes in pieces; never the whole file in memory."""
         ...
 
@@ -162,3 +174,20 @@ class Destination(Protocol):
     async def finalize(self) -> None:
         """Called once after every run was handled (for example to write summary tables)."""
         ...
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What the ledger says an earlier migration left at the destination."""
+
+    dest_id: str
+    checkpoint: Checkpoint
+    files: dict[str, int]
+
+
+@runtime_checkable
+class RunChecker(Protocol):
+    """Optional destination capability: compare a finished run at the destination with what
+    the ledger says was written there; an empty list means intact."""
+
+    async def check_run(self, run: RunRecord, finished: FinishedRun) -> list[str]: ...

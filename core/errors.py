@@ -34,12 +34,24 @@ class AuthError(RunferryError):
 
 
 class TransferError(RunferryError):
-    """Moving data failed. ``adapter`` and ``run`` say where, when known."""
+    """Moving data failed. ``adapter`` and ``run`` say where, when known; ``status`` (the HTTP
+    status) and ``code`` (the server's error code, e.g. MLflow's ``RESOURCE_ALREADY_EXISTS``
+    or S3's ``SlowDown``) say what the server answered, so callers never match message text."""
 
-    def __init__(self, message: str, *, adapter: str | None = None, run: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        adapter: str | None = None,
+        run: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.adapter = adapter
         self.run = run
+        self.status = status
+        self.code = code
 
 
 class RetryableError(TransferError):
@@ -56,8 +68,10 @@ class ThrottledError(RetryableError):
         retry_after: float | None = None,
         adapter: str | None = None,
         run: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message, adapter=adapter, run=run)
+        super().__init__(message, adapter=adapter, run=run, status=status, code=code)
         self.retry_after = retry_after
 
 

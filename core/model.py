@@ -161,7 +161,10 @@ class RunRecord:
     reports it. ``system`` records where the run came from (source system, URI, run id).
 
     ``source_system`` names the kind of source (``"mlflow"``, ``"wandb"``, ``"synthetic"``,
-    ``"local"``) so destinations can choose a mapping without reading ``system`` keys.
+    ``"local"``) so destinations can choose a mapping without reading ``system`` keys: what one
+    adapter needs to know about another's runs is a typed field (``source_system``,
+    ``source_uri``, ``source_namespace``, ``deleted``, ``metric_keys``); ``system`` is the
+    source's own provenance record, copied as it is and read by nobody else.
     W&B sources: ``config`` holds the unwrapped config values (``{"lr": 0.1}``), with W&B's
     internal ``_wandb`` value (metric definitions ``m``, telemetry ``t``, ``start_time``...)
     under the key ``"_wandb"``; ``summary`` is the run's whole summary as stored (values set
@@ -192,6 +195,15 @@ class RunRecord:
     system: dict[str, Any] = field(default_factory=dict)
     source_system: str | None = None
     metric_keys: list[str] | None = None
+    source_uri: str | None = None
+    """Where the source system lives (MLflow tracking URI, W&B base URL) when it has one; the
+    W&B destination derives stable run ids from it when the engine gave none."""
+    source_namespace: str | None = None
+    """The run's namespace at the source, set by the engine when ``[[remap]]`` moved it (so
+    destinations keep identities stable across remaps)."""
+    deleted: bool = False
+    """The source holds the run as deleted (MLflow ``lifecycle_stage``); a destination that can
+    keeps it deleted."""
     revision: str | None = None
     """Changes whenever the source run changes (new points, summary, config, files), when the
     source can tell cheaply (W&B: line counts, summary, config, heartbeat). An incremental
@@ -210,11 +222,11 @@ class HistoryChunk:
     offset: int
 
     def __len__(self) -> int:
-        return self.batch.num_rows
+        return int(self.batch.num_rows)
 
     @property
     def end(self) -> int:
-        return self.offset + self.batch.num_rows
+        return self.offset + int(self.batch.num_rows)
 
 
 def history_batch(
