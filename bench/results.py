@@ -129,6 +129,21 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def git_commit() -> str | None:
+    """The commit of the code measured (with ``+dirty`` when the tree has changes)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def write_result(
     scenario: str,
     *,
@@ -148,7 +163,7 @@ def write_result(
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join([scenario, *sys.argv[2:]]) if sys.argv[1:2] == [scenario] else scenario,
         "inputs": inputs,
-        "versions": versions,
+        "versions": {"runferry commit": git_commit(), **versions},
         "machine": machine_facts(),
         "headline": headline,
         "summary": {tool: asdict(s) for tool, s in summary.items()},
