@@ -8,9 +8,14 @@ The dataset (``seed``): ``projects`` projects of ``runs`` runs each in entity ``
 logs ``steps`` history rows of ``keys`` float metrics plus an integer ``epoch`` (so
 ``projects * runs * steps * (keys + 1)`` points), a config with nested values, a metric
 definition, a summary value set directly, console lines, system metrics (sampled every 0.5 s),
-and a ``model`` artifact version of ``artifact_kib`` random KiB with a unique alias; the first run
-of a project logs a ``dataset`` artifact (alias ``golden``) that the project's other runs use,
-and the last run of each project fails (exit code 1).
+and a ``model-p<i>`` artifact version of ``artifact_kib`` random KiB with a unique alias; the
+first run of a project logs a ``dataset-p<i>`` artifact (alias ``golden``) that the project's
+other runs use, and the last run of each project fails (exit code 1).
+
+Artifact names differ between projects on purpose: wandb 0.27.0's importer downloads every
+version it copies to ``./artifacts/src/<name>:v<N>`` and copies sequences in parallel, so
+same-named collections of two projects overwrite each other's files there and it uploads one
+project's bytes into the other (seen in this bench: wrong digests, missing versions).
 """
 
 from __future__ import annotations
@@ -115,11 +120,11 @@ def _write_dataset(projects: int, runs: int, steps: int, keys: int, artifact_kib
             if r == 0:
                 data = scratch / f"dataset-{p}.bin"
                 data.write_bytes(rng.randbytes(64 << 10))
-                dataset = wandb.Artifact("dataset", type="dataset", description="bench inputs", metadata={"rows": 64})
+                dataset = wandb.Artifact(f"dataset-p{p}", type="dataset", description="bench inputs", metadata={"rows": 64})
                 dataset.add_file(str(data), name="data.bin")
                 run.log_artifact(dataset, aliases=["golden"])
             else:
-                run.use_artifact("dataset:golden")
+                run.use_artifact(f"dataset-p{p}:golden")
             for step in range(steps):
                 row = {f"m{k:02d}": math.sin(step * 0.01 + k) * (r + 1) + rng.random() * 1e-3 for k in range(keys)}
                 row["epoch"] = step // 100
@@ -129,7 +134,7 @@ def _write_dataset(projects: int, runs: int, steps: int, keys: int, artifact_kib
             run.summary["best_direct"] = 0.5 + r
             weights = scratch / f"model-{p}-{r}.bin"
             weights.write_bytes(rng.randbytes(artifact_kib << 10))
-            model = wandb.Artifact("model", type="model", metadata={"run": r})
+            model = wandb.Artifact(f"model-p{p}", type="model", metadata={"run": r})
             model.add_file(str(weights), name="weights.bin")
             run.log_artifact(model, aliases=[f"r{r}"])
             run.finish(exit_code=1 if r == runs - 1 and runs > 1 else 0)
