@@ -160,7 +160,7 @@ def write_result(
     summary = summarize(samples)
     body = {
         "scenario": scenario,
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join([scenario, *sys.argv[2:]]) if sys.argv[1:2] == [scenario] else scenario,
         "inputs": inputs,
         "versions": {"runferry commit": git_commit(), **versions},

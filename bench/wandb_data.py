@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from bench.common import REPO, child_env, python_child, run_child
 
@@ -52,7 +52,7 @@ class WandbServerProcess:
         self.log = log
         self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> WandbServerProcess:
+    def __enter__(self) -> Self:
         self.proc = subprocess.Popen(self.argv, cwd=REPO, env=child_env({"PYTHONUNBUFFERED": "1"}),
                                      stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -169,10 +169,12 @@ def run_view(run: Any) -> dict[str, Any]:
     ]
     logged = list(run.logged_artifacts())
     created = dt.datetime.fromisoformat(run.created_at.replace("Z", "+00:00"))
+    if created.tzinfo is None:  # W&B answers naive UTC text
+        created = created.replace(tzinfo=dt.UTC)
     return {
         "rows": rows, "system": system, "config": run.rawconfig, "summary": dict(run.summary_metrics),
         "tags": sorted(run.tags), "notes": run.notes, "group": run.group, "job_type": run.job_type,
-        "state": run.state, "name": run.name, "created": created.replace(tzinfo=dt.timezone.utc).timestamp(),
+        "state": run.state, "name": run.name, "created": created.timestamp(),
         "files": {f.name: (f.size, f.md5) for f in run.files()},
         "logged": sorted((a.name, a.type, a.digest, tuple(sorted(a.aliases))) for a in logged),
         "artifact_bytes": sum(a.size for a in logged),

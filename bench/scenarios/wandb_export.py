@@ -37,8 +37,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import wandb_data as wd
-from bench.common import ChildResult, child_env, print_table, python_child, run_child, write_toml
-from bench.results import Sample, package_version, ratio_of_medians, run_alternated, summarize, write_result
+from bench.common import (
+    ChildResult,
+    child_env,
+    print_table,
+    python_child,
+    run_child,
+    write_toml,
+)
+from bench.results import (
+    Sample,
+    package_version,
+    ratio_of_medians,
+    run_alternated,
+    summarize,
+    write_result,
+)
 
 RECIPE_SCRIPT = """
 import os, sys
