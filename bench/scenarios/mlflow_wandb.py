@@ -82,7 +82,8 @@ async def main():
     config = load_config(sys.argv[1])
     source, _ = open_adapters(config, make_context(config, Progress(mode="plain")))
     points = 0
-    limit = anyio.CapacityLimiter(config.transfer.runs_concurrency)  # runs read side by side, as migrate does
+    # runs read side by side, as migrate does (0 = automatic admission there: 16 here, not 0 slots)
+    limit = anyio.CapacityLimiter(config.transfer.runs_concurrency or 16)
 
     async def drain(ref):
         nonlocal points

@@ -208,7 +208,25 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
                           {"src_server_cpu_s": round(src_cpu, 2), "dst_server_cpu_s": round(dst_cpu, 2), **defects})
 
         samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, flush=True))
-    return _report(a, tools, samples, size, seed_s)
+        drain = _read_only(src, workdir / "read-only")
+    return _report(a, tools, samples, size, seed_s, drain)
+
+
+def _read_only(src: wd.WandbServerProcess, home: Path) -> dict[str, float]:
+    """runferry's W&B reader alone, once: every run's history and system lines drained (runs side
+    by side as migrate reads them), nothing written; with the source server's CPU meanwhile."""
+    from bench.scenarios.mlflow_wandb import READ_ONLY_SCRIPT
+
+    home.mkdir()
+    config = write_toml(home / "read.toml", {
+        "source": {"type": "wandb", "base_url": src.url, "api_key_env": "BENCH_SRC_KEY", "namespaces": [f"{wd.SRC_ENTITY}/*"]},
+        "destination": {"type": "local", "path": str(home / "unused")},
+        "transfer": {"ledger": str(home / "ledger.jsonl")},
+    })
+    server_cpu = src.cpu_s()
+    child = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(config)], env=child_env({"BENCH_SRC_KEY": wd.SRC_KEY})).check()
+    return {"wall_s": round(child.wall_s, 2), "cpu_s": round(child.cpu_s, 2), "src_server_cpu_s": round(src.cpu_s() - server_cpu, 2),
+            "points": int(child.stdout.split()[-1])}
 
 
 def _peer_defects(home: Path, source: dict[str, dict], copied: dict[str, dict]) -> dict[str, int]:
@@ -245,7 +263,10 @@ def _runferry(src_url: str, dst_url: str, home: Path) -> ChildResult:
     with config.open("a") as fh:
         fh.write(f'[[remap]]\nfrom = "{wd.SRC_ENTITY}/*"\nto = "{wd.DST_ENTITY}/*"\n')
     env = child_env({"BENCH_SRC_KEY": wd.SRC_KEY, "BENCH_DST_KEY": wd.DST_KEY, "TMPDIR": str(home)})
-    return run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"), cwd=home, env=env).check()
+    result = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain", "--interval", "0.5"),
+                       cwd=home, env=env).check()
+    (home / "runferry.log").write_text(result.stderr + result.stdout)  # progress lines and report: what bounded it
+    return result
 
 
 def _peer(python: Path, src_url: str, dst_url: str, projects: list[str], workers: int, home: Path) -> ChildResult:
@@ -259,7 +280,8 @@ def _peer(python: Path, src_url: str, dst_url: str, projects: list[str], workers
     return run_child(argv, cwd=home, env=env).check()
 
 
-def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size: dict[str, int], seed_s: float) -> int:
+def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size: dict[str, int], seed_s: float,
+            drain: dict[str, float]) -> int:
     summary = summarize(samples)
     points = size["points"] + size["system_points"]
     megabytes = (size["history_bytes"] + size["file_bytes"]) / 1e6
@@ -280,6 +302,8 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size
           f"{a.repeats} rounds, order alternated, fresh destination server each time; "
           f"server file_stream limit: {a.filestream_rps_per_run or 'none (server default)'}\n")
     print_table(rows)
+    print(f"\nrunferry's reader alone (history + system lines drained, nothing written, once): {drain['wall_s']:.2f} s wall, "
+          f"{drain['cpu_s']:.2f} s CPU, source server {drain['src_server_cpu_s']:.2f} s CPU, {drain['points']:,} points")
     print(f"\nverified before timing: runferry on {', '.join(RUNFERRY_FIELDS)};")
     print(f"  the peer on {', '.join(PEER_FIELDS)} (it does not copy: {', '.join(PEER_LOSES)})")
     print(f"  {REPORTS_LAST}")
@@ -290,7 +314,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size
               f"{[x.extra.get('artifact_differences', 0) for x in mine]}, swallowed errors "
               f"{[x.extra.get('swallowed_errors') for x in mine]}")
     headline: dict[str, Any] = {"points": points, "megabytes": round(megabytes, 3),
-                                "runferry_wall_s": summary["runferry"].median}
+                                "runferry_wall_s": summary["runferry"].median, "read_only": drain}
     for peer in tools[1:]:
         ratio = ratio_of_medians(summary, peer, "runferry")
         headline[f"ratio_vs_{peer}"] = round(ratio, 2)
