@@ -32,7 +32,7 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     peers = [t for t in tools if t != main] or [None]
     for peer in peers:
-        ratio = f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if peer else ""
+        ratio = f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if peer and main == "runferry" else ""
         rows.append([
             f"`{result.get('command', result['scenario'])}`",
             _range(summary[main]),

@@ -153,13 +153,16 @@ def write_result(
     headline: dict[str, Any],
     notes: Sequence[str] = (),
     directory: Path | None = None,
+    variant: str | None = None,
 ) -> Path:
-    """``<directory>/<scenario>.json`` (the newest result of a scenario replaces the last)."""
+    """``<directory>/<scenario>.json`` (the newest result of a scenario replaces the last);
+    ``<scenario>-<variant>.json`` for a partial run (e.g. ``runferry-only``), so it never
+    replaces the headline result."""
     directory = directory or RESULTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     summary = summarize(samples)
     body = {
-        "scenario": scenario,
+        "scenario": f"{scenario}-{variant}" if variant else scenario,
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join([scenario, *sys.argv[2:]]) if sys.argv[1:2] == [scenario] else scenario,
         "inputs": inputs,
@@ -170,7 +173,7 @@ def write_result(
         "samples": [asdict(s) for s in samples],
         "notes": list(notes),
     }
-    path = directory / f"{scenario}.json"
+    path = directory / (f"{scenario}-{variant}.json" if variant else f"{scenario}.json")
     path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
     return path
 

@@ -164,7 +164,9 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
         print(f"runferry is {ratio:.1f}x faster than W&B's MlflowImporter (ratio of median wall times)")
     versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
                 "wandb (peer)": "0.27.0" if peer_python else None, "wandb (oracle)": package_version("wandb")}
-    print(f"result: {write_result('many_small_runs', inputs=vars(a), versions=versions, samples=samples, headline=headline)}")
+    path = write_result("many_small_runs", inputs=vars(a), versions=versions, samples=samples, headline=headline,
+                        variant="runferry-only" if a.skip_peer else None)
+    print(f"result: {path}")
     return 0
 
 

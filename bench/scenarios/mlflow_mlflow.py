@@ -218,6 +218,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
     path = write_result("mlflow_mlflow", inputs={**{k: v for k, v in vars(a).items() if k not in ("phase", "config")},
                                                  "seed_s": round(seed_s, 1)},
                         versions=versions, samples=samples, headline={**headline, "limits": limits},
+                        variant="runferry-only" if a.skip_peer else None,
                         notes=["shared 2-core machine under other load: absolute times swing, ratios less"])
     print(f"result: {path}")
     if a.json:

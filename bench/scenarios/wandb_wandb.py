@@ -322,7 +322,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size
     versions = {"runferry": package_version("runferry"), "wandb (seed, oracle)": package_version("wandb"),
                 "wandb (peer)": WANDB_VERSION if len(tools) > 1 else None, "python": sys.version.split()[0]}
     path = write_result("wandb_wandb", inputs={**vars(a), "seed_s": round(seed_s, 1), **size}, versions=versions,
-                        samples=samples, headline=headline,
+                        samples=samples, headline=headline, variant="runferry-only" if a.skip_peer else None,
                         notes=[f"peer does not copy: {', '.join(PEER_LOSES)}", REPORTS_LAST,
                                "shared 2-core machine under other load: absolute times swing, ratios less"])
     print(f"result: {path}")
