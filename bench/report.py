@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.results import RESULTS_DIR, load_results
+from bench.results import load_results, results_dir
 
 
 def _range(stats: dict[str, Any]) -> str:
@@ -80,7 +80,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench report", description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=RESULTS_DIR)
+    p.add_argument("--results", type=Path, default=results_dir())
     p.add_argument("--out", type=Path, help="write the markdown table here (default: stdout)")
     p.add_argument("--charts", type=Path, help="directory for the PNG charts (default: --results)")
     p.add_argument("--no-charts", action="store_true")

@@ -24,6 +24,11 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def results_dir() -> Path:
+    """bench/results/, or ``$BENCH_RESULTS_DIR`` (tests and trial runs keep the real results)."""
+    return Path(os.environ.get("BENCH_RESULTS_DIR") or RESULTS_DIR)
+
+
 @dataclass
 class Sample:
     """One measured run of one tool (wall, CPU and peak RSS of its child process)."""
@@ -158,7 +163,7 @@ def write_result(
     """``<directory>/<scenario>.json`` (the newest result of a scenario replaces the last);
     ``<scenario>-<variant>.json`` for a partial run (e.g. ``runferry-only``), so it never
     replaces the headline result."""
-    directory = directory or RESULTS_DIR
+    directory = directory or results_dir()
     directory.mkdir(parents=True, exist_ok=True)
     summary = summarize(samples)
     body = {
@@ -179,5 +184,5 @@ def write_result(
 
 
 def load_results(directory: Path | None = None) -> list[dict[str, Any]]:
-    directory = directory or RESULTS_DIR
+    directory = directory or results_dir()
     return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]

@@ -98,8 +98,6 @@ def main(argv: list[str]) -> int:
                   f"(history {large['points'] / small['points']:.0f}x longer); "
                   f"above start-up: {(large['peak_rss_bytes'] - startup.peak_rss_bytes) / 1e6:.0f} MB vs "
                   f"{(small['peak_rss_bytes'] - startup.peak_rss_bytes) / 1e6:.0f} MB")  # fmt: skip
-        if a.json:
-            print(json.dumps({"startup_peak_rss_bytes": startup.peak_rss_bytes, "cases": results}))
         samples = [Sample(f"{r['points']:,} points", 0, r["wall_s"], r["cpu_s"], r["peak_rss_bytes"] / 1e6) for r in results]
         largest = results[-1]
         path = write_result("memory_scaling", inputs=vars(a), samples=samples, versions={"runferry": package_version("runferry")},
@@ -110,6 +108,9 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"peak RSS {largest['peak_rss_bytes'] / 1e6:.0f} MB at {largest['points']:,} points: "
                              f"over the {a.target_mb:.0f} MB target")
         print(f"target met: peak RSS {largest['peak_rss_bytes'] / 1e6:.0f} MB < {a.target_mb:.0f} MB at {largest['points']:,} points")
+        if a.json:
+            print(json.dumps({"startup_peak_rss_bytes": startup.peak_rss_bytes, "cases": results}))
+
     finally:
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

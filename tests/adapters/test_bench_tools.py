@@ -60,9 +60,10 @@ async def test_generate_and_write_phases_move_every_point_and_byte(tmp_path: Pat
     assert pacsv.read_csv(tmp_path / "write-export" / "runs.csv").num_rows == 2
 
 
-def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.scenarios.synthetic_local import main
 
+    monkeypatch.setenv("BENCH_RESULTS_DIR", str(tmp_path / "results"))
     args = ["--runs", "2", "--steps", "5", "--keys", "2", "--file-sizes", "10", "--artifact-sizes", "",
             "--phases", "migrate", "--workdir", str(tmp_path), "--json"]  # fmt: skip
     assert main(args) == 0
@@ -72,15 +73,18 @@ def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "migrate-export" / "runs.parquet").is_file()
 
 
-def test_memory_scaling_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_memory_scaling_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.scenarios.memory_scaling import main
 
+    monkeypatch.setenv("BENCH_RESULTS_DIR", str(tmp_path / "results"))
     assert main(["--sizes", "100,300", "--keys", "10", "--workdir", str(tmp_path), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert [case["points"] for case in result["cases"]] == [100, 300]
     assert all(case["peak_rss_bytes"] > 0 for case in result["cases"]) and result["startup_peak_rss_bytes"] > 0
     assert any(line.startswith("peak RSS ratio 300 / 100 points") for line in lines)
+    written = json.loads((tmp_path / "results" / "memory_scaling.json").read_text())
+    assert [s["peak_rss_mb"] * 1e6 for s in written["samples"]] == pytest.approx([c["peak_rss_bytes"] for c in result["cases"]])
 
 
 def test_tools_alternate_their_order_every_round() -> None:
