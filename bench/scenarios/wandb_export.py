@@ -87,6 +87,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--recipe-page-size", type=int, default=10_000, help="also run the recipe with scan_history(page_size=N) (0: skip)")
     p.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
+    p.add_argument("--variant", help="write bench/results/wandb_export-VARIANT.json (e.g. a larger dataset), "
+                                     "not the headline wandb_export.json")
     return p.parse_args(argv)
 
 
@@ -146,7 +148,10 @@ def _runferry(url: str, home: Path, out: Path) -> ChildResult:
         "transfer": {"ledger": str(home / "ledger.jsonl")},
     })
     env = child_env({"BENCH_SRC_KEY": wd.SRC_KEY, "TMPDIR": str(home)})
-    return run_child(python_child("engine", "migrate", str(config), "--log-format", "plain"), cwd=home, env=env).check()
+    result = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain", "--interval", "0.5"),
+                       cwd=home, env=env).check()
+    (home / "runferry.log").write_text(result.stderr + result.stdout)  # progress lines and report: what bounded it
+    return result
 
 
 def _recipe(url: str, projects: list[str], page_size: int, home: Path, out: Path) -> ChildResult:
@@ -286,7 +291,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size
                 "pandas": package_version("pandas"), "pyarrow": package_version("pyarrow"),
                 "python": sys.version.split()[0]}
     path = write_result("wandb_export", inputs={**vars(a), "seed_s": round(seed_s, 1), **size}, versions=versions,
-                        samples=samples, headline=headline,
+                        samples=samples, headline=headline, variant=a.variant,
                         notes=["runferry exports more than the recipe (system metrics, console, files, artifacts)",
                                "shared 2-core machine under other load: absolute times swing, ratios less"])
     print(f"result: {path}")

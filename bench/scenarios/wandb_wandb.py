@@ -146,6 +146,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--strict-peer", action="store_true",
                    help="fail on the peer's artifact and lineage differences too (default: counted and printed)")
     p.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
+    p.add_argument("--variant", help="write bench/results/wandb_wandb-VARIANT.json (e.g. a larger dataset), "
+                                     "not the headline wandb_wandb.json")
     return p.parse_args(argv)
 
 
@@ -322,7 +324,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], size
     versions = {"runferry": package_version("runferry"), "wandb (seed, oracle)": package_version("wandb"),
                 "wandb (peer)": WANDB_VERSION if len(tools) > 1 else None, "python": sys.version.split()[0]}
     path = write_result("wandb_wandb", inputs={**vars(a), "seed_s": round(seed_s, 1), **size}, versions=versions,
-                        samples=samples, headline=headline, variant="runferry-only" if a.skip_peer else None,
+                        samples=samples, headline=headline, variant=a.variant or ("runferry-only" if a.skip_peer else None),
                         notes=[f"peer does not copy: {', '.join(PEER_LOSES)}", REPORTS_LAST,
                                "shared 2-core machine under other load: absolute times swing, ratios less"])
     print(f"result: {path}")
