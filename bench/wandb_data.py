@@ -20,12 +20,15 @@ project's bytes into the other (seen in this bench: wrong digests, missing versi
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -94,6 +97,45 @@ def seed(url: str, home: Path, *, projects: int, runs: int, steps: int, keys: in
     """Write the dataset through the current official SDK (one child process)."""
     argv = [sys.executable, "-m", "bench.wandb_data", url, str(projects), str(runs), str(steps), str(keys), str(artifact_kib)]
     run_child(argv, cwd=home, env=sdk_env(url, SRC_KEY, home)).check()
+
+
+def add_dataset_args(p: argparse.ArgumentParser, scenario: str) -> None:
+    """The options every W&B bench shares: the dataset's size, repeats, work dir, variant."""
+    p.add_argument("--projects", type=int, default=3)
+    p.add_argument("--runs", type=int, default=4, help="runs per project")
+    p.add_argument("--steps", type=int, default=1000, help="history rows per run")
+    p.add_argument("--keys", type=int, default=10, help="float metrics per row (plus an integer 'epoch')")
+    p.add_argument("--artifact-kib", type=int, default=256, help="size of each run's model artifact")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
+    p.add_argument("--variant", help=f"write bench/results/{scenario}-VARIANT.json (e.g. a larger dataset), "
+                                     f"not the headline {scenario}.json")
+
+
+def in_workdir(a: argparse.Namespace, prefix: str, drive: Callable[[argparse.Namespace, Path], int]) -> int:
+    """``drive(a, workdir)`` in ``--workdir`` (kept) or a temporary directory (removed)."""
+    if a.workdir:
+        Path(a.workdir).mkdir(parents=True, exist_ok=True)
+        return drive(a, Path(a.workdir))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        return drive(a, Path(tmp))
+
+
+def seed_and_read(server: WandbServerProcess, workdir: Path, a: argparse.Namespace) -> tuple[dict[str, dict], dict[str, int], float]:
+    """Seed the dataset through the SDK, then read it back with ``wandb.Api()``: the oracle
+    views, their size, and the seconds seeding took."""
+    from bench.results import package_version
+
+    print(f"seeding {a.projects} projects x {a.runs} runs x {a.steps} steps x {a.keys + 1} keys "
+          f"through wandb {package_version('wandb')} ...", flush=True)
+    started = time.perf_counter()
+    seed(server.url, workdir / "seed", projects=a.projects, runs=a.runs, steps=a.steps, keys=a.keys,
+         artifact_kib=a.artifact_kib)
+    seed_s = time.perf_counter() - started
+    source = namespace_view(api(server.url, SRC_KEY, workdir / "api"), SRC_ENTITY, project_names(a.projects))
+    size = view_size(source)
+    print(f"seeded in {seed_s:.1f} s: {size}", flush=True)
+    return source, size, seed_s
 
 
 def project_names(projects: int) -> list[str]:

@@ -31,8 +31,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,41 +77,20 @@ for project in sys.argv[4].split(","):
 
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench wandb_export", description=__doc__.splitlines()[0])
-    p.add_argument("--projects", type=int, default=3)
-    p.add_argument("--runs", type=int, default=4, help="runs per project")
-    p.add_argument("--steps", type=int, default=1000, help="history rows per run")
-    p.add_argument("--keys", type=int, default=10, help="float metrics per row (plus an integer 'epoch')")
-    p.add_argument("--artifact-kib", type=int, default=256, help="size of each run's model artifact")
-    p.add_argument("--repeats", type=int, default=3)
+    wd.add_dataset_args(p, "wandb_export")
     p.add_argument("--recipe-page-size", type=int, default=10_000, help="also run the recipe with scan_history(page_size=N) (0: skip)")
-    p.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
-    p.add_argument("--variant", help="write bench/results/wandb_export-VARIANT.json (e.g. a larger dataset), "
-                                     "not the headline wandb_export.json")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    a = _args(argv)
-    if a.workdir:
-        Path(a.workdir).mkdir(parents=True, exist_ok=True)
-        return _drive(a, Path(a.workdir))
-    with tempfile.TemporaryDirectory(prefix="bench-wandb-export-") as tmp:
-        return _drive(a, Path(tmp))
+    return wd.in_workdir(_args(argv), "bench-wandb-export-", _drive)
 
 
 def _drive(a: argparse.Namespace, workdir: Path) -> int:
     projects = wd.project_names(a.projects)
     tools = ["runferry", "recipe"] + ([f"recipe-p{a.recipe_page_size}"] if a.recipe_page_size else [])
     with wd.WandbServerProcess({wd.SRC_KEY: [wd.SRC_ENTITY]}, workdir / "server.log") as server:
-        print(f"seeding {a.projects} projects x {a.runs} runs x {a.steps} steps x {a.keys + 1} keys "
-              f"through wandb {package_version('wandb')} ...", flush=True)
-        started = time.perf_counter()
-        wd.seed(server.url, workdir / "seed", projects=a.projects, runs=a.runs, steps=a.steps, keys=a.keys,
-                artifact_kib=a.artifact_kib)
-        seed_s = time.perf_counter() - started
-        source = wd.namespace_view(wd.api(server.url, wd.SRC_KEY, workdir / "api"), wd.SRC_ENTITY, projects)
-        size = wd.view_size(source)
-        print(f"seeded in {seed_s:.1f} s: {size}", flush=True)
+        source, size, seed_s = wd.seed_and_read(server, workdir, a)
 
         def measure(tool: str, repeat: int) -> Sample:
             home = workdir / f"{tool}-{repeat}"

@@ -40,8 +40,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -133,31 +131,18 @@ def _without_provenance(config: dict[str, Any]) -> dict[str, Any]:
 
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench wandb_wandb", description=__doc__.splitlines()[0])
-    p.add_argument("--projects", type=int, default=3)
-    p.add_argument("--runs", type=int, default=4, help="runs per project")
-    p.add_argument("--steps", type=int, default=1000, help="history rows per run")
-    p.add_argument("--keys", type=int, default=10, help="float metrics per row (plus an integer 'epoch')")
-    p.add_argument("--artifact-kib", type=int, default=256, help="size of each run's model artifact")
-    p.add_argument("--repeats", type=int, default=3)
+    wd.add_dataset_args(p, "wandb_wandb")
     p.add_argument("--peer-max-workers", type=int, default=16, help="also run the peer with max_workers=N (0: skip)")
     p.add_argument("--filestream-rps-per-run", type=float, default=None,
                    help="server-side per-run file_stream limit (default: none, the server's default)")
     p.add_argument("--skip-peer", action="store_true")
     p.add_argument("--strict-peer", action="store_true",
                    help="fail on the peer's artifact and lineage differences too (default: counted and printed)")
-    p.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
-    p.add_argument("--variant", help="write bench/results/wandb_wandb-VARIANT.json (e.g. a larger dataset), "
-                                     "not the headline wandb_wandb.json")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
-    a = _args(argv)
-    if a.workdir:
-        Path(a.workdir).mkdir(parents=True, exist_ok=True)
-        return _drive(a, Path(a.workdir))
-    with tempfile.TemporaryDirectory(prefix="bench-wandb-wandb-") as tmp:
-        return _drive(a, Path(tmp))
+    return wd.in_workdir(_args(argv), "bench-wandb-wandb-", _drive)
 
 
 def _drive(a: argparse.Namespace, workdir: Path) -> int:
@@ -169,15 +154,7 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
     src_keys = {wd.SRC_KEY: [wd.SRC_ENTITY]}
     dst_keys = {wd.DST_KEY: [wd.DST_ENTITY]}
     with wd.WandbServerProcess(src_keys, workdir / "src-server.log", a.filestream_rps_per_run) as src:
-        print(f"seeding {a.projects} projects x {a.runs} runs x {a.steps} steps x {a.keys + 1} keys "
-              f"through wandb {package_version('wandb')} ...", flush=True)
-        started = time.perf_counter()
-        wd.seed(src.url, workdir / "seed", projects=a.projects, runs=a.runs, steps=a.steps, keys=a.keys,
-                artifact_kib=a.artifact_kib)
-        seed_s = time.perf_counter() - started
-        source = wd.namespace_view(wd.api(src.url, wd.SRC_KEY, workdir / "api"), wd.SRC_ENTITY, projects)
-        size = wd.view_size(source)
-        print(f"seeded in {seed_s:.1f} s: {size}", flush=True)
+        source, size, seed_s = wd.seed_and_read(src, workdir, a)
 
         def measure(tool: str, repeat: int) -> Sample:
             home = workdir / f"{tool}-{repeat}"
