@@ -142,34 +142,37 @@ def _recipe(url: str, projects: list[str], page_size: int, home: Path, out: Path
 
 
 def _check_runferry(out: Path, source: dict[str, dict]) -> list[str]:
-    """runferry's export against the source: histories and system lines exact, runs table."""
+    """runferry's export against the source: histories and system lines exact, runs table.
+    One run in memory at a time (a long history as Python objects is large)."""
     import anyio
     import pyarrow.parquet as pq
 
-    from tests.wandb_source.oracle import rows_from_points
-
-    exported = anyio.run(_read_export, out)
-    copied = {}
-    for path, points in exported.items():
-        rows, system = rows_from_points(points)
-        copied[path] = {"rows": [{k: v for k, v in r.items() if k != "_runtime"} for r in rows], "system": system}
-    diffs = wd.differences(source, copied, {"rows": None, "system": None})
+    diffs = anyio.run(_compare_export, out, source)
     table = pq.read_table(out / "runs.parquet").to_pylist()
     diffs += _check_runs_table(table, source)
     return diffs
 
 
-async def _read_export(out: Path) -> dict[str, list[dict]]:
+async def _compare_export(out: Path, source: dict[str, dict]) -> list[str]:
     from adapters.local import LocalSource, LocalSourceConfig
+    from tests.wandb_source.oracle import rows_from_points
 
-    points: dict[str, list[dict]] = {}
-    async with LocalSource(LocalSourceConfig(path=str(out))) as source:
-        async for ref in source.list_runs():
-            record = await source.get_run(ref)
-            mine = points.setdefault(f"{ref.namespace.project}/{ref.run_id}", [])
-            async for chunk in source.iter_history(record):
-                mine.extend(chunk.batch.to_pylist())
-    return points
+    diffs: list[str] = []
+    seen = []
+    async with LocalSource(LocalSourceConfig(path=str(out))) as exported:
+        async for ref in exported.list_runs():
+            path = f"{ref.namespace.project}/{ref.run_id}"
+            seen.append(path)
+            record = await exported.get_run(ref)
+            points = [p async for chunk in exported.iter_history(record) for p in chunk.batch.to_pylist()]
+            rows, system = rows_from_points(points)
+            del points
+            copied = {"rows": [{k: v for k, v in r.items() if k != "_runtime"} for r in rows], "system": system}
+            diffs += wd.differences({path: source.get(path, {"rows": None, "system": None})}, {path: copied},
+                                    {"rows": None, "system": None})
+    if sorted(seen) != sorted(source):
+        diffs.append(f"runs: exported {sorted(seen)[:5]}..., source {sorted(source)[:5]}...")
+    return diffs
 
 
 def _check_runs_table(table: list[dict[str, Any]], source: dict[str, dict]) -> list[str]:
