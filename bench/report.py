@@ -29,18 +29,27 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
     machine = result.get("machine", {})
     where = f"{machine.get('cpus', '?')} CPUs, load {'/'.join(str(x) for x in machine.get('load_avg_1_5_15', [])[:1]) or '?'}"
     n = summary[main]["n"]
+    command = _without_workdir(result.get("command", result["scenario"]))
+    points = result.get("headline", {}).get("points")
+    what = f"`{command}`" + (f" ({points:,} points)" if points else "")
     rows = []
     peers = [t for t in tools if t != main] or [None]
     for peer in peers:
         ratio = f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if peer and main == "runferry" else ""
         rows.append([
-            f"`{result.get('command', result['scenario'])}`",
+            what,
             _range(summary[main]),
             f"{peer} {_range(summary[peer])}" if peer else "",
             ratio,
             f"median (min-max) of {n}; {where}; {result.get('measured_at', '')[:10]}",
         ])
     return rows
+
+
+def _without_workdir(command: str) -> str:
+    """The command as anyone would type it: a ``--workdir`` is where it ran, not what it measured."""
+    words = command.split()
+    return " ".join(w for i, w in enumerate(words) if w != "--workdir" and (i == 0 or words[i - 1] != "--workdir"))
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
