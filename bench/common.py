@@ -198,3 +198,20 @@ def _cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def local_export_totals(directory: Path) -> dict[str, int]:
+    """What a local export holds, read back: runs (run.json), history points (Parquet row counts
+    of history.parquet and history.parts/), bytes of run files, console logs and artifact members."""
+    import pyarrow.parquet as pq
+
+    runs = points = file_bytes = 0
+    for run_json in directory.glob("runs/*/*/*/run.json"):
+        run_dir = run_json.parent
+        runs += 1
+        for part in [*run_dir.glob("history.parquet"), *run_dir.glob("history.parts/*.parquet")]:
+            points += pq.read_metadata(part).num_rows
+        for sub in ("files", "console", "artifacts"):
+            file_bytes += sum(p.stat().st_size for p in (run_dir / sub).rglob("*")
+                              if p.is_file() and p.name != "artifact.json")
+    return {"runs": runs, "points": points, "file_bytes": file_bytes}

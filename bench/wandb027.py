@@ -7,7 +7,9 @@ live next to the current SDK, so it gets its own venv, cached in ``<repo>/.venv-
 Usage: ``python -m bench.wandb027 [--importers]`` (prints the venv's python) or
 ``ensure_wandb027(importers=False)``. ``--importers`` adds the ``wandb[importers]`` extra
 (mlflow, polars, tenacity, ...) and ``numpy<2``: 0.27.0's RecordMaker still uses ``np.NaN``,
-which NumPy 2 removed, so with NumPy 2 the importer crashes on the first NaN metric.
+which NumPy 2 removed, so with NumPy 2 the importer crashes on the first NaN metric. The
+W&B importer (``wandb.apis.importers.wandb``) also imports ``wandb_workspaces`` (for reports),
+which the extra does not list; it is installed beside (wandb pinned so it stays 0.27.0).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 
 WANDB_VERSION = "0.27.0"
-IMPORTER_EXTRAS = [f"wandb[importers]=={WANDB_VERSION}", "numpy<2"]
+IMPORTER_EXTRAS = [f"wandb[importers]=={WANDB_VERSION}", "numpy<2", "wandb-workspaces", f"wandb=={WANDB_VERSION}"]
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO / ".venv-wandb027"
 
@@ -45,7 +47,7 @@ def installed_version(python: Path) -> str | None:
 
 def importers_ready(python: Path) -> bool:
     probe = subprocess.run(
-        [str(python), "-c", "import numpy, wandb.apis.importers.mlflow; assert not numpy.__version__.startswith('2')"],
+        [str(python), "-c", "import numpy, wandb.apis.importers.mlflow, wandb.apis.importers.wandb; assert not numpy.__version__.startswith('2')"],
         capture_output=True,
         timeout=300,
     )

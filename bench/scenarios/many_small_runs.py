@@ -4,7 +4,8 @@ Org-wide migrations are mostly many small runs (sweeps, short experiments). This
 ``mlflow server`` with ``--runs`` runs of ``--keys`` x ``--steps`` points (a few hundred) through
 the official client, starts the W&B-compatible server (its own process) with W&B's documented
 per-run file_stream limit on (``--filestream-rps-per-run``, default 2: 429 + Retry-After above
-it), then measures, on the same data and servers, into two projects:
+it), then measures, on the same data and servers, ``--repeats`` times each (order alternated, a
+fresh W&B project every time):
 
 - ``runferry``: ``python -m engine migrate`` with runferry's defaults (no ``runs_concurrency``:
   runs are admitted by memory budget and endpoint headroom, up to 64 in flight);
@@ -33,7 +34,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, child_env, print_table, python_child, run_child, write_toml
+from bench.common import (
+    REPO,
+    child_env,
+    print_table,
+    python_child,
+    run_child,
+    write_toml,
+)
+from bench.results import (
+    Sample,
+    package_version,
+    ratio_of_medians,
+    run_alternated,
+    summarize,
+    write_result,
+)
 from bench.scenarios.mlflow_wandb import (
     API_KEY,
     ENTITY,
@@ -56,6 +72,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--server-workers", type=int, default=4)
     p.add_argument("--requests-per-run", type=int, default=2,
                    help="file_stream requests one run needs (lines + summary + complete; 2 for a small run)")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
     p.add_argument("--workdir", help="keep servers' data here (default: a temporary directory)")
     a = p.parse_args(argv)
@@ -94,49 +111,62 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
         })
         _note("warming the MLflow server up")
         run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(warm)], env=env).check()
-        config = write_toml(workdir / "runferry.toml", {
-            "source": {"type": "mlflow", "tracking_uri": mlflow_server.url},
-            "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
-                            "entity": ENTITY, "project": "runferry"},
-            "transfer": {"ledger": str(workdir / "runferry-ledger.jsonl")},  # runferry's defaults otherwise
-        })
-        results = {}
-        _note("running runferry")
-        results["runferry"] = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain",
-                                                     "--interval", "1"), env=env).check()
-        (workdir / "runferry.log").write_text(results["runferry"].stderr)  # progress lines: what bounded it
-        if peer_python is not None:
-            peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-            peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
-                             "WANDB_CACHE_DIR": str(workdir / "peer" / "cache"),
-                             "WANDB_CONFIG_DIR": str(workdir / "peer" / "config")})
-            (workdir / "peer").mkdir(exist_ok=True)
-            _note("running W&B's MlflowImporter")
-            results["peer"] = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, "peer"],
-                                        cwd=workdir / "peer", env=peer_env).check()
-        _note("verifying both W&B projects against MLflow")
-        exact = {name: _exact_points(wandb_url, name, expected) for name in results}
-        wrong = {name: n for name, n in exact.items() if n != points}
-        if wrong:
-            print(f"outputs differ from the source ({points:,} points expected): {wrong}; no times reported",
-                  file=sys.stderr)
-            return 1
+        peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+        peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
+                         "WANDB_CACHE_DIR": str(workdir / "peer" / "cache"),
+                         "WANDB_CONFIG_DIR": str(workdir / "peer" / "config")})
+
+        def measure(tool: str, repeat: int) -> Sample:
+            project = f"{tool}-r{repeat}"  # a fresh destination project every time
+            if tool == "runferry":
+                config = write_toml(workdir / f"{project}.toml", {
+                    "source": {"type": "mlflow", "tracking_uri": mlflow_server.url},
+                    "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
+                                    "entity": ENTITY, "project": project},
+                    "transfer": {"ledger": str(workdir / f"{project}-ledger.jsonl")},  # runferry's defaults otherwise
+                })
+                result = run_child(python_child("engine", "migrate", str(config), "--log-format", "plain",
+                                                "--interval", "1"), env=env).check()
+                (workdir / f"{project}.log").write_text(result.stderr)  # progress lines: what bounded it
+            else:
+                home = workdir / "peer" / project
+                home.mkdir(parents=True)
+                result = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, project],
+                                   cwd=home, env=peer_env).check()
+            exact = _exact_points(wandb_url, project, expected)
+            if exact != points:
+                raise SystemExit(f"{tool} (round {repeat + 1}) holds {exact:,} of {points:,} points exactly: "
+                                 "no time reported")
+            return Sample(tool, repeat, result.wall_s, result.cpu_s, result.peak_rss_mb, {"exact_points": exact})
+
+        tools = ["runferry"] + ([] if peer_python is None else ["peer"])
+        samples = run_alternated(tools, a.repeats, measure, log=lambda line: _note(line.strip()))
+    summary = summarize(samples)
     rows: list[dict[str, Any]] = [
-        {"tool": name, "wall_s": round(r.wall_s, 2), "cpu_s": round(r.cpu_s, 2), "peak_rss_mb": round(r.peak_rss_mb, 1),
-         "runs_per_s": round(a.runs / r.wall_s, 1), "exact_points": exact[name]}
-        for name, r in results.items()
+        {"tool": tool, "wall_s median": round(summary[tool].median, 2),
+         "min-max": f"{summary[tool].low:.2f}-{summary[tool].high:.2f}",
+         "runs_per_s": round(a.runs / summary[tool].median, 1), "exact_points": points}
+        for tool in tools
     ]
     print(f"\nMLflow -> W&B: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points; "
-          f"file_stream limit {a.filestream_rps_per_run}/s per run; outputs verified: every point exact\n")
+          f"file_stream limit {a.filestream_rps_per_run}/s per run; {a.repeats} rounds, order alternated, a fresh "
+          "project each time; every output verified: every point exact\n")
     print_table(rows)
     floor = max(0, a.requests_per_run - 1) / a.filestream_rps_per_run
     ceiling_bound = math.ceil(a.runs / AUTO_RUNS_CEILING) * floor
     print(f"\nbound of the limits: a run of {a.requests_per_run} file_stream requests needs >= {floor:.2f} s; with every "
           f"run in parallel (no per-project limit on) {floor:.2f} s; with {AUTO_RUNS_CEILING} runs in flight "
-          f"{ceiling_bound:.2f} s (runferry took {results['runferry'].wall_s / max(ceiling_bound, 1e-9):.2f}x that)")
-    if "peer" in results:
-        print(f"runferry is {results['peer'].wall_s / results['runferry'].wall_s:.1f}x faster than W&B's "
-              f"MlflowImporter (wall time, same data and servers)")
+          f"{ceiling_bound:.2f} s (runferry took {summary['runferry'].median / max(ceiling_bound, 1e-9):.2f}x that)")
+    headline: dict[str, Any] = {"points": points, "runs": a.runs, "runferry_wall_s": summary["runferry"].median}
+    if "peer" in summary:
+        ratio = ratio_of_medians(summary, "peer", "runferry")
+        headline["ratio_vs_peer"] = round(ratio, 2)
+        print(f"runferry is {ratio:.1f}x faster than W&B's MlflowImporter (ratio of median wall times)")
+    versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
+                "wandb (peer)": "0.27.0" if peer_python else None, "wandb (oracle)": package_version("wandb")}
+    path = write_result("many_small_runs", inputs=vars(a), versions=versions, samples=samples, headline=headline,
+                        variant="runferry-only" if a.skip_peer else None)
+    print(f"result: {path}")
     return 0
 
 

@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.common import child_env, human, print_table, python_child, rate, run_child, write_toml
+from bench.common import child_env, human, local_export_totals, print_table, python_child, rate, run_child, write_toml
+from bench.results import Sample, package_version, write_result
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -28,6 +29,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
         default="default",
         help="Arrow memory pool of the children (ARROW_DEFAULT_MEMORY_POOL); default: pyarrow's choice",
     )
+    p.add_argument("--target-mb", type=float, default=250.0, help="peak RSS the largest case must stay under")
     p.add_argument("--workdir", help="keep outputs here (default: a temporary directory, removed)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -72,6 +74,9 @@ def main(argv: list[str]) -> int:
             child = run_child(argv, cwd=workdir, env=env)
             child.check()
             stored = (points // a.keys) * a.keys
+            exported = local_export_totals(workdir / f"run-{points}-export")
+            if (exported["runs"], exported["points"]) != (1, stored):
+                raise SystemExit(f"export of {points:,} points holds {exported}, expected 1 run of {stored:,} points")
             rows.append({
                 "history points": f"{stored:,}",
                 "wall s": child.wall_s,
@@ -93,8 +98,19 @@ def main(argv: list[str]) -> int:
                   f"(history {large['points'] / small['points']:.0f}x longer); "
                   f"above start-up: {(large['peak_rss_bytes'] - startup.peak_rss_bytes) / 1e6:.0f} MB vs "
                   f"{(small['peak_rss_bytes'] - startup.peak_rss_bytes) / 1e6:.0f} MB")  # fmt: skip
+        samples = [Sample(f"{r['points']:,} points", 0, r["wall_s"], r["cpu_s"], r["peak_rss_bytes"] / 1e6) for r in results]
+        largest = results[-1]
+        path = write_result("memory_scaling", inputs=vars(a), samples=samples, versions={"runferry": package_version("runferry")},
+                            headline={"largest_points": largest["points"], "target_mb": a.target_mb,
+                                      "largest_peak_rss_mb": largest["peak_rss_bytes"] / 1e6})
+        print(f"result: {path}")
+        if largest["peak_rss_bytes"] / 1e6 >= a.target_mb:
+            raise SystemExit(f"peak RSS {largest['peak_rss_bytes'] / 1e6:.0f} MB at {largest['points']:,} points: "
+                             f"over the {a.target_mb:.0f} MB target")
+        print(f"target met: peak RSS {largest['peak_rss_bytes'] / 1e6:.0f} MB < {a.target_mb:.0f} MB at {largest['points']:,} points")
         if a.json:
             print(json.dumps({"startup_peak_rss_bytes": startup.peak_rss_bytes, "cases": results}))
+
     finally:
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

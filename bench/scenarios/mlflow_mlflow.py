@@ -3,28 +3,27 @@
 Two real ``mlflow server`` processes (SQLite, proxied local artifacts, ``--server-workers``
 worker processes each: 4 by default, as ``mlflow server`` itself starts) are started in the
 work directory; the source gets one experiment of ``--runs`` runs with
-``--keys`` x ``--steps`` points each (default 120 x 200) through the official client. Measured
-children, each on the same source:
+``--keys`` x ``--steps`` points each (default 120 x 200) through the official client. Every
+tool runs ``--repeats`` times (default 3), order alternated, into a fresh destination
+experiment each time, and its output is compared with the source through the MLflow client
+(run names, status, params, every metric point's step, timestamp and value, artifact paths and
+sizes; start/end times for runferry only: mlflow-export-import creates runs at import time)
+BEFORE its time counts; a difference prints and fails the bench. Median, min-max and the ratio
+of medians are printed and written to ``bench/results/mlflow_mlflow.json``.
 
-- ``peer-export`` / ``peer-import``: mlflow-export-import's ``export-experiment`` then
-  ``import-experiment`` (installed on first use into ``bench/out/venv-mlflow-export-import``, a
-  venv that sees this interpreter's packages);
-- ``runferry``: ``python -m engine migrate`` (the CLI, wall time with its start-up, as the peer);
-- ``read-only``: the engine draining the source into a destination that discards everything;
-- ``write-only``: the engine filling the destination from runs preloaded into memory (the
-  loading is done before the clock starts);
-- ``migrate``: the same engine call as ``runferry``, timed inside the process like the two above.
+- ``mlflow-export-import``: ``export-experiment`` then ``import-experiment`` (wall times
+  summed; installed on first use into ``bench/out/venv-mlflow-export-import``, a venv that sees
+  this interpreter's packages, so it runs on the installed mlflow; its version is printed);
+- ``runferry``: ``python -m engine migrate`` with runferry's defaults (``--runs-concurrency``
+  tunes it, and the output says so).
 
-``read-only`` and ``write-only`` time only the engine call (no interpreter start-up), so the
-migration is compared with them through ``migrate``, timed the same way. Each phase also shows
-the CPU seconds each server spent on it (``write-only``'s source figure includes the preload):
-runferry is bound by the destination server (its SQLite store takes one writer at a time),
-the peer by its sequential round trips -- each one costs ~45 ms more on a server with several
-workers than on a one-worker server, measured with MLflow's own client, so ``--server-workers
-1`` is shown too in the README. Afterwards the destination experiments are checked (run count
-and every point) through the official client.
+Then, once each (``--no-limits`` skips them), the engine phases timed inside their process:
+``read-only`` (the source drained into a destination that discards everything), ``write-only``
+(runs preloaded into memory, then written) and ``migrate``, each with the CPU seconds the two
+servers spent on it: runferry is bound by the destination server (its SQLite store takes one
+writer at a time), the peer by its sequential round trips.
 
-    python -m bench mlflow_mlflow [--runs 120 --keys 4 --steps 50 --runs-concurrency 16 --server-workers 4]
+    python -m bench mlflow_mlflow [--runs 120 --keys 4 --steps 50 --repeats 3 --server-workers 4]
 """
 
 from __future__ import annotations
@@ -44,18 +43,28 @@ from typing import Any
 
 from bench.common import (
     REPO,
-    ChildResult,
     child_env,
     print_table,
     python_child,
     run_child,
     write_toml,
 )
+from bench.results import (
+    Sample,
+    package_version,
+    ratio_of_medians,
+    run_alternated,
+    summarize,
+    write_result,
+)
 
 PEER_VENV = REPO / "bench" / "out" / "venv-mlflow-export-import"
 PEER_PACKAGES = ("mlflow-export-import==1.2.0", "tabulate")
 EXPERIMENT = "bench"
 T0 = 1_700_000_000_000
+# mlflow-export-import creates each run at import time (the original times only go into
+# ``mlflow_exim.*`` tags with --import-source-tags): the peer is not held to them
+PEER_DOES_NOT_KEEP = ("start_time", "end_time")
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -65,7 +74,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--params", type=int, default=10)
     p.add_argument("--artifact-bytes", type=int, default=0, help="one artifact of this size per run (0 = none)")
-    p.add_argument("--runs-concurrency", type=int, default=16)
+    p.add_argument("--runs-concurrency", type=int, default=None,
+                   help="tune runferry's runs_concurrency (default: not set, runferry's default, as the headline)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-limits", dest="limits", action="store_false",
+                   help="skip the one-shot read-only / write-only / migrate phases")
     p.add_argument("--server-workers", type=int, default=4,
                    help="worker processes of each mlflow server (default 4, mlflow server's own default; "
                         "1 makes each server one CPU-bound process)")
@@ -104,75 +117,147 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
         _seed(source.url, a, workdir)
         for server in (source, destination):
             _warm_up(server.url, workdir)
-        print(f"seeded {a.runs} runs x {a.keys * a.steps} points in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        rows: list[dict[str, Any]] = []
-        results: dict[str, float] = {}
-
+        seed_s = time.perf_counter() - started
+        print(f"seeded {a.runs} runs x {a.keys * a.steps} points in {seed_s:.1f} s", file=sys.stderr)
+        expected = _experiment_view(source.url, EXPERIMENT)
         meters = {"src": _ServerCpu(source), "dst": _ServerCpu(destination)}
 
-        def record(name: str, result: ChildResult, seconds: float | None = None, note: str = "") -> None:
-            result.check()
-            wall = seconds if seconds is not None else result.wall_s
-            results[name] = wall
-            used = {k: m.take() for k, m in meters.items()}
-            results[f"{name}-server-cpu"] = used["src"] + used["dst"]
-            rows.append({"phase": name, "seconds": round(wall, 2), "cpu_s": round(result.cpu_s, 2),
-                         "src_server_cpu_s": round(used["src"], 2), "dst_server_cpu_s": round(used["dst"], 2),
-                         "peak_rss_mb": round(result.peak_rss_mb), "note": note})
-
-        for meter in meters.values():
-            meter.take()  # seeding and warm-up are not measured
-        if peer_bin is not None:
-            env = child_env({"MLFLOW_TRACKING_URI": source.url})
-            export_dir = workdir / "peer-export"
-            record("peer-export", run_child([str(peer_bin / "export-experiment"), "--experiment", EXPERIMENT,
-                                             "--output-dir", str(export_dir)], env=env), note="export-experiment (CLI wall)")
-            env = child_env({"MLFLOW_TRACKING_URI": destination.url})
-            record("peer-import", run_child([str(peer_bin / "import-experiment"), "--experiment-name", f"peer-{EXPERIMENT}",
-                                             "--input-dir", str(export_dir)], env=env), note="import-experiment (CLI wall)")
-            results["peer-total"] = results["peer-export"] + results["peer-import"]
-            rows.append({"phase": "peer-total", "seconds": round(results["peer-total"], 2), "note": "export + import"})
-
         def config(name: str, experiment: str) -> Path:
+            transfer: dict[str, Any] = {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": a.artifact_bytes > 0}
+            if a.runs_concurrency:
+                transfer["runs_concurrency"] = a.runs_concurrency  # a tuning run, not the headline
             return write_toml(workdir / f"{name}.toml", {
                 "source": {"type": "mlflow", "tracking_uri": source.url, "experiments": [EXPERIMENT]},
                 "destination": {"type": "mlflow", "tracking_uri": destination.url, "experiment": experiment},
-                "transfer": {"ledger": str(workdir / f"{name}-ledger.jsonl"), "runs_concurrency": a.runs_concurrency,
-                             "artifacts": a.artifact_bytes > 0},
+                "transfer": transfer,
             })
 
-        for meter in meters.values():
-            meter.take()
-        cli = run_child(python_child("engine", "migrate", str(config("cli", "runferry-{experiment}"))), cwd=workdir)
-        record("runferry", cli, note="python -m engine migrate (CLI wall)")
-        for meter in meters.values():
-            meter.take()  # config writing and the like are nobody's phase
-        for phase, experiment in (("read-only", "unused-{experiment}"), ("write-only", "write-{experiment}"),
-                                  ("migrate", "inner-{experiment}")):
-            child = run_child(python_child("bench", "mlflow_mlflow", "--phase", phase, "--config",
-                                           str(config(phase, experiment))), cwd=REPO)
-            child.check()
-            inner = json.loads(child.stdout.strip().splitlines()[-1])["seconds"]
-            record(phase, child, inner, note="engine call only (no start-up)")
-        print_table(rows, ["phase", "seconds", "cpu_s", "src_server_cpu_s", "dst_server_cpu_s", "peak_rss_mb", "note"])
-        points = a.runs * a.keys * a.steps
-        _verify(destination.url, "runferry-bench", a)
-        if peer_bin is not None:
-            ratio = results["peer-total"] / results["runferry"]
-            print(f"\nrunferry is {ratio:.1f}x faster than mlflow-export-import "
-                  f"({results['peer-total']:.1f} s vs {results['runferry']:.1f} s for {a.runs} runs, {points:,} points)")
-        bound = max(results["read-only"], results["write-only"])
-        print(f"limit: read-only {results['read-only']:.2f} s, write-only {results['write-only']:.2f} s; "
-              f"migrate {results['migrate']:.2f} s = {results['migrate'] / bound:.2f}x the larger "
-              f"(sum would be {(results['read-only'] + results['write-only']) / bound:.2f}x)")
-        if peer_bin is not None:
-            print(f"server CPU: mlflow-export-import used {results['peer-export-server-cpu'] + results['peer-import-server-cpu']:.1f} s "
-                  f"of the two servers' CPU, runferry {results['runferry-server-cpu']:.1f} s")
-        if a.json:
-            print(json.dumps({"runs": a.runs, "points": points, **{k: round(v, 3) for k, v in results.items()}}))
-        return 0
+        def measure(tool: str, repeat: int) -> Sample:
+            for meter in meters.values():
+                meter.take()  # whatever ran before is nobody's
+            if tool == "runferry":
+                name = f"runferry-r{repeat}"
+                child = run_child(python_child("engine", "migrate", str(config(name, name + "-{experiment}"))),
+                                  cwd=workdir).check()
+                wall, cpu, rss, experiment = child.wall_s, child.cpu_s, child.peak_rss_mb, f"{name}-{EXPERIMENT}"
+            else:
+                export_dir, experiment = workdir / f"peer-export-r{repeat}", f"peer-r{repeat}-{EXPERIMENT}"
+                out = run_child([str(peer_bin / "export-experiment"), "--experiment", EXPERIMENT, "--output-dir",
+                                 str(export_dir)], env=child_env({"MLFLOW_TRACKING_URI": source.url})).check()
+                into = run_child([str(peer_bin / "import-experiment"), "--experiment-name", experiment, "--input-dir",
+                                  str(export_dir)], env=child_env({"MLFLOW_TRACKING_URI": destination.url})).check()
+                wall, cpu, rss = out.wall_s + into.wall_s, out.cpu_s + into.cpu_s, max(out.peak_rss_mb, into.peak_rss_mb)
+            used = {k: round(m.take(), 2) for k, m in meters.items()}
+            diffs = _differences(expected, _experiment_view(destination.url, experiment),
+                                 skip=() if tool == "runferry" else PEER_DOES_NOT_KEEP)
+            if diffs:
+                print(f"\n{tool} (round {repeat + 1}) differs from the source:", file=sys.stderr)
+                for line in diffs[:20]:
+                    print("  " + line, file=sys.stderr)
+                raise SystemExit(f"{tool}'s output is not equal to the source: no time reported")
+            return Sample(tool, repeat, wall, cpu, rss, {"src_server_cpu_s": used["src"], "dst_server_cpu_s": used["dst"]})
+
+        tools = ["runferry"] + ([] if peer_bin is None else ["mlflow-export-import"])
+        samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True))
+        limits = _limits(a, config, meters) if a.limits else {}
+        return _report(a, tools, samples, limits, seed_s, peer_bin)
     finally:
         _stop_both(source, destination)
+
+
+def _limits(a: argparse.Namespace, config: Any, meters: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One run of each engine phase, timed inside its process: read-only (the source drained
+    into a null destination), write-only (runs preloaded into memory, then written) and migrate."""
+    limits = {}
+    for phase in ("read-only", "write-only", "migrate"):
+        for meter in meters.values():
+            meter.take()
+        child = run_child(python_child("bench", "mlflow_mlflow", "--phase", phase, "--config",
+                                       str(config(phase, f"{phase}-{{experiment}}"))), cwd=REPO).check()
+        used = {k: round(m.take(), 2) for k, m in meters.items()}
+        limits[phase] = {"seconds": json.loads(child.stdout.strip().splitlines()[-1])["seconds"],
+                         "src_server_cpu_s": used["src"], "dst_server_cpu_s": used["dst"]}
+    return limits
+
+
+def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limits: dict[str, dict[str, float]],
+            seed_s: float, peer_bin: Path | None) -> int:
+    summary = summarize(samples)
+    points = a.runs * a.keys * a.steps
+    rows = []
+    for tool in tools:
+        mine = [x for x in samples if x.tool == tool]
+        rows.append({"tool": tool, "wall_s median": round(summary[tool].median, 2),
+                     "min-max": f"{summary[tool].low:.2f}-{summary[tool].high:.2f}",
+                     "points/s": round(points / summary[tool].median), "cpu_s": round(summarize(mine, "cpu_s")[tool].median, 2),
+                     "src server cpu_s": round(summarize(mine, "src_server_cpu_s")[tool].median, 2),
+                     "dst server cpu_s": round(summarize(mine, "dst_server_cpu_s")[tool].median, 2),
+                     "peak_rss_mb": round(summarize(mine, "peak_rss_mb")[tool].median)})
+    settings = f"runs_concurrency={a.runs_concurrency}" if a.runs_concurrency else "runferry's defaults"
+    print(f"\nMLflow -> MLflow: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points, "
+          f"{'artifacts of ' + str(a.artifact_bytes) + ' B' if a.artifact_bytes else 'no artifacts'} (both tools); "
+          f"{settings}; servers with {a.server_workers} workers; {a.repeats} rounds, order alternated, "
+          f"a fresh destination experiment each time\n")
+    print_table(rows)
+    print("\nverified before timing: every destination run against the source through the MLflow client "
+          "(run names, status, start/end times, params, every metric point's step, timestamp and value, "
+          f"artifact paths and sizes); mlflow-export-import not on {', '.join(PEER_DOES_NOT_KEEP)} (it does not keep them)")
+    headline: dict[str, Any] = {"points": points, "runferry_wall_s": summary["runferry"].median}
+    if "mlflow-export-import" in summary:
+        ratio = ratio_of_medians(summary, "mlflow-export-import", "runferry")
+        headline["ratio_vs_mlflow-export-import"] = round(ratio, 2)
+        print(f"runferry is {ratio:.1f}x faster than mlflow-export-import (ratio of median wall times)")
+    if limits:
+        print_table([{"phase": k, **v} for k, v in limits.items()])
+        bound = max(limits["read-only"]["seconds"], limits["write-only"]["seconds"])
+        print(f"migrate {limits['migrate']['seconds']:.2f} s = {limits['migrate']['seconds'] / bound:.2f}x the larger of "
+              "read-only and write-only (engine call only, one run each)")
+    versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
+                "mlflow-export-import": _peer_version(peer_bin) if peer_bin else None, "python": sys.version.split()[0]}
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    path = write_result("mlflow_mlflow", inputs={**{k: v for k, v in vars(a).items() if k not in ("phase", "config")},
+                                                 "seed_s": round(seed_s, 1)},
+                        versions=versions, samples=samples, headline={**headline, "limits": limits},
+                        variant="runferry-only" if a.skip_peer else None,
+                        notes=["shared 2-core machine under other load: absolute times swing, ratios less"])
+    print(f"result: {path}")
+    if a.json:
+        print(json.dumps({"runs": a.runs, "points": points, **headline}))
+    return 0
+
+
+def _peer_version(bin_dir: Path) -> str:
+    code = "import importlib.metadata as m; print(m.version('mlflow-export-import'), 'on mlflow', m.version('mlflow'))"
+    probe = subprocess.run([str(bin_dir / "python"), "-c", code], capture_output=True, text=True, check=False)
+    return probe.stdout.strip() or "unknown"
+
+
+def _experiment_view(url: str, name: str) -> dict[str, dict[str, Any]]:
+    """Run name -> what is compared of it, read through the official client."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return {}
+    view = {}
+    for run in client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=50_000):
+        metrics = {key: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                   for key in run.data.metrics}
+        artifacts = sorted((f.path, f.file_size) for f in client.list_artifacts(run.info.run_id))
+        view[run.info.run_name] = {"status": run.info.status, "start_time": run.info.start_time,
+                                   "end_time": run.info.end_time, "params": run.data.params, "metrics": metrics,
+                                   "artifacts": artifacts}
+    return view
+
+
+def _differences(expected: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]], skip: tuple[str, ...] = ()) -> list[str]:
+    if sorted(expected) != sorted(got):
+        return [f"runs: {len(got)} instead of {len(expected)}; missing {sorted(set(expected) - set(got))[:5]}"]
+    return [f"{name} {field}: {got[name][field]!r:.300} instead of {value!r:.300}"
+            for name, run in expected.items() for field, value in run.items()
+            if field not in skip and got[name][field] != value]
 
 
 class _ServerCpu:

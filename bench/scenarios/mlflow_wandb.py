@@ -4,26 +4,23 @@ One real ``mlflow server`` (SQLite, or PostgreSQL with ``--backend-store postgre
 ``--server-workers`` processes, 4 by default like ``mlflow server`` itself) is seeded through the official client with ``--runs`` runs
 of ``--keys`` x ``--steps`` points (every point of a step shares one timestamp, so both tools
 can be exact). One W&B-compatible server (``python -m tests.servers.wandb``, its own process)
-receives both migrations, into two projects. Measured children (wall, CPU, peak RSS; see
-``bench.common``), each on the same source data:
+receives every migration, each into a fresh project. ``runferry`` and ``peer`` run ``--repeats``
+times each (default 3), order alternated; each output is read back with ``wandb.Api`` and every
+history point compared with MLflow BEFORE its time counts (a difference fails the bench):
 
 - ``peer``: ``wandb.apis.importers.mlflow.MlflowImporter`` from wandb 0.27.0 (the last release
-  that has it), in its own venv ``.venv-wandb027-importers`` (``wandb[importers]==0.27.0``,
-  created on first use): ``collect_runs()`` then ``import_runs(runs, artifacts=False,
-  namespace=...)``, its defaults otherwise;
-- ``runferry``: ``python -m engine migrate`` (CLI, start-up included, like the peer);
-- ``read-only``: runferry draining the MLflow source only (no writes; runs side by side as
-  ``migrate`` reads them), the source-side limit;
-- ``runferry-db`` / ``read-only-db``: the same two with ``history_database`` (histories read
-  straight from the MLflow server's backend store; runs, params and tags still through its API).
+  that has it), in the venv ``python -m bench.wandb027 --importers`` makes: ``collect_runs()``
+  then ``import_runs(runs, artifacts=False, namespace=...)``, its defaults otherwise;
+- ``runferry``: ``python -m engine migrate`` with runferry's defaults (CLI, start-up included,
+  like the peer; ``--runs-concurrency`` tunes it).
 
-An unmeasured drain runs first: a fresh MLflow server's first history requests are much slower
-(warm-up), and no measured child should pay for that.
+Then once each, in a table of their own: ``read-only`` (runferry draining the MLflow source
+only, the source-side limit) and, with ``history_database`` (histories read straight from the
+MLflow server's backend store, direct database access the peer has no equivalent of),
+``read-only-db`` and ``runferry-db``. An unmeasured drain runs first: a fresh MLflow server's
+first history requests are much slower (warm-up), and no measured child should pay for that.
 
-Afterwards both W&B projects are read back with ``wandb.Api`` and every history point is
-compared with MLflow: the table shows how many points each tool delivered exactly.
-
-    python -m bench mlflow_wandb [--runs 4 --keys 10 --steps 2000 --runs-concurrency 4]
+    python -m bench mlflow_wandb [--runs 4 --keys 10 --steps 2000 --repeats 3]
 """
 
 from __future__ import annotations
@@ -52,9 +49,15 @@ from bench.common import (
     run_child,
     write_toml,
 )
+from bench.results import (
+    Sample,
+    package_version,
+    ratio_of_medians,
+    run_alternated,
+    summarize,
+    write_result,
+)
 
-PEER_VENV = REPO / ".venv-wandb027-importers"
-PEER_REQUIREMENT = "wandb[importers]==0.27.0"
 T0 = 1_700_000_000_000
 API_KEY = "b" * 40
 ENTITY = "bench"
@@ -82,7 +85,8 @@ async def main():
     config = load_config(sys.argv[1])
     source, _ = open_adapters(config, make_context(config, Progress(mode="plain")))
     points = 0
-    limit = anyio.CapacityLimiter(config.transfer.runs_concurrency)  # runs read side by side, as migrate does
+    # runs read side by side, as migrate does (0 = automatic admission there: 16 here, not 0 slots)
+    limit = anyio.CapacityLimiter(config.transfer.runs_concurrency or 16)
 
     async def drain(ref):
         nonlocal points
@@ -108,13 +112,14 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=4)
     p.add_argument("--keys", type=int, default=10)
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--runs-concurrency", type=int, default=4)
+    p.add_argument("--runs-concurrency", type=int, default=None, help="tune runferry (default: its automatic admission)")
     p.add_argument("--backend-store", choices=("sqlite", "postgresql"), default="sqlite",
                    help="the mlflow server's backend store: a SQLite file (default) or a local PostgreSQL (pgserver)")
     p.add_argument("--server-workers", type=int, default=4,
                    help="worker processes of the mlflow server (default 4, mlflow server's own default)")
     p.add_argument("--filestream-rps-per-run", type=float, default=None,
                    help="server-side per-run file_stream limit (W&B documents 2); default: none")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
     p.add_argument("--workdir", help="keep servers' data here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
@@ -133,7 +138,9 @@ def main(argv: list[str]) -> int:
 
 
 def _drive(a: argparse.Namespace, workdir: Path) -> int:
-    peer_python = None if a.skip_peer else ensure_peer_venv()
+    from bench.wandb027 import ensure_wandb027
+
+    peer_python = None if a.skip_peer else ensure_wandb027(importers=True)
     with contextlib.ExitStack() as stack:
         mlflow_server = stack.enter_context(_mlflow_server(workdir, a))
         wandb_url = stack.enter_context(_wandb_server(workdir, a))
@@ -146,52 +153,72 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
                 "source": {"type": "mlflow", "tracking_uri": mlflow_server.url, "artifacts": False, **source},
                 "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
                                 "entity": ENTITY, "project": project},
-                "transfer": {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": False,
-                             "runs_concurrency": a.runs_concurrency, "incremental": False},
+                "transfer": {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": False, "incremental": False,
+                             # runferry's default (automatic) unless --runs-concurrency tunes it
+                             **({"runs_concurrency": a.runs_concurrency} if a.runs_concurrency else {})},
             })
 
-        through_api = config("runferry", "runferry")
-        from_database = config("runferry-db", "runferry-db", history_database=mlflow_server.database_uri)
-        results: dict[str, ChildResult] = {}
+        through_api = config("runferry-warm", "unused")
         # a fresh MLflow server answers its first history requests far slower (lazy imports,
         # cold SQLite pages): one unmeasured drain first, so no measured child pays for it
         run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(through_api)], env=env).check()
-        results["read-only"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(through_api)], env=env).check()
-        results["runferry"] = run_child(python_child("engine", "migrate", str(through_api), "--log-format", "plain"),
-                                        env=env).check()
-        results["read-only-db"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(from_database)], env=env).check()
-        results["runferry-db"] = run_child(python_child("engine", "migrate", str(from_database), "--log-format", "plain"),
-                                           env=env).check()
-        if peer_python is not None:
-            peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-            peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
-                             "WANDB_CACHE_DIR": str(workdir / "peer" / "cache"),
-                             "WANDB_CONFIG_DIR": str(workdir / "peer" / "config")})
-            (workdir / "peer").mkdir(exist_ok=True)
-            results["peer"] = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, "peer"],
-                                        cwd=workdir / "peer", env=peer_env).check()
-        exact = {name: _exact_points(wandb_url, project, expected)
-                 for name, project in (("runferry", "runferry"), ("runferry-db", "runferry-db"), ("peer", "peer"))
-                 if name in results}
-        for name, result in results.items():
-            rows.append({
-                "phase": name, "wall_s": round(result.wall_s, 2), "cpu_s": round(result.cpu_s, 2),
-                "peak_rss_mb": round(result.peak_rss_mb, 1), "points": points,
-                "points_per_s": round(points / result.wall_s), "exact_points": exact.get(name, ""),
-            })
-        print(f"\nMLflow -> W&B: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points "
-              f"(file_stream limit per run: {a.filestream_rps_per_run or 'none'})\n")
-        print_table(rows)
-        if "peer" in results:
-            ratio = results["peer"].wall_s / results["runferry"].wall_s
-            print(f"\nrunferry is {ratio:.1f}x faster than W&B's MlflowImporter (wall time, same data and servers)")
-            ratio_db = results["peer"].wall_s / results["runferry-db"].wall_s
-            print(f"runferry with history_database (histories read from the server's {a.backend_store} backend store) "
-                  f"is {ratio_db:.1f}x faster")
-        print(f"runferry vs draining the source only: {results['runferry'].wall_s / results['read-only'].wall_s:.2f}x "
-              f"(through the API), {results['runferry-db'].wall_s / results['read-only-db'].wall_s:.2f}x (history_database)")
-        if a.json:
-            print(json.dumps({"rows": rows}))
+        peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+        peer_env.update({"WANDB_SILENT": "true", "WANDB_MODE": "online"})
+
+        def measure(tool: str, repeat: int) -> Sample:
+            project = f"{tool}-r{repeat}"  # a fresh destination project every time
+            if tool == "runferry":
+                result = run_child(python_child("engine", "migrate", str(config(project, project)), "--log-format",
+                                                "plain"), env=env).check()
+            else:
+                home = workdir / "peer" / project
+                home.mkdir(parents=True)
+                result = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, project], cwd=home,
+                                   env={**peer_env, "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
+                                        "WANDB_CONFIG_DIR": str(home / "config")}).check()
+            exact = _exact_points(wandb_url, project, expected)
+            if exact != points:
+                raise SystemExit(f"{tool} (round {repeat + 1}) holds {exact:,} of {points:,} points exactly: "
+                                 "no time reported")
+            return Sample(tool, repeat, result.wall_s, result.cpu_s, result.peak_rss_mb, {"exact_points": exact})
+
+        tools = ["runferry"] + ([] if peer_python is None else ["peer"])
+        samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True))
+        # once each, labelled apart: the source-side limit, and history read from the backend store
+        # (history_database: direct database access, which the peer has no equivalent of)
+        extras: dict[str, ChildResult] = {}
+        extras["read-only"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(through_api)], env=env).check()
+        from_database = config("runferry-db", "runferry-db", history_database=mlflow_server.database_uri)
+        extras["read-only-db"] = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(from_database)], env=env).check()
+        extras["runferry-db"] = run_child(python_child("engine", "migrate", str(from_database), "--log-format", "plain"),
+                                          env=env).check()
+        if _exact_points(wandb_url, "runferry-db", expected) != points:
+            raise SystemExit("runferry-db's output differs from the source: no time reported")
+    summary = summarize(samples)
+    for tool in tools:
+        rows.append({"tool": tool, "wall_s median": round(summary[tool].median, 2),
+                     "min-max": f"{summary[tool].low:.2f}-{summary[tool].high:.2f}",
+                     "points/s": round(points / summary[tool].median), "exact_points": points})
+    print(f"\nMLflow -> W&B: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points "
+          f"(file_stream limit per run: {a.filestream_rps_per_run or 'none'}); {a.repeats} rounds, order alternated, a "
+          f"fresh project each time; every output verified: every point exact\n")
+    print_table(rows)
+    headline: dict[str, Any] = {"points": points, "runferry_wall_s": summary["runferry"].median}
+    if "peer" in summary:
+        ratio = ratio_of_medians(summary, "peer", "runferry")
+        headline["ratio_vs_peer"] = round(ratio, 2)
+        print(f"\nrunferry is {ratio:.1f}x faster than W&B's MlflowImporter (ratio of median wall times)")
+    print("\nonce each, apart from the headline (history_database reads the server's backend store directly; "
+          "the peer has no equivalent):")
+    print_table([{"phase": name, "wall_s": round(r.wall_s, 2), "cpu_s": round(r.cpu_s, 2)} for name, r in extras.items()])
+    headline["extras_wall_s"] = {name: round(r.wall_s, 3) for name, r in extras.items()}
+    versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
+                "wandb (peer)": "0.27.0" if peer_python else None, "wandb (oracle)": package_version("wandb")}
+    path = write_result("mlflow_wandb", inputs=vars(a), versions=versions, samples=samples, headline=headline,
+                        variant="runferry-only" if a.skip_peer else None)
+    print(f"result: {path}")
+    if a.json:
+        print(json.dumps({"rows": rows, **headline}))
     return 0
 
 
@@ -294,16 +321,3 @@ def _exact_points(wandb_url: str, project: str, expected: dict[str, list[tuple[s
                     have[(key, row["_step"])] = value
         found += sum(1 for key, step, value in want if have.get((key, step)) == value)
     return found
-
-
-def ensure_peer_venv() -> Path:
-    """The venv with W&B's importers (wandb 0.27.0 + its ``importers`` extra), made on first use."""
-    python = PEER_VENV / "bin" / "python"
-    probe = [str(python), "-c", "from wandb.apis.importers.mlflow import MlflowImporter"]
-    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    PEER_REQUIREMENT], check=True)
-    subprocess.run(probe, check=True)
-    return python

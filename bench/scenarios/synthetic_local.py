@@ -22,7 +22,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench.common import ChildResult, child_env, human, print_table, python_child, rate, run_child, write_toml
+from bench.common import (
+    ChildResult,
+    child_env,
+    human,
+    local_export_totals,
+    print_table,
+    python_child,
+    rate,
+    run_child,
+    write_toml,
+)
+from bench.results import Sample, package_version, write_result
 
 PHASES = ("startup", "generate", "write", "migrate")
 PREBUILT_CHUNKS = 8
@@ -228,7 +239,13 @@ def main(argv: list[str]) -> int:
                 row["inner points/cpu-s"] = human(rate(points, inner["inner_cpu_s"]))
             rows.append(row)
             results[phase] = {"wall_s": child.wall_s, "cpu_s": child.cpu_s, "peak_rss_bytes": child.peak_rss_bytes, **inner}
+            if phase in ("write", "migrate"):  # read the export back before its time counts
+                _verify_export(workdir / f"{phase}-export", a, points, nbytes)
         print_table(rows)
+        samples = [Sample(phase, 0, r["wall_s"], r["cpu_s"], r["peak_rss_bytes"] / 1e6) for phase, r in results.items()]
+        path = write_result("synthetic_local", inputs=vars(a), samples=samples, headline={"points": points},
+                            versions={"runferry": package_version("runferry"), "pyarrow": package_version("pyarrow")})
+        print(f"result: {path}")
         _print_ratios(results, points)
         if a.json:
             print(json.dumps({"points": points, "bytes": nbytes, "runs": a.runs, "phases": results}))
@@ -236,6 +253,14 @@ def main(argv: list[str]) -> int:
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _verify_export(export: Path, a: argparse.Namespace, points: int, nbytes: int) -> None:
+    """The export read back: every run, every point (Parquet row counts), every file byte."""
+    have = local_export_totals(export)
+    want = {"runs": a.runs, "points": points, "file_bytes": nbytes}
+    if have != want:
+        raise SystemExit(f"{export.name} holds {have}, expected {want}: no time reported")
 
 
 def _print_ratios(results: dict[str, dict[str, Any]], points: int) -> None:

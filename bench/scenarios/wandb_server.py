@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import REPO, child_env, print_table, rate, run_child
+from bench.wandb_data import WandbServerProcess
 
 SDK_SCRIPT = REPO / "tests" / "wandb_server" / "sdk_scripts" / "bench_log.py"
 IMPORTER_SCRIPT = REPO / "tests" / "wandb_server" / "sdk_scripts" / "importer_send.py"
@@ -43,29 +43,6 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-sdk", action="store_true")
     p.add_argument("--no-wandb027", action="store_true")
     return p.parse_args(argv)
-
-
-class ServerProcess:
-    """``python -m tests.servers.wandb`` in a child; yields its base URL."""
-
-    def __enter__(self) -> str:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers.wandb", "--port", "0", "--key", f"{KEY}=bench"],
-            cwd=REPO, env=child_env({"PYTHONUNBUFFERED": "1"}), stdout=subprocess.PIPE, text=True,
-        )
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise SystemExit(f"server did not start: {line!r}")
-        return line.rsplit(" ", 1)[1].strip()
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _headers() -> dict[str, str]:
@@ -209,7 +186,9 @@ def measure_importer(base: str, python: str, args, ceiling_lines_s: float, tmp: 
 def main(argv: list[str]) -> int:
     args = _args(argv)
     rows: list[dict] = []
-    with ServerProcess() as base, tempfile.TemporaryDirectory(prefix="bench-wandb-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-wandb-") as tmp, \
+            WandbServerProcess({KEY: ["bench"]}, Path(tmp) / "server.log") as server:
+        base = server.url
         ingest = asyncio.run(measure_file_stream(base, args))
         rows.append(ingest)
         rows += asyncio.run(measure_storage(base, args))

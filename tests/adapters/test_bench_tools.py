@@ -60,9 +60,10 @@ async def test_generate_and_write_phases_move_every_point_and_byte(tmp_path: Pat
     assert pacsv.read_csv(tmp_path / "write-export" / "runs.csv").num_rows == 2
 
 
-def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.scenarios.synthetic_local import main
 
+    monkeypatch.setenv("BENCH_RESULTS_DIR", str(tmp_path / "results"))
     args = ["--runs", "2", "--steps", "5", "--keys", "2", "--file-sizes", "10", "--artifact-sizes", "",
             "--phases", "migrate", "--workdir", str(tmp_path), "--json"]  # fmt: skip
     assert main(args) == 0
@@ -72,12 +73,73 @@ def test_synthetic_local_drives_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "migrate-export" / "runs.parquet").is_file()
 
 
-def test_memory_scaling_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_memory_scaling_reports_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.scenarios.memory_scaling import main
 
+    monkeypatch.setenv("BENCH_RESULTS_DIR", str(tmp_path / "results"))
     assert main(["--sizes", "100,300", "--keys", "10", "--workdir", str(tmp_path), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert [case["points"] for case in result["cases"]] == [100, 300]
     assert all(case["peak_rss_bytes"] > 0 for case in result["cases"]) and result["startup_peak_rss_bytes"] > 0
     assert any(line.startswith("peak RSS ratio 300 / 100 points") for line in lines)
+    written = json.loads((tmp_path / "results" / "memory_scaling.json").read_text())
+    assert [s["peak_rss_mb"] * 1e6 for s in written["samples"]] == pytest.approx([c["peak_rss_bytes"] for c in result["cases"]])
+
+
+def test_tools_alternate_their_order_every_round() -> None:
+    from bench.results import alternating_order
+
+    assert alternating_order(["a", "b", "c"], 3) == [
+        (0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a"), (2, "a"), (2, "b"), (2, "c"),
+    ]  # fmt: skip
+
+
+def test_summary_is_median_and_range_per_tool_and_the_ratio_is_of_medians() -> None:
+    from bench.results import Sample, ratio_of_medians, summarize
+
+    samples = [Sample("rf", 0, 1.0), Sample("peer", 0, 30.0), Sample("rf", 1, 3.0), Sample("peer", 1, 10.0),
+               Sample("rf", 2, 2.0, extra={"x": 5}), Sample("peer", 2, 20.0)]  # fmt: skip
+    summary = summarize(samples)
+    assert (summary["rf"].median, summary["rf"].low, summary["rf"].high, summary["rf"].n) == (2.0, 1.0, 3.0, 3)
+    assert (summary["peer"].median, summary["peer"].low, summary["peer"].high) == (20.0, 10.0, 30.0)
+    assert ratio_of_medians(summary, "peer", "rf") == 10.0
+    assert summary["rf"].text() == "2.00 s (1.00-3.00)"
+
+
+def test_run_alternated_measures_every_tool_in_order_and_a_failed_check_stops_it() -> None:
+    from bench.results import Sample, run_alternated
+
+    calls: list[tuple[str, int]] = []
+
+    def measure(tool: str, repeat: int) -> Sample:
+        calls.append((tool, repeat))
+        if (tool, repeat) == ("b", 1):
+            raise SystemExit("b's output differs")
+        return Sample(tool, repeat, 1.0)
+
+    assert [s.tool for s in run_alternated(["a", "b"], 1, measure)] == ["a", "b"]
+    calls.clear()
+    with pytest.raises(SystemExit, match="differs"):
+        run_alternated(["a", "b"], 2, measure)
+    assert calls == [("a", 0), ("b", 0), ("b", 1)]
+
+
+def test_a_written_result_renders_as_a_table_row_and_a_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.results import Sample, load_results, write_result
+
+    samples = [Sample("runferry", r, w) for r, w in enumerate((1.0, 2.0, 4.0))]
+    samples += [Sample("peer", r, w) for r, w in enumerate((30.0, 20.0, 10.0))]
+    path = write_result("demo", inputs={"runs": 2}, versions={"peer": "1.0"}, samples=samples,
+                        headline={"ratio": 10.0}, directory=tmp_path)
+    body = json.loads(path.read_text())
+    assert body["summary"]["runferry"] == {"median": 2.0, "low": 1.0, "high": 4.0, "n": 3}
+    assert [s["wall_s"] for s in body["samples"] if s["tool"] == "peer"] == [30.0, 20.0, 10.0]
+    assert body["versions"]["peer"] == "1.0" and "runferry commit" in body["versions"]
+    assert body["machine"]["cpus"] >= 1 and load_results(tmp_path) == [body]
+    assert bench_main(["report", "--results", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| command | runferry | peer | ratio of medians | samples, machine |"
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert cells[1:4] == ["2.00 s (1.00-4.00)", "peer 20.00 s (10.00-30.00)", "10.0x"]
+    assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

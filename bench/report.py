@@ -1,0 +1,110 @@
+"""``python -m bench report``: the README's benchmark table and one chart per scenario, rendered
+from the JSON results in bench/results/ (``bench.results.write_result``).
+
+Why: numbers in the README should be a rendering of recorded samples, not hand-copied; anyone
+can re-render them, and see the median, the range and the machine they came from.
+
+    python -m bench report [--results DIR] [--out FILE.md] [--charts DIR] [--no-charts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.results import load_results, results_dir
+
+
+def _range(stats: dict[str, Any]) -> str:
+    return f"{stats['median']:.2f} s ({stats['low']:.2f}-{stats['high']:.2f})"
+
+
+def table_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per peer of a result: command, runferry, peer, ratio of medians, the machine."""
+    summary = result["summary"]
+    tools = list(summary)
+    main = "runferry" if "runferry" in summary else tools[0]
+    machine = result.get("machine", {})
+    where = f"{machine.get('cpus', '?')} CPUs, load {'/'.join(str(x) for x in machine.get('load_avg_1_5_15', [])[:1]) or '?'}"
+    n = summary[main]["n"]
+    command = _without_workdir(result.get("command", result["scenario"]))
+    points = result.get("headline", {}).get("points")
+    what = f"`{command}`" + (f" ({points:,} points)" if points else "")
+    rows = []
+    peers = [t for t in tools if t != main] or [None]
+    for peer in peers:
+        ratio = f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if peer and main == "runferry" else ""
+        rows.append([
+            what,
+            _range(summary[main]),
+            f"{peer} {_range(summary[peer])}" if peer else "",
+            ratio,
+            f"median (min-max) of {n}; {where}; {result.get('measured_at', '')[:10]}",
+        ])
+    return rows
+
+
+def _without_workdir(command: str) -> str:
+    """The command as anyone would type it: a ``--workdir`` is where it ran, not what it measured."""
+    words = command.split()
+    return " ".join(w for i, w in enumerate(words) if w != "--workdir" and (i == 0 or words[i - 1] != "--workdir"))
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    header = ["command", "runferry", "peer", "ratio of medians", "samples, machine"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for result in results:
+        for row in table_rows(result):
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> Path:
+    """Median wall time per tool, the min-max range as error bars, every sample as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result["summary"]
+    tools = list(summary)
+    medians = [summary[t]["median"] for t in tools]
+    errors = [[summary[t]["median"] - summary[t]["low"] for t in tools],
+              [summary[t]["high"] - summary[t]["median"] for t in tools]]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tools), 3.2))
+    ax.bar(tools, medians, yerr=errors, capsize=4, color=["#2b7bba" if t == "runferry" else "#999999" for t in tools])
+    for i, tool in enumerate(tools):
+        walls = [s["wall_s"] for s in result["samples"] if s["tool"] == tool]
+        ax.plot([i] * len(walls), walls, "k.", markersize=4)
+    ax.set_ylabel("wall time, s (median, min-max)")
+    ax.set_title(result["scenario"], fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench report", description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=results_dir())
+    p.add_argument("--out", type=Path, help="write the markdown table here (default: stdout)")
+    p.add_argument("--charts", type=Path, help="directory for the PNG charts (default: --results)")
+    p.add_argument("--no-charts", action="store_true")
+    a = p.parse_args(argv)
+    results = load_results(a.results)
+    if not results:
+        print(f"no results in {a.results}: run a scenario first", file=sys.stderr)
+        return 1
+    table = markdown_table(results)
+    if a.out:
+        a.out.write_text(table)
+    else:
+        sys.stdout.write(table)
+    if not a.no_charts:
+        for result in results:
+            png = chart(result, (a.charts or a.results) / f"{result['scenario']}.png")
+            print(f"chart: {png}", file=sys.stderr)
+    return 0
