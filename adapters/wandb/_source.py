@@ -145,8 +145,6 @@ class WandbSource:
         kept = original_times(record.config)
         if kept is not None:  # a run an earlier migration wrote: its source's times, not W&B's
             record.start_time, record.end_time = kept
-        if isinstance(record.metric_keys, list):  # destinations before the typed field read it here
-            record.system["metric_keys"] = list(record.metric_keys)
         return record
 
     # -- history --------------------------------------------------------------------------------
