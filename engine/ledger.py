@@ -17,12 +17,12 @@ migrations. Events, folded in order into one ``RunEntry`` per run:
 
 A destination write always happens before the ledger line that records it, so after a SIGKILL
 the ledger may lag the destination but never lead it; writers reconcile on reopen (see
-``adapters/base.py``). Lines are flushed to the OS at once (enough for SIGKILL); ``done`` lines
-are also fsynced (power loss).
+``adapters/base.py``). Lines are written, flushed and (``done``/``failed``) fsynced by one writer
+thread (``engine.ledger_writer``), in order, so the event loop never waits on the disk or a store.
 
 Crash testing: with ``RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE=N`` in the environment the process
-kills itself with SIGKILL instead of appending its N-th line — the worst moment, when the
-destination already holds what the ledger never heard of. Tests use it to prove resume exact.
+kills itself with SIGKILL instead of appending its N-th line (after the writer wrote every line
+before it) — the worst moment, when the destination already holds what the ledger never heard of. Tests use it to prove resume exact.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from collections.abc import Container, Iterable
 from typing import Any, TextIO
 
 from core.protocols import Checkpoint
+from engine.ledger_writer import JournalWriter, Line
 
 
 class RunStatus(str, enum.Enum):
@@ -69,13 +70,15 @@ def pair_key(source: str, destination: str) -> str:
 
 
 class Ledger:
-    """Reads the journal once, then appends to it. Not thread-safe; used from one event loop."""
+    """Reads the journal once, then appends to it. Called from one event loop; its lines are
+    written by its own writer thread."""
 
     def __init__(self, path: Path, pair: str, *, clock: Any = time.time) -> None:
         self.path = path
         self.pair = pair
         self._clock = clock
         self._fh: TextIO | None = None
+        self._writer: JournalWriter | None = None
         self._append_ready = False
         self._appended = 0
         self._kill_at = int(os.environ.get("RUNFERRY_FAULT_KILL_BEFORE_LEDGER_LINE", "0") or 0)
@@ -160,31 +163,46 @@ class Ledger:
         return self._fh is not None or self._append_ready
 
     def close(self) -> None:
+        """Write what is queued, fsync, close; raise a write that failed."""
         self._append_ready = False
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._writer = None
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
+
+    def flush(self) -> None:
+        """Block until every line appended so far is written; raise a write that failed."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def _append(self, run: str, kind: str, *, sync: bool = False, **fields: Any) -> None:
         event = {"t": round(self._clock(), 3), "pair": self.pair, "run": run, "ev": kind, **fields}
         self._fold(event)
         if not self.writable():
             raise RuntimeError("ledger is not open for writing")
+        if self._writer is None:
+            self._writer = JournalWriter(self._write_batch)
         self._appended += 1
         if self._appended == self._kill_at:
+            self._writer.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        self._write(run, json.dumps(event, separators=(",", ":"), allow_nan=False), sync)
+        self._writer.put((run, json.dumps(event, separators=(",", ":"), allow_nan=False), sync))
 
-    def _write(self, run: str, line: str, sync: bool) -> None:
-        """Make one journal line durable (stores that are not one local file override this)."""
+    def _write_batch(self, batch: list[Line]) -> None:
+        """Make journal lines durable, in order (on the writer thread; stores that are not one
+        local file override this)."""
         if self._fh is None:
             self._open_file()
         assert self._fh is not None
-        self._fh.write(line + "\n")
+        self._fh.write("".join(line + "\n" for _, line, _ in batch))
         self._fh.flush()
-        if sync:
+        if any(sync for _, _, sync in batch):
             os.fsync(self._fh.fileno())
 
     def get(self, run: str) -> RunEntry | None:

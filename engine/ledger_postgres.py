@@ -13,13 +13,16 @@ epoch and inserts nothing): a write under a stale lease is refused, and the writ
 
 Connections go through ADBC (``adbc-driver-postgresql``, already a dependency), in autocommit:
 every line is durable when ``append`` returns. Calls are blocking (~1 ms on a LAN), one per
-ledger line, i.e. per history chunk, file or run event, never per point.
+ledger line, i.e. per history chunk, file or run event, never per point; journal lines are sent
+from the ledger's writer thread, lease calls from the worker's loop, so one lock serialises the
+connection's use.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Collection
 from typing import Any
@@ -59,6 +62,7 @@ class PostgresStore:
             self._conn = adbc.connect(uri, autocommit=True, **kwargs)
         except adbc.Error as exc:
             raise ConfigError(f"[ray] ledger: cannot connect to PostgreSQL ({type(exc).__name__})") from None
+        self._lock = threading.Lock()
         self._cursor = self._conn.cursor()
         self._cursor.adbc_statement.set_options(**{"adbc.postgresql.use_copy": "false"})
         for statement in _SCHEMA:
@@ -68,9 +72,14 @@ class PostgresStore:
         return self.uri
 
     def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        self._cursor.execute(query, params or None)
-        rows: list[tuple[Any, ...]] = self._cursor.fetchall()
+        with self._lock:
+            self._cursor.execute(query, params or None)
+            rows: list[tuple[Any, ...]] = self._cursor.fetchall()
         return rows
+
+    def _execute(self, query: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._cursor.execute(query, params)
 
     def _count(self, query: str, params: tuple[Any, ...]) -> int:
         """Rows a guarded INSERT/UPDATE touched (``RETURNING 1`` counts them portably)."""
@@ -111,7 +120,7 @@ class PostgresStore:
 
     def save_plan(self, pair: str, plan: Plan) -> None:
         body = json.dumps({"pair": pair, "generation": plan.generation, "shards": [s.to_json() for s in plan.shards]})
-        self._cursor.execute("INSERT INTO runferry_plans (pair, generation, body) VALUES ($1, $2, $3)",
+        self._execute("INSERT INTO runferry_plans (pair, generation, body) VALUES ($1, $2, $3)",
                              (pair, plan.generation, body))
 
     # -- leases --------------------------------------------------------------------------------
@@ -122,7 +131,7 @@ class PostgresStore:
 
     def grant(self, pair: str, shard: str, holder: str, ttl: float) -> int | None:
         now = self._clock()
-        self._cursor.execute("INSERT INTO runferry_leases (pair, shard, epoch, holder, expires, done)"
+        self._execute("INSERT INTO runferry_leases (pair, shard, epoch, holder, expires, done)"
                              " VALUES ($1, $2, 0, '', 0, FALSE) ON CONFLICT DO NOTHING", (pair, shard))
         rows = self._rows("UPDATE runferry_leases SET epoch = epoch + 1, holder = $3, expires = $4"
                           " WHERE pair = $1 AND shard = $2 AND NOT done AND expires <= $5 RETURNING epoch",
@@ -139,10 +148,11 @@ class PostgresStore:
             raise LeaseLost(f"shard {shard}: lease epoch {epoch} is no longer current")
 
     def release(self, pair: str, shard: str, epoch: int, grace: float) -> None:
-        self._cursor.execute("UPDATE runferry_leases SET expires = LEAST(expires, $4) WHERE pair = $1"
+        self._execute("UPDATE runferry_leases SET expires = LEAST(expires, $4) WHERE pair = $1"
                              " AND shard = $2 AND epoch = $3 AND NOT done",
                              (pair, shard, epoch, self._clock() + grace))
 
     def close(self) -> None:
-        self._cursor.close()
-        self._conn.close()
+        with self._lock:
+            self._cursor.close()
+            self._conn.close()

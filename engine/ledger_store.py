@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.ledger import Ledger
+from engine.ledger_writer import Line
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -132,11 +133,15 @@ class StoreLedger(Ledger):
 
     def close(self) -> None:
         self._open = False
-        if self._on_close is not None:
-            self._on_close()
+        try:
+            super().close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
-    def _write(self, run: str, line: str, sync: bool) -> None:
-        self._append_line(run, line, sync)
+    def _write_batch(self, batch: list[Line]) -> None:
+        for run, line, sync in batch:
+            self._append_line(run, line, sync)
 
 
 def open_store(config: Config) -> LedgerStore:

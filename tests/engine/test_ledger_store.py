@@ -87,18 +87,23 @@ def test_leases_expire_renew_and_fence_writes(make_store) -> None:  # type: igno
     old.open_for_append()
     old.start("run0", "r0")
     old.history("run0", Checkpoint(history_points=100))
+    old.flush()  # written while the lease is held
     clock.now += 9
     assert store.renew(PAIR, shard.key, epoch, ttl=10)
     clock.now += 11  # the holder stalled: its lease expired
     assert store.grant(PAIR, shard.key, "worker-b", ttl=10) == 2
+    old.history("run0", Checkpoint(history_points=200))  # a zombie's write is refused ...
     with pytest.raises(LeaseLost):
-        old.history("run0", Checkpoint(history_points=200))  # a zombie's write is refused
+        old.flush()  # ... by the store, and the writer thread tells the ledger's caller
+    with pytest.raises(LeaseLost):
+        old.start("run1", "r1")  # and the zombie's ledger takes no more lines
     assert not store.renew(PAIR, shard.key, epoch, ttl=10)
     new = store.shard_ledger(PAIR, shard, 2)
     assert new.get("run0").checkpoint.history_points == 100  # resumes where the journal says
     new.open_for_append()
     new.history("run0", Checkpoint(history_points=300))
     new.done("run0", {"points": 300})
+    new.close()  # the shard's lines are durable before it is marked complete
     with pytest.raises(LeaseLost):
         store.complete(PAIR, shard.key, epoch)
     store.complete(PAIR, shard.key, 2)
