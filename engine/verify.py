@@ -8,7 +8,10 @@ reader its adapter registers in ``adapters.registry.READERS``) and compared:
   bits, value bits, JSON value) — a multiset hash summed over chunks, so neither side is ever
   held in memory and servers that return points in another order still match. When the exact
   digests differ, a second digest with timestamps rounded to milliseconds tells whether the
-  only difference is MLflow's millisecond clock;
+  only difference is MLflow's millisecond clock, and a third, which ignores the step and time of
+  ``system/...`` points, whether the only difference is a destination that keeps system metrics
+  in a stream of its own (W&B's system stream has no step: one line per source step, numbered
+  by position, stamped with the step's latest time);
 - files: the multiset of (size, md5) of every file's bytes, streamed (paths may be re-laid out by
   the destination, contents may not change).
 
@@ -38,6 +41,10 @@ from engine.pipeline import describe_error, for_each_run, make_context, open_ada
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
+SYSTEM_RESTEPPED = "system metrics re-stepped by the destination (a system stream without steps)"
+NOTES = frozenset({MILLIS_ONLY, SYSTEM_RESTEPPED})
+"""Findings that describe the destination's storage, not a loss of data."""
+SYSTEM_PREFIX = "system/"
 _CANONICAL_NAN = np.array([np.nan], dtype=np.float64).view(np.uint64)[0]
 
 
@@ -73,24 +80,35 @@ def _float_bits(column: pa.Array, *, round_ms: bool = False) -> np.ndarray:
     return bits
 
 
+def _sum(hashes: np.ndarray) -> int:
+    return int(hashes.sum(dtype=np.uint64))
+
+
 @dataclass
 class HistoryDigest:
+    """Multiset hashes of a run's points (sums of per-point hashes, so order and chunking do
+    not matter): ``exact`` to the bit, ``millis`` with timestamps rounded to milliseconds,
+    ``system_loose`` like ``millis`` but with ``system/...`` points hashed without step and time."""
+
     points: int = 0
     exact: int = 0
     millis: int = 0
+    system_loose: int = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
-        keys = _string_hashes(batch.column("key"))
+        key_column = batch.column("key")
+        keys = _string_hashes(key_column)
         steps = batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-        values = _float_bits(batch.column("value"))
-        payload = _string_hashes(batch.column("value_json"))
-        base = _mix(keys ^ _mix(steps ^ _mix(values ^ _mix(payload))))
-        for name, round_ms in (("exact", False), ("millis", True)):
-            stamps = _float_bits(batch.column("timestamp"), round_ms=round_ms)
-            total = int(_mix(base ^ _mix(stamps)).sum(dtype=np.uint64))
-            setattr(self, name, (getattr(self, name) + total) & 0xFFFFFFFFFFFFFFFF)
+        values = _mix(_float_bits(batch.column("value")) ^ _mix(_string_hashes(batch.column("value_json"))))
+        base = _mix(keys ^ _mix(steps ^ values))
+        exact = _mix(base ^ _mix(_float_bits(batch.column("timestamp"))))
+        millis = _mix(base ^ _mix(_float_bits(batch.column("timestamp"), round_ms=True)))
+        system = pc.starts_with(key_column, SYSTEM_PREFIX).fill_null(False).to_numpy(zero_copy_only=False)
+        loose = np.where(system, _mix(keys ^ values), millis)
+        for name, hashes in (("exact", exact), ("millis", millis), ("system_loose", loose)):
+            setattr(self, name, (getattr(self, name) + _sum(hashes)) & 0xFFFFFFFFFFFFFFFF)
         self.points += batch.num_rows
 
 
@@ -162,8 +180,8 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
         except Exception as exc:
             problems = [f"cannot read: {describe_error(exc)}"]
-        if problems == [MILLIS_ONLY]:  # the destination's clock precision, not a loss of data
-            report.notes.append((ref.id, MILLIS_ONLY))
+        if problems and set(problems) <= NOTES:  # how the destination stores, not a loss of data
+            report.notes.extend((ref.id, note) for note in problems)
             problems = []
         if problems:
             report.mismatched.append((ref.id, "; ".join(problems)))
@@ -175,8 +193,8 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     out.write(f"verify {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs identical:      {report.matched:,}\n")
     out.write(f"  runs different:      {len(report.mismatched):,}\n")
-    if report.notes:
-        out.write(f"  ({len(report.notes):,} identical runs had their {MILLIS_ONLY})\n")
+    for note, count in sorted(Counter(note for _, note in report.notes).items()):
+        out.write(f"  ({count:,} identical runs had their {note})\n")
     out.write(f"  runs not migrated:   {len(report.not_migrated):,}\n")
     for run, why in sorted(report.mismatched):
         out.write(f"  different    {run}: {why}\n")
@@ -194,6 +212,8 @@ async def compare_run(source: Source, reader: Source, src_ref: RunRef, dst_ref: 
     elif a.exact != b.exact:
         if a.millis == b.millis:
             problems.append(MILLIS_ONLY)
+        elif a.system_loose == b.system_loose:
+            problems.append(SYSTEM_RESTEPPED)
         else:
             problems.append(f"history content differs ({a.points:,} points on both sides)")
     if files:

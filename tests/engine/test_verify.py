@@ -44,3 +44,17 @@ def test_millisecond_rounding_is_told_apart() -> None:
     assert rounded.millis == base.millis
     moved = digest(history_batch(KEYS, [0, 0, 1, 2], STAMPS, VALUES))
     assert moved.millis != base.millis
+
+
+def test_system_metrics_in_a_stream_without_steps_are_told_apart() -> None:
+    keys = ["loss", "system/cpu", "system/mem", "system/cpu"]
+    source = digest(history_batch(keys, [0, 5, 5, 9], STAMPS, [0.5, 12.0, 40.0, 13.0]))
+    # W&B keeps system metrics in its own stream: one line per source step, numbered by position
+    restepped = digest(history_batch(keys, [0, 0, 0, 1], [STAMPS[0], STAMPS[2], STAMPS[2], STAMPS[3]],
+                                     [0.5, 12.0, 40.0, 13.0]))
+    assert (restepped.exact, restepped.millis) != (source.exact, source.millis)
+    assert restepped.system_loose == source.system_loose
+    changed = digest(history_batch(keys, [0, 0, 0, 1], STAMPS, [0.5, 12.0, 41.0, 13.0]))
+    assert changed.system_loose != source.system_loose
+    moved = digest(history_batch(keys, [1, 5, 5, 9], STAMPS, [0.5, 12.0, 40.0, 13.0]))
+    assert moved.system_loose != source.system_loose  # other keys keep their steps

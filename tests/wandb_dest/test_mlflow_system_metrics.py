@@ -4,6 +4,7 @@ real ``mlflow server``, the official MLflow client as the oracle, ``wandb.Api()`
 
 from __future__ import annotations
 
+import io
 import math
 from collections import Counter
 from typing import Any
@@ -15,6 +16,7 @@ from adapters.synthetic import SyntheticConfig, SyntheticSource
 from engine.config import parse_config
 from core.model import CONSOLE_LOG
 from engine.pipeline import migrate
+from engine.verify import SYSTEM_RESTEPPED, verify
 
 from .conftest import KEY_ENV, same_value, wandb_api
 
@@ -42,8 +44,8 @@ def mlflow_run(tmp_path_factory: pytest.TempPathFactory):
         metrics = [Metric("loss", 1.0 / (1 + step), T0_MS + step * 1000, step) for step in range(60)]
         for sample in range(SAMPLES):  # one monitor sample: every system key, one timestamp, one step
             stamp = T0_MS + sample * 5000 + 3
-            for k, key in enumerate(SYSTEM_KEYS):
-                metrics.append(Metric(key, round(10.0 * k + sample * 0.37, 2), stamp, sample))
+            for k, key in enumerate(SYSTEM_KEYS):  # steps 1, 3, 5...: W&B's system lines have none
+                metrics.append(Metric(key, round(10.0 * k + sample * 0.37, 2), stamp, 2 * sample + 1))
         client.log_batch(rid, metrics=metrics)
         client.set_terminated(rid, "FINISHED", end_time=T0_MS + 300_000)
         yield server, client, rid
@@ -83,6 +85,12 @@ def test_mlflow_system_metrics_land_in_the_wandb_system_stream(mlflow_run, serve
     assert got_loss == Counter((m.step, m.value) for m in client.get_metric_history(rid, "loss"))
     assert [k for k in run.summary.keys() if "system" in k] == []
     assert run.summary["loss"] == client.get_run(rid).data.metrics["loss"]
+
+    # verify reads the W&B run back: identical, with the system stream's own numbering told
+    out = io.StringIO()
+    report = anyio_run(verify, config, out)
+    assert (report.exit_code, report.matched, report.mismatched) == (0, 1, []), out.getvalue()
+    assert report.notes == [(report.notes[0][0], SYSTEM_RESTEPPED)]
 
 
 def test_a_console_log_is_kept_as_a_plain_file_by_an_mlflow_destination(mlflow_run, tmp_path) -> None:
