@@ -30,9 +30,10 @@ point ``start`` re-reads the pages before it and skips their points (W&B cannot 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 
 from adapters.http import HttpClient
@@ -77,7 +78,12 @@ def split_value(value: Any) -> tuple[float | None, str | None]:
 
 class ChunkBuilder:
     """Collects points into ``HISTORY_SCHEMA`` chunks of ``size`` rows, skipping the first
-    ``skip`` points (a resume), and tracks each chunk's offset exactly."""
+    ``skip`` points (a resume), and tracks each chunk's offset exactly.
+
+    Points arrive a row at a time (one step and timestamp, many keys): keys and values are
+    appended in bulk, steps and timestamps kept once per row and repeated when a chunk is
+    built, and only values that are not floats go through ``split_value``. A row that straddles a chunk
+    boundary is cut there, so every chunk but the last holds exactly ``size`` points."""
 
     def __init__(self, size: int, skip: int) -> None:
         self.size = max(1, size)
@@ -86,28 +92,53 @@ class ChunkBuilder:
         self._reset()
 
     def _reset(self) -> None:
+        self.count = 0
         self.keys: list[str] = []
-        self.steps: list[int] = []
-        self.times: list[float] = []
         self.values: list[float | None] = []
         self.texts: list[str | None] = []
+        self.row_steps: list[int] = []
+        self.row_times: list[float] = []
+        self.row_sizes: list[int] = []
 
-    def add(self, key: str, step: int, timestamp: float, value: Any) -> HistoryChunk | None:
+    def add_row(self, step: int, timestamp: float, keys: list[str], values: list[Any]) -> Iterator[HistoryChunk]:
+        """Add one row's points (``keys[i]`` -> ``values[i]``); yields the chunks it fills."""
         if self.skip:
-            self.skip -= 1
-            return None
-        number, text = split_value(value)
-        self.keys.append(key)
-        self.steps.append(step)
-        self.times.append(timestamp)
-        self.values.append(number)
-        self.texts.append(text)
-        return self.emit() if len(self.keys) >= self.size else None
+            if self.skip >= len(keys):
+                self.skip -= len(keys)
+                return
+            keys, values, self.skip = keys[self.skip:], values[self.skip:], 0
+        while keys:
+            room = self.size - self.count
+            if len(keys) > room:
+                self._extend(step, timestamp, keys[:room], values[:room])
+                keys, values = keys[room:], values[room:]
+            else:
+                self._extend(step, timestamp, keys, values)
+                keys = []
+            if self.count >= self.size:
+                chunk = self.emit()
+                if chunk is not None:
+                    yield chunk
+
+    def _extend(self, step: int, timestamp: float, keys: list[str], values: list[Any]) -> None:
+        n, base = len(keys), len(self.values)
+        self.keys.extend(keys)
+        self.values.extend(values)
+        self.texts.extend([None] * n)
+        for i in [i for i, v in enumerate(values) if type(v) is not float]:  # ints, text, media...
+            self.values[base + i], self.texts[base + i] = split_value(values[i])
+        self.row_steps.append(step)
+        self.row_times.append(timestamp)
+        self.row_sizes.append(n)
+        self.count += n
 
     def emit(self) -> HistoryChunk | None:
         if not self.keys:
             return None
-        batch = history_batch(self.keys, self.steps, self.times, self.values, self.texts)
+        sizes = np.array(self.row_sizes, dtype=np.int64)
+        steps = np.repeat(np.array(self.row_steps, dtype=np.int64), sizes)
+        times = np.repeat(np.array(self.row_times, dtype=np.float64), sizes)
+        batch = history_batch(self.keys, steps, times, self.values, self.texts)
         chunk = HistoryChunk(batch=batch, offset=self.offset)
         self.offset += batch.num_rows
         self._reset()
@@ -124,16 +155,16 @@ def row_timestamp(row: dict[str, Any], fallback: float) -> float:
     return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else fallback
 
 
-def history_points(row: dict[str, Any]) -> Iterable[tuple[str, Any]]:
-    return ((k, row[k]) for k in sorted(row) if k not in INTERNAL_KEYS)
+def history_points(row: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """A history row's point keys (sorted) and their values."""
+    keys = sorted(k for k in row if k not in INTERNAL_KEYS)
+    return keys, [row[k] for k in keys]
 
 
-def system_points(line: dict[str, Any]) -> Iterable[tuple[str, Any]]:
-    return (
-        (SYSTEM_POINT_PREFIX + k[len(SYSTEM_PREFIX):], line[k])
-        for k in sorted(line)
-        if k.startswith(SYSTEM_PREFIX)
-    )
+def system_points(line: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """A system line's ``system.<rest>`` keys as ``system/<rest>`` point keys (sorted), values."""
+    names = sorted(k for k in line if k.startswith(SYSTEM_PREFIX))
+    return [SYSTEM_POINT_PREFIX + k[len(SYSTEM_PREFIX):] for k in names], [line[k] for k in names]
 
 
 def next_window(width: int, rows: int, page_rows: int) -> int:
@@ -196,18 +227,12 @@ async def iter_points(
     builder = ChunkBuilder(chunk_points, start)
     async for rows in history_pages(api, entity, project, run, last_step, page_rows):
         for row in rows:
-            step, ts = row_step(row), row_timestamp(row, start_time)
-            for key, value in history_points(row):
-                chunk = builder.add(key, step, ts, value)
-                if chunk is not None:
-                    yield chunk
+            for chunk in builder.add_row(row_step(row), row_timestamp(row, start_time), *history_points(row)):
+                yield chunk
     if events_count:
         for index, line in enumerate(await event_lines(api, entity, project, run, events_count)):
-            ts = row_timestamp(line, start_time)
-            for key, value in system_points(line):
-                chunk = builder.add(key, index, ts, value)
-                if chunk is not None:
-                    yield chunk
+            for chunk in builder.add_row(index, row_timestamp(line, start_time), *system_points(line)):
+                yield chunk
     last = builder.emit()
     if last is not None:
         yield last
