@@ -106,6 +106,8 @@ class SyntheticConfig:
     - ``file_sizes``: byte sizes of each run's files (default two: 4 KiB and 64 KiB);
       ``artifact_sizes``: byte sizes of the members of one model artifact per run (default one
       of 256 KiB; empty = no artifact).
+    - ``long_runs`` / ``long_steps``: the first ``long_runs`` runs have ``long_steps`` steps
+      instead of ``steps`` (a mix of a few long runs among many short ones; default 0: none).
     - ``start_time``: epoch seconds of the first run's start (default 1.7e9).
     - ``chunk_points``: history points per chunk (0 = the engine's ``chunk_points``).
     """
@@ -127,12 +129,14 @@ class SyntheticConfig:
     artifact_sizes: list[int] = field(default_factory=lambda: [262144])
     start_time: float = 1.7e9
     chunk_points: int = 0
+    long_runs: int = 0
+    long_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("runs", "projects", "keys", "step_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("steps", "params", "chunk_points", "seed", "system_keys", "console_lines"):
+        for name in ("steps", "params", "chunk_points", "seed", "system_keys", "console_lines", "long_runs", "long_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.json_keys <= self.keys:
@@ -144,9 +148,12 @@ class SyntheticConfig:
         if any(size < 0 for size in [*self.file_sizes, *self.artifact_sizes]):
             raise ValueError("file and artifact sizes must not be negative")
 
-    @property
-    def points_per_run(self) -> int:
-        return self.steps * self.keys
+    def steps_of(self, index: int) -> int:
+        """Steps of run ``index`` (the first ``long_runs`` runs are long)."""
+        return self.long_steps if index < self.long_runs else self.steps
+
+    def points_of(self, index: int) -> int:
+        return self.steps_of(index) * self.keys
 
     @property
     def bytes_per_run(self) -> int:
@@ -191,7 +198,8 @@ class _HistoryGenerator:
         self.cfg = cfg
         self.index = index
         self.nkeys = cfg.keys
-        self.total = cfg.points_per_run
+        self.total = cfg.points_of(index)
+        self.steps = cfg.steps_of(index)
         self.block_steps = max(1, BLOCK_POINTS // cfg.keys)
         self.block_points = self.block_steps * cfg.keys
         self.shape = _run_shape(cfg, index)
@@ -204,7 +212,7 @@ class _HistoryGenerator:
             return self._cached[1]
         cfg, s, k = self.cfg, self.shape, self.nkeys
         first = block * self.block_steps
-        last = min(first + self.block_steps, cfg.steps)
+        last = min(first + self.block_steps, self.steps)
         n_steps = last - first
         n = n_steps * k
         rng = _rng(cfg.seed, self.index, _TAG_HISTORY, block)
@@ -404,7 +412,7 @@ def _run_record(cfg: SyntheticConfig, ref: RunRef, index: int, gen: _HistoryGene
         parent_id=None,
         system={"source": "synthetic", "seed": cfg.seed, "index": index},
         source_system="synthetic",
-        history_points=cfg.points_per_run,
+        history_points=cfg.points_of(index),
         file_bytes=cfg.bytes_per_run,
     )
 
@@ -473,6 +481,7 @@ class SyntheticSource:
             f"files={c.file_sizes},artifacts={c.artifact_sizes}"
             + (f",system_keys={c.system_keys}" if c.system_keys else "")
             + (f",console_lines={c.console_lines}" if c.console_lines else "")
+            + (f",long_runs={c.long_runs},long_steps={c.long_steps}" if c.long_runs else "")
         )
 
     async def __aenter__(self) -> SyntheticSource:

@@ -205,3 +205,16 @@ async def test_console_log_and_system_keys_are_off_by_default_and_deterministic_
     assert sorted(set(table.column("key").to_pylist())) == sorted(key_names(4, 1, 2))
     with pytest.raises(ValueError, match="json_keys"):
         SyntheticConfig(keys=3, json_keys=2, system_keys=2)
+
+
+async def test_long_runs_among_short_ones_have_their_own_length() -> None:
+    mixed = source(runs=4, steps=30, keys=3, long_runs=2, long_steps=500)
+    lengths = []
+    for ref in await all_refs(mixed):
+        run = await mixed.get_run(ref)
+        history = (await read_history(mixed, run))[0]
+        steps = history.column("step").to_numpy()
+        lengths.append((run.history_points, history.num_rows, int(steps.max()) + 1))
+        assert (np.diff(steps) >= 0).all()
+    assert lengths == [(1500, 1500, 500), (1500, 1500, 500), (90, 90, 30), (90, 90, 30)]
+    assert "long_runs=2,long_steps=500" in mixed.describe()
