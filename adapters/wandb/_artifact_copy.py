@@ -5,7 +5,8 @@ Why: a W&B -> W&B migration must leave each collection's versions numbered as at
 copied versions, and collections whose logging runs are gone copied too.
 
 - **Version order.** The server numbers versions in commit order, so vN of a collection is
-  committed only once v(N-1) exists: ``ArtifactOrder`` (one per ``WandbDestination``) holds an
+  committed only once v(N-1) exists (its files and manifest are uploaded meanwhile; only
+  ``CommitArtifact``, which numbers the version, waits): ``ArtifactOrder`` (one per ``WandbDestination``) holds an
   ``anyio.Event`` per (destination collection, source version); a writer settles its version
   when the commit ends (committed, deduplicated or failed, and in ``aclose`` when the run
   failed before ``finish``), so nothing waits forever. Before waiting, the destination is asked
@@ -156,9 +157,9 @@ async def commit_in_order(
     key = (target.entity, target.project, pending.name)
     index = int(str(pending.version)[1:])
     async with order.lock(key, index):
-        try:
-            await order.wait_previous(api, key, index, events)
-            result = await uploader.commit(target, pending)
+        try:  # uploads go at once; only the commit (which numbers the version) waits its turn
+            result = await uploader.commit(target, pending,
+                                           before_commit=lambda: order.wait_previous(api, key, index, events))
         finally:
             order.settle(key, index)
     where = f"{target.entity}/{target.project}/{pending.name}"

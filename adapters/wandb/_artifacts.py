@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,8 +136,13 @@ class ArtifactUploader:
         self.limiter = anyio.CapacityLimiter(concurrency)
         self.events = events
 
-    async def commit(self, target: ArtifactTarget, art: PendingArtifact) -> dict[str, Any]:
-        """Upload and commit; return ``{"id", "digest", "deduplicated", "uploaded_files"}``."""
+    async def commit(self, target: ArtifactTarget, art: PendingArtifact,
+                     before_commit: Callable[[], Awaitable[object]] | None = None) -> dict[str, Any]:
+        """Upload and commit; return ``{"id", "digest", "deduplicated", "uploaded_files"}``.
+
+        ``before_commit`` is awaited after every byte is uploaded, just before ``CommitArtifact``
+        (the call that gives the version its number): a copied version waits there for its
+        predecessor, so its uploads overlap the predecessor's instead of following them."""
         digests = {path: spooled.md5_b64 for path, spooled in art.members.items()}
         digest = manifest_digest(digests)
         created = await _gql.call(self.api, _gql.CREATE_ARTIFACT, {"input": {
@@ -200,6 +205,8 @@ class ArtifactUploader:
             raise FatalError(f"wandb: no upload URL for the manifest of artifact {art.name}", adapter="wandb")
         headers = parse_headers(file.get("uploadHeaders"))
         await self.storage.upload("PUT", file["uploadUrl"], lambda: manifest, headers=headers, size=len(manifest))
+        if before_commit is not None:
+            await before_commit()
         committed = await _gql.call(self.api, _gql.COMMIT_ARTIFACT, {"artifactID": artifact_id}, name="CommitArtifact")
         self.events("artifact_committed", artifact=art.name, files=len(art.members), uploaded=uploaded)
         return {"id": artifact_id, "digest": digest, "deduplicated": False, "uploaded_files": uploaded,
