@@ -2,7 +2,9 @@
 
 ``num_cpus=4`` (workers take none), no dashboard, a 100 MB object store, temporary files under
 pytest's temporary directory, workers importing this checkout (PYTHONPATH), and
-``RAY_AUTH_MODE=disabled`` (else this Ray writes ``~/.ray/auth_token``).
+``RAY_AUTH_MODE=disabled`` (else this Ray writes ``~/.ray/auth_token``). The W&B key the tests'
+servers accept is set in the job's environment, so worker actors find it as a user's cluster
+would (secrets as environment variables on every worker).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test,ray]' to run tests/ray")
 
 ROOT = Path(__file__).resolve().parents[2]
+WANDB_KEY_ENV = "RUNFERRY_RAY_TEST_WANDB_KEY"
+WANDB_KEY = "e" * 12 + "runferryraytests" + "0" * 12
+WANDB_ENTITY = "scale"
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ[WANDB_KEY_ENV] = WANDB_KEY
     temp = Path("/tmp") / f"rf-ray-{os.getpid()}"  # Ray's socket paths must stay short
     ray.init(
         num_cpus=4,
@@ -28,7 +34,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         object_store_memory=100 * 1024 * 1024,
         _temp_dir=str(temp),
         logging_level="WARNING",
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), WANDB_KEY_ENV: WANDB_KEY}},
     )
     try:
         yield
