@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 from typing import Any
 
 import anyio
@@ -38,6 +39,8 @@ from scaleout.shards import plan_shards
 POLL_SECONDS = 0.2
 FAULT_ENV = "RUNFERRY_FAULT_KILL_WORKER_AT_LINE"
 """Tests: the first worker actor SIGKILLs itself before its N-th ledger line (mid-shard)."""
+DRIVER_FAULT_ENV = "RUNFERRY_FAULT_KILL_DRIVER_AFTER_SHARDS"
+"""Tests: the driver SIGKILLs itself once N shards are complete (others still leased, in flight)."""
 
 
 async def migrate_on_ray(config: Config, *, progress: Progress | None = None, handle_signals: bool = False) -> Report:
@@ -99,7 +102,9 @@ class ShardScheduler:
         self.in_flight = 0
         self.ttl = config.ray.lease_seconds
         self._kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+        self._die_after = int(os.environ.get(DRIVER_FAULT_ENV, "0") or 0)
         self._spawned = 0
+        self._completed = 0
 
     async def run(self) -> None:
         if not self.pending:
@@ -143,6 +148,9 @@ class ShardScheduler:
             try:
                 await self._run_on(actor, shard, epoch)
                 self.store.complete(self.pair, shard.key, epoch)
+                self._completed += 1
+                if self._completed == self._die_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
             except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
                 self.progress.event("worker_lost", shard=shard.key, error=type(exc).__name__)
                 self.pending.append(shard)  # leased again once its lease expires

@@ -2,7 +2,7 @@
 
 ``num_cpus=4`` (workers take none), no dashboard, a 100 MB object store, temporary files under
 pytest's temporary directory, workers importing this checkout (PYTHONPATH), and
-``RAY_AUTH_MODE=disabled`` (else this Ray writes ``~/.ray/auth_token``). The W&B key the tests'
+``RAY_AUTH_MODE=disabled`` (else this Ray writes ``~/.ray/auth_token``), on loopback only. The W&B key the tests'
 servers accept is set in the job's environment, so worker actors find it as a user's cluster
 would (secrets as environment variables on every worker).
 """
@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Loopback only: without this Ray binds its head node (GCS, raylet, workers) to the machine's
+# routable address. Read when Ray is imported, so set before that.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test,ray]' to run tests/ray")
 
 ROOT = Path(__file__).resolve().parents[2]
