@@ -175,13 +175,18 @@ class ShardScheduler:
         self.store.release(self.pair, shard.key, epoch, grace=min(self.ttl, 2.0))
 
     async def _run_on(self, actor: Any, shard: Shard, epoch: int) -> None:
-        import ray
+        """Run the shard, replaying its events every ``POLL_SECONDS``; returns as soon as it ends
+        (the next shard starts without waiting for the next poll)."""
+        import asyncio
 
-        result = actor.run_shard.remote(self.pair, shard, epoch)
-        while not ray.wait([result], timeout=0)[0]:
-            await anyio.sleep(POLL_SECONDS)
+        result = actor.run_shard.remote(self.pair, shard, epoch).as_future()
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if we stop waiting
+        while True:
+            with anyio.move_on_after(POLL_SECONDS):
+                events = await asyncio.shield(result)
+                break
             self._replay(await actor.drain.remote())
-        self._replay(await result)
+        self._replay(events)
 
     def _replay(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         for name, fields in events:
