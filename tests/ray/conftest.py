@@ -19,7 +19,9 @@ import pytest
 # Loopback only: without this Ray binds its head node (GCS, raylet, workers) to the machine's
 # routable address. Read when Ray is imported, so set before that.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test,ray]' to run tests/ray")
+NO_RAY = "Ray is not installed: pip install -e '.[test,ray]' to run tests/ray"
+"""Each test module starts with ``pytest.importorskip("ray", reason=NO_RAY)`` (a skip raised here,
+in a conftest, would stop pytest instead of skipping)."""
 
 ROOT = Path(__file__).resolve().parents[2]
 WANDB_KEY_ENV = "RUNFERRY_RAY_TEST_WANDB_KEY"
@@ -29,6 +31,8 @@ WANDB_ENTITY = "scale"
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    import ray
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ[WANDB_KEY_ENV] = WANDB_KEY
     temp = Path("/tmp") / f"rf-ray-{os.getpid()}"  # Ray's socket paths must stay short

@@ -12,6 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.ray.conftest import NO_RAY
+
+ray = pytest.importorskip("ray", reason=NO_RAY)
+
 from engine.config import load_config
 from engine.ledger import RunStatus
 from engine.ledger_store import read_ledger
@@ -102,8 +106,6 @@ def test_a_worker_killed_mid_shard_still_gives_an_exact_destination(tmp_path: Pa
 def test_a_driver_killed_mid_migration_is_resumed_by_running_the_same_command_again(tmp_path: Path) -> None:
     """``python -m engine migrate`` (joining this session's cluster) SIGKILLs itself after 3 of 10
     shards, with others leased and in flight; the same command again finishes the rest exactly."""
-    import ray
-
     local, _ = configs(tmp_path, SYNTHETIC)
     on_ray = write(tmp_path / "driver.toml", source=SYNTHETIC,
                    destination={"type": "local", "path": str(tmp_path / "ray")},

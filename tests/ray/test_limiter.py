@@ -11,8 +11,11 @@ from typing import Self
 
 import aiohttp
 import pytest
-import ray
 from aiohttp import web
+
+from tests.ray.conftest import NO_RAY
+
+ray = pytest.importorskip("ray", reason=NO_RAY)
 
 from ratelimit import ControlConfig
 from scaleout.limiter import SlotAuthority, cluster_limiters, share_of, start_authority

@@ -21,13 +21,16 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.ray.conftest import NO_RAY, WANDB_ENTITY, WANDB_KEY, WANDB_KEY_ENV
+
+ray = pytest.importorskip("ray", reason=NO_RAY)
+
 from bench.wandb_data import differences, namespace_view
 from engine.config import load_config
 from engine.pipeline import migrate
 from engine.progress import Progress
 from scaleout.executor import migrate_on_ray
 from scaleout.limiter import AUTHORITY_NAME
-from tests.ray.conftest import WANDB_ENTITY, WANDB_KEY, WANDB_KEY_ENV
 from tests.ray.test_executor import write
 from tests.servers.mlflow_server import MlflowServer
 from tests.servers.wandb import WandbServer, start_wandb_server
@@ -154,15 +157,11 @@ class KillLimiterAfterFirstRun(Progress):
         if self.killed:
             self.done_after_kill += 1
             return
-        import ray
-
         ray.kill(ray.get_actor(AUTHORITY_NAME), no_restart=True)
         self.killed = True
 
 
 def test_the_limiter_dying_mid_migration_still_gives_exactly_the_local_result(servers, local_view, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import ray
-
     config = config_for(tmp_path, servers, "fallback", on_ray=True)
     progress = KillLimiterAfterFirstRun()
     report = anyio.run(lambda: migrate_on_ray(load_config(config), progress=progress))
