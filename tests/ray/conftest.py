@@ -2,9 +2,9 @@
 
 ``num_cpus=4`` (workers take none), no dashboard, a 100 MB object store, temporary files under
 pytest's temporary directory, workers importing this checkout (PYTHONPATH), and
-``RAY_AUTH_MODE=disabled`` (else this Ray writes ``~/.ray/auth_token``), on loopback only. The W&B key the tests'
-servers accept is set in the job's environment, so worker actors find it as a user's cluster
-would (secrets as environment variables on every worker).
+``RAY_AUTH_MODE=disabled`` (else this Ray writes ``~/.ray/auth_token``), on loopback only. The
+W&B key the tests' servers accept is set in the job's environment, so worker actors find it as a
+user's cluster would (secrets as environment variables on every worker).
 """
 
 from __future__ import annotations
