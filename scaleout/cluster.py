@@ -38,8 +38,10 @@ class RayCluster:
             if self.config.address:
                 ray.init(address=self.config.address, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=self.config.local_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                         object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+                # "local": a new cluster even when RAY_ADDRESS or a `ray start` on this machine
+                # would otherwise be joined (where num_cpus is refused)
+                ray.init(address="local", num_cpus=self.config.local_cpus, include_dashboard=False,
+                         logging_level=logging.WARNING, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
             self._started = True
         return self
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 from typing import Any
 
 import anyio
@@ -38,6 +39,8 @@ from scaleout.shards import plan_shards
 POLL_SECONDS = 0.2
 FAULT_ENV = "RUNFERRY_FAULT_KILL_WORKER_AT_LINE"
 """Tests: the first worker actor SIGKILLs itself before its N-th ledger line (mid-shard)."""
+DRIVER_FAULT_ENV = "RUNFERRY_FAULT_KILL_DRIVER_AFTER_SHARDS"
+"""Tests: the driver SIGKILLs itself once N shards are complete (others still leased, in flight)."""
 
 
 async def migrate_on_ray(config: Config, *, progress: Progress | None = None, handle_signals: bool = False) -> Report:
@@ -99,7 +102,9 @@ class ShardScheduler:
         self.in_flight = 0
         self.ttl = config.ray.lease_seconds
         self._kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+        self._die_after = int(os.environ.get(DRIVER_FAULT_ENV, "0") or 0)
         self._spawned = 0
+        self._completed = 0
 
     async def run(self) -> None:
         if not self.pending:
@@ -143,6 +148,9 @@ class ShardScheduler:
             try:
                 await self._run_on(actor, shard, epoch)
                 self.store.complete(self.pair, shard.key, epoch)
+                self._completed += 1
+                if self._completed == self._die_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
             except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
                 self.progress.event("worker_lost", shard=shard.key, error=type(exc).__name__)
                 self.pending.append(shard)  # leased again once its lease expires
@@ -167,13 +175,18 @@ class ShardScheduler:
         self.store.release(self.pair, shard.key, epoch, grace=min(self.ttl, 2.0))
 
     async def _run_on(self, actor: Any, shard: Shard, epoch: int) -> None:
-        import ray
+        """Run the shard, replaying its events every ``POLL_SECONDS``; returns as soon as it ends
+        (the next shard starts without waiting for the next poll)."""
+        import asyncio
 
-        result = actor.run_shard.remote(self.pair, shard, epoch)
-        while not ray.wait([result], timeout=0)[0]:
-            await anyio.sleep(POLL_SECONDS)
+        result = actor.run_shard.remote(self.pair, shard, epoch).as_future()
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if we stop waiting
+        while True:
+            with anyio.move_on_after(POLL_SECONDS):
+                events = await asyncio.shield(result)
+                break
             self._replay(await actor.drain.remote())
-        self._replay(await result)
+        self._replay(events)
 
     def _replay(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         for name, fields in events:

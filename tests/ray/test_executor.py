@@ -1,19 +1,29 @@
-"""``executor = "ray"`` gives exactly what the local executor gives, also when a worker dies."""
+"""``executor = "ray"`` gives exactly what the local executor gives, also when a worker or the driver dies."""
 
 from __future__ import annotations
 
+import collections
+import json
+import re
+import signal
+import types
 from pathlib import Path
 
 import anyio
 import pytest
+
+from tests.ray.conftest import NO_RAY
+
+ray = pytest.importorskip("ray", reason=NO_RAY)
 
 from engine.config import load_config
 from engine.ledger import RunStatus
 from engine.ledger_store import read_ledger
 from engine.pipeline import migrate
 from engine.progress import Progress
-from scaleout.executor import FAULT_ENV, migrate_on_ray
+from scaleout.executor import DRIVER_FAULT_ENV, FAULT_ENV, migrate_on_ray
 from tests.e2e.test_cli import assert_exports_equal, toml_value
+from tests.reliability.servers import engine
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -91,3 +101,35 @@ def test_a_worker_killed_mid_shard_still_gives_an_exact_destination(tmp_path: Pa
     assert sorted(e.status for e in ledger.entries.values()) == [RunStatus.DONE] * 10
     journals = sorted(p.name for p in (tmp_path / "ledger.d").rglob("*.jsonl"))
     assert any(".e000002." in name for name in journals)  # the dead worker's shard was re-leased
+
+
+def test_a_driver_killed_mid_migration_is_resumed_by_running_the_same_command_again(tmp_path: Path) -> None:
+    """``python -m engine migrate`` (joining this session's cluster) SIGKILLs itself after 3 of 10
+    shards, with others leased and in flight; the same command again finishes the rest exactly."""
+    local, _ = configs(tmp_path, SYNTHETIC)
+    on_ray = write(tmp_path / "driver.toml", source=SYNTHETIC,
+                   destination={"type": "local", "path": str(tmp_path / "ray")},
+                   transfer={"executor": "ray", "chunk_points": 3000},
+                   ray={"address": "auto", "workers": 2, "shard_runs": 1, "ledger": str(tmp_path / "ledger.d"),
+                        "lease_seconds": 2})
+    run_local(local)
+    env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    crashed = engine("migrate", str(on_ray), "--log-format", "plain", env={**env, DRIVER_FAULT_ENV: "3"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    done_before = {e.run for e in _ledger_lines(tmp_path / "ledger.d") if e.ev == "done"}
+    assert 3 <= len(done_before) < 10
+    resumed = engine("migrate", str(on_ray), "--log-format", "plain", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    skipped, redone = (int(re.search(rf"{label}\s+(\d+)", resumed.stdout)[1])  # type: ignore[index]
+                       for label in (r"runs skipped \(already done\)", "runs done"))
+    assert skipped >= len(done_before) and redone >= 1 and skipped + redone == 10
+    assert_exports_equal(tmp_path / "local", tmp_path / "ray")
+    done = collections.Counter(e.run for e in _ledger_lines(tmp_path / "ledger.d") if e.ev == "done")
+    assert sorted(done.values()) == [1] * 10  # every run done once: none redone, none lost
+    ledger = read_ledger(load_config(on_ray), None)
+    assert sorted(e.status for e in ledger.entries.values()) == [RunStatus.DONE] * 10
+
+
+def _ledger_lines(root: Path) -> list[types.SimpleNamespace]:
+    return [types.SimpleNamespace(**json.loads(line)) for path in sorted(root.rglob("journal/*.jsonl"))
+            for line in path.read_text().splitlines() if line.strip()]

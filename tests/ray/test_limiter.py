@@ -11,8 +11,11 @@ from typing import Self
 
 import aiohttp
 import pytest
-import ray
 from aiohttp import web
+
+from tests.ray.conftest import NO_RAY
+
+ray = pytest.importorskip("ray", reason=NO_RAY)
 
 from ratelimit import ControlConfig
 from scaleout.limiter import SlotAuthority, cluster_limiters, share_of, start_authority
@@ -138,3 +141,42 @@ def test_the_fallback_share_is_the_rate_split_evenly() -> None:
     share = share_of(config, 4)
     assert (share.initial_rate, share.max_rate) == (10.0, 20.0)
     assert share_of(ControlConfig(), 4).initial_rate is None
+
+
+class DyingAuthority:
+    """Answers the first lease at the cluster rate, then is gone (as a killed actor is)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.calls = 0
+        self.lease = self
+
+    def remote(self, endpoint: str, want: int, report: list) -> object:
+        self.calls += 1
+        if self.calls > 1:
+            raise ray.exceptions.ActorDiedError()
+        return self._answer(want)
+
+    async def _answer(self, want: int) -> tuple[float, list[float], float]:
+        return time.monotonic(), [0.0] * want, self.rate
+
+
+async def test_an_unreachable_authority_leaves_each_worker_its_share_of_the_cluster_rate() -> None:
+    from scaleout.limiter import ClusterEndpointLimiter
+
+    authority = DyingAuthority(rate=120.0)
+    limiter = ClusterEndpointLimiter("http://127.0.0.1:9", ControlConfig(initial_rate=200.0, max_rate=200.0),
+                                     authority, workers=4)
+    async with limiter.slot() as ticket:  # the authority's slot, at its rate
+        ticket.success()
+    assert limiter.statistics().rate_limit == 120.0
+    async with limiter.slot() as ticket:  # the authority is gone: the request goes on, paced locally
+        ticket.success()
+    async with limiter.slot() as ticket:
+        ticket.success()
+    assert authority.calls == 2  # asked once more, then left alone for FALLBACK_SECONDS
+    # this worker's share: the cluster rate in force split evenly (CUBIC climbs back to it from
+    # beta * share), never above the configured rate split evenly
+    assert limiter.state.w_max == 30.0 and limiter.state.rate <= 30.0
+    assert limiter.statistics().rate_limit == limiter.state.rate
+    assert limiter.config.max_rate == 50.0
