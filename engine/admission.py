@@ -84,13 +84,22 @@ class _Changed:
         await event.wait()
 
 
+def _never() -> bool:
+    return False
+
+
 class MemoryBudget:
-    """Bytes in flight, shared by every run; FIFO waiters (see the module docstring)."""
+    """Bytes in flight, shared by every run; FIFO waiters (see the module docstring).
+
+    A waiter may say when it may overdraw (``may_overdraw``: its run holds nothing else any
+    more); it is then served at once, out of turn. Without that, runs whose seats were trued up
+    past the limit, each waiting for its next chunk after its last one was written, would wait
+    for each other forever."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._queue: deque[tuple[int, anyio.Event]] = deque()
+        self._queue: deque[tuple[int, anyio.Event, Callable[[], bool]]] = deque()
         self.changed = _Changed()
 
     @property
@@ -100,13 +109,14 @@ class MemoryBudget:
     def fits(self, nbytes: int) -> bool:
         return self.used == 0 or self.used + nbytes <= self.limit
 
-    async def take(self, nbytes: int, *, overdraft: bool = False) -> None:
-        """Wait until ``nbytes`` fit (or take them at once with ``overdraft``), then hold them."""
+    async def take(self, nbytes: int, *, overdraft: bool = False, may_overdraw: Callable[[], bool] = _never) -> None:
+        """Wait until ``nbytes`` fit (or take them at once with ``overdraft``, or as soon as
+        ``may_overdraw()`` turns true), then hold them."""
         await anyio.lowlevel.checkpoint_if_cancelled()
         if overdraft or (not self._queue and self.fits(nbytes)):
             self.used += nbytes
             return
-        item = (nbytes, anyio.Event())
+        item = (nbytes, anyio.Event(), may_overdraw)
         self._queue.append(item)
         try:
             await item[1].wait()
@@ -124,11 +134,16 @@ class MemoryBudget:
         self._wake()
 
     def _wake(self) -> None:
+        for item in [item for item in self._queue if item[2]()]:
+            self._queue.remove(item)
+            self._grant(item)
         while self._queue and self.fits(self._queue[0][0]):
-            nbytes, event = self._queue.popleft()
-            self.used += nbytes
-            event.set()
+            self._grant(self._queue.popleft())
         self.changed.notify()
+
+    def _grant(self, item: tuple[int, anyio.Event, Callable[[], bool]]) -> None:
+        self.used += item[0]
+        item[1].set()
 
 
 class RunAccount:
@@ -139,11 +154,21 @@ class RunAccount:
         self.budget = budget
         self.seat = seat
         self.held = 0  # beyond the seat
+        self._overdrawing = False
 
     async def reserve(self, nbytes: int) -> None:
-        """Hold ``nbytes`` more; waits for the budget unless this run holds nothing else."""
-        await self.budget.take(nbytes, overdraft=self.held == 0)
+        """Hold ``nbytes`` more; waits for the budget unless this run holds nothing else (also
+        once it has released everything while waiting)."""
+        await self.budget.take(nbytes, overdraft=self.held == 0, may_overdraw=self._may_overdraw)
+        self._overdrawing = False
         self.held += nbytes
+
+    def _may_overdraw(self) -> bool:
+        """True for one waiting reservation once the run holds nothing (one overdraft at a time)."""
+        if self.held == 0 and not self._overdrawing:
+            self._overdrawing = True
+            return True
+        return False
 
     def release(self, nbytes: int) -> None:
         self.held -= nbytes

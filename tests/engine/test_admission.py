@@ -324,3 +324,64 @@ async def test_files_wait_for_the_shared_file_worker_slots(tmp_path: Path) -> No
     assert report.exit_code == 0
     assert peak == 2
     assert all(dest.store.files[f"run{i}"] == files for i in range(3))
+
+
+async def test_runs_whose_seats_outgrew_the_budget_still_get_their_next_chunk() -> None:
+    # seats trued up past the limit (a run's chunks were bigger than estimated): every run holds
+    # a chunk in its writer and waits for the next; as each writer finishes, that run's waiting
+    # reservation must go through (it holds nothing else), or they all wait for each other
+    budget = MemoryBudget(100)
+    from engine.admission import RunAccount
+
+    accounts = []
+    for _ in range(3):
+        budget.used += 30  # admitted seat
+        accounts.append(RunAccount(budget, 30))
+    for account in accounts:
+        account.resize_seat(45)  # trued up: 135 used of 100
+        await account.reserve(10)  # its first chunk: overdraft (it held nothing)
+    got: list[int] = []
+
+    async def next_chunk(i: int) -> None:
+        await accounts[i].reserve(10)
+        got.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(next_chunk, i)
+        await anyio.wait_all_tasks_blocked()
+        assert got == [] and budget.waiting == 3  # nothing fits: 165 used of 100
+        accounts[1].release(10)  # run 1's writer is done with its first chunk
+        await anyio.wait_all_tasks_blocked()
+        assert got == [1] and budget.waiting == 2  # run 1 overdraws (it holds nothing else)
+        accounts[2].release(10)
+        accounts[0].release(10)
+    assert sorted(got) == [0, 1, 2]
+    assert budget.used == 3 * 45 + 3 * 10
+    for account in accounts:
+        account.close()
+    assert budget.used == 0
+
+
+async def test_one_overdraft_at_a_time_per_run() -> None:
+    budget = MemoryBudget(10)
+    from engine.admission import RunAccount
+
+    budget.used += 10
+    account = RunAccount(budget, 10)
+    await account.reserve(5)  # overdraft: held nothing
+    got: list[str] = []
+
+    async def reserve(name: str) -> None:
+        await account.reserve(5)
+        got.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reserve, "history")
+        tg.start_soon(reserve, "file piece")
+        await anyio.wait_all_tasks_blocked()
+        account.release(5)  # holds nothing: one waiter may overdraw, not both
+        await anyio.wait_all_tasks_blocked()
+        assert len(got) == 1 and budget.waiting == 1
+        account.release(5)
+    assert len(got) == 2
