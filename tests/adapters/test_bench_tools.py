@@ -143,3 +143,14 @@ def test_a_written_result_renders_as_a_table_row_and_a_chart(tmp_path: Path, cap
     cells = [c.strip() for c in table[2].split("|")[1:-1]]
     assert cells[1:4] == ["2.00 s (1.00-4.00)", "peer 20.00 s (10.00-30.00)", "10.0x"]
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_results_block_is_the_rendering_of_the_committed_results() -> None:
+    from bench.report import README_END, README_START, readme_block
+    from bench.results import load_results, results_dir
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme[readme.index(README_START):readme.index(README_END) + len(README_END)]
+    assert block == readme_block(load_results(results_dir())), "run: python -m bench report --readme README.md"
+    for result in load_results(results_dir()):
+        assert (results_dir() / f"{result['scenario']}.png").exists(), f"no chart for {result['scenario']}"
