@@ -14,7 +14,7 @@ Memory bound of a migration (what ``[transfer]`` controls), roughly::
 
 Runs are admitted while their seats (256 KiB plus the chunk their source is building) fit in
 ``memory_budget`` (``engine/admission.py``), so many small runs run side by side and a few huge
-ones take the budget between them. With the defaults (32 MiB budget, at most 64 runs) the
+ones take the budget between them. With the defaults (24 MiB budget, at most 64 runs) the
 bound holds independent of how many runs there are, how long they are or how large files are
 (``python -m bench memory_scaling`` measures peak RSS).
 """
@@ -52,7 +52,7 @@ class TransferConfig:
       runs start while ``memory_budget`` has room and no endpoint is throttling or saturated,
       up to 64 at once.
     - ``memory_budget``: bytes of history chunks and file pieces in flight across all runs,
-      default 32 MiB (33554432). Big runs take more of it and admit fewer peers.
+      default 24 MiB (25165824). Big runs take more of it and admit fewer peers.
     - ``file_workers``: concurrent file/artifact transfers across all runs, default 8.
     - ``chunk_points``: history points per chunk, default 100,000.
     - ``queue_chunks``: chunks buffered between a run's reader and writer, default 4.
@@ -67,7 +67,7 @@ class TransferConfig:
     incremental: bool = True
     artifacts: bool = True
     runs_concurrency: int = 0
-    memory_budget: int = 32 * 1024 * 1024
+    memory_budget: int = 24 * 1024 * 1024
     file_workers: int = 8
     chunk_points: int = 100_000
     queue_chunks: int = 4
