@@ -8,7 +8,7 @@ upload is aborted, shielded from cancellation, if anything fails, so no upload i
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -44,14 +44,17 @@ class Uploads(RequestCore):
         size: int | None = None,
         content_type: str | None = None,
         metadata: dict[str, str] | None = None,
+        extra_args: Mapping[str, Any] | None = None,
     ) -> PutResult:
         """Store a stream of byte pieces as one object (see module docstring).
 
         ``size`` (when known) picks the part size; a stream longer than 10,000 parts of the
-        configured size with no ``size`` given fails with ``FatalError``.
+        configured size with no ``size`` given fails with ``FatalError``. ``extra_args`` go to
+        ``PutObject`` / ``CreateMultipartUpload`` as they are (``ContentEncoding``,
+        ``ServerSideEncryption``, ``ExpectedBucketOwner``..., as boto3's ``ExtraArgs``).
         """
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(extra_args or {})
         if content_type:
             extra["ContentType"] = content_type
         if metadata:
