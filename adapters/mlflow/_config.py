@@ -68,6 +68,9 @@ class MlflowSourceConfig:
       credential chain), under the adaptive S3 limiter (one streamed GET per file up to 256 MiB,
       resumed after a break; parallel ranged GETs above), instead of through the tracking server
       (default false).
+    - ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` / ``s3_session_token_env``:
+      environment variables holding the keys for ``artifacts_direct_s3``, instead of the AWS
+      chain (default: none).
     """
 
     tracking_uri: str
@@ -86,9 +89,13 @@ class MlflowSourceConfig:
     max_in_flight: int = 6
     timeout: float = 120.0
     artifacts_direct_s3: bool = False
+    s3_access_key_id_env: str = ""
+    s3_secret_access_key_env: str = ""
+    s3_session_token_env: str = ""
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)
+        check_s3_keys(self.s3_access_key_id_env, self.s3_secret_access_key_env)
         if not self.experiments:
             raise ValueError("experiments must name at least one experiment (or '*')")
         if not 1 <= self.page_size <= 50_000:
@@ -161,8 +168,7 @@ class MlflowDestinationConfig:
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)
-        if bool(self.s3_access_key_id_env) != bool(self.s3_secret_access_key_env):
-            raise ValueError("s3_access_key_id_env and s3_secret_access_key_env go together")
+        check_s3_keys(self.s3_access_key_id_env, self.s3_secret_access_key_env)
         if not self.experiment.strip():
             raise ValueError("experiment must not be empty")
         if not self.source_tag or len(self.source_tag) > 250:
@@ -177,6 +183,11 @@ class MlflowDestinationConfig:
             raise ValueError("timeout must be positive")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+
+
+def check_s3_keys(access_key_id_env: str, secret_access_key_env: str) -> None:
+    if bool(access_key_id_env) != bool(secret_access_key_env):
+        raise ValueError("s3_access_key_id_env and s3_secret_access_key_env go together")
 
 
 def check_tracking_uri(uri: str) -> None:

@@ -52,9 +52,6 @@ class DirectS3:
         self._lock = anyio.Lock()
 
     async def __aenter__(self) -> DirectS3:
-        for env in self._credential_envs:
-            if env and not os.environ.get(env):
-                raise ConfigError(f"[destination] s3: environment variable {env} is not set")
         self._upload_args = mlflow_upload_args()
         return self
 

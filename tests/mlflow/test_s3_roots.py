@@ -17,10 +17,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 
+from adapters.mlflow import MlflowDestination
+from core.errors import ConfigError
 from engine.config import parse_config
 from engine.pipeline import migrate
 from engine.progress import Progress
+from tests.adapters.contract import copy_run
+from tests.engine.wandb_shaped import WandbShapedSource
+from tests.mlflow.helpers import context, dest_config
 from tests.mlflow.seed import blob
+from tests.mlflow.test_wandb_shape import assert_wandb_run
 from tests.servers.mlflow_server import MlflowServer, free_port
 
 BUCKET = "runferry-roots"
@@ -189,3 +195,36 @@ async def test_unsupported_root_fails_the_run_unless_artifacts_are_off(
     dest_run, root = destination_run(direct, "to-gcs", source_run)
     assert root.startswith("gs://elsewhere/mlflow/")
     assert MlflowClient(direct.url).get_metric_history(dest_run, "loss")[0].value == 0.5
+
+
+async def test_wandb_side_files_in_an_s3_root_survive_a_crash(
+    servers: tuple[MlflowServer, MlflowServer, str], tmp_path: Path
+) -> None:
+    """W&B runs write their own artifacts (non-numeric history parts, joined at the end; config
+    and summary): in an s3:// root they are listed, read, joined and deleted in the bucket."""
+    _, direct, _ = servers
+    client = MlflowClient(direct.url)
+    source = WandbShapedSource(context(100))
+    config = dest_config(direct.url, experiment="wb-s3-{experiment}", multipart_threshold=THRESHOLD, part_size=PART)
+    ref = source.refs()[1]
+    async with MlflowDestination(config, context(100)) as dest:
+        record = await source.get_run(ref)
+        writer, checkpoints = await copy_run(source, record, dest, stop_after_chunks=4)  # "crash"
+    assert writer.dest.artifact_uri.startswith(f"s3://{BUCKET}/")
+    parts = "wandb/history_nonnumeric.parts"
+    stored = [f.path for f in client.list_artifacts(writer.dest_id, parts)]
+    assert stored == [f"{parts}/{start:012d}-{start + 100:012d}.jsonl" for start in (0, 100, 200, 300)]
+    async with MlflowDestination(config, context(70)) as dest:
+        resumed, _ = await copy_run(source, record, dest, resume=checkpoints[2])
+    assert resumed.dest_id == writer.dest_id
+    assert client.list_artifacts(writer.dest_id, parts) == []  # joined, then deleted
+    assert_wandb_run(client, direct.url, writer.dest_id, 1, tmp_path)
+
+
+def test_unset_s3_key_variable_is_a_config_error(
+    servers: tuple[MlflowServer, MlflowServer, str], tmp_path: Path
+) -> None:
+    proxied, direct, _ = servers
+    with pytest.raises(ConfigError, match="RUNFERRY_TEST_UNSET_KEY, which is not set"):
+        config(proxied, direct, "to-s3", tmp_path, destination={
+            "s3_access_key_id_env": "RUNFERRY_TEST_UNSET_KEY", "s3_secret_access_key_env": "RUNFERRY_TEST_UNSET_SECRET"})
