@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import boto3
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -79,7 +80,7 @@ def mlflow_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         server.stop()
 
 
-def export(tmp: Path, name: str, source: dict, path: str, endpoint: str, *, kill_at: int = 0) -> None:
+def export(tmp: Path, name: str, source: dict, path: str, endpoint: str, *, kill_at: int = 0) -> Path:
     """Export ``source`` to ``path``: killed before ledger line ``kill_at`` (if given), then resumed."""
     destination = {"type": "local", "path": path, "s3_endpoint_url": endpoint}
     if not path.startswith("s3://"):
@@ -90,6 +91,7 @@ def export(tmp: Path, name: str, source: dict, path: str, endpoint: str, *, kill
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]  # killed mid-way
     done = engine("migrate", str(config))
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    return config
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
@@ -101,11 +103,13 @@ def test_killed_and_resumed_s3_export_equals_a_local_export(
         "type": "mlflow", "tracking_uri": request.getfixturevalue("mlflow_source").url, "experiments": ["*"]}
     export(tmp_path, "local", source, str(tmp_path / "local"), s3_stack.front_url)
     prefix = f"exports/{kind}-{moment}"
-    export(tmp_path, "s3", source, f"s3://{bucket}/{prefix}", s3_stack.front_url, kill_at=moment)
+    config = export(tmp_path, "s3", source, f"s3://{bucket}/{prefix}", s3_stack.front_url, kill_at=moment)
     expected = local_tree(tmp_path / "local")
     assert any(k.endswith("/history.parquet") for k in expected) and "runs.parquet" in expected
     assert bucket_tree(s3_stack.moto_url, bucket, prefix) == expected
     assert s3_client(s3_stack.moto_url).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # type: ignore[attr-defined]
+    verified = engine("verify", str(config))  # reads the bucket back through the local source
+    assert verified.returncode == 0 and "runs identical:      3" in verified.stdout, verified.stdout + verified.stderr
 
 
 async def test_local_source_reads_the_bucket_as_the_directory(s3_stack: S3Stack, bucket: str, tmp_path: Path) -> None:
@@ -141,6 +145,11 @@ def test_pyarrow_reads_the_history_from_the_bucket(s3_stack: S3Stack, bucket: st
         remote = pq.read_table(f"{bucket}/for-pyarrow/{path}/history.parquet", filesystem=fs)
         assert remote.num_rows == 600 * 3
         assert_history_equal(remote, pq.read_table(tmp_path / "local" / path / "history.parquet"))
+    # the README's dataset query: one key across every run's history
+    paths = [f"{bucket}/for-pyarrow/{p}/history.parquet" for p in runs.column("path").to_pylist()]
+    key = remote.column("key")[0].as_py()
+    history = ds.dataset(paths, filesystem=fs, format="parquet").to_table(filter=ds.field("key") == key)
+    assert history.num_rows == 600 * 3 and set(history.column("key").to_pylist()) == {key}
 
 
 @pytest.mark.parametrize(
