@@ -24,6 +24,7 @@ from ._policy import apply_quota as apply_quota
 from ._policy import backoff_delay as backoff_delay
 from ._policy import cubic_k as cubic_k
 from ._policy import cubic_rate as cubic_rate
+from ._policy import cubic_scale as cubic_scale
 from ._policy import effective_rate as effective_rate
 from ._policy import initial_state as initial_state
 from ._policy import next_state as next_state
@@ -51,6 +52,7 @@ __all__ = [
     "backoff_delay",
     "cubic_k",
     "cubic_rate",
+    "cubic_scale",
     "effective_rate",
     "endpoint_of",
     "initial_state",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
-from adapters.local._io import blocking
+from adapters.local._io import blocking, read_pieces
 from core.errors import AuthError, ConfigError, NotFoundError
 from core.protocols import AdapterContext
 
@@ -142,7 +142,7 @@ class RemoteRoot:
     async def upload(self, local: Path, rel: str) -> None:
         """Publish a finished local file as the object ``rel``."""
         size = (await blocking(local.stat)).st_size
-        async with contextlib.aclosing(read_local(local)) as pieces:
+        async with contextlib.aclosing(read_pieces(local, _PIECE)) as pieces:
             await self.store.put_stream(self.url(rel), pieces, size=size)
 
     async def delete(self, rel: str) -> None:
@@ -183,16 +183,3 @@ class RemoteRoot:
 
 async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
-
-
-async def read_local(path: Path) -> AsyncGenerator[bytes, None]:
-    def open_binary() -> BinaryIO:
-        return open(path, "rb")
-
-    handle = await blocking(open_binary)
-    try:
-        while piece := await blocking(handle.read, _PIECE):
-            yield piece
-    finally:
-        with anyio.CancelScope(shield=True):
-            await blocking(handle.close)

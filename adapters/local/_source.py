@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from core.protocols import AdapterContext
 from adapters.local import _history, _layout, _tables
-from adapters.local._io import blocking, blocking_read
+from adapters.local._io import blocking, blocking_read, read_pieces
 from adapters.local._remote import RemoteRoot, S3Access, check_remote_path, is_remote
 from core.errors import ConfigError, NotFoundError
 from core.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
@@ -270,17 +270,9 @@ class LocalSource:
                 async for data in pieces:
                     yield data
             return
-        piece = min(self.context.part_bytes, _MAX_PIECE)
-        def open_binary() -> BinaryIO:
-            return open(path, "rb")
-
-        handle = await blocking_read(open_binary)  # NotFoundError when it is missing
-        try:
-            while data := await blocking_read(handle.read, piece):
+        async with contextlib.aclosing(read_pieces(path, min(self.context.part_bytes, _MAX_PIECE))) as pieces:
+            async for data in pieces:  # NotFoundError when it is missing
                 yield data
-        finally:
-            with anyio.CancelScope(shield=True):
-                await blocking_read(handle.close)
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, int]]:

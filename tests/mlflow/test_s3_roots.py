@@ -15,7 +15,6 @@ import boto3
 import mlflow.artifacts
 import pytest
 from mlflow.tracking import MlflowClient
-from moto.server import ThreadedMotoServer
 
 from adapters.mlflow import MlflowDestination
 from core.errors import ConfigError
@@ -24,13 +23,13 @@ from engine.pipeline import migrate
 from engine.progress import Progress
 from tests.adapters.contract import copy_run
 from tests.engine.wandb_shaped import WandbShapedSource
-from tests.mlflow.helpers import context, dest_config
+from tests.mlflow.helpers import AWS_TEST_ENV, context, dest_config, moto_bucket
 from tests.mlflow.seed import blob
 from tests.mlflow.test_wandb_shape import assert_wandb_run
-from tests.servers.mlflow_server import MlflowServer, free_port
+from tests.servers.mlflow_server import MlflowServer
 
 BUCKET = "runferry-roots"
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS = AWS_TEST_ENV
 THRESHOLD, PART = 1 << 20, 5 << 20
 FILES = {
     "empty.txt": b"",
@@ -45,32 +44,25 @@ FILES = {
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, MlflowServer, str]]:
     """(proxied server, s3-root server without proxy, moto endpoint); this process's environment
     points MLflow's client and runferry at moto, as a user's shell would."""
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    mp = pytest.MonkeyPatch()
-    for key, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS}.items():
-        mp.setenv(key, value)
-    root = tmp_path_factory.mktemp("mlflow-s3-roots")
-    proxied = MlflowServer(root / "proxied")
-    direct = MlflowServer(
-        root / "direct",
-        extra_args=("--default-artifact-root", f"s3://{BUCKET}/roots", "--no-serve-artifacts"),
-        env={"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS},
-    )
-    try:
-        proxied.start()
-        direct.start()
-        yield proxied, direct, endpoint
-    finally:
-        proxied.stop()
-        direct.stop()
-        mp.undo()
-        moto.stop()
-
+    with moto_bucket(BUCKET) as endpoint:
+        mp = pytest.MonkeyPatch()
+        for key, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS}.items():
+            mp.setenv(key, value)
+        root = tmp_path_factory.mktemp("mlflow-s3-roots")
+        proxied = MlflowServer(root / "proxied")
+        direct = MlflowServer(
+            root / "direct",
+            extra_args=("--default-artifact-root", f"s3://{BUCKET}/roots", "--no-serve-artifacts"),
+            env={"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS},
+        )
+        try:
+            proxied.start()
+            direct.start()
+            yield proxied, direct, endpoint
+        finally:
+            proxied.stop()
+            direct.stop()
+            mp.undo()
 
 def seed(server: MlflowServer, experiment: str, tmp: Path, *, artifact_location: str | None = None) -> str:
     client = MlflowClient(server.url)
