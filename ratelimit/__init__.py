@@ -15,6 +15,7 @@ from ._limiter import EndpointLimiter as EndpointLimiter
 from ._limiter import LimiterStatistics as LimiterStatistics
 from ._limiter import Ticket as Ticket
 from ._meter import RateMeter as RateMeter
+from ._policy import GENTLE_CYCLE_CAP as GENTLE_CYCLE_CAP
 from ._policy import ControlConfig as ControlConfig
 from ._policy import ControlState as ControlState
 from ._policy import Jitter as Jitter
@@ -34,6 +35,7 @@ from ._registry import endpoint_of as endpoint_of
 from ._retry import Retrying as Retrying
 
 __all__ = [
+    "GENTLE_CYCLE_CAP",
     "AdjustableSemaphore",
     "Clock",
     "ControlConfig",

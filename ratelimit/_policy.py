@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 NO_TIME = float("-inf")
+GENTLE_CYCLE_CAP = 10.0  # seconds: the longest CUBIC climb ``min_cycle_requests`` may ask for
 
 
 class Jitter(str, enum.Enum):
@@ -147,7 +148,8 @@ def cubic_scale(config: ControlConfig, w_max: float) -> float:
     """
     if config.min_cycle_requests <= 0 or w_max <= 0:
         return config.cubic_scale
-    k_min = config.min_cycle_requests / w_max
+    # at most GENTLE_CYCLE_CAP seconds, so a very low rate still probes upwards in useful time
+    k_min = min(config.min_cycle_requests / w_max, GENTLE_CYCLE_CAP)
     return min(config.cubic_scale, w_max * (1.0 - config.rate_decrease) / k_min**3)
 
 

@@ -191,6 +191,11 @@ class LocalDestination:
     async def __aenter__(self) -> LocalDestination:
         if self.remote is not None:
             await self.remote.__aenter__()
+            try:
+                await self.remote.probe_write()
+            except BaseException:
+                await self.remote.__aexit__(None, None, None)
+                raise
             self.root = Path(await blocking(tempfile.mkdtemp, "", "runferry-export-staging-"))
             return self
         # probe only: the directory is created with the first run (nothing written before)

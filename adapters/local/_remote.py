@@ -15,7 +15,9 @@ endpoint and keys come from the ``s3_*`` keys of the config (else the usual AWS 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ import anyio
 
 from adapters.local._io import blocking, read_pieces
 from core.errors import AuthError, ConfigError, NotFoundError
+from core.probe import PROBE_PREFIX
 from core.protocols import AdapterContext
 
 if TYPE_CHECKING:  # botocore is heavy to import; only s3:// exports need it
@@ -131,6 +134,18 @@ class RemoteRoot:
 
     def relative(self, key: str) -> str:
         return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    async def probe_write(self) -> None:
+        """Create and remove a probe object, as a local export probes its directory.
+
+        :raises ConfigError: when the store refuses the write.
+        """
+        probe = f"{PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            await self.put(probe, b"")
+            await self.delete(probe)
+        except AuthError as exc:
+            raise ConfigError(f"path = {self.path!r}: the object store refused a write ({exc})") from None
 
     # -- writing (complete objects only) ---------------------------------------------------------
     async def put(self, rel: str, data: bytes) -> None:

@@ -59,7 +59,7 @@ import anyio
 from core.protocols import AdapterContext
 from adapters.s3 import MIB, S3Config, S3Store, S3Url
 from core.errors import TransferError
-from ratelimit import LimiterRegistry
+from ratelimit import ControlConfig, LimiterRegistry
 from tests.servers.s3front import S3Stack, start_s3_stack
 
 BUCKET = "rf-bench"
@@ -83,6 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the bytes part (best round reported)")
     parser.add_argument("--large-mib", type=int, default=0, help="also round-trip one object this big")
     parser.add_argument("--max-attempts", type=int, default=10, help="attempt limit of every client")
+    parser.add_argument("--control", default="{}", help="runferry ControlConfig overrides as JSON (tuning)")
     parser.add_argument("--grid", action="store_true", help="run the rates x bursts x prefixes grid (part 1 only)")
     parser.add_argument("--grid-rates", default="20,100,300,1000")
     parser.add_argument("--grid-bursts", default="0.1,0.5,2")
@@ -130,7 +131,7 @@ async def _one_piece(body: bytes) -> AsyncIterator[bytes]:
 
 async def runferry_rate(stack: S3Stack, args: argparse.Namespace, prefixes: list[str]) -> dict[str, Any]:
     """``--workers`` tasks per prefix through one ``S3Store`` (one limiter per prefix)."""
-    registry = LimiterRegistry()
+    registry = LimiterRegistry(default=ControlConfig(**json.loads(args.control)))
     samples: list[dict[str, float]] = []
     done = failed = 0
     body = os.urandom(args.object_bytes)
