@@ -15,6 +15,7 @@ from ._limiter import EndpointLimiter as EndpointLimiter
 from ._limiter import LimiterStatistics as LimiterStatistics
 from ._limiter import Ticket as Ticket
 from ._meter import RateMeter as RateMeter
+from ._policy import GENTLE_CYCLE_CAP as GENTLE_CYCLE_CAP
 from ._policy import ControlConfig as ControlConfig
 from ._policy import ControlState as ControlState
 from ._policy import Jitter as Jitter
@@ -24,6 +25,7 @@ from ._policy import apply_quota as apply_quota
 from ._policy import backoff_delay as backoff_delay
 from ._policy import cubic_k as cubic_k
 from ._policy import cubic_rate as cubic_rate
+from ._policy import cubic_scale as cubic_scale
 from ._policy import effective_rate as effective_rate
 from ._policy import initial_state as initial_state
 from ._policy import next_state as next_state
@@ -33,6 +35,7 @@ from ._registry import endpoint_of as endpoint_of
 from ._retry import Retrying as Retrying
 
 __all__ = [
+    "GENTLE_CYCLE_CAP",
     "AdjustableSemaphore",
     "Clock",
     "ControlConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "backoff_delay",
     "cubic_k",
     "cubic_rate",
+    "cubic_scale",
     "effective_rate",
     "endpoint_of",
     "initial_state",

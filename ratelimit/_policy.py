@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 NO_TIME = float("-inf")
+GENTLE_CYCLE_CAP = 10.0  # seconds: the longest CUBIC climb ``min_cycle_requests`` may ask for
 
 
 class Jitter(str, enum.Enum):
@@ -64,6 +65,7 @@ class ControlConfig:
     max_rate: float | None = None  # a hard cap (for example a known API quota)
     rate_decrease: float = 0.9  # CUBIC beta
     cubic_scale: float = 0.4  # CUBIC C, in (requests/s) per s^3
+    min_cycle_requests: float = 150.0  # gentler C below ~60 requests/s (see ``cubic_scale()``); 0: off
     burst_seconds: float = 0.05  # pacing tolerance: bursts of up to rate * burst_seconds + 1
     backoff_base: float = 0.1
     backoff_cap: float = 20.0
@@ -84,6 +86,8 @@ class ControlConfig:
             raise ValueError("concurrency_decrease and rate_decrease must be in (0, 1)")
         if self.min_rate <= 0 or self.cubic_scale <= 0 or self.meter_window <= 0:
             raise ValueError("min_rate, cubic_scale and meter_window must be > 0")
+        if self.min_cycle_requests < 0:
+            raise ValueError("min_cycle_requests must be >= 0")
         for name in ("initial_rate", "max_rate"):
             value = getattr(self, name)
             if value is not None and value < self.min_rate:
@@ -133,13 +137,29 @@ class Outcome:
     attempt_rate: float | None = None  # measured request starts/s over the meter window
 
 
+def cubic_scale(config: ControlConfig, w_max: float) -> float:
+    """CUBIC's C for ``w_max``: ``cubic_scale``, made gentler at low rates so a cycle (throttle,
+    back off, climb back to ``w_max``) lasts at least ``min_cycle_requests`` requests.
+
+    With a fixed C a cycle lasts about ``K = (w_max (1 - beta) / C)^(1/3)`` seconds and ends in a
+    throttle; at 20 requests/s that is 1.7 s, 34 requests, so each throttle is 3% of them. The
+    time-average of the cycle (``w_max (1 - (1 - beta) / 4)``) does not depend on C: a longer
+    cycle keeps the goodput and throttles less often.
+    """
+    if config.min_cycle_requests <= 0 or w_max <= 0:
+        return config.cubic_scale
+    # at most GENTLE_CYCLE_CAP seconds, so a very low rate still probes upwards in useful time
+    k_min = min(config.min_cycle_requests / w_max, GENTLE_CYCLE_CAP)
+    return min(config.cubic_scale, w_max * (1.0 - config.rate_decrease) / k_min**3)
+
+
 def cubic_k(config: ControlConfig, w_max: float) -> float:
     """Seconds CUBIC takes to climb back from ``beta * w_max`` to ``w_max``."""
-    return float((w_max * (1.0 - config.rate_decrease) / config.cubic_scale) ** (1.0 / 3.0))
+    return float((w_max * (1.0 - config.rate_decrease) / cubic_scale(config, w_max)) ** (1.0 / 3.0))
 
 
 def cubic_rate(config: ControlConfig, w_max: float, since_decrease: float) -> float:
-    return w_max + config.cubic_scale * (since_decrease - cubic_k(config, w_max)) ** 3
+    return w_max + cubic_scale(config, w_max) * (since_decrease - cubic_k(config, w_max)) ** 3
 
 
 def initial_state(config: ControlConfig, now: float) -> ControlState:

@@ -9,8 +9,11 @@ original on ``__cause__``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+import anyio
 
 import anyio.to_thread
 import pyarrow as pa
@@ -36,3 +39,21 @@ async def blocking_read(fn: Callable[..., T], *args: object) -> T:
         raise NotFoundError(f"local export: {exc}", adapter="local") from exc
     except (OSError, pa.ArrowException) as exc:
         raise FatalError(f"local export: {type(exc).__name__}: {exc}", adapter="local") from exc
+
+
+async def read_pieces(path: Path, piece: int) -> AsyncGenerator[bytes, None]:
+    """The file's bytes in pieces of at most ``piece`` bytes, read in worker threads.
+
+    :raises NotFoundError: when the file does not exist.
+    """
+
+    def open_binary() -> BinaryIO:
+        return open(path, "rb")
+
+    handle = await blocking_read(open_binary)
+    try:
+        while data := await blocking_read(handle.read, piece):
+            yield data
+    finally:
+        with anyio.CancelScope(shield=True):
+            await blocking_read(handle.close)

@@ -3,6 +3,10 @@
 Reads exactly what ``LocalDestination`` wrote: run.json records, history from Parquet row
 groups (a resume start skips whole row groups by their metadata, then slices one), files and
 artifact members in pieces. Blocking reads run in worker threads.
+
+An export in an object store (``path = "s3://bucket/prefix"``) is read the same way: run.json
+and artifact.json objects are fetched, a run's history segments are downloaded into a private
+staging directory while the run is read (then removed), files stream from the bucket.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import contextlib
 import fnmatch
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -23,7 +29,8 @@ import pyarrow.parquet as pq
 
 from core.protocols import AdapterContext
 from adapters.local import _history, _layout, _tables
-from adapters.local._io import blocking_read
+from adapters.local._io import blocking, blocking_read, read_pieces
+from adapters.local._remote import RemoteRoot, S3Access, check_remote_path, is_remote
 from core.errors import ConfigError, NotFoundError
 from core.model import CONSOLE_LOG, HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord, RunRef
 
@@ -31,10 +38,11 @@ _MAX_PIECE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
-class LocalSourceConfig:
+class LocalSourceConfig(S3Access):
     """``[source] type = "local"``: read an export directory written by the local destination.
 
-    - ``path`` (required): the export directory.
+    - ``path`` (required): the export directory, or ``s3://bucket/prefix`` for one in an
+      object store (the ``s3_*`` keys as for the local destination).
     - ``projects``: only runs whose ``entity/project`` matches one of these globs (default: all).
     - ``chunk_points``: history points per chunk (0 = the engine's ``chunk_points``).
     """
@@ -48,6 +56,7 @@ class LocalSourceConfig:
             raise ValueError("path must not be empty")
         if self.chunk_points < 0:
             raise ValueError("chunk_points must not be negative")
+        check_remote_path(self.path)
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -83,12 +92,24 @@ class LocalSource:
     def __init__(self, config: LocalSourceConfig, context: AdapterContext | None = None) -> None:
         self.config = config
         self.context = context or AdapterContext()
-        self.root = Path(config.path).expanduser().absolute()
+        self.remote: RemoteRoot | None = None
+        if is_remote(config.path):
+            self.remote = RemoteRoot(config.path, config, self.context, name="local-s3")
+            self.root = Path()  # the staging directory, made by __aenter__
+        else:
+            self.root = Path(config.path).expanduser().absolute()
 
     def describe(self) -> str:
-        return f"local:{self.root}"
+        return f"local:{self.config.path}" if self.remote is not None else f"local:{self.root}"
 
     async def __aenter__(self) -> LocalSource:
+        if self.remote is not None:
+            await self.remote.__aenter__()
+            if not await self.remote.list("runs/"):
+                await self.remote.__aexit__(None, None, None)
+                raise ConfigError(f"source path {self.config.path} is not a runferry export (no runs/ objects)")
+            self.root = Path(await blocking(tempfile.mkdtemp, "", "runferry-export-staging-"))
+            return self
         if not await blocking_read((self.root / "runs").is_dir):
             raise ConfigError(f"source path {self.root} is not a runferry export (no runs/ directory)")
         return self
@@ -96,7 +117,10 @@ class LocalSource:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        return None
+        if self.remote is not None:
+            with anyio.CancelScope(shield=True):
+                await blocking(shutil.rmtree, self.root, True)
+            await self.remote.__aexit__(exc_type, exc, tb)
 
     @property
     def chunk_points(self) -> int:
@@ -113,9 +137,21 @@ class LocalSource:
                 yield _layout.record_from_json(doc, str(path.parent.relative_to(self.root))).ref
 
     async def list_runs(self) -> AsyncGenerator[RunRef, None]:
+        if self.remote is not None:
+            async for ref in self._remote_refs(self.remote):
+                yield ref
+            return
         async with contextlib.aclosing(_drain_in_thread(self._refs())) as refs:
             async for ref in refs:
                 yield ref
+
+    async def _remote_refs(self, remote: RemoteRoot) -> AsyncGenerator[RunRef, None]:
+        """runs/<entity>/<project>/<run>/run.json objects, in the local directory order."""
+        found = [p for p, _ in await remote.list("runs/") if p.endswith(f"/{_layout.RUN_JSON}")]
+        for path in sorted((p for p in found if p.count("/") == 4), key=lambda p: p.split("/")):
+            doc = json.loads(await remote.get(path))
+            if self._selected(doc):
+                yield _layout.record_from_json(doc, path.rpartition("/")[0]).ref
 
     def _run_dir(self, ref: RunRef) -> tuple[str, Path]:
         rel = ref.hint("local_dir") or _layout.run_rel_dir(ref.namespace, ref.id)
@@ -123,7 +159,10 @@ class LocalSource:
 
     async def get_run(self, ref: RunRef) -> RunRecord:
         rel, run_dir = self._run_dir(ref)
-        doc = await blocking_read(_load_json, run_dir / _layout.RUN_JSON)
+        if self.remote is not None:
+            doc = json.loads(await self.remote.get(f"{rel}/{_layout.RUN_JSON}"))
+        else:
+            doc = await blocking_read(_load_json, run_dir / _layout.RUN_JSON)
         return _layout.record_from_json(doc, rel)
 
     def _history(self, run_dir: Path, start: int) -> Iterator[HistoryChunk]:
@@ -156,10 +195,23 @@ class LocalSource:
                     position += batch.num_rows
 
     async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
-        _, run_dir = self._run_dir(run.ref)
-        async with contextlib.aclosing(_drain_in_thread(self._history(run_dir, max(0, start)))) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        rel, run_dir = self._run_dir(run.ref)
+        if self.remote is None:
+            async with contextlib.aclosing(_drain_in_thread(self._history(run_dir, max(0, start)))) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        # the run's segments, downloaded for this read only (the same run may be read twice at once)
+        staged = Path(await blocking(tempfile.mkdtemp, "", "run-", str(self.root)))
+        try:
+            for path, _ in await self.remote.list(f"{rel}/history."):
+                await self.remote.download(path, staged / path[len(rel) + 1 :])
+            async with contextlib.aclosing(_drain_in_thread(self._history(staged, max(0, start)))) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await blocking(shutil.rmtree, staged, True)
 
     def _files(self, run_dir: Path) -> list[FileRef]:
         found = [FileRef(path=rel, size=size) for rel, size in _walk(run_dir / _layout.FILES)]
@@ -179,24 +231,48 @@ class LocalSource:
         return found
 
     async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
-        _, run_dir = self._run_dir(run.ref)
+        rel, run_dir = self._run_dir(run.ref)
+        if self.remote is not None:
+            for file in await self._remote_files(self.remote, rel):
+                yield file
+            return
         for file in await blocking_read(self._files, run_dir):
             yield file
 
-    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
-        _, run_dir = self._run_dir(run.ref)
-        path = _layout.file_target(run_dir, file.path, file.artifact, file.role)
-        piece = min(self.context.part_bytes, _MAX_PIECE)
-        def open_binary() -> BinaryIO:
-            return open(path, "rb")
+    async def _remote_files(self, remote: RemoteRoot, rel: str) -> list[FileRef]:
+        """The run's files as ``_files`` finds them locally, from one listing of the run."""
+        found: list[FileRef] = []
+        artifacts: dict[str, list[tuple[str, int]]] = {}
+        for path, size in await remote.list(f"{rel}/"):
+            inside = path[len(rel) + 1 :]
+            top, _, rest = inside.partition("/")
+            if top == _layout.FILES:
+                found.append(FileRef(path=rest, size=size))
+            elif top == _layout.CONSOLE:
+                found.append(FileRef(path=rest, size=size, role=CONSOLE_LOG))
+            elif top == _layout.ARTIFACTS and rest.count("/") >= 2:
+                name, version, member = rest.split("/", 2)
+                artifacts.setdefault(f"{name}/{version}", []).append((member, size))
+        for folder, members in artifacts.items():
+            names = {member for member, _ in members}
+            if _layout.ARTIFACT_JSON not in names:
+                continue
+            meta = json.loads(await remote.get(f"{rel}/{_layout.ARTIFACTS}/{folder}/{_layout.ARTIFACT_JSON}"))
+            artifact = _layout.artifact_from_json(meta)
+            found += [FileRef(path=m, size=n, artifact=artifact) for m, n in members if m != _layout.ARTIFACT_JSON]
+        return found
 
-        handle = await blocking_read(open_binary)  # NotFoundError when it is missing
-        try:
-            while data := await blocking_read(handle.read, piece):
+    async def read_file(self, run: RunRecord, file: FileRef) -> AsyncGenerator[bytes, None]:
+        rel, run_dir = self._run_dir(run.ref)
+        path = _layout.file_target(run_dir, file.path, file.artifact, file.role)
+        if self.remote is not None:
+            async with contextlib.aclosing(self.remote.read(f"{rel}/{path.relative_to(run_dir).as_posix()}")) as pieces:
+                async for data in pieces:
+                    yield data
+            return
+        async with contextlib.aclosing(read_pieces(path, min(self.context.part_bytes, _MAX_PIECE))) as pieces:
+            async for data in pieces:  # NotFoundError when it is missing
                 yield data
-        finally:
-            with anyio.CancelScope(shield=True):
-                await blocking_read(handle.close)
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, int]]:

@@ -1,11 +1,22 @@
-"""A destination run's files: proxied uploads, multipart through the tracking server's ``mpu``
-endpoints when the server offers them (S3's part rules), single PUTs otherwise."""
+"""A destination run's artifact area, chosen by its artifact root, as MLflow's own client does:
+
+- ``mlflow-artifacts:/...`` roots go through the tracking server's proxy (``ProxiedArea``):
+  single PUTs, or multipart through the ``mpu`` endpoints when the server offers them;
+- ``s3://...`` roots (a server run with ``--default-artifact-root s3://...``, or an experiment
+  whose ``artifact_location`` is in S3) are written straight to the bucket (``_s3_artifacts``);
+- any other root (``gs://``, ``wasbs://``, ``hdfs://``, a server-local path) is an
+  ``UnsupportedArea``: every use raises one error naming the run, so runs without files (or a
+  migration with artifacts off) still go through.
+
+Every area offers the same five operations, which run files and the side files of W&B runs
+(``_side_files``) are written with.
+"""
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import AsyncIterator
-from typing import Any, TYPE_CHECKING
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import orjson
@@ -21,6 +32,28 @@ from core.model import FileRef, RunRecord
 
 if TYPE_CHECKING:
     from adapters.mlflow._destination import MlflowDestination, _DestRun
+
+_OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+class ArtifactArea(Protocol):
+    """One destination run's artifact tree; paths are relative to the run's artifact root."""
+
+    async def write(self, path: str, data: AsyncIterator[bytes], size: int | None) -> None:
+        """Store the stream as the file ``path`` (complete or not at all)."""
+
+    def read(self, path: str) -> AsyncIterator[bytes]:
+        """The bytes of the file ``path``."""
+
+    async def list(self, folder: str) -> list[tuple[str, bool]]:
+        """``(path, is_dir)`` of the entries directly under ``folder``."""
+
+    async def delete(self, path: str) -> None:
+        """Remove the file ``path``, or everything under the folder ``path``."""
+
+
+async def one_piece(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
 
 
 class ArtifactWrites:
@@ -38,18 +71,26 @@ class ArtifactWrites:
     def _event(self, name: str, **fields: Any) -> None:
         self.destination.context.events(name, run=self.record.ref.id, **fields)
 
-    # -- files ----------------------------------------------------------------------------------
-    def _artifact_url(self, path: str) -> str:
-        url = proxied_artifact_path(self.dest.artifact_uri, path)
-        if url is None:
-            raise FatalError(
-                f"mlflow: destination run {self.dest_id} stores artifacts at {self.dest.artifact_uri!r}, "
-                "which the tracking server does not proxy (run the server with --serve-artifacts and a "
-                "default artifact root of mlflow-artifacts:/)",
-                adapter="mlflow",
-                run=self.record.ref.id,
-            )
-        return url
+    def artifact_area(self) -> ArtifactArea:
+        """Where this run's files go, from its artifact root (see the module docstring)."""
+        root = self.dest.artifact_uri
+        if root.startswith("mlflow-artifacts:"):
+            return ProxiedArea(self.destination, self.dest_id, root, self._event)
+        if root.startswith("s3://"):
+            return self.destination.direct_s3.area(root)
+        return UnsupportedArea(self._unsupported(root))
+
+    def _unsupported(self, root: str) -> FatalError:
+        scheme = root.split(":", 1)[0] + "://" if "://" in root else "a path on the tracking server"
+        name = f" ({self.record.display_name!r})" if self.record.display_name else ""
+        return FatalError(
+            f"mlflow: run {self.record.ref.id}{name}: its destination run {self.dest_id} keeps artifacts at "
+            f"{root!r} ({scheme}), which runferry cannot write: it writes through the tracking server's "
+            "proxy (mlflow-artifacts:/) or straight to s3:// roots. Give the experiment one of those as its "
+            "artifact location, or copy without files ([transfer] artifacts = false)",
+            adapter="mlflow",
+            run=self.record.ref.id,
+        )
 
     async def write_file(self, file: FileRef, data: AsyncIterator[bytes]) -> None:
         """Run files keep their path; members of a source artifact (W&B) go under a folder
@@ -59,26 +100,69 @@ class ArtifactWrites:
         if file.artifact is not None:
             version = f"{file.artifact.version}/" if file.artifact.version else ""
             path = f"{file.artifact.name}/{version}{file.path}"
-        url = self._artifact_url(path)
+        await self.artifact_area().write(path, data, file.size)
+
+
+class UnsupportedArea:
+    """A root runferry cannot write: every operation raises the error made for the run."""
+
+    def __init__(self, error: FatalError) -> None:
+        self.error = error
+
+    async def write(self, path: str, data: AsyncIterator[bytes], size: int | None) -> None:
+        raise self.error
+
+    async def read(self, path: str) -> AsyncGenerator[bytes, None]:
+        raise self.error
+        yield b""  # pragma: no cover - makes this an async generator
+
+    async def list(self, folder: str) -> list[tuple[str, bool]]:
+        raise self.error
+
+    async def delete(self, path: str) -> None:
+        raise self.error
+
+
+class ProxiedArea:
+    """``mlflow-artifacts:/`` roots through the tracking server: single PUTs, or multipart via
+    ``mpu`` when the server offers it (S3's part rules) and the file is large enough."""
+
+    def __init__(self, destination: MlflowDestination, run_id: str, root: str, event: Any) -> None:
+        self.destination = destination
+        self.rest = destination.rest
+        self.run_id = run_id
+        self.root = root
+        self._event = event
+
+    def url(self, path: str) -> str:
+        url = proxied_artifact_path(self.root, path)
+        assert url is not None  # chosen for mlflow-artifacts: roots only
+        return url
+
+    async def write(self, path: str, data: AsyncIterator[bytes], size: int | None) -> None:
         config = self.destination.config
         if (
-            file.size is not None
-            and file.size >= config.multipart_threshold
+            size is not None
+            and size >= config.multipart_threshold
             and self.destination.multipart_supported is not False
-            and await self._multipart(path, file.size, data)
+            and await self._multipart(path, size, data)
         ):
             return
         stream = ReplayableStream(data)
         try:
-            await self.rest.http.upload(
-                "PUT",
-                url,
-                stream.attempt,
-                headers={"Content-Type": "application/octet-stream"},
-                size=file.size,
-            )
+            await self.rest.http.upload("PUT", self.url(path), stream.attempt, headers=_OCTETS, size=size)
         finally:
             await stream.aclose()
+
+    async def read(self, path: str) -> AsyncGenerator[bytes, None]:
+        async for piece in self.rest.http.download(self.url(path)):
+            yield piece
+
+    async def list(self, folder: str) -> list[tuple[str, bool]]:
+        return [(e["path"], bool(e.get("is_dir"))) for e in await self.rest.list_artifacts(self.run_id, folder)]
+
+    async def delete(self, path: str) -> None:
+        await self.rest.http.request_json("DELETE", self.url(path))
 
     async def _multipart(self, path: str, size: int, data: AsyncIterator[bytes]) -> bool:
         """Multipart upload through the proxy; False (nothing consumed) when unsupported."""
@@ -87,8 +171,7 @@ class ArtifactWrites:
         config = self.destination.config
         part_size = plan_part_size(size, config.part_size or max(self.destination.context.part_bytes, 5 << 20))
         num_parts = max(1, -(-size // part_size))
-        root = proxied_artifact_path(self.dest.artifact_uri, "")
-        assert root is not None
+        root = self.url("")
         directory, name = posixpath.split(path)
         suffix = root[len(ARTIFACTS_API + "artifacts/") :] + (f"/{directory}" if directory else "")
         create_url = f"{ARTIFACTS_API}mpu/create/{suffix}"

@@ -68,6 +68,9 @@ class MlflowSourceConfig:
       credential chain), under the adaptive S3 limiter (one streamed GET per file up to 256 MiB,
       resumed after a break; parallel ranged GETs above), instead of through the tracking server
       (default false).
+    - ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` / ``s3_session_token_env``:
+      environment variables holding the keys for ``artifacts_direct_s3``, instead of the AWS
+      chain (default: none).
     """
 
     tracking_uri: str
@@ -86,9 +89,13 @@ class MlflowSourceConfig:
     max_in_flight: int = 6
     timeout: float = 120.0
     artifacts_direct_s3: bool = False
+    s3_access_key_id_env: str = ""
+    s3_secret_access_key_env: str = ""
+    s3_session_token_env: str = ""
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)
+        check_s3_keys(self.s3_access_key_id_env, self.s3_secret_access_key_env)
         if not self.experiments:
             raise ValueError("experiments must name at least one experiment (or '*')")
         if not 1 <= self.page_size <= 50_000:
@@ -122,6 +129,18 @@ class MlflowDestinationConfig:
     - ``multipart_threshold``: artifact files at least this large try the proxy's multipart
       upload (``mpu/create``; only S3/GCS/Azure artifact stores offer it), default 100 MiB;
       ``part_size``: multipart part size (default 0 = the engine's ``part_bytes``).
+    - Runs whose artifact root is ``s3://...`` (a server run with ``--default-artifact-root
+      s3://...``, usually with ``--no-serve-artifacts``, or an experiment whose artifact
+      location is in S3) get their files written straight to the bucket, as MLflow's own
+      client writes them: endpoint from ``MLFLOW_S3_ENDPOINT_URL``, credentials from the usual
+      AWS chain, ``MLFLOW_S3_UPLOAD_EXTRA_ARGS`` / ``MLFLOW_S3_EXPECTED_BUCKET_OWNER`` honoured;
+      streamed under the adaptive per-prefix S3 limiter, one PUT up to ``part_size`` (or
+      ``multipart_threshold`` if smaller), parallel multipart above it. Roots on other stores
+      (``gs://``, ``wasbs://``, ``hdfs://``, a path on the server) fail the runs that have
+      files, naming them; copy with ``[transfer] artifacts = false`` to move them without files.
+    - ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` / ``s3_session_token_env``:
+      environment variables holding the keys for ``s3://`` roots, instead of the AWS chain
+      (default: none).
     - ``restore_deleted``: ``false`` (default) deletes runs that were deleted at the source
       after copying them; ``true`` leaves them active.
     - ``max_in_flight``: requests in flight to the tracking server at once (default 6). MLflow's
@@ -143,9 +162,13 @@ class MlflowDestinationConfig:
     restore_deleted: bool = False
     max_in_flight: int = 6
     timeout: float = 120.0
+    s3_access_key_id_env: str = ""
+    s3_secret_access_key_env: str = ""
+    s3_session_token_env: str = ""
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)
+        check_s3_keys(self.s3_access_key_id_env, self.s3_secret_access_key_env)
         if not self.experiment.strip():
             raise ValueError("experiment must not be empty")
         if not self.source_tag or len(self.source_tag) > 250:
@@ -160,6 +183,11 @@ class MlflowDestinationConfig:
             raise ValueError("timeout must be positive")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+
+
+def check_s3_keys(access_key_id_env: str, secret_access_key_env: str) -> None:
+    if bool(access_key_id_env) != bool(secret_access_key_env):
+        raise ValueError("s3_access_key_id_env and s3_secret_access_key_env go together")
 
 
 def check_tracking_uri(uri: str) -> None:

@@ -55,6 +55,7 @@ from adapters.mlflow._mapping import (
     run_tags,
     source_identity,
 )
+from adapters.mlflow._s3_artifacts import DirectS3
 from adapters.mlflow._writer import MlflowRunWriter
 
 _CREATE_ATTEMPTS = 4
@@ -84,6 +85,7 @@ class MlflowDestination:
         self.context = context
         self._rest: MlflowRest | None = None
         self._presigned: HttpClient | None = None
+        self._direct_s3: DirectS3 | None = None
         self._resources: contextlib.AsyncExitStack | None = None
         self._experiments: dict[str, _Experiment] = {}
         self._experiment_locks: dict[str, anyio.Lock] = {}
@@ -114,6 +116,16 @@ class MlflowDestination:
             self._presigned = await stack.enter_async_context(
                 HttpClient(base_url=connection.base_url, name="mlflow-presigned", context=self.context, timeout=c.timeout)
             )
+            # s3:// artifact roots are written straight to the bucket (the store opens at first use)
+            part = c.part_size or max(self.context.part_bytes, 5 << 20)
+            self._direct_s3 = await stack.enter_async_context(
+                DirectS3(
+                    self.context,
+                    part_size=part,
+                    multipart_threshold=min(c.multipart_threshold, part),
+                    credential_envs=(c.s3_access_key_id_env, c.s3_secret_access_key_env, c.s3_session_token_env),
+                )
+            )
             self.server_dedupes = info.get("store_type") == "SqlStore"
             if "multipart_uploads_enabled" in info:
                 self.multipart_supported = bool(info["multipart_uploads_enabled"])
@@ -135,7 +147,7 @@ class MlflowDestination:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         resources, self._resources = self._resources, None
-        self._rest, self._presigned = None, None
+        self._rest, self._presigned, self._direct_s3 = None, None, None
         if resources is not None:
             await resources.__aexit__(exc_type, exc, tb)
 
@@ -150,6 +162,12 @@ class MlflowDestination:
         if self._presigned is None:
             raise RuntimeError("MlflowDestination used outside 'async with'")
         return self._presigned
+
+    @property
+    def direct_s3(self) -> DirectS3:
+        if self._direct_s3 is None:
+            raise RuntimeError("MlflowDestination used outside 'async with'")
+        return self._direct_s3
 
     # -- experiments and the identity index ----------------------------------------------------
     def experiment_name(self, record: RunRecord) -> str:

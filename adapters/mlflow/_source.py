@@ -101,7 +101,15 @@ class MlflowSource:
                 from adapters.s3 import S3Config, S3Store
 
                 self._s3 = await stack.enter_async_context(
-                    S3Store(S3Config.from_mlflow_env(), self.context, name="mlflow-s3")
+                    S3Store(
+                        S3Config.from_mlflow_env(
+                            access_key_id_env=c.s3_access_key_id_env,
+                            secret_access_key_env=c.s3_secret_access_key_env,
+                            session_token_env=c.s3_session_token_env,
+                        ),
+                        self.context,
+                        name="mlflow-s3",
+                    )
                 )
             if c.artifacts:  # Databricks-hosted runs: signed URLs, read without the token
                 self._dbfs = await stack.enter_async_context(

@@ -56,7 +56,7 @@ class MlflowRunWriter(ArtifactWrites):
         self.dropped_keys: set[str] = set()
         # W&B runs: metric names MLflow accepts, and the side files for what it cannot hold
         self.wandb_names = _wandb.MetricNames(self._event) if _wandb.is_wandb(record) else None
-        self.side = SideFiles(destination.rest, dest.run_id, self._artifact_url)
+        self.side = SideFiles(self.artifact_area)
         self.saw_whole_history = start_points == 0
         self.nonnumeric_points = 0
 

@@ -48,12 +48,16 @@ class S3Config:
 
     @classmethod
     def from_mlflow_env(cls, **overrides: Any) -> S3Config:
-        """The store MLflow's own S3 artifact client would use: ``MLFLOW_S3_ENDPOINT_URL`` (if
-        set) and the usual AWS credential chain; for reading ``s3://`` artifact URIs directly."""
+        """The store MLflow's own S3 artifact client would use: ``MLFLOW_S3_ENDPOINT_URL`` and
+        ``MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE`` (if set) and the usual AWS credential chain; for
+        reading and writing ``s3://`` artifact URIs directly."""
         values: dict[str, Any] = {"endpoint_url": os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None}
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             values["region"] = region
+        style = os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE")
+        if style:
+            values["addressing_style"] = style
         values.update(overrides)
         return cls(**values)
 

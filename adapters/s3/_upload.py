@@ -8,7 +8,7 @@ upload is aborted, shielded from cancellation, if anything fails, so no upload i
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -44,14 +44,17 @@ class Uploads(RequestCore):
         size: int | None = None,
         content_type: str | None = None,
         metadata: dict[str, str] | None = None,
+        extra_args: Mapping[str, Any] | None = None,
     ) -> PutResult:
         """Store a stream of byte pieces as one object (see module docstring).
 
         ``size`` (when known) picks the part size; a stream longer than 10,000 parts of the
-        configured size with no ``size`` given fails with ``FatalError``.
+        configured size with no ``size`` given fails with ``FatalError``. ``extra_args`` go to
+        ``PutObject`` / ``CreateMultipartUpload`` as they are (``ContentEncoding``,
+        ``ServerSideEncryption``, ``ExpectedBucketOwner``..., as boto3's ``ExtraArgs``).
         """
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(extra_args or {})
         if content_type:
             extra["ContentType"] = content_type
         if metadata:
@@ -218,27 +221,35 @@ async def _rechunk(data: AsyncIterator[bytes], size: int) -> AsyncGenerator[Part
     Pieces that already are a part pass through; other bytes are copied once, into a fresh
     ``bytearray`` per part (never reused after it is yielded), instead of being appended to,
     sliced from and deleted out of one growing buffer (three copies and a memmove per part).
+    A part's buffer is only made once its bytes are known to fill it: the tail (and a small
+    object) is joined from the pieces held, never cut out of a zero-filled ``size`` buffer
+    (allocating 8 MiB for a 1 KiB object cost ~2 ms, most of a small PUT's CPU).
     """
-    part: bytearray | None = None
-    filled = 0
+    held: list[bytes] = []  # bytes of the next part, fewer than ``size`` in all
+    held_bytes = 0
     async for piece in data:
-        if part is None and len(piece) == size:
+        if not held and len(piece) == size:
             yield piece  # already a part: no copy
             continue
         view = memoryview(piece)
-        while view:
-            if part is None:
-                part, filled = bytearray(size), 0
-            n = min(len(view), size - filled)
-            part[filled : filled + n] = view[:n]
-            filled += n
-            view = view[n:]
-            if filled == size:
-                yield part  # a bytearray: md5, len() and the request body take it as they take bytes
-                part = None
-    if part is not None:
-        del part[filled:]  # shrinks in place
-        yield part
+        while held_bytes + len(view) >= size:
+            take = size - held_bytes
+            part = bytearray(size)
+            filled = 0
+            for chunk in held:
+                part[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+            part[filled:] = view[:take]
+            yield part  # a bytearray: md5, len() and the request body take it as they take bytes
+            held, held_bytes = [], 0
+            view = view[take:]
+        if view:
+            # a view of an immutable piece is kept as it is; anything else is copied now, as
+            # its owner may reuse it once we ask for the next piece
+            held.append(piece if len(view) == len(piece) and isinstance(piece, bytes) else bytes(view))
+            held_bytes += len(view)
+    if held:
+        yield held[0] if len(held) == 1 else b"".join(held)
 
 
 async def _chain(

@@ -12,6 +12,14 @@ including the ramp-up; the throttled share is over the requests after the first 
 transfers are objects the client gave up on. The back end is the front's ``sink`` (no capacity
 limit of its own) unless ``--upstream moto``.
 
+Grid (``--grid``): part 1 over every front shape of ``--grid-rates`` (req/s per prefix) x
+``--grid-bursts`` (bucket depth in seconds of the rate) x ``--grid-prefixes`` (1: one hot
+prefix; 4: four prefixes written at once, each limited on its own, ``--workers`` /
+``--boto-threads`` per prefix, one client), every client with the same attempt limit
+(``--max-attempts``: runferry's ``S3Config.max_attempts``, botocore's ``total_max_attempts``).
+Per cell: goodput (mean over the prefixes), throttled share of all requests and of those after
+10 s, failed transfers; written to ``grid.json`` and a table.
+
 Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and downloaded from moto's S3
 server (direct, no throttling) by runferry's ``S3Store`` with its defaults (one streamed GET per
 file up to ``ranged_get_threshold``, 256 MiB, like rclone's multi-thread cutoff; and, as an extra
@@ -51,7 +59,7 @@ import anyio
 from core.protocols import AdapterContext
 from adapters.s3 import MIB, S3Config, S3Store, S3Url
 from core.errors import TransferError
-from ratelimit import LimiterRegistry
+from ratelimit import ControlConfig, LimiterRegistry
 from tests.servers.s3front import S3Stack, start_s3_stack
 
 BUCKET = "rf-bench"
@@ -74,6 +82,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-rate", action="store_true", help="skip the request-rate part (part 1)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the bytes part (best round reported)")
     parser.add_argument("--large-mib", type=int, default=0, help="also round-trip one object this big")
+    parser.add_argument("--max-attempts", type=int, default=10, help="attempt limit of every client")
+    parser.add_argument("--control", default="{}", help="runferry ControlConfig overrides as JSON (tuning)")
+    parser.add_argument("--grid", action="store_true", help="run the rates x bursts x prefixes grid (part 1 only)")
+    parser.add_argument("--grid-rates", default="20,100,300,1000")
+    parser.add_argument("--grid-bursts", default="0.1,0.5,2")
+    parser.add_argument("--grid-prefixes", default="1,4")
     parser.add_argument("--out", default="bench/out/s3_slowdown")
     return parser.parse_args(argv)
 
@@ -81,19 +95,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # -- part 1: request rate ----------------------------------------------------------------
 
 
-def server_figures(stack: S3Stack, prefix: str, rate: float, seconds: float) -> dict[str, Any]:
-    cell = stack.stats().get(f"{BUCKET}/{prefix}", {"timeline": {}})
-    timeline = {int(k): v for k, v in cell["timeline"].items()}
+def server_figures(stack: S3Stack, prefixes: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """The front's counts for ``prefixes`` (each limited to ``rate`` on its own): goodput is the
+    mean over the prefixes; throttled shares and the timeline are summed over them."""
+    stats = stack.stats()
     whole = range(int(seconds))
-    accepted = sum(timeline.get(s, [0, 0])[0] for s in whole)
-    late_accepted = sum(timeline.get(s, [0, 0])[0] for s in whole if s >= 10)
-    late_throttled = sum(timeline.get(s, [0, 0])[1] for s in whole if s >= 10)
+    summed: dict[int, list[int]] = {s: [0, 0] for s in whole}
+    goodputs = []
+    for prefix in prefixes:
+        cell = stats.get(f"{BUCKET}/{prefix}", {"timeline": {}})
+        timeline = {int(k): v for k, v in cell["timeline"].items()}
+        goodputs.append(sum(timeline.get(s, [0, 0])[0] for s in whole) / (rate * int(seconds)))
+        for second in whole:
+            accepted, throttled = timeline.get(second, [0, 0])
+            summed[second][0] += accepted
+            summed[second][1] += throttled
+    accepted_total = sum(v[0] for v in summed.values())
+    throttled_total = sum(v[1] for v in summed.values())
+    late_accepted = sum(v[0] for s, v in summed.items() if s >= 10)
+    late_throttled = sum(v[1] for s, v in summed.items() if s >= 10)
     return {
-        "goodput": accepted / (rate * int(seconds)),
+        "goodput": sum(goodputs) / len(goodputs),
+        "goodput_per_prefix": goodputs,
+        "throttled_share": throttled_total / max(1, accepted_total + throttled_total),
         "throttled_after_10s": late_throttled / max(1, late_accepted + late_throttled),
-        "throttled_total": sum(v[1] for v in timeline.values()),
-        "accepted_total": sum(v[0] for v in timeline.values()),
-        "timeline": [[s, *timeline.get(s, [0, 0])] for s in whole],
+        "throttled_total": throttled_total,
+        "accepted_total": accepted_total,
+        "timeline": [[s, *summed[s]] for s in whole],
     }
 
 
@@ -101,20 +129,22 @@ async def _one_piece(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def runferry_rate(stack: S3Stack, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
-    registry = LimiterRegistry()
+async def runferry_rate(stack: S3Stack, args: argparse.Namespace, prefixes: list[str]) -> dict[str, Any]:
+    """``--workers`` tasks per prefix through one ``S3Store`` (one limiter per prefix)."""
+    registry = LimiterRegistry(default=ControlConfig(**json.loads(args.control)))
     samples: list[dict[str, float]] = []
     done = failed = 0
     body = os.urandom(args.object_bytes)
-    config = S3Config(endpoint_url=stack.front_url, max_attempts=20)
+    config = S3Config(endpoint_url=stack.front_url, max_attempts=args.max_attempts)
     async with S3Store(config, AdapterContext(limiters=registry)) as s3:
-        limiter = s3.limiter_for(S3Url(BUCKET, f"{prefix}/x"))
+        limiter = s3.limiter_for(S3Url(BUCKET, f"{prefixes[0]}/x"))
         start = time.monotonic()
         deadline = start + args.seconds
 
         async def worker(number: int) -> None:
             nonlocal done, failed
             sequence = 0
+            prefix = prefixes[number % len(prefixes)]
             while time.monotonic() < deadline:
                 sequence += 1
                 try:
@@ -138,21 +168,23 @@ async def runferry_rate(stack: S3Stack, args: argparse.Namespace, prefix: str) -
         stack.reset_stats()
         async with anyio.create_task_group() as tg:
             tg.start_soon(sampler)
-            for number in range(args.workers):
+            for number in range(args.workers * len(prefixes)):
                 tg.start_soon(worker, number)
         final = limiter.statistics()
     return {"done": done, "failed": failed, "samples": samples, "retries": final.retries,
             "client_throttles": final.throttles}
 
 
-def boto_rate(stack: S3Stack, args: argparse.Namespace, prefix: str, mode: str) -> dict[str, Any]:
+def boto_rate(stack: S3Stack, args: argparse.Namespace, prefixes: list[str], mode: str) -> dict[str, Any]:
+    """``--boto-threads`` threads per prefix sharing one client (its retry mode decides)."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
+    threads_total = args.boto_threads * len(prefixes)
     client = boto3.client(
         "s3", endpoint_url=stack.front_url,
-        config=Config(retries={"mode": mode}, max_pool_connections=args.boto_threads),
+        config=Config(retries={"mode": mode, "total_max_attempts": args.max_attempts}, max_pool_connections=threads_total),
     )
     body = os.urandom(args.object_bytes)
     counts = {"done": 0, "failed": 0}
@@ -162,6 +194,7 @@ def boto_rate(stack: S3Stack, args: argparse.Namespace, prefix: str, mode: str) 
 
     def worker(number: int) -> None:
         sequence = 0
+        prefix = prefixes[number % len(prefixes)]
         while time.monotonic() < deadline:
             sequence += 1
             try:
@@ -172,7 +205,7 @@ def boto_rate(stack: S3Stack, args: argparse.Namespace, prefix: str, mode: str) 
             with lock:
                 counts[outcome] += 1
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(args.boto_threads)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_total)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -180,25 +213,61 @@ def boto_rate(stack: S3Stack, args: argparse.Namespace, prefix: str, mode: str) 
     return dict(counts)
 
 
-def rate_part(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+def run_clients(stack: S3Stack, args: argparse.Namespace, rate: float, prefix_count: int) -> list[dict[str, Any]]:
+    """Each client in turn against the front as configured, on fresh prefixes."""
     results = []
+    for client in args.clients.split(","):
+        stamp = f"{client}-{time.monotonic_ns()}"
+        prefixes = [f"{stamp}-p{i}" for i in range(prefix_count)]
+        print(f"  running {client} for {args.seconds:.0f} s ...", flush=True)
+        if client == "runferry":
+            run = asyncio.run(runferry_rate(stack, args, prefixes))
+        else:
+            run = boto_rate(stack, args, prefixes, client)
+        run.update(server_figures(stack, prefixes, rate, args.seconds))
+        run["load_average"] = os.getloadavg()[0]
+        run["client"] = client if client == "runferry" else f"boto3 {client}"
+        results.append(run)
+    return results
+
+
+def rate_part(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     with start_s3_stack(sink=args.upstream == "sink") as stack:
         stack.configure(write_rate=args.rate, burst_seconds=args.burst_seconds)
         if args.upstream == "moto":
             asyncio.run(_create_bucket(stack.moto_url))
-        for client in args.clients.split(","):
-            prefix = f"{client}-{int(time.time())}"
-            print(f"  running {client} for {args.seconds:.0f} s ...", flush=True)
-            if client == "runferry":
-                run = asyncio.run(runferry_rate(stack, args, prefix))
-            else:
-                run = boto_rate(stack, args, prefix, client)
-            run.update(server_figures(stack, prefix, args.rate, args.seconds))
-            run["load_average"] = os.getloadavg()[0]
-            run["client"] = client if client == "runferry" else f"boto3 {client}"
-            results.append(run)
+        results = run_clients(stack, args, args.rate, 1)
     plot_rate(results, args, out / "s3_slowdown.png")
     return results
+
+
+def grid_part(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """Every front shape of the grid, every client; one row per (rate, burst, prefixes, client)."""
+    rows: list[dict[str, Any]] = []
+    rates = [float(r) for r in args.grid_rates.split(",")]
+    bursts = [float(b) for b in args.grid_bursts.split(",")]
+    prefix_counts = [int(p) for p in args.grid_prefixes.split(",")]
+    with start_s3_stack(sink=args.upstream == "sink") as stack:
+        if args.upstream == "moto":
+            asyncio.run(_create_bucket(stack.moto_url))
+        for rate in rates:
+            for burst in bursts:
+                for count in prefix_counts:
+                    print(f"cell: R = {rate:g}/s per prefix, burst {burst:g} s, {count} prefix(es)", flush=True)
+                    stack.configure(write_rate=rate, burst_seconds=burst)
+                    for run in run_clients(stack, args, rate, count):
+                        row = {k: v for k, v in run.items() if k not in ("samples", "timeline")}
+                        rows.append({"rate": rate, "burst_s": burst, "prefixes": count, **row})
+                        (out / "grid.json").write_text(json.dumps(rows, indent=1, default=str))
+    return rows
+
+
+def print_grid(rows: list[dict[str, Any]]) -> None:
+    print(f"{'R/s':>6}{'burst':>6}{'pfx':>4} {'client':<17}{'goodput/R':>10}{'thr all':>9}{'thr>10s':>9}"
+          f"{'failed':>7}{'load':>6}")
+    for row in rows:
+        print(f"{row['rate']:>6g}{row['burst_s']:>6g}{row['prefixes']:>4} {row['client']:<17}{row['goodput']:>10.3f}"
+              f"{row['throttled_share']:>9.4f}{row['throttled_after_10s']:>9.4f}{row['failed']:>7}{row['load_average']:>6.1f}")
 
 
 async def _create_bucket(url: str) -> None:
@@ -462,6 +531,13 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"args": vars(args)}
+    if args.grid:
+        print(f"S3 SlowDown grid: {args.seconds:g} s per client and cell, attempts {args.max_attempts}, upstream {args.upstream}")
+        report["grid"] = rows = grid_part(args, out)
+        print()
+        print_grid(rows)
+        (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+        return 0
     print(f"S3 SlowDown bench: R = {args.rate:g} writes/s per prefix, {args.seconds:g} s per client, upstream {args.upstream}")
     if not args.skip_rate:
         report["rate"] = rate_part(args, out)

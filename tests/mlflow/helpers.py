@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,26 @@ def assert_same_run(
     assert [(i.dataset.name, i.dataset.digest, i.dataset.source) for i in b.inputs.dataset_inputs] == [
         (i.dataset.name, i.dataset.digest, i.dataset.source) for i in a.inputs.dataset_inputs
     ]
+
+
+AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def moto_bucket(bucket: str) -> Iterator[str]:
+    """Moto's S3 server on a free loopback port with ``bucket`` created; yields its endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.servers.mlflow_server import free_port
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        moto.stop()

@@ -7,17 +7,15 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from adapters.mlflow import MlflowSource
 from ratelimit import LimiterRegistry
-from tests.mlflow.helpers import context, source_config
-from tests.servers.mlflow_server import MlflowServer, free_port
+from tests.mlflow.helpers import AWS_TEST_ENV, context, moto_bucket, source_config
+from tests.servers.mlflow_server import MlflowServer
 
 BUCKET = "direct-artifacts"
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS = AWS_TEST_ENV
 FILES = {
     "model/weights.bin": bytes(range(256)) * 4096 + b"tail",  # 1 MiB + 4 bytes
     "model/deep/er/config.json": b'{"layers": 3}',
@@ -28,40 +26,34 @@ FILES = {
 
 @pytest.fixture(scope="module")
 def direct_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, str, str]]:
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    root = tmp_path_factory.mktemp("mlflow-direct-s3")
-    server = MlflowServer(
-        root,
-        extra_args=("--default-artifact-root", f"s3://{BUCKET}/runs"),
-        env={"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS},
-    )
-    try:
-        server.start()
-        mp = pytest.MonkeyPatch()
-        for k, v in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS}.items():
-            mp.setenv(k, v)
-        from mlflow import MlflowClient
+    with moto_bucket(BUCKET) as endpoint:
+        root = tmp_path_factory.mktemp("mlflow-direct-s3")
+        server = MlflowServer(
+            root,
+            extra_args=("--default-artifact-root", f"s3://{BUCKET}/runs"),
+            env={"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS},
+        )
+        try:
+            server.start()
+            mp = pytest.MonkeyPatch()
+            for k, v in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS}.items():
+                mp.setenv(k, v)
+            from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=server.url)
-        experiment = client.create_experiment("direct-s3")
-        run = client.create_run(experiment, run_name="with-s3-artifacts")
-        staged = Path(root) / "staged"
-        for rel, data in FILES.items():
-            target = staged / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        client.log_artifacts(run.info.run_id, str(staged))
-        client.set_terminated(run.info.run_id)
-        yield server, run.info.run_id, endpoint
-        mp.undo()
-    finally:
-        server.stop()
-        moto.stop()
+            client = MlflowClient(tracking_uri=server.url)
+            experiment = client.create_experiment("direct-s3")
+            run = client.create_run(experiment, run_name="with-s3-artifacts")
+            staged = Path(root) / "staged"
+            for rel, data in FILES.items():
+                target = staged / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            client.log_artifacts(run.info.run_id, str(staged))
+            client.set_terminated(run.info.run_id)
+            yield server, run.info.run_id, endpoint
+            mp.undo()
+        finally:
+            server.stop()
 
 
 async def read_all(source: MlflowSource, run_id: str) -> dict[str, bytes]:

@@ -17,6 +17,8 @@ from ratelimit import (
     backoff_delay,
     cubic_k,
     cubic_rate,
+    cubic_scale,
+    GENTLE_CYCLE_CAP,
     effective_rate,
     initial_state,
     next_state,
@@ -224,7 +226,17 @@ def test_initial_rate_starts_on_the_plateau() -> None:
     state = initial_state(config, 100.0)
     assert effective_rate(state, 100.0) == 40.0
     grown = next_state(state, outcome(OutcomeKind.SUCCESS, 101.0, accepted=40.0), config)
-    assert grown.rate == pytest.approx(40.4)
+    assert grown.rate == pytest.approx(40.0 + cubic_scale(config, 40.0))  # one second past K
+    assert cubic_scale(config.replace(min_cycle_requests=0.0), 40.0) == config.cubic_scale
+
+
+@pytest.mark.parametrize("w_max", [5.0, 15.0, 20.0, 50.0])
+def test_low_rate_cycles_last_min_cycle_requests(w_max: float) -> None:
+    """Below ~60 requests/s a cycle lasts ``min_cycle_requests`` requests (so one throttle per
+    cycle stays under 1%); at higher rates C is botocore-like and untouched."""
+    assert cubic_k(CFG, w_max) == pytest.approx(min(CFG.min_cycle_requests / w_max, GENTLE_CYCLE_CAP))
+    assert cubic_scale(CFG, 100.0) == cubic_scale(CFG, 3500.0) == CFG.cubic_scale
+    assert cubic_k(CFG, 100.0) * 100.0 > CFG.min_cycle_requests
 
 
 @pytest.mark.parametrize(
@@ -290,3 +302,53 @@ def test_convergence_keeps_goodput_near_the_limit(capacity: float, seconds: floa
     late_requests = sum(rates[1000:]) * 0.01
     assert goodput >= 0.95
     assert throttled_late / late_requests <= 0.01
+
+
+def bucket_front(rate: float, burst: float, seconds: float, config: ControlConfig = CFG, dt: float = 0.005) -> tuple[float, float]:
+    """A prefix behind a token bucket (``rate``/s, ``max(1, rate * burst)`` deep), the front
+    ``tests/servers/s3front`` models; the client floods until its first throttle, then paces
+    (with the limiter's own burst allowance). Returns goodput / rate and the throttled share
+    after 10 s."""
+    state = initial_state(config, 0.0)
+    depth = max(1.0, rate * burst)
+    tokens, allowance = depth, 0.0
+    accepted_log: list[int] = []
+    sent_log: list[int] = []
+    accepted_total = accepted_late = throttled_late = 0
+    window = int(config.meter_window / dt)
+    for step in range(int(seconds / dt)):
+        now = step * dt
+        tokens = min(depth, tokens + rate * dt)
+        pace = effective_rate(state, now)
+        if pace is None:
+            sent = int(4 * rate * dt) + 1
+        else:
+            allowance = min(pace * config.burst_seconds + 1, allowance + pace * dt)
+            sent = int(allowance)
+            allowance -= sent
+        accepted = min(sent, int(tokens))
+        tokens -= accepted
+        accepted_log.append(accepted)
+        sent_log.append(sent)
+        measured = sum(accepted_log[-window:]) / (min(len(accepted_log), window) * dt)
+        attempted = sum(sent_log[-window:]) / (min(len(sent_log), window) * dt)
+        for kind, count in ((OutcomeKind.SUCCESS, accepted), (OutcomeKind.THROTTLE, sent - accepted)):
+            for _ in range(count):
+                state = next_state(
+                    state, outcome(kind, now + dt, started_at=now, accepted=measured, attempted=attempted), config
+                )
+        accepted_total += accepted
+        if now >= 10.0:
+            accepted_late += accepted
+            throttled_late += sent - accepted
+    return accepted_total / (rate * seconds), throttled_late / max(1, accepted_late + throttled_late)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(20.0, 0.1), (20.0, 2.0), (100.0, 0.1), (1000.0, 0.5)])
+def test_token_bucket_front_goodput_and_throttles_after_ten_seconds(rate: float, burst: float) -> None:
+    goodput, throttled_late = bucket_front(rate, burst, 60.0)
+    assert goodput >= 0.95
+    assert throttled_late <= 0.01
+    if rate == 20.0:  # without the gentler low-rate cycle, one throttle per ~35 requests
+        _, before = bucket_front(rate, burst, 60.0, CFG.replace(min_cycle_requests=0.0))
+        assert before > 0.01

@@ -122,3 +122,26 @@ async def test_rechunk_of_nothing_is_nothing() -> None:
         yield b""
 
     assert [p async for p in _rechunk(pieces(), 256)] == []
+
+
+async def test_rechunk_small_object_is_its_piece_and_reused_buffers_are_copied() -> None:
+    """A piece smaller than a part is passed on as it is (no part-sized buffer); a mutable
+    piece the producer reuses is copied before the next one is asked for."""
+    from adapters.s3._upload import _rechunk
+
+    small = b"a small object"
+
+    async def one() -> AsyncIterator[bytes]:
+        yield small
+
+    out = [p async for p in _rechunk(one(), 256)]
+    assert out == [small] and out[0] is small
+
+    buffer = bytearray(b"x" * 100)
+
+    async def reused() -> AsyncIterator[bytes]:
+        for fill in (b"x", b"y", b"z"):
+            buffer[:] = fill * 100
+            yield buffer  # type: ignore[misc]
+
+    assert [bytes(p) for p in [p async for p in _rechunk(reused(), 256)]] == [b"x" * 100 + b"y" * 100 + b"z" * 56, b"z" * 44]
