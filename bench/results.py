@@ -184,5 +184,8 @@ def write_result(
 
 
 def load_results(directory: Path | None = None) -> list[dict[str, Any]]:
+    """Every scenario result (``write_result``'s shape) in ``directory``; other JSON there (raw
+    rows such as ``s3_slowdown --grid``'s cells) is not a result and is skipped."""
     directory = directory or results_dir()
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    loaded = (json.loads(p.read_text()) for p in sorted(directory.glob("*.json")))
+    return [r for r in loaded if isinstance(r, dict) and "summary" in r and "samples" in r]
