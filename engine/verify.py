@@ -8,7 +8,9 @@ reader its adapter registers in ``adapters.registry.READERS``) and compared:
   bits, value bits, JSON value) — a multiset hash summed over chunks, so neither side is ever
   held in memory and servers that return points in another order still match. When the exact
   digests differ, a second digest with timestamps rounded to milliseconds tells whether the
-  only difference is MLflow's millisecond clock;
+  only difference is MLflow's millisecond clock, and a third one with both sides' values also in
+  the destination's own number form (``registry.STORED_FLOATS``: MLflow keeps ``±inf`` as
+  ``±DBL_MAX``, ``-0.0`` as ``0.0``) whether the rest is only that documented form;
 - files: the multiset of (size, md5) of every file's bytes, streamed (paths may be re-laid out by
   the destination, contents may not change).
 
@@ -21,6 +23,7 @@ import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -38,6 +41,9 @@ from engine.pipeline import describe_error, for_each_run, make_context, open_ada
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
+STORED_FORM_ONLY = "history numbers in the destination's own form (MLflow: ±inf as ±DBL_MAX, -0.0 as 0.0; milliseconds)"
+NOTES = (MILLIS_ONLY, STORED_FORM_ONLY)
+StoredFloats = Callable[[np.ndarray], np.ndarray]
 _CANONICAL_NAN = np.array([np.nan], dtype=np.float64).view(np.uint64)[0]
 
 
@@ -62,10 +68,12 @@ def _string_hashes(column: pa.Array) -> np.ndarray:
     return np.where(indices >= 0, words[np.maximum(indices, 0)], np.uint64(0))
 
 
-def _float_bits(column: pa.Array, *, round_ms: bool = False) -> np.ndarray:
+def _float_bits(column: pa.Array, *, round_ms: bool = False, form: StoredFloats | None = None) -> np.ndarray:
     values = column.fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
     if round_ms:
         values = np.round(values * 1000.0)
+    if form is not None:
+        values = form(values)
     bits: np.ndarray = values.view(np.uint64).copy()
     bits[np.isnan(values)] = _CANONICAL_NAN
     nulls = column.is_null().to_numpy(zero_copy_only=False)
@@ -75,27 +83,32 @@ def _float_bits(column: pa.Array, *, round_ms: bool = False) -> np.ndarray:
 
 @dataclass
 class HistoryDigest:
+    """Multiset digests of a history: ``exact``; ``millis`` (timestamps rounded to
+    milliseconds); ``stored`` (also the values in ``form``, the destination's number form)."""
+
+    form: StoredFloats | None = None
     points: int = 0
     exact: int = 0
     millis: int = 0
+    stored: int = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
         keys = _string_hashes(batch.column("key"))
         steps = batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-        values = _float_bits(batch.column("value"))
         payload = _string_hashes(batch.column("value_json"))
-        base = _mix(keys ^ _mix(steps ^ _mix(values ^ _mix(payload))))
-        for name, round_ms in (("exact", False), ("millis", True)):
+        for name, round_ms, form in (("exact", False, None), ("millis", True, None), ("stored", True, self.form)):
+            values = _float_bits(batch.column("value"), form=form)
             stamps = _float_bits(batch.column("timestamp"), round_ms=round_ms)
+            base = _mix(keys ^ _mix(steps ^ _mix(values ^ _mix(payload))))
             total = int(_mix(base ^ _mix(stamps)).sum(dtype=np.uint64))
             setattr(self, name, (getattr(self, name) + total) & 0xFFFFFFFFFFFFFFFF)
         self.points += batch.num_rows
 
 
-async def history_digest(source: Source, record: RunRecord) -> HistoryDigest:
-    digest = HistoryDigest()
+async def history_digest(source: Source, record: RunRecord, form: StoredFloats | None = None) -> HistoryDigest:
+    digest = HistoryDigest(form)
     async with contextlib.aclosing(source.iter_history(record, 0)) as chunks:
         async for chunk in chunks:
             digest.add(chunk.batch)
@@ -150,6 +163,8 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             f" (readable: {', '.join(sorted(registry.READERS))})"
         )
     reader, ref_for = registry.load(spec)(config.destination, context)
+    form_spec = registry.STORED_FLOATS.get(config.destination_type)
+    form: StoredFloats | None = registry.load(form_spec) if form_spec else None
     ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     report = VerifyReport()
 
@@ -159,11 +174,11 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             report.not_migrated.append(ref.id)
             return
         try:
-            problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
+            problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts, form)
         except Exception as exc:
             problems = [f"cannot read: {describe_error(exc)}"]
-        if problems == [MILLIS_ONLY]:  # the destination's clock precision, not a loss of data
-            report.notes.append((ref.id, MILLIS_ONLY))
+        if len(problems) == 1 and problems[0] in NOTES:  # the destination's precision, not a loss of data
+            report.notes.append((ref.id, problems[0]))
             problems = []
         if problems:
             report.mismatched.append((ref.id, "; ".join(problems)))
@@ -175,8 +190,10 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     out.write(f"verify {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs identical:      {report.matched:,}\n")
     out.write(f"  runs different:      {len(report.mismatched):,}\n")
-    if report.notes:
-        out.write(f"  ({len(report.notes):,} identical runs had their {MILLIS_ONLY})\n")
+    for note in NOTES:
+        noted = sum(1 for _, why in report.notes if why == note)
+        if noted:
+            out.write(f"  ({noted:,} identical runs had their {note})\n")
     out.write(f"  runs not migrated:   {len(report.not_migrated):,}\n")
     for run, why in sorted(report.mismatched):
         out.write(f"  different    {run}: {why}\n")
@@ -185,15 +202,19 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     return report
 
 
-async def compare_run(source: Source, reader: Source, src_ref: RunRef, dst_ref: RunRef, files: bool) -> list[str]:
+async def compare_run(
+    source: Source, reader: Source, src_ref: RunRef, dst_ref: RunRef, files: bool, form: StoredFloats | None = None
+) -> list[str]:
     src, dst = await source.get_run(src_ref), await reader.get_run(dst_ref)
     problems = compare_metadata(src, dst)
-    a, b = await history_digest(source, src), await history_digest(reader, dst)
+    a, b = await history_digest(source, src, form), await history_digest(reader, dst, form)
     if a.points != b.points:
         problems.append(f"history has {b.points:,} points, source {a.points:,}")
     elif a.exact != b.exact:
         if a.millis == b.millis:
             problems.append(MILLIS_ONLY)
+        elif form is not None and a.stored == b.stored:
+            problems.append(STORED_FORM_ONLY)
         else:
             problems.append(f"history content differs ({a.points:,} points on both sides)")
     if files:
