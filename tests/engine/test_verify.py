@@ -44,3 +44,19 @@ def test_millisecond_rounding_is_told_apart() -> None:
     assert rounded.millis == base.millis
     moved = digest(history_batch(KEYS, [0, 0, 1, 2], STAMPS, VALUES))
     assert moved.millis != base.millis
+
+
+def test_the_destinations_number_form_is_told_apart_and_nothing_else() -> None:
+    from adapters.mlflow._readback import stored_floats
+
+    def formed(values: list[float]) -> HistoryDigest:
+        d = HistoryDigest(stored_floats)
+        d.add(history_batch(KEYS, STEPS, STAMPS, values))
+        return d
+
+    base = formed(VALUES)
+    held = formed([1.0, float("nan"), 1.7976931348623157e308, 0.0])  # what the SQL store gives back
+    assert held.millis != base.millis
+    assert held.stored == base.stored
+    assert formed([1.0, float("nan"), 1.7976931348623157e308, 0.5]).stored != base.stored
+    assert formed([1.0, float("nan"), -1.7976931348623157e308, 0.0]).stored != base.stored  # the sign of inf stays
