@@ -51,7 +51,8 @@ class Shape:
     keys: int = 4
     rate: float = 0.18
     seed: int = 1
-    history_page: int = 25
+    history_page: int = 25  # MLflow get-history points per page (bulk reading off: one key, one run)
+    wandb_history_rows: int = 25  # W&B HistoryPage rows
     chunk_points: int = 25
     files: tuple[int, ...] = (3000, 0, 70000)
     artifacts: tuple[int, ...] = (9000, 2)
@@ -131,12 +132,12 @@ def soak(workdir: Path, shape: Shape, log: Any = print) -> SoakOutcome:
             legs = [
                 _leg(workdir, "mlflow->wandb", fronts[0], fronts[1], shape,
                      {"type": "mlflow", "tracking_uri": fronts[0].url, "experiments": ["src-*"], "timeout": CLIENT_TIMEOUT_S,
-                      "history_page_size": shape.history_page},
+                      "history_page_size": shape.history_page, "bulk_history": False},
                      {"type": "wandb", "base_url": fronts[1].url, "api_key_env": KEY_ENV, "entity": ENTITY,
                       "project": "from-mlflow"}),
                 _leg(workdir, "wandb->wandb", fronts[2], fronts[3], shape,
                      {"type": "wandb", "base_url": fronts[2].url, "api_key_env": KEY_ENV, "namespaces": [f"{ENTITY}/src-*"],
-                      "timeout": CLIENT_TIMEOUT_S},
+                      "timeout": CLIENT_TIMEOUT_S, "history_page_rows": shape.wandb_history_rows},
                      {"type": "wandb", "base_url": fronts[3].url, "api_key_env": KEY_ENV, "entity": ENTITY,
                       "project": "copy-{project}"}),
             ]
@@ -200,7 +201,7 @@ def _migrate(leg: Leg, env: dict[str, str]) -> None:
 def _args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench fault_soak", description=__doc__.splitlines()[0])
     defaults = Shape()
-    for name in ("runs", "steps", "keys", "seed", "history_page", "chunk_points"):
+    for name in ("runs", "steps", "keys", "seed", "history_page", "wandb_history_rows", "chunk_points"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--rate", type=float, default=defaults.rate, help="share of attempts faulted")
     parser.add_argument("--min-faults", type=int, default=10_000, help="fail the bench below this many faults")
@@ -211,7 +212,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     a = _args(argv)
     shape = Shape(runs=a.runs, steps=a.steps, keys=a.keys, rate=a.rate, seed=a.seed, history_page=a.history_page,
-                  chunk_points=a.chunk_points)
+                  wandb_history_rows=a.wandb_history_rows, chunk_points=a.chunk_points)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rf-fault-soak-") as tmp:
         outcome = soak(Path(a.workdir or tmp), shape)
@@ -226,7 +227,8 @@ def main(argv: list[str]) -> int:
     path = write_result(
         "fault_soak",
         inputs={"runs": shape.runs, "steps": shape.steps, "keys": shape.keys, "rate": shape.rate, "seed": shape.seed,
-                "history_page": shape.history_page, "chunk_points": shape.chunk_points,
+                "history_page": shape.history_page, "wandb_history_rows": shape.wandb_history_rows,
+                "chunk_points": shape.chunk_points, "bulk_history": False,
                 "storm": Storm(seed=shape.seed, rate=shape.rate).weights},
         versions={"mlflow": package_version("mlflow"), "aiohttp": package_version("aiohttp")},
         samples=samples,
