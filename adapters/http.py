@@ -265,6 +265,11 @@ class HttpClient:
                 total=None, sock_connect=self._timeout, sock_read=self._timeout
             ),
         )
+        # aiohttp re-sends an idempotent request once on its own after a reset (3.10+); that
+        # retry would go past the endpoint's limiter, retry budget and counts: ``Retrying`` is
+        # the one retry driver, so the session's own is switched off
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
         return self
 
     async def __aexit__(
@@ -360,41 +365,75 @@ class HttpClient:
     ) -> AsyncGenerator[bytes, None]:
         """Stream a response body in pieces of at most ``chunk_size`` bytes.
 
-        Retries only until the first piece is yielded; a failure after that raises
-        ``TransientError`` and the caller restarts (or resumes with a Range header). Close the
-        generator when stopping early (``contextlib.aclosing``) to free the connection at once.
+        Retries, under the same driver as every request, until the whole body arrived: a body
+        that breaks off after some pieces were yielded is resumed from the first missing byte
+        (``Range: bytes=N-``, with ``If-Range`` when the first answer had an ETag); a server
+        that ignores the range sends the whole body again and the bytes already yielded are
+        skipped. Close the generator when stopping early (``contextlib.aclosing``) to free the
+        connection at once.
         """
         full_url = self.url(url)
         limiter = self.limiter_for(full_url)
         retrying = self._retrying(limiter)
+        received = 0
+        etag: str | None = None
         while True:
             error: RetryableError
+            asked = dict(headers or {})
+            if received:
+                asked["Range"] = f"bytes={received}-"
+                if etag:
+                    asked["If-Range"] = etag
             async with limiter.slot() as ticket:
                 try:
-                    async with self.session.request("GET", full_url, headers=headers) as response:
+                    async with self.session.request("GET", full_url, headers=asked) as response:
                         acknowledge_now(response)
                         verdict = self.classify(response.status, response.headers, b"")
                         self._note_rate_limit(limiter, response.headers)
                         if verdict is Classification.OK:
+                            skip = self._resumed_at(full_url, response, received, etag)
+                            etag = etag or response.headers.get("ETag")
                             ticket.success()
                             try:
                                 async for piece in response.content.iter_chunked(chunk_size):
+                                    if skip:  # a server that ignored the range: what was yielded already
+                                        cut, skip = min(skip, len(piece)), skip - min(skip, len(piece))
+                                        piece = piece[cut:]
+                                        if not piece:
+                                            continue
+                                    received += len(piece)
                                     yield piece
+                                return
                             except _NETWORK_ERRORS as exc:
                                 ticket.failed()
-                                raise TransientError(
-                                    f"{self.name}: GET {redact_url(full_url)}: download broke off: {exc!r}",
+                                error = TransientError(
+                                    f"{self.name}: GET {redact_url(full_url)}: download broke off after {received} bytes: {exc!r}",
                                     adapter=self.name,
-                                ) from exc
-                            return
-                        body = await response.read()
-                        error = self._answer_error("GET", full_url, response, body, verdict, ticket)
+                                )
+                                error.__cause__ = exc
+                        else:
+                            body = await response.read()
+                            error = self._answer_error("GET", full_url, response, body, verdict, ticket)
                 except _NETWORK_ERRORS as exc:
                     if isinstance(exc, aiohttp.InvalidURL):
                         raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
                     ticket.failed()
                     error = self._network_error("GET", full_url, exc)
             await self._before_retry(retrying, error, retry_transient=True)
+
+    def _resumed_at(self, url: str, response: aiohttp.ClientResponse, received: int, etag: str | None) -> int:
+        """Bytes to skip of a resumed download's answer: none after a 206 from ``received`` on,
+        all ``received`` after a 200 (the range was ignored); a changed file cannot be resumed."""
+        if not received:
+            return 0
+        if response.status == 206:
+            if not response.headers.get("Content-Range", "").startswith(f"bytes {received}-"):
+                raise FatalError(f"{self.name}: GET {redact_url(url)}: resumed at the wrong byte "
+                                 f"({response.headers.get('Content-Range')!r}, wanted {received})", adapter=self.name)
+            return 0
+        if etag and response.headers.get("ETag") not in (None, etag):
+            raise FatalError(f"{self.name}: GET {redact_url(url)}: the file changed while it was read", adapter=self.name)
+        return received
 
     async def _exchange(
         self,

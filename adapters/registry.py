@@ -27,6 +27,13 @@ READERS: dict[str, str] = {
 """Destinations that can be read back for ``verify``: ``readback(dest_config, context)`` returns
 a Source over the destination and ``ref_for(dest_id, source_ref) -> RunRef``."""
 
+STORED_FLOATS: dict[str, str] = {
+    "mlflow": "adapters.mlflow._readback:stored_floats",
+}
+"""Destinations that hold some floats in a form of their own (MLflow's SQL store: ``±inf`` as
+``±DBL_MAX``, ``-0.0`` as ``0.0``): ``stored_floats(float64 array) -> float64 array``, which
+``verify`` applies to both sides before it calls a difference the destination's number form."""
+
 
 def load(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")

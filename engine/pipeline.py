@@ -34,7 +34,7 @@ from core.protocols import AdapterContext, Checkpoint, Destination, FinishedRun,
 from engine import preflight
 from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
-from core.errors import FatalError, TransientError
+from core.errors import AuthError, FatalError, TransientError
 from engine.incremental import REVISION_KEY, Action, decide
 from engine.ledger import Ledger, RunStatus, pair_key
 from engine.mapping import apply_remap, remap_namespace
@@ -263,10 +263,13 @@ class Pipeline:
             if record.history_points is not None:  # a run that says its size reserves for it
                 left = record.history_points - (resume.history_points if resume else 0)
                 account.resize_seat(min(account.seat, run_seat_bytes(self.transfer.chunk_points, left)))
-            self.ledger.start(ref.id, record.display_name or ref.name)
             self.progress.event("run_started", run=ref.id)
+            # the ledger hears of the run once the destination opened it (find-or-create is
+            # idempotent, so a crash before these lines loses nothing), so credentials refused
+            # at the first write leave no ledger behind
             writer = await self.destination.open_run(record, resume)
             try:
+                self.ledger.start(ref.id, record.display_name or ref.name)
                 self.ledger.opened(ref.id, writer.dest_id)
                 async with anyio.create_task_group() as tg:  # file jobs end (or fail) inside it
                     tg.start_soon(self._move_history, record, writer, account)
@@ -290,6 +293,13 @@ class Pipeline:
         except Exception as exc:  # one run's failure never stops the others ...
             if preflight.is_disk_full(exc):  # ... but a full disk would fail them all: stop, resumable
                 raise preflight.DiskFullError(self.destination.describe(), self.config.ledger_path) from exc
+            refused = _auth_error(exc)
+            if refused is not None:  # ... and so would credentials a server refuses (401, 403): stop
+                raise AuthError(
+                    f"{self.config.path}: run {ref.id}: {describe_error(refused)} — the credentials are not allowed to do"
+                    " this (403: known user, missing permission); fix the permissions or the *_env keys, then run the"
+                    " same command again to resume"
+                ) from exc
             reason = describe_error(exc)
             self.ledger.failed(ref.id, reason)
             self.progress.event("run_failed", run=ref.id, reason=reason)
@@ -401,6 +411,18 @@ class Pipeline:
             raise TransientError(f"file {file.path}: read {moved} bytes, source said {file.size}")
         self.ledger.file_done(record.ref.id, file.key, moved)
         self.progress.event("file_done", run=record.ref.id)
+
+
+def _auth_error(exc: BaseException) -> AuthError | None:
+    """The ``AuthError`` in ``exc`` (or in its exception groups), if any."""
+    if isinstance(exc, AuthError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _auth_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def describe_error(exc: BaseException) -> str:

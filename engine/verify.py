@@ -8,10 +8,12 @@ reader its adapter registers in ``adapters.registry.READERS``) and compared:
   bits, value bits, JSON value) — a multiset hash summed over chunks, so neither side is ever
   held in memory and servers that return points in another order still match. When the exact
   digests differ, a second digest with timestamps rounded to milliseconds tells whether the
-  only difference is MLflow's millisecond clock, and a third, which ignores the step and time of
-  ``system/...`` points, whether the only difference is a destination that keeps system metrics
-  in a stream of its own (W&B's system stream has no step: one line per source step, numbered
-  by position, stamped with the step's latest time);
+  only difference is MLflow's millisecond clock; a third one with both sides' values also in
+  the destination's own number form (``registry.STORED_FLOATS``: MLflow keeps ``±inf`` as
+  ``±DBL_MAX``, ``-0.0`` as ``0.0``) whether the rest is only that documented form; and a
+  fourth, which ignores the step and time of ``system/...`` points, whether the only difference
+  is a destination that keeps system metrics in a stream of its own (W&B's system stream has no
+  step: one line per source step, numbered by position, stamped with the step's latest time);
 - files: the multiset of (size, md5) of every file's bytes, streamed (paths may be re-laid out by
   the destination, contents may not change).
 
@@ -24,6 +26,7 @@ import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -41,10 +44,12 @@ from engine.pipeline import describe_error, for_each_run, make_context, open_ada
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
+STORED_FORM_ONLY = "history numbers in the destination's own form (MLflow: ±inf as ±DBL_MAX, -0.0 as 0.0; milliseconds)"
 SYSTEM_RESTEPPED = "system metrics re-stepped by the destination (a system stream without steps)"
-NOTES = frozenset({MILLIS_ONLY, SYSTEM_RESTEPPED})
-"""Findings that describe the destination's storage, not a loss of data."""
+NOTES = (MILLIS_ONLY, STORED_FORM_ONLY, SYSTEM_RESTEPPED)
+"""Findings that describe how the destination stores, not a loss of data."""
 SYSTEM_PREFIX = "system/"
+StoredFloats = Callable[[np.ndarray], np.ndarray]
 _CANONICAL_NAN = np.array([np.nan], dtype=np.float64).view(np.uint64)[0]
 
 
@@ -69,10 +74,12 @@ def _string_hashes(column: pa.Array) -> np.ndarray:
     return np.where(indices >= 0, words[np.maximum(indices, 0)], np.uint64(0))
 
 
-def _float_bits(column: pa.Array, *, round_ms: bool = False) -> np.ndarray:
+def _float_bits(column: pa.Array, *, round_ms: bool = False, form: StoredFloats | None = None) -> np.ndarray:
     values = column.fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
     if round_ms:
         values = np.round(values * 1000.0)
+    if form is not None:
+        values = form(values)
     bits: np.ndarray = values.view(np.uint64).copy()
     bits[np.isnan(values)] = _CANONICAL_NAN
     nulls = column.is_null().to_numpy(zero_copy_only=False)
@@ -87,12 +94,16 @@ def _sum(hashes: np.ndarray) -> int:
 @dataclass
 class HistoryDigest:
     """Multiset hashes of a run's points (sums of per-point hashes, so order and chunking do
-    not matter): ``exact`` to the bit, ``millis`` with timestamps rounded to milliseconds,
-    ``system_loose`` like ``millis`` but with ``system/...`` points hashed without step and time."""
+    not matter): ``exact`` to the bit; ``millis`` with timestamps rounded to milliseconds;
+    ``stored`` like ``millis`` with the values also in ``form`` (the destination's number
+    form); ``system_loose`` like ``millis`` with ``system/...`` points hashed without step
+    and time."""
 
+    form: StoredFloats | None = None
     points: int = 0
     exact: int = 0
     millis: int = 0
+    stored: int = 0
     system_loose: int = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -101,19 +112,23 @@ class HistoryDigest:
         key_column = batch.column("key")
         keys = _string_hashes(key_column)
         steps = batch.column("step").to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-        values = _mix(_float_bits(batch.column("value")) ^ _mix(_string_hashes(batch.column("value_json"))))
+        payload = _mix(_string_hashes(batch.column("value_json")))
+        values = _mix(_float_bits(batch.column("value")) ^ payload)
         base = _mix(keys ^ _mix(steps ^ values))
         exact = _mix(base ^ _mix(_float_bits(batch.column("timestamp"))))
-        millis = _mix(base ^ _mix(_float_bits(batch.column("timestamp"), round_ms=True)))
+        stamps_ms = _mix(_float_bits(batch.column("timestamp"), round_ms=True))
+        millis = _mix(base ^ stamps_ms)
+        stored_values = _mix(_float_bits(batch.column("value"), form=self.form) ^ payload)
+        stored = _mix(_mix(keys ^ _mix(steps ^ stored_values)) ^ stamps_ms)
         system = pc.starts_with(key_column, SYSTEM_PREFIX).fill_null(False).to_numpy(zero_copy_only=False)
         loose = np.where(system, _mix(keys ^ values), millis)
-        for name, hashes in (("exact", exact), ("millis", millis), ("system_loose", loose)):
+        for name, hashes in (("exact", exact), ("millis", millis), ("stored", stored), ("system_loose", loose)):
             setattr(self, name, (getattr(self, name) + _sum(hashes)) & 0xFFFFFFFFFFFFFFFF)
         self.points += batch.num_rows
 
 
-async def history_digest(source: Source, record: RunRecord) -> HistoryDigest:
-    digest = HistoryDigest()
+async def history_digest(source: Source, record: RunRecord, form: StoredFloats | None = None) -> HistoryDigest:
+    digest = HistoryDigest(form)
     async with contextlib.aclosing(source.iter_history(record, 0)) as chunks:
         async for chunk in chunks:
             digest.add(chunk.batch)
@@ -168,6 +183,8 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             f" (readable: {', '.join(sorted(registry.READERS))})"
         )
     reader, ref_for = registry.load(spec)(config.destination, context)
+    form_spec = registry.STORED_FLOATS.get(config.destination_type)
+    form: StoredFloats | None = registry.load(form_spec) if form_spec else None
     ledger = read_ledger(config, pair_key(source.describe(), destination.describe()))
     report = VerifyReport()
 
@@ -177,10 +194,10 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             report.not_migrated.append(ref.id)
             return
         try:
-            problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts)
+            problems = await compare_run(source, reader, ref, ref_for(entry.dest_id, ref), config.transfer.artifacts, form)
         except Exception as exc:
             problems = [f"cannot read: {describe_error(exc)}"]
-        if problems and set(problems) <= NOTES:  # how the destination stores, not a loss of data
+        if problems and set(problems) <= set(NOTES):  # how the destination stores, not a loss of data
             report.notes.extend((ref.id, note) for note in problems)
             problems = []
         if problems:
@@ -193,8 +210,10 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     out.write(f"verify {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs identical:      {report.matched:,}\n")
     out.write(f"  runs different:      {len(report.mismatched):,}\n")
-    for note, count in sorted(Counter(note for _, note in report.notes).items()):
-        out.write(f"  ({count:,} identical runs had their {note})\n")
+    for note in NOTES:
+        noted = sum(1 for _, why in report.notes if why == note)
+        if noted:
+            out.write(f"  ({noted:,} identical runs had their {note})\n")
     out.write(f"  runs not migrated:   {len(report.not_migrated):,}\n")
     for run, why in sorted(report.mismatched):
         out.write(f"  different    {run}: {why}\n")
@@ -203,15 +222,19 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
     return report
 
 
-async def compare_run(source: Source, reader: Source, src_ref: RunRef, dst_ref: RunRef, files: bool) -> list[str]:
+async def compare_run(
+    source: Source, reader: Source, src_ref: RunRef, dst_ref: RunRef, files: bool, form: StoredFloats | None = None
+) -> list[str]:
     src, dst = await source.get_run(src_ref), await reader.get_run(dst_ref)
     problems = compare_metadata(src, dst)
-    a, b = await history_digest(source, src), await history_digest(reader, dst)
+    a, b = await history_digest(source, src, form), await history_digest(reader, dst, form)
     if a.points != b.points:
         problems.append(f"history has {b.points:,} points, source {a.points:,}")
     elif a.exact != b.exact:
         if a.millis == b.millis:
             problems.append(MILLIS_ONLY)
+        elif form is not None and a.stored == b.stored:
+            problems.append(STORED_FORM_ONLY)
         elif a.system_loose == b.system_loose:
             problems.append(SYSTEM_RESTEPPED)
         else:

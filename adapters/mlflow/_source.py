@@ -28,7 +28,7 @@ from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_p
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from adapters.mlflow._database import HistoryDatabase
 from adapters.mlflow._dbfs import DBFS_RUN_PREFIX, DatabricksArtifacts, is_databricks_run_uri
-from core.errors import ConfigError, FatalError, NotFoundError
+from core.errors import AuthError, ConfigError, FatalError, NotFoundError
 from core.model import (
     FileRef,
     HistoryChunk,
@@ -158,10 +158,21 @@ class MlflowSource:
                 or (is_glob and fnmatch.fnmatchcase(e.get("name", ""), selector))
             ]
             if not matches and not is_glob:
-                raise ConfigError(f"[source] experiments: no experiment named or numbered '{selector}' at {self.config.tracking_uri}")
+                await self._refused_or_missing(rest, selector)
             for e in sorted(matches, key=_experiment_order):
                 chosen.setdefault(e["experiment_id"], e)
         return list(chosen.values())
+
+    async def _refused_or_missing(self, rest: MlflowRest, selector: str) -> None:
+        """Why a selector found nothing: a server with permissions leaves experiments the user
+        may not read out of searches, and names them only when asked directly (403)."""
+        try:
+            await rest.get("experiments/get-by-name", {"experiment_name": selector})
+        except AuthError as exc:
+            raise AuthError(f"[source] experiments: '{selector}': the user may not read it ({exc})") from None
+        except (NotFoundError, FatalError):
+            pass
+        raise ConfigError(f"[source] experiments: no experiment named or numbered '{selector}' at {self.config.tracking_uri}")
 
     async def _check_filter(self, rest: MlflowRest) -> None:
         """Ask for one run with ``filter``, so a filter the server cannot parse is a config error

@@ -58,3 +58,19 @@ def test_system_metrics_in_a_stream_without_steps_are_told_apart() -> None:
     assert changed.system_loose != source.system_loose
     moved = digest(history_batch(keys, [1, 5, 5, 9], STAMPS, [0.5, 12.0, 40.0, 13.0]))
     assert moved.system_loose != source.system_loose  # other keys keep their steps
+
+
+def test_the_destinations_number_form_is_told_apart_and_nothing_else() -> None:
+    from adapters.mlflow._readback import stored_floats
+
+    def formed(values: list[float]) -> HistoryDigest:
+        d = HistoryDigest(stored_floats)
+        d.add(history_batch(KEYS, STEPS, STAMPS, values))
+        return d
+
+    base = formed(VALUES)
+    held = formed([1.0, float("nan"), 1.7976931348623157e308, 0.0])  # what the SQL store gives back
+    assert held.millis != base.millis
+    assert held.stored == base.stored
+    assert formed([1.0, float("nan"), 1.7976931348623157e308, 0.5]).stored != base.stored
+    assert formed([1.0, float("nan"), -1.7976931348623157e308, 0.0]).stored != base.stored  # the sign of inf stays

@@ -20,7 +20,6 @@ from aiohttp import web
 
 from tests.servers.loop_thread import ForwardingServer
 
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
 @dataclass(frozen=True)
@@ -125,14 +124,8 @@ class FaultProxy(ForwardingServer):
         history = request.path.endswith("metrics/get-history")
         if history and self.ignore_paging:
             query = [(k, v) for k, v in query if k not in ("max_results", "page_token")]
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         body = await request.read()  # test traffic is small; a plain body keeps the server simple
-        async with self.session.request(
-            request.method, self.upstream + request.path, params=query, headers=headers, data=body
-        ) as upstream:
-            payload = await upstream.read()
-            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-            status = upstream.status
+        status, out_headers, payload = await self.relay(request, self.upstream + request.path, body, query)
         if history and self.ignore_paging and status == 200:
             document = orjson.loads(payload)
             document.pop("next_page_token", None)

@@ -3,7 +3,8 @@ endpoint and the fix, exit code 2, no traceback, and nothing written anywhere.
 
 Each case is what an operator could type: a config file (or not), environment, and real loopback
 servers behind it (a real ``mlflow server``, the same behind a Databricks-like front that checks
-tokens, our W&B-compatible server with its API keys, a closed port, a port that never answers).
+tokens, a real ``mlflow server --app-name basic-auth`` whose users answer 401 and 403, our
+W&B-compatible server with its API keys, a closed port, a port that never answers).
 The cases run as ``python -m engine migrate`` processes, a few at a time, once per module; each
 case then asserts its own outcome. "Nothing written" means: the case's directory holds only what
 the case put there, the destination servers received no write (no MLflow experiment or run
@@ -24,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.reliability.servers import FAST_RETRIES, closed_port, engine, files_under, silent_port
 from tests.servers.databricks_front import DatabricksFront
-from tests.servers.mlflow_server import MlflowServer
+from tests.servers.mlflow_server import MlflowServer, as_user, basic_auth_server
 from tests.servers.wandb import WandbServer, start_wandb_server
 
 pytestmark = pytest.mark.timeout(900)  # module fixtures start real MLflow servers: minutes on a loaded 2-core machine
@@ -38,7 +39,11 @@ ENV = {
     WRONG_KEY_ENV: "0" * 40,
     "RUNFERRY_WRONG_DBX_TOKEN": "dapi-not-the-token",
     "RUNFERRY_EMPTY": "",
+    "RF_AUTH_USER": "reader",
+    "RF_AUTH_PASSWORD": "reader-password-12345",
+    "RF_AUTH_WRONG": "not-the-reader-password",
 }
+AUTH_ADMIN = ("admin", "runferry-admin-password-1")
 
 SYN = '[source]\ntype = "synthetic"\nruns = 1\nsteps = 3\nkeys = 1\nfile_sizes = []\nartifact_sizes = []\n'
 LOCAL = '[destination]\ntype = "local"\npath = "{d}/out"\n'
@@ -46,6 +51,10 @@ LEDGER = '[transfer]\nledger = "{d}/ledger.jsonl"\n'
 MLSRC = '[source]\ntype = "mlflow"\ntracking_uri = "{mlflow}"\nexperiments = ["exp"]\ntimeout = 5.0\n'
 WBSRC = '[source]\ntype = "wandb"\nbase_url = "{wandb}"\napi_key_env = "' + WANDB_KEY_ENV + '"\nnamespaces = ["runferry/proj"]\n'
 MLDST = '[destination]\ntype = "mlflow"\ntracking_uri = "{mlflow_dst}"\ntimeout = 5.0\n'
+AUTH = 'username_env = "RF_AUTH_USER"\npassword_env = "RF_AUTH_PASSWORD"\n'
+AUTH_WRONG = 'username_env = "RF_AUTH_USER"\npassword_env = "RF_AUTH_WRONG"\n'
+MLSRC_AUTH = MLSRC.replace("{mlflow}", "{auth}")
+MLDST_AUTH = MLDST.replace("{mlflow_dst}", "{auth}") + 'experiment = "locked"\n'
 WBDST = '[destination]\ntype = "wandb"\nbase_url = "{wandb}"\napi_key_env = "' + WANDB_KEY_ENV + '"\n'
 
 
@@ -132,6 +141,10 @@ CASES = [
          env={"DATABRICKS_TOKEN": "dapi-not-the-token"}),
     Case("mlflow_destination_wrong_token", ok(destination=MLDST.replace("{mlflow_dst}", "databricks")), ("[destination]", "DATABRICKS_TOKEN"),
          env={"DATABRICKS_TOKEN": "dapi-not-the-token"}),
+    Case("mlflow_source_401_basic_auth", ok(MLSRC_AUTH + AUTH_WRONG), ("[source]", "{auth}", "RF_AUTH_WRONG")),
+    Case("mlflow_destination_401_basic_auth", ok(destination=MLDST_AUTH + AUTH_WRONG), ("[destination]", "{auth}", "RF_AUTH_WRONG")),
+    Case("mlflow_source_403_basic_auth", ok(MLSRC_AUTH.replace('["exp"]', '["secret"]') + AUTH), ("[source]", "{auth}", "403")),
+    Case("mlflow_destination_403_basic_auth", ok(destination=MLDST_AUTH + AUTH), ("c.toml", "{auth}", "runs/create", "403", "permissions")),
     Case("mlflow_source_404", ok(MLSRC.replace("{mlflow}", "{mlflow}/no/such/prefix")), ("[source]", "404", "URL")),
     Case("mlflow_destination_404", ok(destination=MLDST.replace("{mlflow_dst}", "{wandb}")), ("[destination]", "404", "URL")),
     Case("wandb_source_404", ok(WBSRC.replace("{wandb}", "{mlflow}")), ("[source]", "{mlflow}", "URL")),
@@ -161,12 +174,21 @@ CASES = [
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A source MLflow server with experiment ``exp`` (one run), a destination one behind a
-    Databricks-like front, and a W&B server whose key owns ``runferry`` with project ``proj``."""
+    Databricks-like front, a basic-auth server where user ``reader`` may read ``locked`` but not
+    write it and is denied ``secret``, and a W&B server whose key owns ``runferry`` with project
+    ``proj``."""
     root = tmp_path_factory.mktemp("bad-input-servers")
     source, dest = MlflowServer(root / "src"), MlflowServer(root / "dst")
+    auth = basic_auth_server(root / "auth", AUTH_ADMIN)
     source.start()
     try:
         dest.start()
+        auth.start()
+        as_user(auth.url, AUTH_ADMIN, "/api/2.0/mlflow/users/create", {"username": ENV["RF_AUTH_USER"], "password": ENV["RF_AUTH_PASSWORD"]})
+        as_user(auth.url, AUTH_ADMIN, "/api/2.0/mlflow/experiments/create", {"name": "locked"})
+        secret = as_user(auth.url, AUTH_ADMIN, "/api/2.0/mlflow/experiments/create", {"name": "secret"})["experiment_id"]
+        as_user(auth.url, AUTH_ADMIN, "/api/3.0/mlflow/users/permissions/grant",
+                {"username": ENV["RF_AUTH_USER"], "resource_type": "experiment", "resource_id": secret, "permission": "DENY"})
         client = MlflowClient(source.url)
         experiment = client.create_experiment("exp")
         run = client.create_run(experiment)
@@ -183,12 +205,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             assert seeded.returncode == 0, seeded.stderr
             try:
                 yield {"mlflow": source.url, "mlflow_dst": dest.url, "wandb": wandb.base_url, "dbx": front.url,
-                       "_wandb": wandb, "_dest": dest}  # type: ignore[dict-item]
+                       "auth": auth.url, "_wandb": wandb, "_dest": dest}  # type: ignore[dict-item]
             finally:
                 front.stop()
     finally:
         source.stop()
         dest.stop()
+        auth.stop()
 
 
 @dataclass
@@ -206,6 +229,7 @@ def outcomes(servers: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     wandb: WandbServer = servers["_wandb"]
     dest_client = MlflowClient(servers["mlflow_dst"])
     experiments_before = {e.name for e in dest_client.search_experiments()}
+    auth_before = _auth_server_contents(servers["auth"])
     log_before = len(wandb.state.request_log)
     root = tmp_path_factory.mktemp("bad-input-cases")
     with silent_port() as silent:
@@ -240,6 +264,17 @@ def outcomes(servers: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     writes = [entry for entry in wandb.state.request_log[log_before:] if entry[0] != "graphql" or entry[1] not in READ_OPERATIONS]
     assert writes == [], f"the W&B server received writes: {writes}"
     assert {e.name for e in dest_client.search_experiments()} == experiments_before
+    assert _auth_server_contents(servers["auth"]) == auth_before
+
+
+def _auth_server_contents(url: str) -> tuple[list[str], int]:
+    """The basic-auth server's experiment names and run count, as its admin sees them."""
+    experiments = as_user(url, AUTH_ADMIN, "/api/2.0/mlflow/experiments/search", {"max_results": 1000})["experiments"]
+    assert isinstance(experiments, list)
+    ids = [e["experiment_id"] for e in experiments]
+    runs = as_user(url, AUTH_ADMIN, "/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 1000}).get("runs", [])
+    assert isinstance(runs, list)
+    return sorted(e["name"] for e in experiments), len(runs)
 
 
 READ_OPERATIONS = {"Viewer", "ServerInfo", "Project", "Projects", "Runs", "Run", "Entity", "EntityProjects",

@@ -18,6 +18,9 @@ import aiohttp
 from aiohttp import web
 
 
+HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
 class LoopThreadServer:
     client_max_size = 1 << 30
 
@@ -94,6 +97,18 @@ class ForwardingServer(LoopThreadServer):
         app = web.Application(client_max_size=self.client_max_size)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+    async def relay(
+        self, request: web.Request, url: str, body: bytes, params: list[tuple[str, str]] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send ``request`` (with ``body``) on to ``url``: the answer's status, headers (the
+        hop-by-hop ones left out, as on the way there) and whole body (test traffic is small)."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        async with self.session.request(
+            request.method, url, params=params, headers=headers, data=body, allow_redirects=False
+        ) as upstream:
+            payload = await upstream.read()
+            return upstream.status, {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}, payload
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError

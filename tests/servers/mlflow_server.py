@@ -17,6 +17,8 @@ Usage::
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
@@ -168,3 +170,31 @@ class MlflowServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def basic_auth_server(root: Path, admin: tuple[str, str]) -> MlflowServer:
+    """An ``mlflow server --app-name basic-auth`` (not started): users and permissions in their
+    own SQLite file under ``root``, ``admin`` created at first start, every other user READ by
+    default. Real 401s (wrong password) and 403s (a grant that denies) come from it."""
+    root.mkdir(parents=True, exist_ok=True)
+    ini = root / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+        f"admin_username = {admin[0]}\nadmin_password = {admin[1]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "runferry-tests-csrf-key-0123456789"}
+    return MlflowServer(root / "server", extra_args=("--app-name", "basic-auth"), env=env)
+
+
+def as_user(url: str, user: tuple[str, str], path: str, body: dict[str, object]) -> dict[str, object]:
+    """POST ``body`` to ``url + path`` with basic auth (what an admin does to set users up)."""
+    token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        loaded: dict[str, object] = json.loads(answer.read() or b"{}")
+        return loaded
