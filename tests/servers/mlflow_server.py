@@ -132,7 +132,9 @@ class MlflowServer:
             "--workers", str(self.workers),
             *self.extra_args,
         ]
-        env = {**os.environ, **self.env}
+        # MLflow >= 3.x also starts a job runner with about ten huey consumers (GenAI jobs, not
+        # tracking): ~2 GB and idle CPU per server that no test uses; a test may still turn it on
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
