@@ -26,7 +26,9 @@ then summary with ``complete``) needs ``(ceil(k / b) - 1) * b / rate`` seconds o
 project's runs are created no faster than ``b`` per window, so the last one starts after
 ``(ceil(runs / b) - 1) * b / rate`` seconds and needs its own file_stream time after that. The
 bound is the sum (round trips and the source's reads are not in it: it is what the limits
-alone allow). runferry's median is reported against it (target: within 1.2x).
+alone allow). runferry's median is reported against it (target: within 1.2x), and against the
+time reading the source alone takes (``source_read_s``: every run's metadata and history, as
+many runs at once as runferry's ceiling, nothing written; measured once).
 
     python -m bench many_small_runs [--runs 1000 --keys 2 --steps 100 --skip-peer]
 """
@@ -59,6 +61,7 @@ from bench.results import (
     summarize,
     write_result,
 )
+from engine.admission import AUTO_RUNS_CEILING
 from bench.scenarios.mlflow_wandb import (
     API_KEY,
     ENTITY,
@@ -123,6 +126,15 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
         })
         _note("warming the MLflow server up")
         run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(warm)], env=env).check()
+        # what the source alone allows: every run's metadata and history read, as many at once as
+        # runferry's ceiling, nothing written (measured once, after the warm-up)
+        read = write_toml(workdir / "read-only.toml", {
+            "source": {"type": "mlflow", "tracking_uri": mlflow_server.url},
+            "destination": {"type": "local", "path": str(workdir / "unused")},
+            "transfer": {"ledger": str(workdir / "read-only-ledger.jsonl"), "runs_concurrency": AUTO_RUNS_CEILING},
+        })
+        source_read_s = run_child([sys.executable, "-c", READ_ONLY_SCRIPT, str(read)], env=env).check().wall_s
+        _note(f"reading the source alone took {source_read_s:.2f} s")
         peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
         peer_env.update({"WANDB_SILENT": "true", "WANDB_DIR": str(workdir / "peer"), "WANDB_MODE": "online",
                          "WANDB_CACHE_DIR": str(workdir / "peer" / "cache"),
@@ -179,8 +191,11 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
     print(f"\nbound of the limits, every run in parallel: {creation_text}; a run of {a.requests_per_run} file_stream "
           f"requests at {a.filestream_rps_per_run:g}/s needs {per_run:.2f} s more -> {bound:.2f} s "
           f"(runferry took {against_bound:.2f}x that; target 1.2x)")
+    print(f"reading the source alone (metadata and history, {AUTO_RUNS_CEILING} runs at a time, nothing written) took "
+          f"{source_read_s:.2f} s: runferry took {summary['runferry'].median / source_read_s:.2f}x that")
     headline: dict[str, Any] = {"points": points, "runs": a.runs, "runferry_wall_s": summary["runferry"].median,
-                                "limits_bound_s": round(bound, 2), "runferry_vs_bound": round(against_bound, 2)}
+                                "limits_bound_s": round(bound, 2), "runferry_vs_bound": round(against_bound, 2),
+                                "source_read_s": round(source_read_s, 2)}
     if "peer" in summary:
         ratio = ratio_of_medians(summary, "peer", "runferry")
         headline["ratio_vs_peer"] = round(ratio, 2)
