@@ -16,7 +16,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +56,15 @@ class Stats:
         return f"{self.median:{f}} {unit} ({self.low:{f}}-{self.high:{f}})".replace(" (", " (", 1).strip()
 
 
-def alternating_order(tools: Sequence[str], repeats: int) -> list[tuple[int, str]]:
-    """``(repeat, tool)`` in run order: the tools in order on even rounds, reversed on odd ones."""
+def alternating_order(
+    tools: Sequence[str], repeats: int, rounds: Mapping[str, int] | None = None
+) -> list[tuple[int, str]]:
+    """``(repeat, tool)`` in run order: the tools in order on even rounds, reversed on odd ones;
+    a tool in ``rounds`` takes part in that many first rounds only (a slow peer)."""
     order: list[tuple[int, str]] = []
     for repeat in range(repeats):
-        round_tools = list(tools) if repeat % 2 == 0 else list(reversed(tools))
+        present = [t for t in tools if repeat < (rounds or {}).get(t, repeats)]
+        round_tools = present if repeat % 2 == 0 else list(reversed(present))
         order += [(repeat, tool) for tool in round_tools]
     return order
 
@@ -87,12 +91,18 @@ def ratio_of_medians(summary: dict[str, Stats], slow: str, fast: str) -> float:
 
 
 def run_alternated(
-    tools: Sequence[str], repeats: int, measure: Callable[[str, int], Sample], *, log: Callable[[str], None] | None = None
+    tools: Sequence[str],
+    repeats: int,
+    measure: Callable[[str, int], Sample],
+    *,
+    log: Callable[[str], None] | None = None,
+    rounds: Mapping[str, int] | None = None,
 ) -> list[Sample]:
-    """Measure every tool ``repeats`` times in alternated order; ``measure`` must verify the
-    tool's output before it returns (raise to fail the whole bench: no time is reported)."""
+    """Measure every tool ``repeats`` times (a tool in ``rounds``: that many) in alternated order;
+    ``measure`` must verify the tool's output before it returns (raise to fail the whole bench:
+    no time is reported)."""
     samples = []
-    for repeat, tool in alternating_order(tools, repeats):
+    for repeat, tool in alternating_order(tools, repeats, rounds):
         sample = measure(tool, repeat)
         samples.append(sample)
         if log:

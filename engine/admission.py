@@ -55,12 +55,14 @@ def run_seat_bytes(chunk_points: int, history_points: int | None = None) -> int:
 
 def endpoint_blocker(statistics: Iterable[LimiterStatistics]) -> str | None:
     """The first endpoint without headroom and why, or None: paused by the server (Retry-After,
-    exhausted quota), throttled (paced after 429s with requests queued for their turn), or
-    saturated (a whole concurrency window queued behind the one in flight)."""
+    exhausted quota), throttled (paced after 429s with more requests queued for their turn than
+    the pace clears before admission looks again: a request or two waiting a few milliseconds at
+    80/s is the pace working, not a backlog), or saturated (a whole concurrency window queued
+    behind the one in flight)."""
     for s in statistics:
         if s.paused_for > 0:
             return f"{s.endpoint} paused"
-        if s.rate_limit is not None and s.waiting > 0:
+        if s.rate_limit is not None and s.waiting > s.rate_limit * ENDPOINT_POLL_SECONDS:
             return f"{s.endpoint} throttled"
         if s.waiting >= s.concurrency_limit:
             return f"{s.endpoint} saturated"

@@ -142,6 +142,10 @@ class RunPacer:
         return f"<RunPacer rate={self.rate:.3f}/s throttles={self.throttles}>"
 
 
+INLINE_ENCODE_BYTES = 64 * 1024
+"""Requests with at most this much content are encoded on the event loop (tens of microseconds)."""
+
+
 class FileStream:
     """Sends one run's file_stream requests (see module docstring)."""
 
@@ -176,7 +180,11 @@ class FileStream:
         if complete is not None:
             payload["complete"] = complete
             payload["exitcode"] = exitcode
-        body, headers = await anyio.to_thread.run_sync(self._encode, payload)
+        size = sum(len(line) for _, lines in files.values() for line in lines)
+        if size <= INLINE_ENCODE_BYTES:  # a worker-thread round trip costs more than the work
+            body, headers = self._encode(payload)
+        else:
+            body, headers = await anyio.to_thread.run_sync(self._encode, payload)
         async with self._one_at_a_time:
             return await self._post(body, headers)
 

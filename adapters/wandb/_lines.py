@@ -250,6 +250,11 @@ class HistoryAssembler:
     def pending_points(self) -> int:
         return self._pending_points
 
+    @property
+    def held_points(self) -> int:
+        """Points ``finish()`` still has to release, in memory or spilled to disk."""
+        return self._pending_points + self._spilled_points
+
     def add(self, batch: pa.RecordBatch) -> list[LineBlock]:
         """Take the next chunk (source order); return the blocks it completes."""
         if batch.num_rows == 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -50,6 +50,12 @@ from ._mapping import dumps_extended, exit_for, summary_for
 from ._spool import Spooled, spool
 from ._staging import RunStaging
 from ._streams import Position, StreamSplit
+
+
+INLINE_POINTS = 2_000
+"""Chunks and flushes of at most this many points are encoded on the event loop (about a
+millisecond): a worker-thread round trip costs more than that work, and a migration of many
+small runs would make thousands of them. Larger ones go to a worker thread."""
 
 
 def content_budget(max_request_bytes: int) -> int:
@@ -130,7 +136,10 @@ class WandbRunWriter:
 
             self._t0 = float(pc.min(chunk.batch.column("timestamp")).as_py())
             self._assembler.start_time = self._events.start_time = self._t0
-        blocks, event_blocks = await anyio.to_thread.run_sync(self._assemble, chunk)
+        if len(chunk) <= INLINE_POINTS:
+            blocks, event_blocks = self._assemble(chunk)
+        else:
+            blocks, event_blocks = await anyio.to_thread.run_sync(self._assemble, chunk)
         for block in blocks:
             await self._send_block(block)
         for block in event_blocks:
@@ -144,11 +153,12 @@ class WandbRunWriter:
 
     async def flush_history(self) -> None:
         # buffered (key-major) history is encoded window by window, never all lines at once
+        inline = self._assembler.held_points + self._events.held_points <= INLINE_POINTS
         blocks = self._assembler.finish()
-        while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
+        while (block := await _next_block(blocks, inline)) is not None:
             await self._send_block(block)
         blocks = self._events.finish()
-        while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
+        while (block := await _next_block(blocks, inline)) is not None:
             await self._send_events_block(block)
         self._catch_up()
 
@@ -342,3 +352,8 @@ class WandbRunWriter:
         release = getattr(self.stream.http, "release", None)
         if release is not None:
             release(self.stream.path)
+
+
+async def _next_block(blocks: Iterator[LineBlock], inline: bool) -> LineBlock | None:
+    """The next block, encoded on the event loop (``inline``) or in a worker thread."""
+    return next(blocks, None) if inline else await anyio.to_thread.run_sync(next, blocks, None)

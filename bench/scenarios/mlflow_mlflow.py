@@ -83,6 +83,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
                    help="worker processes of each mlflow server (default 4, mlflow server's own default; "
                         "1 makes each server one CPU-bound process)")
     p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
+    p.add_argument("--peer-repeats", type=int, default=None,
+                   help="rounds of mlflow-export-import (default --repeats): the first rounds alternate")
+    p.add_argument("--variant", help="write bench/results/mlflow_mlflow-VARIANT.json (e.g. many-small-runs: "
+                                     "--runs 1000 --keys 2 --steps 100), not the headline result")
     p.add_argument("--workdir", help="keep servers' data and outputs here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one engine phase in this process
@@ -158,7 +162,8 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
             return Sample(tool, repeat, wall, cpu, rss, {"src_server_cpu_s": used["src"], "dst_server_cpu_s": used["dst"]})
 
         tools = ["runferry"] + ([] if peer_bin is None else ["mlflow-export-import"])
-        samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True))
+        samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True),
+                                 rounds=None if a.peer_repeats is None else {"mlflow-export-import": a.peer_repeats})
         limits = _limits(a, config, meters) if a.limits else {}
         return _report(a, tools, samples, limits, seed_s, peer_bin)
     finally:
@@ -187,7 +192,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
     rows = []
     for tool in tools:
         mine = [x for x in samples if x.tool == tool]
-        rows.append({"tool": tool, "wall_s median": round(summary[tool].median, 2),
+        rows.append({"tool": tool, "rounds": summary[tool].n, "wall_s median": round(summary[tool].median, 2),
                      "min-max": f"{summary[tool].low:.2f}-{summary[tool].high:.2f}",
                      "points/s": round(points / summary[tool].median), "cpu_s": round(summarize(mine, "cpu_s")[tool].median, 2),
                      "src server cpu_s": round(summarize(mine, "src_server_cpu_s")[tool].median, 2),
@@ -218,12 +223,18 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
     path = write_result("mlflow_mlflow", inputs={**{k: v for k, v in vars(a).items() if k not in ("phase", "config")},
                                                  "seed_s": round(seed_s, 1)},
                         versions=versions, samples=samples, headline={**headline, "limits": limits},
-                        variant="runferry-only" if a.skip_peer else None,
-                        notes=["shared 2-core machine under other load: absolute times swing, ratios less"])
+                        variant="-".join(v for v in (a.variant, "runferry-only" if a.skip_peer else None) if v) or None,
+                        notes=["shared 2-core machine under other load: absolute times swing, ratios less",
+                               *_fewer_rounds(summary, a.repeats)])
     print(f"result: {path}")
     if a.json:
         print(json.dumps({"runs": a.runs, "points": points, **headline}))
     return 0
+
+
+def _fewer_rounds(summary: dict[str, Any], repeats: int) -> list[str]:
+    return [f"{tool} was measured {stats.n} time(s), runferry {repeats}: the first rounds alternate"
+            for tool, stats in summary.items() if stats.n < repeats]
 
 
 def _peer_version(bin_dir: Path) -> str:

@@ -257,6 +257,8 @@ class _wandb_server:
         argv = python_child("tests.servers.wandb", "--port", str(port), "--key", f"{API_KEY}={ENTITY}")
         if self.a.filestream_rps_per_run:
             argv += ["--filestream-rps-per-run", str(self.a.filestream_rps_per_run)]
+        if getattr(self.a, "run_creation_rps_per_project", None):
+            argv += ["--run-creation-rps-per-project", str(self.a.run_creation_rps_per_project)]
         log = open(self.workdir / "wandb-server.log", "ab")
         self.proc = subprocess.Popen(argv, env=child_env(), stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 120

@@ -93,6 +93,8 @@ def test_tools_alternate_their_order_every_round() -> None:
     assert alternating_order(["a", "b", "c"], 3) == [
         (0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a"), (2, "a"), (2, "b"), (2, "c"),
     ]  # fmt: skip
+    # a slow peer measured in the first round only; the others go on alternating
+    assert alternating_order(["rf", "peer"], 3, {"peer": 1}) == [(0, "rf"), (0, "peer"), (1, "rf"), (2, "rf")]
 
 
 def test_summary_is_median_and_range_per_tool_and_the_ratio_is_of_medians() -> None:

@@ -155,6 +155,14 @@ def test_endpoint_headroom_rule() -> None:
     assert endpoint_blocker([stats("a", waiting=4)]) == "a saturated"
 
 
+def test_a_paced_endpoint_whose_queue_clears_before_the_next_look_has_headroom() -> None:
+    # paced at 80/s after a run-creation 429: the one request waiting its 12 ms turn is no
+    # backlog (admission looks again in ENDPOINT_POLL_SECONDS), nine waiting are
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=1)]) is None
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=8)]) is None
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=9)]) == "a throttled"
+
+
 # -- admission in the pipeline ----------------------------------------------------------------------
 
 

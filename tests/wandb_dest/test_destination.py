@@ -171,6 +171,34 @@ async def test_resume_rewrites_the_same_offsets_without_duplicates(server, proje
     assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
 
 
+async def test_a_small_run_is_one_history_request_and_one_finish_within_the_per_run_burst(
+    server, project, fake_clock
+) -> None:
+    """W&B allows 2 file_stream requests per second per run: a small MLflow-shaped run's lines
+    and its summary with ``complete`` are those two, so it never waits a second (the bound
+    bench many_small_runs reports counts on it)."""
+    server.faults.clock = fake_clock.now
+    server.faults.filestream_rps_per_run = 2
+    k, s, t, v = step_major(100, ["x", "y"])
+    order = sorted(range(len(k)), key=lambda i: (k[i], s[i]))  # MLflow's order: one key's history, then the next
+    cols = ([k[i] for i in order], [s[i] for i in order], [t[i] for i in order], [v[i] for i in order])
+    rec = record(project)
+    async with make_destination(server, clock=fake_clock, filestream_rate=2.0) as dest:
+        writer = await dest.open_run(rec, None)
+        started = fake_clock.now()
+        (chunk,) = chunks(cols, 1000)
+        await writer.write_history(chunk)
+        await writer.flush_history()
+        assert writer.checkpoint().history_points == 200
+        await writer.finish(rec)
+    assert (writer.stream.requests, fake_clock.now() - started) == (2, 0.0)
+    assert server.faults.injected.get("ratelimit:filestream", 0) == 0
+    stored = server.state.run(server.entity, project, "run1")
+    assert [json.loads(x)["_step"] for x in stored.history] == list(range(100))
+    run = wandb_api(server).run(f"{server.entity}/{project}/run1")
+    assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
+
+
 async def migrate_under_faults(server, project, fake_clock, events, *, filestream_rate: float) -> int:
     cols = step_major(200, ["m1", "m2", "m3"])
     rec = record(project, summary={"m1": 1.0})

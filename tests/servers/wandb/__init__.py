@@ -26,7 +26,7 @@ From a test::
 ``launch(...)`` returns the same handle without a context manager (call ``close()``).
 ``ServerState(clock=...)`` may be passed as ``state=`` to control created/heartbeat times.
 From a shell: ``python -m tests.servers.wandb --port N [--key KEY=entity1,entity2]``
-(``--filestream-rps-per-run`` and ``--storage-slowdown-rps`` set the limits).
+(``--filestream-rps-per-run``, ``--run-creation-rps-per-project`` and ``--storage-slowdown-rps`` set the limits).
 
 Auth is HTTP Basic ``api:<key>``; a wrong or missing key gets 401 ``{"errors":[{"message":
 "user is not logged in",...}]}``; an entity the key may not touch gets 403 with W&B's

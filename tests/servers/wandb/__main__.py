@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         help="API key and the entities it may use (first = default). Repeatable.",
     )
     parser.add_argument("--filestream-rps-per-run", type=float, default=None)
+    parser.add_argument("--run-creation-rps-per-project", type=float, default=None,
+                        help="UpsertBucket run creations per second per project before 429 + Retry-After")
     parser.add_argument("--storage-slowdown-rps", type=float, default=None)
     parser.add_argument("--sqlite", default=None, metavar="FILE", help="keep the data in this SQLite file (loaded at start, saved at exit)")
     args = parser.parse_args(argv)
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     server.faults.filestream_rps_per_run = args.filestream_rps_per_run
+    server.faults.run_creation_rps_per_project = args.run_creation_rps_per_project
     server.faults.storage_slowdown_rps = args.storage_slowdown_rps
     print(f"fake W&B server listening on {server.base_url}", flush=True)
     for key, entities in keys.items():

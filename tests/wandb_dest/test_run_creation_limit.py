@@ -1,0 +1,119 @@
+"""Many small runs -> W&B with the per-project run-creation limit on (UpsertBucket answered 429 +
+Retry-After above it): runferry's defaults ride it out, every point lands exactly, no run fails,
+and admission reports the refused endpoint as what the next run waits on.
+
+Time is a ``ManualClock`` shared by runferry's limiters and the server's one-second windows: it
+moves only when the test lets it, so the pause a refusal starts lasts until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from core.model import RunRef
+from engine.config import parse_config
+from engine.pipeline import make_context, migrate, open_adapters
+from ratelimit import LimiterRegistry, endpoint_of
+from tests.engine.test_admission import RecordingProgress, admission_waits
+
+from .test_pipeline_e2e import check_run_against_source, dest_table, source_points, synthetic_table
+
+
+class ManualClock:
+    """Virtual time that moves only in ``run()``: to the next sleeper's wake-up, once every task
+    is blocked (on a sleep, an event or the network)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._order = itertools.count()
+        self._slept = anyio.Event()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        woken = anyio.Event()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), woken))
+        self._slept.set()
+        await woken.wait()
+
+    async def run(self) -> None:
+        """Advance time forever (cancel it when done)."""
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if not self._sleepers:
+                self._slept = anyio.Event()
+                await self._slept.wait()
+                continue
+            self._now = max(self._now, self._sleepers[0][0])
+            while self._sleepers and self._sleepers[0][0] <= self._now:
+                heapq.heappop(self._sleepers)[2].set()
+
+
+async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, project: str, tmp_path: Path) -> None:
+    clock = ManualClock()
+    server.faults.clock = clock.now
+    server.faults.run_creation_rps_per_project = 1  # of two runs created at once, one is refused
+    source = synthetic_table(runs=12, steps=40, keys=2, file_sizes=[], artifact_sizes=[])
+    config = parse_config({
+        "source": source,
+        "destination": dest_table(server, project, filestream_rate=2.0),  # W&B's per-run default
+        "transfer": {"ledger": str(tmp_path / "ledger.jsonl")},  # runferry's defaults otherwise
+    })
+    progress = RecordingProgress(clock.now)
+    limiters = LimiterRegistry.from_mapping(config.ratelimit, clock=clock)
+    context = dataclasses.replace(make_context(config, progress), limiters=limiters, clock=clock)
+    src, dst = open_adapters(config, context)
+    graphql = endpoint_of(server.base_url)
+    refused = progress.seen(lambda name, fields: name == "throttle" and fields.get("endpoint") == graphql)
+    list_runs = src.list_runs
+
+    async def two_runs_then_the_rest_once_one_was_refused() -> AsyncIterator[RunRef]:
+        async with contextlib.aclosing(list_runs()) as refs:
+            listed = 0
+            async for ref in refs:
+                if listed == 2:
+                    await refused.wait()
+                listed += 1
+                yield ref
+
+    src.list_runs = two_runs_then_the_rest_once_one_was_refused  # type: ignore[method-assign]
+    reports = []
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+
+            async def migrate_then_stop() -> None:
+                reports.append(await migrate(config, progress=progress, adapters=(src, dst), limiters=limiters))
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(migrate_then_stop)
+            await progress.seen(admission_waits("endpoint")).wait()
+            # time stands still: the refused endpoint is paused, and that is what the next run waits on
+            assert progress.admission.figures()["admission_waits_on"] == f"endpoint {graphql} paused"
+            assert f"next run waits on: endpoint {graphql} paused" in progress.status_line()
+            tg.start_soon(clock.run)
+    (report,) = reports
+    totals = progress.totals
+    assert (report.exit_code, totals.runs_done, totals.runs_failed, totals.failures) == (0, 12, 0, [])
+    assert server.faults.injected["ratelimit:run_create"] >= 1
+    assert totals.admission_waits["endpoint"] >= 1
+    (stats,) = [s for s in limiters.statistics() if s.endpoint == graphql]
+    assert stats.throttles >= 1 and stats.retries >= 1
+    expected = await source_points(source)
+    assert sorted(r.name for (_, p, _), r in server.state.runs.items() if p == project) == sorted(expected)
+    for run_id, rows in expected.items():
+        check_run_against_source(server, project, run_id, rows)
+
