@@ -118,8 +118,10 @@ class HistoryDigest:
         exact = _mix(base ^ _mix(_float_bits(batch.column("timestamp"))))
         stamps_ms = _mix(_float_bits(batch.column("timestamp"), round_ms=True))
         millis = _mix(base ^ stamps_ms)
-        stored_values = _mix(_float_bits(batch.column("value"), form=self.form) ^ payload)
-        stored = _mix(_mix(keys ^ _mix(steps ^ stored_values)) ^ stamps_ms)
+        stored = millis  # without a number form of its own, the destination stores what it got
+        if self.form is not None:
+            stored_values = _mix(_float_bits(batch.column("value"), form=self.form) ^ payload)
+            stored = _mix(_mix(keys ^ _mix(steps ^ stored_values)) ^ stamps_ms)
         system = pc.starts_with(key_column, SYSTEM_PREFIX).fill_null(False).to_numpy(zero_copy_only=False)
         loose = np.where(system, _mix(keys ^ values), millis)
         for name, hashes in (("exact", exact), ("millis", millis), ("stored", stored), ("system_loose", loose)):

@@ -128,12 +128,15 @@ class RemoteRoot:
         return self._store
 
     def url(self, rel: str) -> S3Url:
-        from adapters.s3 import S3Url
-
-        return S3Url(self.bucket, f"{self.prefix}/{rel}" if self.prefix else rel)
+        return self._root().joined(rel)
 
     def relative(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
+        return self._root().relative(key)
+
+    def _root(self) -> S3Url:
+        from adapters.s3 import S3Url
+
+        return S3Url(self.bucket, self.prefix)
 
     async def probe_write(self) -> None:
         """Create and remove a probe object, as a local export probes its directory.

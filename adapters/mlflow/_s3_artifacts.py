@@ -132,11 +132,13 @@ class S3Area:
     def url(self, path: str) -> S3Url:
         from adapters.s3 import S3Url
 
-        key = path.strip("/")
-        return S3Url(self.bucket, f"{self.prefix}/{key}" if self.prefix and key else self.prefix or key)
+        root, key = S3Url(self.bucket, self.prefix), path.strip("/")
+        return root.joined(key) if key else root
 
     def relative(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
+        from adapters.s3 import S3Url
+
+        return S3Url(self.bucket, self.prefix).relative(key)
 
     async def write(self, path: str, data: AsyncIterator[bytes], size: int | None) -> None:
         store = await self.direct.store()

@@ -22,6 +22,14 @@ class S3Url:
             raise ValueError(f"not an s3://bucket/key URL: {url!r}")
         return cls(parts.netloc, parts.path.lstrip("/"))
 
+    def joined(self, rel: str) -> S3Url:
+        """``rel`` below this key taken as a prefix: ``key/rel`` (just ``rel`` at the bucket's top)."""
+        return S3Url(self.bucket, f"{self.key}/{rel}" if self.key else rel)
+
+    def relative(self, key: str) -> str:
+        """``key``, an object below this prefix, relative to it (the inverse of ``joined``)."""
+        return key[len(self.key) + 1 :] if self.key else key
+
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 

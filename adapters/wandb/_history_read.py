@@ -92,7 +92,6 @@ class ChunkBuilder:
         self._reset()
 
     def _reset(self) -> None:
-        self.count = 0
         self.keys: list[str] = []
         self.values: list[float | None] = []
         self.texts: list[str | None] = []
@@ -108,14 +107,14 @@ class ChunkBuilder:
                 return
             keys, values, self.skip = keys[self.skip:], values[self.skip:], 0
         while keys:
-            room = self.size - self.count
+            room = self.size - len(self.keys)
             if len(keys) > room:
                 self._extend(step, timestamp, keys[:room], values[:room])
                 keys, values = keys[room:], values[room:]
             else:
                 self._extend(step, timestamp, keys, values)
                 keys = []
-            if self.count >= self.size:
+            if len(self.keys) >= self.size:
                 chunk = self.emit()
                 if chunk is not None:
                     yield chunk
@@ -130,7 +129,6 @@ class ChunkBuilder:
         self.row_steps.append(step)
         self.row_times.append(timestamp)
         self.row_sizes.append(n)
-        self.count += n
 
     def emit(self) -> HistoryChunk | None:
         if not self.keys:
