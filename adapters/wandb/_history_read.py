@@ -5,7 +5,8 @@ exclusive) in step windows whose ``samples`` equals the window's step count, so 
 nothing to sample away. Windows adapt to the data: after each page the next window is scaled
 so it should hold about ``page_rows`` lines (at most x8 bigger or smaller per page), so sparse
 steps cost a handful of requests per gap and dense steps keep answers bounded. Scanning stops
-after ``historyKeys.lastStep``. Only one page is held at a time.
+after ``historyKeys.lastStep``. Only one page is held at a time; it becomes points a key at a
+time (``_page_points``), and ``PointBatcher`` cuts the points into chunks.
 
 Point conventions (the contract destinations rely on):
 
@@ -35,12 +36,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
 from adapters.http import HttpClient
-from core.model import HistoryChunk, history_batch
+from core.model import HistoryChunk
 
 from . import _read_ops
 from ._gql import call
+from ._page_points import page_batch
 
 INTERNAL_KEYS = frozenset({"_step", "_timestamp", "_runtime"})
 SYSTEM_PREFIX = "system."
@@ -59,87 +62,52 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def value_json(value: Any) -> str:
-    """Compact JSON text of a non-float value, as the SDK would read it back."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
-
-
-def split_value(value: Any) -> tuple[float | None, str | None]:
-    """``(value, value_json)`` of one history value (see the module docstring)."""
-    if isinstance(value, float):
-        return value, None
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return float(value), str(value)
-        except OverflowError:  # beyond float range: the exact text only
-            return None, str(value)
-    return None, value_json(value)
-
-
-class ChunkBuilder:
-    """Collects points into ``HISTORY_SCHEMA`` chunks of ``size`` rows, skipping the first
-    ``skip`` points (a resume), and tracks each chunk's offset exactly.
-
-    Points arrive a row at a time (one step and timestamp, many keys): keys and values are
-    appended in bulk, steps and timestamps kept once per row and repeated when a chunk is
-    built, and only values that are not floats go through ``split_value``. A row that straddles a chunk
-    boundary is cut there, so every chunk but the last holds exactly ``size`` points."""
+class PointBatcher:
+    """Cuts page batches into ``HistoryChunk``s of exactly ``size`` points (the last one
+    smaller), skipping the first ``skip`` points (a resume) and tracking offsets exactly.
+    A row that straddles a chunk boundary is cut there."""
 
     def __init__(self, size: int, skip: int) -> None:
         self.size = max(1, size)
         self.skip = skip
         self.offset = skip
-        self._reset()
+        self.pending: list[pa.RecordBatch] = []
+        self.count = 0
 
-    def _reset(self) -> None:
-        self.keys: list[str] = []
-        self.values: list[float | None] = []
-        self.texts: list[str | None] = []
-        self.row_steps: list[int] = []
-        self.row_times: list[float] = []
-        self.row_sizes: list[int] = []
-
-    def add_row(self, step: int, timestamp: float, keys: list[str], values: list[Any]) -> Iterator[HistoryChunk]:
-        """Add one row's points (``keys[i]`` -> ``values[i]``); yields the chunks it fills."""
+    def add(self, batch: pa.RecordBatch | None) -> Iterator[HistoryChunk]:
+        """Take one page's points; yields the chunks they fill."""
+        if batch is None or batch.num_rows == 0:
+            return
         if self.skip:
-            if self.skip >= len(keys):
-                self.skip -= len(keys)
+            if self.skip >= batch.num_rows:
+                self.skip -= batch.num_rows
                 return
-            keys, values, self.skip = keys[self.skip:], values[self.skip:], 0
-        while keys:
-            room = self.size - len(self.keys)
-            if len(keys) > room:
-                self._extend(step, timestamp, keys[:room], values[:room])
-                keys, values = keys[room:], values[room:]
+            batch, self.skip = batch.slice(self.skip), 0
+        self.pending.append(batch)
+        self.count += batch.num_rows
+        while self.count >= self.size:
+            yield self._chunk(self.size)
+
+    def finish(self) -> HistoryChunk | None:
+        """The points left over, as the last chunk."""
+        return self._chunk(self.count) if self.count else None
+
+    def _chunk(self, points: int) -> HistoryChunk:
+        pieces: list[pa.RecordBatch] = []
+        wanted = points
+        while wanted:
+            head = self.pending[0]
+            if head.num_rows <= wanted:
+                pieces.append(self.pending.pop(0))
+                wanted -= head.num_rows
             else:
-                self._extend(step, timestamp, keys, values)
-                keys = []
-            if len(self.keys) >= self.size:
-                chunk = self.emit()
-                if chunk is not None:
-                    yield chunk
-
-    def _extend(self, step: int, timestamp: float, keys: list[str], values: list[Any]) -> None:
-        n, base = len(keys), len(self.values)
-        self.keys.extend(keys)
-        self.values.extend(values)
-        self.texts.extend([None] * n)
-        for i in [i for i, v in enumerate(values) if type(v) is not float]:  # ints, text, media...
-            self.values[base + i], self.texts[base + i] = split_value(values[i])
-        self.row_steps.append(step)
-        self.row_times.append(timestamp)
-        self.row_sizes.append(n)
-
-    def emit(self) -> HistoryChunk | None:
-        if not self.keys:
-            return None
-        sizes = np.array(self.row_sizes, dtype=np.int64)
-        steps = np.repeat(np.array(self.row_steps, dtype=np.int64), sizes)
-        times = np.repeat(np.array(self.row_times, dtype=np.float64), sizes)
-        batch = history_batch(self.keys, steps, times, self.values, self.texts)
+                pieces.append(head.slice(0, wanted))
+                self.pending[0] = head.slice(wanted)
+                wanted = 0
+        batch = pieces[0] if len(pieces) == 1 else pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
         chunk = HistoryChunk(batch=batch, offset=self.offset)
-        self.offset += batch.num_rows
-        self._reset()
+        self.offset += points
+        self.count -= points
         return chunk
 
 
@@ -153,16 +121,39 @@ def row_timestamp(row: dict[str, Any], fallback: float) -> float:
     return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else fallback
 
 
-def history_points(row: dict[str, Any]) -> tuple[list[str], list[Any]]:
-    """A history row's point keys (sorted) and their values."""
-    keys = sorted(k for k in row if k not in INTERNAL_KEYS)
-    return keys, [row[k] for k in keys]
+def row_steps(rows: list[dict[str, Any]]) -> np.ndarray:
+    """Every row's ``_step`` (0 when it has none)."""
+    raw = [row.get("_step") for row in rows]
+    if set(map(type, raw)) <= {int}:
+        return np.array(raw, dtype=np.int64).reshape(len(rows))
+    return np.array([row_step(row) for row in rows], dtype=np.int64).reshape(len(rows))
 
 
-def system_points(line: dict[str, Any]) -> tuple[list[str], list[Any]]:
-    """A system line's ``system.<rest>`` keys as ``system/<rest>`` point keys (sorted), values."""
-    names = sorted(k for k in line if k.startswith(SYSTEM_PREFIX))
-    return [SYSTEM_POINT_PREFIX + k[len(SYSTEM_PREFIX):] for k in names], [line[k] for k in names]
+def row_times(rows: list[dict[str, Any]], fallback: float) -> np.ndarray:
+    """Every row's ``_timestamp`` as a float (``fallback`` when it has none)."""
+    raw = [row.get("_timestamp") for row in rows]
+    if set(map(type, raw)) <= {float}:
+        return np.array(raw, dtype=np.float64).reshape(len(rows))
+    return np.array([row_timestamp(row, fallback) for row in rows], dtype=np.float64).reshape(len(rows))
+
+
+def history_key(key: str) -> str | None:
+    """A history row key's point key: itself, unless it is ``_step``/``_timestamp``/``_runtime``."""
+    return None if key in INTERNAL_KEYS else key
+
+
+def system_key(key: str) -> str | None:
+    """A system line's ``system.<rest>`` key as the point key ``system/<rest>``."""
+    return SYSTEM_POINT_PREFIX + key[len(SYSTEM_PREFIX):] if key.startswith(SYSTEM_PREFIX) else None
+
+
+def history_batch_of(rows: list[dict[str, Any]], start_time: float) -> pa.RecordBatch | None:
+    """A page of history rows as points, rows in step order (stable)."""
+    steps = row_steps(rows)
+    if steps.size > 1 and bool(np.any(steps[1:] < steps[:-1])):
+        order = np.argsort(steps, kind="stable")
+        rows, steps = [rows[i] for i in order], steps[order]
+    return page_batch(rows, steps, row_times(rows, start_time), history_key)
 
 
 def next_window(width: int, rows: int, page_rows: int) -> int:
@@ -177,7 +168,7 @@ def next_window(width: int, rows: int, page_rows: int) -> int:
 async def history_pages(
     api: HttpClient, entity: str, project: str, run: str, last_step: int, page_rows: int
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
-    """The run's history rows, one step window per page, each page sorted by step (stable)."""
+    """The run's history rows, one step window per page, as the server lists them."""
     min_step, width = 0, max(1, page_rows)
     while min_step <= last_step:
         max_step = min(last_step + 1, min_step + width)
@@ -189,10 +180,8 @@ async def history_pages(
             name="HistoryPage",
         )
         lines = ((data.get("project") or {}).get("run") or {}).get("history") or []
-        rows = [loads(line) if isinstance(line, (str, bytes)) else line for line in lines]
-        rows.sort(key=row_step)
-        yield rows
-        width = next_window(max_step - min_step, len(rows), page_rows)
+        yield [loads(line) if isinstance(line, (str, bytes)) else line for line in lines]
+        width = next_window(max_step - min_step, len(lines), page_rows)
         min_step = max_step
 
 
@@ -222,15 +211,15 @@ async def iter_points(
     start: int,
 ) -> AsyncGenerator[HistoryChunk, None]:
     """History points, then system-metrics points, from point ``start`` on (module docstring)."""
-    builder = ChunkBuilder(chunk_points, start)
+    batcher = PointBatcher(chunk_points, start)
     async for rows in history_pages(api, entity, project, run, last_step, page_rows):
-        for row in rows:
-            for chunk in builder.add_row(row_step(row), row_timestamp(row, start_time), *history_points(row)):
-                yield chunk
+        for chunk in batcher.add(history_batch_of(rows, start_time)):
+            yield chunk
     if events_count:
-        for index, line in enumerate(await event_lines(api, entity, project, run, events_count)):
-            for chunk in builder.add_row(index, row_timestamp(line, start_time), *system_points(line)):
-                yield chunk
-    last = builder.emit()
+        lines = await event_lines(api, entity, project, run, events_count)
+        steps = np.arange(len(lines), dtype=np.int64)
+        for chunk in batcher.add(page_batch(lines, steps, row_times(lines, start_time), system_key)):
+            yield chunk
+    last = batcher.finish()
     if last is not None:
         yield last
