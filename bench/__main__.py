@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in names:
         print(f"bench: unknown scenario {name!r}; known: {', '.join(names)}", file=sys.stderr)
         return 2
+    from bench.common import compile_sources
+
+    compile_sources()  # runferry's children start from bytecode, as an installed runferry does
     module = importlib.import_module(f"bench.scenarios.{name}")
     return int(module.main(rest) or 0)
 

@@ -30,27 +30,28 @@ def _range(stats: dict[str, Any]) -> str:
 
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:
-    """One row per peer of a result: command, runferry, peer, ratio of medians, the machine."""
+    """One row per (runferry variant, peer) of a result: command, runferry, peer, ratio of
+    medians, the machine. Tools named ``runferry...`` are runferry's variants, the rest peers."""
     summary = result["summary"]
     tools = list(summary)
-    main = "runferry" if "runferry" in summary else tools[0]
+    ours = [t for t in tools if t.startswith("runferry")] or tools[:1]
     machine = result.get("machine", {})
     where = f"{machine.get('cpus', '?')} CPUs, load {'/'.join(str(x) for x in machine.get('load_avg_1_5_15', [])[:1]) or '?'}"
-    n = summary[main]["n"]
     command = _without_workdir(result.get("command", result["scenario"]))
     points = result.get("headline", {}).get("points")
     what = f"`{command}`" + (f" ({points:,} points)" if points else "")
     rows = []
-    peers = [t for t in tools if t != main] or [None]
-    for peer in peers:
-        ratio = f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if peer and main == "runferry" else ""
-        rows.append([
-            what,
-            _range(summary[main]),
-            f"{peer} {_range(summary[peer])}" if peer else "",
-            ratio,
-            f"median (min-max) of {n}; {where}; {result.get('measured_at', '')[:10]}",
-        ])
+    peers = [t for t in tools if t not in ours] or [None]
+    for main in ours:
+        for peer in peers:
+            compared = peer is not None and main.startswith("runferry")
+            rows.append([
+                what,
+                (f"{main} " if main != "runferry" else "") + _range(summary[main]),
+                f"{peer} {_range(summary[peer])}" if peer else "",
+                f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if compared else "",
+                f"median (min-max) of {summary[main]['n']}; {where}; {result.get('measured_at', '')[:10]}",
+            ])
     return rows
 
 

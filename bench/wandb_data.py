@@ -99,11 +99,11 @@ def seed(url: str, home: Path, *, projects: int, runs: int, steps: int, keys: in
     run_child(argv, cwd=home, env=sdk_env(url, SRC_KEY, home)).check()
 
 
-def add_dataset_args(p: argparse.ArgumentParser, scenario: str) -> None:
+def add_dataset_args(p: argparse.ArgumentParser, scenario: str, *, steps: int = 1000) -> None:
     """The options every W&B bench shares: the dataset's size, repeats, work dir, variant."""
     p.add_argument("--projects", type=int, default=3)
     p.add_argument("--runs", type=int, default=4, help="runs per project")
-    p.add_argument("--steps", type=int, default=1000, help="history rows per run")
+    p.add_argument("--steps", type=int, default=steps, help="history rows per run")
     p.add_argument("--keys", type=int, default=10, help="float metrics per row (plus an integer 'epoch')")
     p.add_argument("--artifact-kib", type=int, default=256, help="size of each run's model artifact")
     p.add_argument("--repeats", type=int, default=3)
