@@ -46,8 +46,11 @@ class WandbServerProcess:
     ``cpu_s()`` is the server's CPU time so far, so a bench can say whether the server or the
     client bounded a run."""
 
-    def __init__(self, keys: dict[str, list[str]], log: Path, filestream_rps_per_run: float | None = None) -> None:
+    def __init__(self, keys: dict[str, list[str]], log: Path, filestream_rps_per_run: float | None = None,
+                 *, history_exports: bool = False) -> None:
         self.argv = python_child("tests.servers.wandb", "--port", "0")
+        if history_exports:  # finished runs' history exported to parquet (parquetHistory)
+            self.argv += ["--export-history-on-finish"]
         for key, entities in keys.items():
             self.argv += ["--key", f"{key}={','.join(entities)}"]
         if filestream_rps_per_run:
@@ -204,7 +207,9 @@ def dump(value: Any) -> str:
 def run_view(run: Any) -> dict[str, Any]:
     """Everything compared of one run, as ``wandb.Api()`` reads it (``_runtime`` left out of rows:
     both tools recompute it)."""
-    rows = [{k: v for k, v in row.items() if k != "_runtime"} for row in run.scan_history(page_size=10_000)]
+    # a key read as None is one the row lacks (wandb-core's parquet reader fills them in)
+    rows = [{k: v for k, v in row.items() if k != "_runtime" and v is not None}
+            for row in run.scan_history(page_size=10_000)]
     system = [
         {k: v for k, v in line.items() if k == "_timestamp" or k.startswith("system.")}
         for line in run.history(stream="system", samples=1_000_000, pandas=False)

@@ -20,7 +20,7 @@ from adapters.http import HttpClient
 from core.errors import NotFoundError
 
 from . import _read_ops
-from ._history_read import loads
+from ._page_points import loads
 
 CONSOLE_FILE = "output.log"
 METADATA_FILE = "wandb-metadata.json"

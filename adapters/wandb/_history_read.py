@@ -30,12 +30,11 @@ point ``start`` re-reads the pages before it and skips their points (W&B cannot 
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
 from adapters.http import HttpClient
@@ -43,23 +42,14 @@ from core.model import HistoryChunk
 
 from . import _read_ops
 from ._gql import call
-from ._page_points import page_batch
+from ._history_exports import ExportSupport, export_batches
+from ._page_points import loads, page_batch
 
 INTERNAL_KEYS = frozenset({"_step", "_timestamp", "_runtime"})
 SYSTEM_PREFIX = "system."
 SYSTEM_POINT_PREFIX = "system/"
 _MAX_WINDOW = 2**31 - 1  # ``samples`` is a GraphQL Int (32 bits)
 _GROWTH = 8
-
-
-def loads(text: str | bytes) -> Any:
-    """One JSON document as W&B writes it: orjson when it can, the standard parser for the
-    SDK's bare ``NaN``/``Infinity`` tokens and integers beyond 64 bits (both keep floats
-    bit-exact and integers as integers)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
 
 
 class PointBatcher:
@@ -166,10 +156,11 @@ def next_window(width: int, rows: int, page_rows: int) -> int:
 
 
 async def history_pages(
-    api: HttpClient, entity: str, project: str, run: str, last_step: int, page_rows: int
+    api: HttpClient, entity: str, project: str, run: str, last_step: int, page_rows: int, min_step: int = 0
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
-    """The run's history rows, one step window per page, as the server lists them."""
-    min_step, width = 0, max(1, page_rows)
+    """The run's history rows from ``min_step`` on, one step window per page, as the server
+    lists them."""
+    width = max(1, page_rows)
     while min_step <= last_step:
         max_step = min(last_step + 1, min_step + width)
         data = await call(
@@ -209,10 +200,24 @@ async def iter_points(
     page_rows: int,
     chunk_points: int,
     start: int,
+    exports: ExportSupport | None = None,
 ) -> AsyncGenerator[HistoryChunk, None]:
-    """History points, then system-metrics points, from point ``start`` on (module docstring)."""
+    """History points, then system-metrics points, from point ``start`` on (module docstring).
+
+    With ``exports``, rows the server exported to parquet come from those files and only the
+    rows after them from ``HistoryPage`` (``_history_exports``); a history that fits in one
+    page is not worth the extra question."""
     batcher = PointBatcher(chunk_points, start)
-    async for rows in history_pages(api, entity, project, run, last_step, page_rows):
+    first_live = 0
+    if exports is not None and last_step >= page_rows:
+        urls = await exports.urls(api, entity, project, run)
+        if urls:
+            async with contextlib.aclosing(export_batches(exports.storage, urls, start_time, page_rows)) as exported:
+                async for points, top in exported:
+                    for chunk in batcher.add(points):
+                        yield chunk
+                    first_live = top + 1
+    async for rows in history_pages(api, entity, project, run, last_step, page_rows, first_live):
         for chunk in batcher.add(history_batch_of(rows, start_time)):
             yield chunk
     if events_count:

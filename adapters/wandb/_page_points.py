@@ -14,18 +14,33 @@ Both paths give the same points (the conventions are in ``_history_read``'s docs
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.model import history_batch
 
+Compact = tuple[np.ndarray, "np.ndarray | None", "pa.Array | None"]
+"""One key's values for the rows that have it: floats (0.0 where none), which of them are
+numbers (None: all), and their ``value_json`` texts (None: none)."""
+
 _MISSING = object()  # a key the row does not have
 _MissingType = type(_MISSING)
 _DENSE_SLACK = 4  # the column path while rows x keys <= 4 x points (+ a small constant)
+
+
+def loads(text: str | bytes) -> Any:
+    """One JSON document as W&B writes it: orjson when it can, the standard parser for the
+    SDK's bare ``NaN``/``Infinity`` tokens and integers beyond 64 bits (both keep floats
+    bit-exact and integers as integers)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def value_json(value: Any) -> str:
@@ -64,13 +79,9 @@ def page_batch(
 
 def _by_columns(rows: Sequence[dict[str, Any]], steps: np.ndarray, times: np.ndarray,
                 columns: list[tuple[str, str]]) -> pa.RecordBatch | None:
-    # Each key's values are gathered compactly (only the rows that have it), key after key;
-    # the row-major output then takes from that layout through one index array.
     n, width = len(rows), len(columns)
     present = np.ones((width, n), dtype=bool)
-    values: list[np.ndarray] = []
-    valid: list[np.ndarray | None] = []
-    texts: list[pa.Array | None] = []
+    compact: list[Compact] = []
     for j, (_, key) in enumerate(columns):
         try:
             column = [row[key] for row in rows]
@@ -78,31 +89,36 @@ def _by_columns(rows: Sequence[dict[str, Any]], steps: np.ndarray, times: np.nda
             column = [row.get(key, _MISSING) for row in rows]
             present[j] = np.fromiter((v is not _MISSING for v in column), dtype=bool, count=n)
             column = [v for v in column if v is not _MISSING]
-        number, ok, text = _column(column)
-        values.append(number)
-        valid.append(ok)
-        texts.append(text)
+        compact.append(_column(column))
+    return assemble([point for point, _ in columns], present, compact, steps, times)
+
+
+def assemble(point_keys: list[str], present: np.ndarray, compact: list[Compact], steps: np.ndarray,
+             times: np.ndarray) -> pa.RecordBatch | None:
+    """Row-major points from key-major parts: ``present[j, i]`` says row i has key j, and
+    ``compact[j]`` holds key j's values for those rows only, in row order."""
+    width = len(point_keys)
     rank = np.cumsum(present, axis=1) - 1  # a present cell's place among its key's values
-    counts = rank[:, -1] + 1
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    starts = np.concatenate(([0], np.cumsum(rank[:, -1] + 1)[:-1]))
     row_of, key_of = np.divmod(np.flatnonzero(present.T), width)
     if row_of.size == 0:
         return None
     at = starts[key_of] + rank[key_of, row_of]
-    keys = pc.take(pa.array([point for point, _ in columns], pa.string()), pa.array(key_of))
+    keys = pc.take(pa.array(point_keys, pa.string()), pa.array(key_of))
     mask = None
-    if any(ok is not None for ok in valid):
-        mask = ~np.concatenate([np.ones(len(v), dtype=bool) if ok is None else ok for v, ok in zip(values, valid, strict=True)])[at]
-    value_array = pa.array(np.concatenate(values)[at], pa.float64(), mask=mask)
+    if any(ok is not None for _, ok, _ in compact):
+        numbered = [np.ones(len(v), dtype=bool) if ok is None else ok for v, ok, _ in compact]
+        mask = ~np.concatenate(numbered)[at]
+    value_array = pa.array(np.concatenate([v for v, _, _ in compact])[at], pa.float64(), mask=mask)
     text_array = None
-    if any(t is not None for t in texts):
-        parts = [pa.nulls(len(v), pa.string()) if t is None else t for v, t in zip(values, texts, strict=True)]
+    if any(t is not None for _, _, t in compact):
+        parts = [pa.nulls(len(v), pa.string()) if t is None else t for v, _, t in compact]
         text_array = pc.take(pa.concat_arrays(parts), pa.array(at))
     return history_batch(keys, steps[row_of], times[row_of], value_array, text_array)
 
 
-def _column(column: list[Any]) -> tuple[np.ndarray, np.ndarray | None, pa.Array | None]:
-    """One key's values as (floats, which are numbers (None: all), texts (None: none))."""
+def _column(column: list[Any]) -> Compact:
+    """One key's values (Python objects) as a ``Compact``."""
     kinds = set(map(type, column))
     if kinds <= {float}:
         return np.array(column, dtype=np.float64), None, None
@@ -111,9 +127,15 @@ def _column(column: list[Any]) -> tuple[np.ndarray, np.ndarray | None, pa.Array 
             return np.array(column, dtype=np.float64), None, pa.array(column, pa.int64()).cast(pa.string())
         except (OverflowError, pa.ArrowInvalid):  # beyond 64 bits: one at a time below
             pass
-    numbers, strings = zip(*map(split_value, column), strict=True)
-    floats = np.array([0.0 if v is None else v for v in numbers], dtype=np.float64)
-    return floats, np.array([v is not None for v in numbers], dtype=bool), pa.array(strings, pa.string())
+    return split_values(column)
+
+
+def split_values(values: Iterable[Any]) -> Compact:
+    """Values of any kind, one ``split_value`` at a time, as a ``Compact``."""
+    pairs = list(map(split_value, values))
+    floats = np.array([0.0 if v is None else v for v, _ in pairs], dtype=np.float64)
+    numbered = np.array([v is not None for v, _ in pairs], dtype=bool)
+    return floats, numbered, pa.array([t for _, t in pairs], pa.string())
 
 
 def _by_rows(rows: Sequence[dict[str, Any]], steps: np.ndarray, times: np.ndarray,

@@ -121,3 +121,10 @@ async def edges_of(
         if not edges or not info.get("hasNextPage"):
             return
         cursor = edges[-1].get("cursor") or info.get("endCursor")
+
+RUN_PARQUET_HISTORY = """
+query RunParquetHistory($entity: String!, $project: String!, $runName: String!, $liveKeys: [String!]!) {
+  project(name: $project, entityName: $entity) {
+    run(name: $runName) { parquetHistory(liveKeys: $liveKeys) { parquetUrls liveData } }
+  }
+}"""

@@ -27,6 +27,7 @@ from ._files_read import (
     hex_md5,
     read_metadata,
 )
+from ._history_exports import ExportSupport
 from ._history_read import iter_points
 from ._mapping import original_times
 from ._read_artifacts import logged_artifact_files, read_artifact_file, used_artifacts
@@ -56,6 +57,7 @@ class WandbSource:
         self._storage: HttpClient | None = None
         self.namespaces: list[Namespace] = []
         self._urls: dict[tuple[str, str], str] = {}  # (run id, file name) -> download URL
+        self._exports: ExportSupport | None = None
 
     def describe(self) -> str:
         return f"wandb:{self.base_url}"
@@ -83,6 +85,7 @@ class WandbSource:
             self._storage = await stack.enter_async_context(HttpClient(
                 base_url=self.base_url, name="wandb-source-storage", context=self.context,
                 timeout=self.config.timeout))
+            self._exports = ExportSupport(self._storage)
             self._api = api
             self._stack = stack.pop_all()
         return self
@@ -151,9 +154,13 @@ class WandbSource:
     async def iter_history(self, run: RunRecord, start: int = 0) -> AsyncGenerator[HistoryChunk, None]:
         """History points then system-metrics points (``_history_read`` has the conventions)."""
         events = int(run.system.get("events_line_count") or 0) if self.config.include_system_metrics else 0
+        entity, project, name = source_path(run.ref)
         chunks = iter_points(
             self.api,
-            **dict(zip(("entity", "project", "run"), source_path(run.ref), strict=True)),
+            entity=entity,
+            project=project,
+            run=name,
+            exports=self._exports if self.config.history_exports else None,
             last_step=int(run.system.get("last_step", -1)),
             events_count=events,
             start_time=run.start_time or 0.0,

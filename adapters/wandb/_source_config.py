@@ -41,6 +41,10 @@ class WandbSourceConfig:
     - ``history_page_rows``: history lines wanted per ``HistoryPage`` request (default 1000,
       the SDK's page size); step windows grow over sparse steps and shrink over dense ones
       to stay near it.
+    - ``history_exports``: read the history the server has exported to parquet
+      (``parquetHistory``, what wandb-core reads) from those files, and only the rows after
+      them as JSON pages (default true; a server without exports is read as JSON). An export
+      keeps no key logged as null, and a key that mixed integers and floats reads as floats.
     - ``files_per_page``: run files per ``RunFiles`` page (default 200).
     - ``max_in_flight``: requests in flight to the server at once (default 8).
     - ``timeout``: seconds to connect and seconds of silence while reading (default 120).
@@ -58,6 +62,7 @@ class WandbSourceConfig:
     include_artifacts: bool = True
     include_reports: bool = True
     history_page_rows: int = 1000
+    history_exports: bool = True
     files_per_page: int = 200
     max_in_flight: int = 8
     timeout: float = 120.0

@@ -2,8 +2,10 @@
 
 One W&B-compatible server (``python -m tests.servers.wandb``, its own process) seeded once
 through the current official SDK with the ``bench.wandb_data`` dataset (several projects,
-``projects * runs * steps * (keys + 1)`` history points, system metrics, artifacts). Measured
-children, ``--repeats`` times each, order alternated, a fresh output directory every time:
+``projects * runs * steps * (keys + 1)`` history points, system metrics, artifacts). With
+``--history-exports on`` (default) the server exports each finished run's history to parquet,
+as wandb.ai does, and both tools read those exports (wandb-core's ``scan_history`` and
+runferry's ``history_exports``); ``off`` serves history only as JSON pages. Measured children, ``--repeats`` times each, order alternated, a fresh output directory every time:
 
 - ``runferry``: ``python -m engine migrate`` with ``[destination] type = "local"`` and its
   defaults, given the recipe's job: the runs table (``runs.parquet``/``runs.csv``) and every
@@ -83,6 +85,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench wandb_export", description=__doc__.splitlines()[0])
     wd.add_dataset_args(p, "wandb_export", steps=10_000)  # 1.3M points: an export is about throughput
     p.add_argument("--recipe-page-size", type=int, default=10_000, help="also run the recipe with scan_history(page_size=N) (0: skip)")
+    p.add_argument("--history-exports", choices=("on", "off"), default="on",
+                   help="the server exports finished runs' history to parquet, as wandb.ai does (on), or "
+                        "serves history only as JSON pages (off); both tools read whichever it offers")
     p.add_argument("--no-everything", dest="everything", action="store_false",
                    help="skip runferry-everything (runferry's export with system metrics, console, files and artifacts)")
     return p.parse_args(argv)
@@ -96,7 +101,8 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
     projects = wd.project_names(a.projects)
     tools = ["runferry"] + (["runferry-everything"] if a.everything else []) + ["recipe"]
     tools += [f"recipe-p{a.recipe_page_size}"] if a.recipe_page_size else []
-    with wd.WandbServerProcess({wd.SRC_KEY: [wd.SRC_ENTITY]}, workdir / "server.log") as server:
+    with wd.WandbServerProcess({wd.SRC_KEY: [wd.SRC_ENTITY]}, workdir / "server.log",
+                               history_exports=a.history_exports == "on") as server:
         source, size, seed_s = wd.seed_and_read(server, workdir, a)
 
         def measure(tool: str, repeat: int) -> Sample:

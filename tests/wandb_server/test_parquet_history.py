@@ -13,7 +13,10 @@ from tests.wandb_server.wire import file_stream, gql, upsert_run
 
 def row(step: int) -> dict:
     values = {0: math.nan, 1: math.inf, 2: -math.inf}
-    return {"_step": step, "loss": values.get(step, step / 10), "tag": f"s{step}" if step % 2 else None}
+    media = {"_type": "image-file", "path": f"media/images/i_{step}.png", "size": step, "sha256": "ab" * 8}
+    return {"_step": step, "loss": values.get(step, step / 10), "tag": f"s{step}" if step % 2 else None,
+            "epoch": step // 10, "flag": step % 4 == 0, "image": media if step % 3 == 0 else None,
+            "mixed": step if step % 5 else "five"}
 
 
 def line(step: int) -> str:
@@ -42,13 +45,19 @@ async def test_scan_history_reads_parquet_export(wandb_server, public_api):
     key = wandb_server.export_history("runferry", "parquet", "pq1")
     schema = pq.read_schema(wandb_server.state.blob(key).path)
     assert [f.name for f in schema][0] == "_step" and str(schema.field("loss").type) == "double"
+    assert {str(schema.field(k).type) for k in ("epoch", "flag", "tag")} == {"int64", "bool", "string"}
+    assert str(schema.field("image").type).startswith("struct<")
 
     before = len(wandb_server.state.request_log)
     rows = list(public_api.run("runferry/parquet/pq1").scan_history())
     assert [r["_step"] for r in rows] == list(range(30))
     assert math.isnan(rows[0]["loss"]) and rows[1]["loss"] == math.inf and rows[2]["loss"] == -math.inf
     assert [r["loss"] for r in rows[3:]] == [s / 10 for s in range(3, 30)]
-    assert [r.get("tag") for r in rows] == [json.dumps(f"s{s}") if s % 2 else None for s in range(30)]
+    # typed columns come back as the values logged (a key the row lacks reads as None)
+    for got in rows:
+        want = {k: v for k, v in row(got["_step"]).items() if v is not None and k not in ("loss", "mixed")}
+        assert {k: v for k, v in got.items() if v is not None and k not in ("loss", "mixed")} == want
+        assert type(got["epoch"]) is int and type(got["flag"]) is bool
     names = [name for _, name in wandb_server.state.request_log[before:]]
     assert "RunParquetHistory" in names and "HistoryPage" not in names  # nothing live to fetch
 

@@ -20,7 +20,7 @@ from tests.wandb_source.oracle import dump, read_run, rows_from_points, sdk_view
 RICH = f"{ENTITY}/alpha/rich"
 QUERIES = {"Viewer", "GetProjects", "Project", "Runs", "Run", "HistoryPage", "RunEvents", "RunFiles",
            "RunConsoleLogPage", "RunOutputArtifacts", "RunInputArtifacts", "RunExists", "FetchArtifactManifest",
-           "ArtifactMembershipFiles"}
+           "ArtifactMembershipFiles", "RunParquetHistory"}
 
 
 def fast_limiters() -> LimiterRegistry:

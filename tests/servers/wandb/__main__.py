@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-creation-rps-per-project", type=float, default=None,
                         help="UpsertBucket run creations per second per project before 429 + Retry-After")
     parser.add_argument("--storage-slowdown-rps", type=float, default=None)
+    parser.add_argument("--export-history-on-finish", action="store_true",
+                        help="export a run's history to parquet when it completes (parquetHistory), as wandb.ai does")
     parser.add_argument("--sqlite", default=None, metavar="FILE", help="keep the data in this SQLite file (loaded at start, saved at exit)")
     args = parser.parse_args(argv)
     keys = dict(DEFAULT_KEYS)
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     server.faults.filestream_rps_per_run = args.filestream_rps_per_run
     server.faults.run_creation_rps_per_project = args.run_creation_rps_per_project
     server.faults.storage_slowdown_rps = args.storage_slowdown_rps
+    server.state.export_history_on_finish = args.export_history_on_finish
     print(f"fake W&B server listening on {server.base_url}", flush=True)
     for key, entities in keys.items():
         print(f"  key {key[:4]}... -> entities {', '.join(entities)}", flush=True)
