@@ -122,3 +122,41 @@ async def test_types_survive_the_export(exported_server, monkeypatch) -> None:
     assert by_key["flag"][:2] in ((None, "true"), (None, "false"))
     assert loads(by_key["image"][1])["path"] == f"media/images/i_{by_key['image'][2]}.png"
     assert loads(by_key["tags"][1]) == ["a", by_key["tags"][2]]
+
+
+async def test_exports_ride_out_storage_and_graphql_faults(exported_server, monkeypatch) -> None:
+    monkeypatch.setenv(KEY_ENV, exported_server.api_key)
+    clean = await _points(exported_server, "partly", exports=True)
+    faults = exported_server.faults
+    faults.script("storage", [503, "drop", 500, 429])
+    faults.script("graphql", ["drop", 503])
+    try:
+        faulted = await _points(exported_server, "partly", exports=True)
+        assert faults.injected  # the faults happened
+    finally:
+        faults.reset()
+    assert _comparable(faulted) == _comparable(clean)
+
+
+async def test_a_server_without_parquet_history_is_read_as_json(exported_server, monkeypatch) -> None:
+    """An older server refuses the query (GraphQL validation: 400): the source reads JSON
+    pages, asks only once per source, and gives the same points."""
+    monkeypatch.setenv(KEY_ENV, exported_server.api_key)
+    log = exported_server.state.request_log
+    points = {}
+    async with make_source(exported_server, namespaces=[f"{exported_server.entity}/{PROJECT}"], chunk_points=997,
+                           include_system_metrics=False) as source:
+        records = [await source.get_run(ref) for ref in await collect(source.list_runs())]
+        before = len(log)
+        exported_server.faults.script("graphql", [400])  # the next question: RunParquetHistory
+        try:
+            for record in records:
+                points[record.ref.run_id] = [tuple(p.values()) for c in await collect(source.iter_history(record))
+                                             for p in c.batch.to_pylist()]
+            refused = sum(exported_server.faults.injected.values())
+        finally:
+            exported_server.faults.reset()
+    asked = [name for _, name in log[before:]]  # the refused question is not in the log
+    assert refused == 1 and "RunParquetHistory" not in asked and asked.count("HistoryPage") >= 9
+    for run in ("partly", "whole", "never"):
+        assert _comparable(points[run]) == _comparable(await _points(exported_server, run, exports=False))
