@@ -2,7 +2,9 @@
 
 Source (read-only; modules ``_source_config``, ``_read_ops`` (its GraphQL queries),
 ``_runs_read`` (namespaces, ``Runs`` paging, RunRecord mapping), ``_history_read`` (full
-history and system metrics as points), ``_files_read`` (run files, console log),
+history and system metrics as points), ``_page_points`` (a page of rows -> long points, a key
+at a time), ``_history_exports`` (history the server exported to parquet), ``_files_read``
+(run files, console log),
 ``_source``): ``RunRef.id`` = ``entity/project/run`` with hint ``run_id`` = the bare run id;
 ``RunRecord``: ``source_system = "wandb"``, ``config`` unwrapped with ``_wandb`` kept
 (``wandb_version`` dropped), ``summary`` = the stored summary as is, ``labels`` = tags,
