@@ -56,9 +56,9 @@ class Downloads(Listing):
             info = await self.head(target)
         else:
             first = await self._call(
-                target, "GetObject", lambda: self.client.get_object(Bucket=target.bucket, Key=target.key)
+                target, "GetObject", lambda: self.client.get_object(Bucket=target.bucket, Key=target.key, **self.sse_c)
             )
-            info = info_of(target, first)
+            info = info_of(target, first, self.sse_c)
             if parallelism is None and info.size > self.config.ranged_get_threshold:
                 await first["Body"].aclose()
                 first = None
@@ -189,9 +189,11 @@ class Downloads(Listing):
     async def _get_from(self, target: S3Url, info: ObjectInfo, start: int) -> Any:
         """``GetObject`` of the bytes from ``start`` on (the whole object for 0), pinned to the ETag."""
         if start == 0:
-            return await self.client.get_object(Bucket=target.bucket, Key=target.key, IfMatch=f'"{info.etag}"')
+            return await self.client.get_object(
+                Bucket=target.bucket, Key=target.key, IfMatch=f'"{info.etag}"', **self.sse_c
+            )
         response = await self.client.get_object(
-            Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-", IfMatch=f'"{info.etag}"'
+            Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-", IfMatch=f'"{info.etag}"', **self.sse_c
         )
         if int(response.get("ContentLength", -1)) != info.size - start:
             await response["Body"].aclose()
@@ -202,7 +204,10 @@ class Downloads(Listing):
         return response
 
     async def _read_plan(self, info: ObjectInfo, part_size: int) -> tuple[list[tuple[int, int]], str]:
-        """Ranges to fetch, and how to verify them: ``whole`` MD5, per-``parts`` MD5s, or ``none``."""
+        """Ranges to fetch, and how to verify them: ``whole`` MD5, per-``parts`` MD5s, or ``none``
+        (an encrypted object's ETag is no digest of its bytes)."""
+        if not info.etag_is_md5:
+            return plan_ranges(info.size, part_size), "none"
         if MD5_HEX.match(info.etag):
             return plan_ranges(info.size, part_size), "whole"
         multipart = MULTIPART_ETAG.match(info.etag)
@@ -220,7 +225,8 @@ class Downloads(Listing):
 
         async def attempt() -> bytes:
             response = await self.client.get_object(
-                Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-{end}", IfMatch=f'"{etag}"'
+                Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-{end}", IfMatch=f'"{etag}"',
+                **self.sse_c,
             )
             async with response["Body"] as stream:
                 body = await stream.read()
