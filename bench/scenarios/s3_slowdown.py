@@ -398,7 +398,8 @@ def rclone_bytes(url: str, moto_pid: int, src: Path, dst: Path, prefix: str, fil
     # plain HTTP on loopback, so it needs none.
     env.pop("AWS_CA_BUNDLE", None)
     common = ["--transfers", str(files), "--checkers", str(files), "--s3-upload-concurrency", "8",
-              "--s3-chunk-size", "8M", "--multi-thread-streams", "8", "--no-check-dest", "-q"]
+              "--s3-chunk-size", "8M", "--s3-upload-cutoff", "8M",
+              "--multi-thread-streams", "8", "--no-check-dest", "-q"]
     with Phase(moto_pid, children=True) as upload:
         subprocess.run(["rclone", "copy", str(src), f"bench:{BUCKET}/{prefix}", *common], env=env, check=True)
     with Phase(moto_pid, children=True) as download:
