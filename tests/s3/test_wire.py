@@ -7,8 +7,10 @@ body with a length); these tests fail loudly if a botocore/aiohttp upgrade chang
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -50,6 +52,13 @@ async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, 
         seen.append({"headers": dict(request.headers), "body": body})
         return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
+    async with serving(handle) as url:
+        yield url, seen
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Any) -> AsyncIterator[str]:
+    """``handle`` answering every request on a loopback port; yields the base URL."""
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
@@ -58,7 +67,7 @@ async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, 
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
@@ -163,17 +172,8 @@ async def object_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[
             await response.write(body[start : start + 100_000])
         return response
 
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", objects
-    finally:
-        await runner.cleanup()
+    async with serving(handle) as url:
+        yield url, objects
 
 
 @pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 7, 20 * 1024 * 1024 + 1])  # hashed on the loop / in threads
