@@ -39,7 +39,8 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
     where = f"{machine.get('cpus', '?')} CPUs, load {'/'.join(str(x) for x in machine.get('load_avg_1_5_15', [])[:1]) or '?'}"
     command = _without_workdir(result.get("command", result["scenario"]))
     points = result.get("headline", {}).get("points")
-    what = f"`{command}`" + (f" ({points:,} points)" if points else "")
+    label = result.get("headline", {}).get("label")  # which phase of a scenario, e.g. "download"
+    what = f"`{command}`" + (f" ({points:,} points)" if points else "") + (f", {label}" if label else "")
     rows = []
     peers = [t for t in tools if t not in ours] or [None]
     for main in ours:
@@ -56,9 +57,11 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def _without_workdir(command: str) -> str:
-    """The command as anyone would type it: a ``--workdir`` is where it ran, not what it measured."""
+    """The command as anyone would type it: a ``--workdir`` or ``--out`` is where it ran, not what
+    it measured."""
     words = command.split()
-    return " ".join(w for i, w in enumerate(words) if w != "--workdir" and (i == 0 or words[i - 1] != "--workdir"))
+    where = ("--workdir", "--out")
+    return " ".join(w for i, w in enumerate(words) if w not in where and (i == 0 or words[i - 1] not in where))
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -114,6 +114,7 @@ class LimiterStatistics:
     retries: int
     retries_refused: int
     budget: float
+    delayed: int = 0  # admissions that waited for a pacing turn or a pause (not for a slot)
 
 
 class Ticket:
@@ -167,6 +168,7 @@ class EndpointLimiter:
         self._counts = {kind: 0 for kind in OutcomeKind}
         self._retries = 0
         self._retries_refused = 0
+        self._delayed = 0
 
     @property
     def state(self) -> ControlState:
@@ -191,19 +193,24 @@ class EndpointLimiter:
 
     async def _wait_for_turn(self) -> float:
         """Wait for our turn; returns when the turn was decided (the pacing reservation)."""
+        delayed = False
         while True:
             now = self.clock.now()
             if now < self._state.paused_until:
+                delayed = True
                 await self.clock.sleep(self._state.paused_until - now)
                 continue
             rate = effective_rate(self._state, now)
             if rate is None:
+                self._delayed += delayed
                 await anyio.lowlevel.checkpoint()
                 return self.clock.now()
             start = max(now, self._next_start - self.config.burst_seconds)
             self._next_start = max(self._next_start, now) + 1.0 / rate
+            delayed = delayed or start > now
             await self.clock.sleep(start - now)
             if self.clock.now() >= self._state.paused_until:
+                self._delayed += delayed
                 return now
 
     def _record(self, ticket: Ticket) -> None:
@@ -258,6 +265,7 @@ class EndpointLimiter:
             retries=self._retries,
             retries_refused=self._retries_refused,
             budget=self._state.budget,
+            delayed=self._delayed,
         )
 
     def __repr__(self) -> str:

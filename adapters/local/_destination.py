@@ -44,7 +44,8 @@ class LocalDestinationConfig(S3Access):
     - ``s3_endpoint_url`` / ``s3_region``: the object store of an ``s3://`` path (default:
       AWS S3 in ``us-east-1``); ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` /
       ``s3_session_token_env``: environment variables holding its keys (default: the usual
-      AWS chain).
+      AWS chain); ``s3_sse_customer_key_env``: a variable holding a base64 256-bit SSE-C key,
+      sent with every object request (default: none).
     """
 
     path: str

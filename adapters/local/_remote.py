@@ -71,6 +71,7 @@ class S3Access:
     s3_access_key_id_env: str = ""
     s3_secret_access_key_env: str = ""
     s3_session_token_env: str = ""
+    s3_sse_customer_key_env: str = ""  # SSE-C: a variable holding the base64 256-bit key
 
 
 class RemoteRoot:
@@ -96,6 +97,7 @@ class RemoteRoot:
             access_key_id_env=a.s3_access_key_id_env,
             secret_access_key_env=a.s3_secret_access_key_env,
             session_token_env=a.s3_session_token_env,
+            sse_customer_key_env=a.s3_sse_customer_key_env,
             part_size=max(self.context.part_bytes, 5 << 20),
             multipart_threshold=max(self.context.part_bytes, 5 << 20),
         )

@@ -19,10 +19,12 @@ Every request goes through the shared limiter of its *prefix* (``s3://host:port/
 S3 limits requests per key prefix), with botocore's own retries switched off: throttles (503
 SlowDown, 429, throttling codes) slow the prefix's pace, transient failures shrink its
 concurrency, and the retry budget bounds retries. Credentials come from the usual AWS chain
-(environment variables, ``profile``), or from the variables named by the ``*_env`` keys.
+(environment variables, ``profile``), or from the variables named by the ``*_env`` keys; an
+SSE-C key (``sse_customer_key_env``) goes with every request on an object's bytes or metadata.
 
 Layout: ``_config`` (sizes, ``S3Config``), ``_url`` (``S3Url`` and result values), ``_parts``
-(part planning, MD5/ETag rules), ``_errors`` (answer classification lists), ``_client``
+(part planning, MD5/ETag rules), ``_encryption`` (which requests carry an SSE-C key, when an
+ETag is no MD5), ``_errors`` (answer classification lists), ``_client``
 (aiobotocore client set-up), ``_requests`` (lifecycle, limiter, retry loop), ``_listing``,
 ``_upload``, ``_download``, ``_copy`` (one family of operations each) and ``_store`` (``S3Store``).
 """

@@ -32,6 +32,10 @@ class S3Config:
     access_key_id_env: str = ""  # empty: the usual AWS chain (AWS_ACCESS_KEY_ID, profile...)
     secret_access_key_env: str = ""
     session_token_env: str = ""
+    # SSE-C: the variable holding the base64 256-bit customer key; every object request of the
+    # store then carries it (uploads, each part, downloads, heads, both sides of copies).
+    sse_customer_key_env: str = ""
+    sse_customer_algorithm: str = "AES256"
     addressing_style: str = "path"  # path | virtual | auto
     part_size: int = 8 * MIB
     multipart_threshold: int = 8 * MIB

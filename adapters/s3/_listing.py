@@ -11,12 +11,14 @@ import functools
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from adapters.s3._encryption import etag_is_md5
 from adapters.s3._requests import RequestCore
 from adapters.s3._url import ObjectInfo, S3Url
 
 
-def info_of(target: S3Url, response: dict[str, Any]) -> ObjectInfo:
-    """The object's size, ETag and metadata from a ``HeadObject`` or ``GetObject`` answer."""
+def info_of(target: S3Url, response: dict[str, Any], request: dict[str, Any]) -> ObjectInfo:
+    """The object's size, ETag and metadata from a ``HeadObject`` or ``GetObject`` answer (and
+    the ``request`` arguments that got it: an SSE-C key means the ETag is no MD5)."""
     modified = response.get("LastModified")
     return ObjectInfo(
         url=target,
@@ -24,6 +26,7 @@ def info_of(target: S3Url, response: dict[str, Any]) -> ObjectInfo:
         etag=str(response.get("ETag", "")).strip('"'),
         last_modified=modified.timestamp() if modified is not None else None,
         metadata=tuple(sorted(response.get("Metadata", {}).items())),
+        etag_is_md5=etag_is_md5(request, response),
     )
 
 
@@ -33,11 +36,11 @@ class Listing(RequestCore):
     async def head(self, url: str | S3Url, *, part_number: int | None = None) -> ObjectInfo:
         """Size, ETag and metadata; ``NotFoundError`` if there is no such object."""
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
-        extra = {} if part_number is None else {"PartNumber": part_number}
+        extra = dict(self.sse_c) if part_number is None else {**self.sse_c, "PartNumber": part_number}
         response = await self._call(
             target, "HeadObject", lambda: self.client.head_object(Bucket=target.bucket, Key=target.key, **extra)
         )
-        return info_of(target, response)
+        return info_of(target, response, self.sse_c)
 
     async def list(self, url: str | S3Url, *, page_size: int = 1000) -> AsyncGenerator[ObjectInfo, None]:
         """Every object whose key starts with the URL's key, in key order, page by page."""

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from core.protocols import AdapterContext
 from adapters.s3._client import open_client
 from adapters.s3._config import S3Config
+from adapters.s3._encryption import sse_c_from_env
 from adapters.s3._errors import (
     AUTH_CODES,
     NETWORK_ERRORS,
@@ -49,6 +50,8 @@ class RequestCore:
         self._limiters: LimiterRegistry = self.context.limiters if self.context.limiters is not None else LimiterRegistry()
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        # SSE-C arguments every object request carries (``{}`` without a customer key)
+        self.sse_c: dict[str, Any] = {}
         endpoint = config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"
         self._endpoint = endpoint_of(endpoint).replace("http://", "").replace("https://", "")
 
@@ -64,6 +67,7 @@ class RequestCore:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        self.sse_c = sse_c_from_env(self.config.sse_customer_key_env, self.config.sse_customer_algorithm)
         stack = AsyncExitStack()
         try:
             self._client = await stack.enter_async_context(open_client(self.config))

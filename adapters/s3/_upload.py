@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 
 from adapters.s3._config import MAX_PARTS
+from adapters.s3._encryption import ABORT_ARGS, PART_ARGS, etag_is_md5, picked
 from adapters.s3._errors import unwrap
 from adapters.s3._parts import (
     MD5_HEX,
@@ -51,10 +52,11 @@ class Uploads(RequestCore):
         ``size`` (when known) picks the part size; a stream longer than 10,000 parts of the
         configured size with no ``size`` given fails with ``FatalError``. ``extra_args`` go to
         ``PutObject`` / ``CreateMultipartUpload`` as they are (``ContentEncoding``,
-        ``ServerSideEncryption``, ``ExpectedBucketOwner``..., as boto3's ``ExtraArgs``).
+        ``ServerSideEncryption``, ``ExpectedBucketOwner``..., as boto3's ``ExtraArgs``), and the
+        SSE-C, payer and owner ones also to every part and the completion (``_encryption``).
         """
         target = url if isinstance(url, S3Url) else S3Url.parse(url)
-        extra: dict[str, Any] = dict(extra_args or {})
+        extra: dict[str, Any] = {**self.sse_c, **(extra_args or {})}
         if content_type:
             extra["ContentType"] = content_type
         if metadata:
@@ -83,7 +85,8 @@ class Uploads(RequestCore):
                 Bucket=target.bucket, Key=target.key, Body=body_of(body),
                 ContentMD5=base64.b64encode(digest).decode(), **extra,
             )
-            self._check_etag(response.get("ETag"), digest, f"PutObject {target}")
+            if etag_is_md5(extra, response):
+                self._check_etag(response.get("ETag"), digest, f"PutObject {target}")
             return response
 
         response = await self._call(target, "PutObject", attempt)
@@ -91,7 +94,7 @@ class Uploads(RequestCore):
 
     def _check_etag(self, etag: Any, digest: bytes, what: str) -> None:
         value = str(etag or "").strip('"')
-        # Only plain-MD5 ETags can be checked (not SSE-KMS / SSE-C ones).
+        # Only plain-MD5 ETags can be checked (callers skip SSE-KMS / SSE-C ones: ``etag_is_md5``).
         if MD5_HEX.match(value) and value != digest.hex():
             raise TransientError(f"{self.name}: {what}: ETag {value} != MD5 {digest.hex()} of what we sent", adapter=self.name)
 
@@ -104,6 +107,8 @@ class Uploads(RequestCore):
             lambda: self.client.create_multipart_upload(Bucket=target.bucket, Key=target.key, **extra),
         )
         upload_id = created["UploadId"]
+        part_args = picked(extra, PART_ARGS)
+        check_etags = etag_is_md5(extra, created)
         try:
             digests: dict[int, bytes] = {}
             etags: dict[int, str] = {}
@@ -112,7 +117,9 @@ class Uploads(RequestCore):
             async def upload_parts(receive: anyio.abc.ObjectReceiveStream[tuple[int, Part]]) -> None:
                 async with receive:
                     async for number, body in receive:
-                        etags[number], digests[number] = await self._upload_part(target, upload_id, number, body)
+                        etags[number], digests[number] = await self._upload_part(
+                            target, upload_id, number, body, part_args, check_etags
+                        )
 
             send, receive = anyio.create_memory_object_stream[tuple[int, Part]](0)
             try:
@@ -139,38 +146,44 @@ class Uploads(RequestCore):
                 return await self.client.complete_multipart_upload(
                     Bucket=target.bucket, Key=target.key, UploadId=upload_id,
                     MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in ordered]},
+                    **part_args,
                 )
 
             response = await self._call(target, "CompleteMultipartUpload", complete)
             etag = str(response.get("ETag", "")).strip('"')
-            if MULTIPART_ETAG.match(etag) and etag != expected:
+            if check_etags and etag_is_md5(response) and MULTIPART_ETAG.match(etag) and etag != expected:
                 raise FatalError(f"{self.name}: {target}: multipart ETag {etag} != expected {expected}", adapter=self.name)
             return PutResult(target, total, etag, len(ordered))
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._abort(target, upload_id)
+                await self._abort(target, upload_id, picked(extra, ABORT_ARGS))
             raise
 
-    async def _upload_part(self, target: S3Url, upload_id: str, number: int, body: Part) -> tuple[str, bytes]:
+    async def _upload_part(
+        self, target: S3Url, upload_id: str, number: int, body: Part, part_args: dict[str, Any], check_etag: bool
+    ) -> tuple[str, bytes]:
         digest = await md5_of(body)
 
         async def attempt() -> Any:
             response = await self.client.upload_part(
                 Bucket=target.bucket, Key=target.key, UploadId=upload_id, PartNumber=number,
-                Body=body_of(body), ContentMD5=base64.b64encode(digest).decode(),
+                Body=body_of(body), ContentMD5=base64.b64encode(digest).decode(), **part_args,
             )
-            self._check_etag(response.get("ETag"), digest, f"UploadPart {number} of {target}")
+            if check_etag and etag_is_md5(response):
+                self._check_etag(response.get("ETag"), digest, f"UploadPart {number} of {target}")
             return response
 
         response = await self._call(target, f"UploadPart {number}", attempt)
         return str(response["ETag"]), digest
 
-    async def _abort(self, target: S3Url, upload_id: str) -> None:
+    async def _abort(self, target: S3Url, upload_id: str, extra: dict[str, Any] | None = None) -> None:
         """Best effort: a failed abort is reported, never raised over the original error."""
         try:
             await self._call(
                 target, "AbortMultipartUpload",
-                lambda: self.client.abort_multipart_upload(Bucket=target.bucket, Key=target.key, UploadId=upload_id),
+                lambda: self.client.abort_multipart_upload(
+                    Bucket=target.bucket, Key=target.key, UploadId=upload_id, **(extra or {})
+                ),
             )
         except NotFoundError:
             pass  # already gone

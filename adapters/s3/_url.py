@@ -41,6 +41,7 @@ class ObjectInfo:
     etag: str  # without quotes
     last_modified: float | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    etag_is_md5: bool = True  # False for SSE-C / SSE-KMS objects: their ETag is no digest of the bytes
 
 
 @dataclass(frozen=True, slots=True)

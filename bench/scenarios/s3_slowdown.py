@@ -24,8 +24,10 @@ Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and download
 server (direct, no throttling) by runferry's ``S3Store`` with its defaults (one streamed GET per
 file up to ``ranged_get_threshold``, 256 MiB, like rclone's multi-thread cutoff; and, as an extra
 row, 8 parallel ranged GETs per file), by ``rclone copy`` with matching parallelism and by boto3's
-s3transfer, taking turns for ``--repeat`` rounds (the best round of each counts). Reported as
-MiB/s and runferry / rclone ratios, with each client's CPU seconds and moto's. Moto copies the whole object for every ranged GET, which penalises ranged readers
+s3transfer, taking turns for ``--repeat`` rounds in alternated order, every download checked
+byte for byte before its times count (``bench.results``). Reported as median MiB/s and
+runferry / rclone ratios, with each client's CPU seconds and moto's, and written as
+``s3_slowdown-upload.json`` / ``-download.json`` in bench/results for ``python -m bench report``. Moto copies the whole object for every ranged GET, which penalises ranged readers
 (s3transfer, the extra row). All clients share the machine with moto: on a loaded machine the
 figures move a lot (the load average is recorded with them).
 
@@ -51,11 +53,13 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Self
 
 import anyio
 
+from bench.results import Sample, alternating_order, package_version, summarize, write_result
 from core.protocols import AdapterContext
 from adapters.s3 import MIB, S3Config, S3Store, S3Url
 from core.errors import TransferError
@@ -80,7 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--file-mib", type=int, default=128)
     parser.add_argument("--skip-bytes", action="store_true", help="skip the rclone comparison")
     parser.add_argument("--skip-rate", action="store_true", help="skip the request-rate part (part 1)")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of the bytes part (best round reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the bytes part (medians reported)")
     parser.add_argument("--large-mib", type=int, default=0, help="also round-trip one object this big")
     parser.add_argument("--max-attempts", type=int, default=10, help="attempt limit of every client")
     parser.add_argument("--control", default="{}", help="runferry ControlConfig overrides as JSON (tuning)")
@@ -394,7 +398,8 @@ def rclone_bytes(url: str, moto_pid: int, src: Path, dst: Path, prefix: str, fil
     # plain HTTP on loopback, so it needs none.
     env.pop("AWS_CA_BUNDLE", None)
     common = ["--transfers", str(files), "--checkers", str(files), "--s3-upload-concurrency", "8",
-              "--s3-chunk-size", "8M", "--multi-thread-streams", "8", "--no-check-dest", "-q"]
+              "--s3-chunk-size", "8M",
+              "--multi-thread-streams", "8", "--no-check-dest", "-q"]
     with Phase(moto_pid, children=True) as upload:
         subprocess.run(["rclone", "copy", str(src), f"bench:{BUCKET}/{prefix}", *common], env=env, check=True)
     with Phase(moto_pid, children=True) as download:
@@ -437,42 +442,103 @@ def same_files(a: Path, b: Path) -> bool:
     return names == sorted(p.name for p in b.iterdir()) and all(digest(a / n) == digest(b / n) for n in names)
 
 
+BYTES_TOOLS = ("runferry", "rclone", "boto3")
+
+
+def _sample(tool: str, repeat: int, phase: Phase, mib: int) -> Sample:
+    return Sample(tool, repeat, phase.wall, phase.cpu,
+                  extra={"mib_s": round(mib / phase.wall, 1), "moto_cpu_s": round(phase.moto_cpu, 2)})
+
+
 def bytes_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Every client in turn, ``--repeat`` rounds in alternated order (bench.results), each
+    round's files checked byte for byte before its times count; medians reported."""
     if shutil.which("rclone") is None:
         return {"skipped": "rclone is not installed (apt-get install rclone)"}
     total_mib = args.files * args.file_mib
+    samples: dict[str, list[Sample]] = {"upload": [], "download": [], "ranged": []}
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp, start_s3_stack() as stack:
         root = Path(tmp)
-        src, ours, theirs, boto = root / "src", root / "runferry", root / "rclone", root / "boto3"
-        for directory in (src, ours, theirs, boto):
-            directory.mkdir()
+        src = root / "src"
+        src.mkdir()
         make_files(src, args.files, args.file_mib)
         asyncio.run(_create_bucket(stack.moto_url))
         moto_pid = stack.processes[0].pid
-        ranged = root / "runferry-ranged"
-        ranged.mkdir()
-        # Clients take turns, ``--repeat`` rounds; each figure is the best round's (the machine's
-        # load moves a lot between runs, a single round can catch one client in a busy spell).
-        best: dict[str, Phase] = {}
-        for round_ in range(args.repeat):
-            print(f"  round {round_ + 1}/{args.repeat}: runferry, rclone, boto3, {total_mib} MiB up and down each ...", flush=True)
-            phases = dict(zip(("runferry_upload", "runferry_download", "runferry_ranged_download"),
-                              asyncio.run(runferry_bytes(stack.moto_url, moto_pid, src, ours, ranged, f"rf{round_}")), strict=True))
-            phases.update(zip(("rclone_upload", "rclone_download"),
-                              rclone_bytes(stack.moto_url, moto_pid, src, theirs, f"rc{round_}", args.files), strict=True))
-            phases.update(zip(("boto3_upload", "boto3_download"),
-                              boto3_bytes(stack.moto_url, moto_pid, src, boto, f"bt{round_}"), strict=True))
-            for name, phase in phases.items():
-                if name not in best or phase.wall < best[name].wall:
-                    best[name] = phase
-        result: dict[str, Any] = {"mib": total_mib, "rounds": args.repeat, "load_average": os.getloadavg()}
-        for name, phase in best.items():
-            result[f"{name}_mib_s"] = total_mib / phase.wall
-            result[f"{name}_cpu_s"] = phase.cpu
-            result[f"{name}_moto_cpu_s"] = phase.moto_cpu
-        for name, directory in (("runferry", ours), ("runferry_ranged", ranged), ("rclone", theirs), ("boto3", boto)):
-            result[f"{name}_identical"] = same_files(src, directory)
-        return result
+        for repeat, tool in alternating_order(BYTES_TOOLS, args.repeat):
+            print(f"  round {repeat + 1}/{args.repeat} {tool}: {total_mib} MiB up and down ...", flush=True)
+            into = root / f"{tool}-{repeat}"
+            into.mkdir()
+            prefix = f"{tool}{repeat}"
+            if tool == "runferry":
+                ranged = root / f"ranged-{repeat}"
+                ranged.mkdir()
+                up, down, ranged_down = asyncio.run(runferry_bytes(stack.moto_url, moto_pid, src, into, ranged, prefix))
+                if not same_files(src, ranged):
+                    raise RuntimeError("runferry's ranged download differs from the source")
+                samples["ranged"].append(_sample(tool, repeat, ranged_down, total_mib))
+                shutil.rmtree(ranged)
+            elif tool == "rclone":
+                up, down = rclone_bytes(stack.moto_url, moto_pid, src, into, prefix, args.files)
+            else:
+                up, down = boto3_bytes(stack.moto_url, moto_pid, src, into, prefix)
+            if not same_files(src, into):
+                raise RuntimeError(f"{tool}'s download differs from the source")
+            shutil.rmtree(into)
+            _delete_prefix(stack.moto_url, prefix)  # moto keeps every object in memory
+            samples["upload"].append(_sample(tool, repeat, up, total_mib))
+            samples["download"].append(_sample(tool, repeat, down, total_mib))
+    result: dict[str, Any] = {"mib": total_mib, "rounds": args.repeat, "load_average": os.getloadavg()}
+    for what, phase_samples in samples.items():
+        for tool, figures in summarize(phase_samples).items():
+            name = "runferry_ranged" if what == "ranged" else tool
+            phase = "download" if what == "ranged" else what
+            result[f"{name}_{phase}_mib_s"] = total_mib / figures.median
+            result[f"{name}_{phase}_wall_s"] = asdict(figures)
+            result[f"{name}_{phase}_cpu_s"] = summarize(phase_samples, "cpu_s")[tool].median
+            result[f"{name}_{phase}_moto_cpu_s"] = summarize(phase_samples, "moto_cpu_s")[tool].median
+    result["samples"] = {what: [asdict(x) for x in phase_samples] for what, phase_samples in samples.items()}
+    return result
+
+
+def _delete_prefix(url: str, prefix: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=url)
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/").get("Contents", [])
+    if listed:
+        client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": item["Key"]} for item in listed]})
+
+
+def write_bytes_results(args: argparse.Namespace, b: dict[str, Any]) -> list[Path]:
+    """``s3_slowdown-upload.json`` and ``-download.json`` in bench/results (``write_result``):
+    the README's rows of runferry against rclone and boto3's s3transfer."""
+    versions = {"runferry": package_version("runferry"), "aiobotocore": package_version("aiobotocore"),
+                "boto3": package_version("boto3"), "moto": package_version("moto"), "rclone": _rclone_version()}
+    inputs = {"files": args.files, "file_mib": args.file_mib, "repeat": args.repeat}
+    notes = ["moto's S3 server on loopback, no throttling; every client shares the 2-core machine with moto",
+             "rclone uploads files under its --s3-upload-cutoff (200 MiB) as one streamed PutObject; runferry, "
+             "streaming with Content-MD5 per body, as 8 MiB multipart parts: moto spends ~1.7 s more CPU per "
+             "512 MiB completing them (with --s3-upload-cutoff 8M rclone's multipart uploads got 400s from moto)",
+             "runferry: one streamed GET per file (<= 256 MiB), 8 parts in flight per upload; rclone: "
+             "--transfers files --s3-upload-concurrency 8 --s3-chunk-size 8M --multi-thread-streams 8",
+             f"runferry as 8 ranged GETs per file: {b['runferry_ranged_download_mib_s']:.1f} MiB/s (median)"]
+    paths = []
+    for what in ("upload", "download"):
+        samples = [Sample(**x) for x in b["samples"][what]]
+        headline: dict[str, Any] = {"label": f"{what} of {b['mib']} MiB"}
+        headline.update({f"{tool}_mib_s": round(b[f"{tool}_{what}_mib_s"], 1) for tool in BYTES_TOOLS})
+        headline["runferry_vs_rclone"] = round(b[f"runferry_{what}_mib_s"] / b[f"rclone_{what}_mib_s"], 2)
+        paths.append(write_result("s3_slowdown", inputs={**inputs, "phase": what}, versions=versions, samples=samples,
+                                  headline=headline, notes=notes, variant=what))
+    return paths
+
+
+def _rclone_version() -> str | None:
+    try:
+        out = subprocess.run(["rclone", "version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.split()[1] if out.split() else None
 
 
 # -- part 3: one large object --------------------------------------------------------------
@@ -551,7 +617,8 @@ def main(argv: list[str]) -> int:
         if "skipped" in b:
             print(f"\nbytes: {b['skipped']}")
         else:
-            print(f"\nbytes vs rclone ({b['mib']} MiB, moto S3 server direct; CPU seconds of client / moto):")
+            print(f"\nbytes vs rclone ({b['mib']} MiB, moto S3 server direct; medians of {b['rounds']} alternated rounds; "
+                  "CPU seconds of client / moto):")
             for what in ("upload", "download"):
                 ours, theirs = b[f"runferry_{what}_mib_s"], b[f"rclone_{what}_mib_s"]
                 print(f"  {what:<9}runferry {ours:6.1f} MiB/s ({_cpu(b, f'runferry_{what}')}), "
@@ -560,8 +627,9 @@ def main(argv: list[str]) -> int:
                   f"{b['runferry_ranged_download_mib_s']:.1f} MiB/s ({_cpu(b, 'runferry_ranged_download')})")
             print(f"  boto3 s3transfer: upload {b['boto3_upload_mib_s']:.1f} MiB/s ({_cpu(b, 'boto3_upload')}), "
                   f"download {b['boto3_download_mib_s']:.1f} MiB/s ({_cpu(b, 'boto3_download')})")
-            print(f"  identical: runferry {b['runferry_identical'] and b['runferry_ranged_identical']}, "
-                  f"rclone {b['rclone_identical']}, boto3 {b['boto3_identical']}; load average after: {b['load_average'][0]:.1f}")
+            print(f"  every client's files identical to the source in every round; load average after: {b['load_average'][0]:.1f}")
+            for path in write_bytes_results(args, b):
+                print(f"  result: {path}")
     if args.large_mib:
         with start_s3_stack() as stack:
             print(f"\n  large object: {args.large_mib} MiB ...", flush=True)

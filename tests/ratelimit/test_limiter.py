@@ -268,3 +268,31 @@ def test_registry_config_errors_name_the_key(table: dict[str, object], message: 
         parse_config({"source": {"type": "local", "path": "/in"}, "destination": {"type": "local", "path": "/out"},
                       "ratelimit": table})
     assert message in str(config_info.value)
+
+
+async def test_a_hot_endpoint_backing_off_never_delays_a_quiet_one() -> None:
+    """Two prefixes on one registry and one clock: while the hot one is throttled, paced and
+    paused, the quiet one's requests are admitted at once (no clock sleep, no pacing turn)."""
+    clock = FakeClock(0.0)
+    registry = LimiterRegistry(clock=clock, seed=1)
+    hot, quiet = registry.get("s3://h:1/b/hot"), registry.get("s3://h:1/b/quiet")
+    for number in range(20):  # the hot prefix: a run of throttles, the last with Retry-After
+        async with hot.slot() as ticket:
+            ticket.throttled(retry_after=5.0 if number == 19 else None)
+    assert hot.statistics().rate_limit is not None and hot.statistics().paused_for == 5.0
+    hot_delayed = hot.statistics().delayed
+    quiet_sleeps = 0
+    for round_ in range(50):
+        sleeps = len(clock.sleeps)
+        async with quiet.slot() as ticket:
+            assert ticket.started_at == clock.now()  # admitted without waiting
+            ticket.success()
+        quiet_sleeps += len(clock.sleeps) - sleeps
+        if round_ % 10 == 0:  # the hot prefix keeps being throttled in between
+            async with hot.slot() as ticket:
+                ticket.throttled()
+    quiet_stats, hot_stats = quiet.statistics(), hot.statistics()
+    assert quiet_sleeps == 0
+    assert (quiet_stats.delayed, quiet_stats.throttles, quiet_stats.rate_limit, quiet.state.w_max) == (0, 0, None, None)
+    assert (quiet_stats.successes, quiet_stats.paused_for) == (50, 0.0)
+    assert hot_stats.throttles == 25 and hot_stats.delayed - hot_delayed == 5  # every hot request waited

@@ -124,6 +124,22 @@ def test_one_reaction_per_round_trip() -> None:
     assert state.rate == pytest.approx(81.0)
 
 
+def test_a_clump_sent_after_a_decrease_is_the_same_episode() -> None:
+    # The throttle that decreases took 0.1 s from admission to answer: for 4 x 0.1 s after the
+    # decrease, throttles of requests admitted after it are its clump, not a new signal.
+    state = next_state(initial_state(CFG, 0.0), outcome(OutcomeKind.THROTTLE, 5.0, started_at=4.9, accepted=100.0), CFG)
+    assert (state.rate, state.guard_until) == (pytest.approx(90.0), pytest.approx(5.4))
+    for t in (5.15, 5.3, 5.39):
+        state = next_state(state, outcome(OutcomeKind.THROTTLE, t, started_at=t - 0.1, accepted=100.0), CFG)
+    assert state.rate == pytest.approx(90.0) and state.epoch == 5.0
+    state = next_state(state, outcome(OutcomeKind.THROTTLE, 5.41, started_at=5.31, accepted=95.0), CFG)
+    assert (state.w_max, state.epoch) == (pytest.approx(90.0), 5.41)  # past the guard: a new decrease
+    unguarded = CFG.replace(decrease_guard=0.0)
+    state = next_state(initial_state(unguarded, 0.0), outcome(OutcomeKind.THROTTLE, 5.0, started_at=4.9, accepted=100.0), unguarded)
+    state = next_state(state, outcome(OutcomeKind.THROTTLE, 5.15, started_at=5.05, accepted=100.0), unguarded)
+    assert state.rate == pytest.approx(81.0)
+
+
 def test_retry_after_pauses_endpoint_and_is_capped() -> None:
     state = initial_state(CFG, 0.0)
     state = next_state(state, outcome(OutcomeKind.THROTTLE, 1.0, accepted=10.0, retry_after=7.5), CFG)
@@ -251,6 +267,7 @@ def test_low_rate_cycles_last_min_cycle_requests(w_max: float) -> None:
         {"backoff_cap": 0.01},
         {"retry_cost": -1.0},
         {"jitter": "sometimes"},
+        {"decrease_guard": -1.0},
     ],
 )
 def test_config_rejects_nonsense(changes: dict[str, object]) -> None:

@@ -7,14 +7,17 @@ body with a length); these tests fail loudly if a botocore/aiohttp upgrade chang
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from adapters.s3 import S3Config, S3Store
 from adapters.s3._upload import SlicedBody, body_of
+from core.errors import TransientError
 
 
 def test_sliced_body_reads_and_iterates_the_same_bytes() -> None:
@@ -49,6 +52,13 @@ async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, 
         seen.append({"headers": dict(request.headers), "body": body})
         return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
+    async with serving(handle) as url:
+        yield url, seen
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Any) -> AsyncIterator[str]:
+    """``handle`` answering every request on a loopback port; yields the base URL."""
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
@@ -57,7 +67,7 @@ async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, 
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
@@ -145,3 +155,38 @@ async def test_rechunk_small_object_is_its_piece_and_reused_buffers_are_copied()
             yield buffer  # type: ignore[misc]
 
     assert [bytes(p) for p in [p async for p in _rechunk(reused(), 256)]] == [b"x" * 100 + b"y" * 100 + b"z" * 56, b"z" * 44]
+
+
+@pytest.fixture
+async def object_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, dict[str, tuple[bytes, str]]]]:
+    """Serves GETs of ``objects[path] = (body, etag)``: the ETag may lie about the body."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    objects: dict[str, tuple[bytes, str]] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body, etag = objects[request.path]
+        response = web.StreamResponse(headers={"ETag": f'"{etag}"', "Content-Length": str(len(body))})
+        await response.prepare(request)
+        for start in range(0, len(body), 100_000):  # in pieces, as a server streams
+            await response.write(body[start : start + 100_000])
+        return response
+
+    async with serving(handle) as url:
+        yield url, objects
+
+
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 7, 20 * 1024 * 1024 + 1])  # hashed on the loop / in threads
+async def test_streamed_get_checks_every_byte_against_the_etag(
+    object_server: tuple[str, dict[str, tuple[bytes, str]]], size: int
+) -> None:
+    url, objects = object_server
+    body = bytes(range(256)) * (size // 256) + b"t" * (size % 256)
+    damaged = body[:-1] + bytes([body[-1] ^ 1])
+    objects["/bucket/k/good"] = (body, hashlib.md5(body).hexdigest())
+    objects["/bucket/k/bad"] = (damaged, hashlib.md5(body).hexdigest())  # one bit off at the very end
+    async with S3Store(S3Config(endpoint_url=url, max_attempts=1)) as s3:
+        assert b"".join([piece async for piece in s3.get_stream("s3://bucket/k/good")]) == body
+        with pytest.raises(TransientError, match="downloaded MD5"):
+            async for _ in s3.get_stream("s3://bucket/k/bad"):
+                pass

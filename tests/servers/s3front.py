@@ -7,6 +7,13 @@ HTTP storage, such as the W&B test server's): a token bucket per prefix for writ
 requests over the limit, and optional added latency, dropped connections (seeded) and GET bodies cut off part way.
 Rejected requests do not consume tokens (S3 serves what it can).
 
+``sse_c=True`` enforces S3's SSE-C rules, which moto does not check: an object written with a
+customer key (``PutObject``, ``CreateMultipartUpload``, ``CopyObject`` with the
+``x-amz-server-side-encryption-customer-*`` headers) needs the same key on every ``UploadPart``,
+``UploadPartCopy``, ``GetObject`` and ``HeadObject`` (and, as ``x-amz-copy-source-...``, on
+copies from it): missing, 400 ``InvalidRequest``; another key, 403 ``AccessDenied``. Requests
+that carried a valid key are counted per operation in the prefix's ``sse_c`` statistics.
+
 Control (JSON over HTTP, under a path no bucket can have):
 
 * ``POST /__front__/config``  change settings (keys of ``FrontSettings``); resets the buckets
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -38,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,6 +84,7 @@ class FrontSettings:
     retry_after: float | None = None  # add a Retry-After header to SlowDown answers
     cut_gets: int = 0  # this many forwarded GET bodies are cut off (connection closed) ...
     cut_after: int = 0  # ... after this many body bytes (a connection lost mid-download)
+    sse_c: bool = False  # enforce SSE-C keys as S3 does (see module docstring)
     seed: int = 0
 
     def update(self, values: dict[str, Any]) -> None:
@@ -111,6 +121,8 @@ class PrefixStats:
     dropped: int = 0
     cut: int = 0
     timeline: dict[int, list[int]] = field(default_factory=dict)  # second -> [accepted, throttled]
+    sse_c: dict[str, int] = field(default_factory=dict)  # operation -> requests with a valid key
+    sse_c_refused: int = 0
 
     def note(self, second: int, accepted: bool) -> None:
         cell = self.timeline.setdefault(second, [0, 0])
@@ -131,6 +143,36 @@ def prefix_of(path: str, depth: int) -> str:
     return "/".join([bucket, *key_parts[: max(0, min(depth, len(key_parts) - 1))]])
 
 
+SSE_C = "x-amz-server-side-encryption-customer-"
+SSE_C_SOURCE = "x-amz-copy-source-server-side-encryption-customer-"
+
+
+def sse_c_operation(method: str, query: Any, headers: Any) -> str | None:
+    """The S3 operation of an object request, as far as SSE-C cares (None: no key involved)."""
+    copy = "x-amz-copy-source" in headers
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload" if "uploadId" in query else None
+    if method == "PUT":
+        if "partNumber" in query:
+            return "UploadPartCopy" if copy else "UploadPart"
+        return "CopyObject" if copy else "PutObject"
+    return {"GET": "GetObject", "HEAD": "HeadObject"}.get(method)
+
+
+def sse_c_key_md5(headers: Any, prefix: str) -> str | None:
+    """The MD5 of a valid SSE-C key in ``headers`` (None: no key sent); ValueError if malformed."""
+    algorithm, key, md5 = (headers.get(prefix + name) for name in ("algorithm", "key", "key-MD5"))
+    if algorithm is None and key is None and md5 is None:
+        return None
+    try:
+        raw = base64.b64decode(key or "", validate=True)
+    except ValueError:
+        raw = b""
+    if algorithm != "AES256" or len(raw) != 32 or base64.b64encode(hashlib.md5(raw).digest()).decode() != md5:
+        raise ValueError("malformed SSE-C headers")
+    return md5
+
+
 class S3Front:
     """The proxy (see module docstring). ``url`` is set once started."""
 
@@ -140,6 +182,7 @@ class S3Front:
         self.url = ""
         self._buckets: dict[tuple[str, bool], TokenBucket] = {}
         self._stats: dict[str, PrefixStats] = {}
+        self._encrypted: dict[str, str] = {}  # "bucket/key" -> MD5 of its SSE-C key
         self._rng = random.Random(self.settings.seed)
         self._epoch = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
@@ -181,6 +224,11 @@ class S3Front:
         stats.note(int(now - self._epoch), admitted)
         if not admitted:
             return await self._slow_down(request)
+        if self.settings.sse_c:
+            refusal = self._check_sse_c(request, stats)
+            if refusal is not None:
+                stats.sse_c_refused += 1
+                return await self._error(request, *refusal)
         if self.settings.latency:
             await asyncio.sleep(self.settings.latency)
         if self.upstream == "sink":
@@ -193,6 +241,51 @@ class S3Front:
             digest.update(piece)
         headers = {"ETag": f'"{digest.hexdigest()}"'} if request.method in WRITE_METHODS else {}
         return web.Response(status=200, body=b"", headers=headers)
+
+    def _check_sse_c(self, request: web.Request, stats: PrefixStats) -> tuple[int, str, str] | None:
+        """None if the request may pass under S3's SSE-C rules, else (status, code, message)."""
+        path = request.path.lstrip("/")
+        if "/" not in path.rstrip("/"):
+            return None  # a bucket request
+        operation = sse_c_operation(request.method, request.query, request.headers)
+        if operation is None:
+            return None
+        try:
+            sent = sse_c_key_md5(request.headers, SSE_C)
+            source_sent = sse_c_key_md5(request.headers, SSE_C_SOURCE)
+        except ValueError as exc:
+            return 400, "InvalidArgument", str(exc)
+        if operation in ("CopyObject", "UploadPartCopy"):
+            source = urllib.parse.unquote(request.headers["x-amz-copy-source"].split("?")[0]).lstrip("/")
+            if self._encrypted.get(source) != source_sent:
+                return self._mismatch(self._encrypted.get(source), source_sent)
+        stored = self._encrypted.get(path)
+        if operation in ("PutObject", "CreateMultipartUpload", "CopyObject"):
+            if sent is None:
+                self._encrypted.pop(path, None)
+            else:
+                self._encrypted[path] = sent
+        elif operation != "CompleteMultipartUpload" and stored != sent:
+            return self._mismatch(stored, sent)
+        if sent is not None:
+            stats.sse_c[operation] = stats.sse_c.get(operation, 0) + 1
+        return None
+
+    @staticmethod
+    def _mismatch(stored: str | None, sent: str | None) -> tuple[int, str, str]:
+        if sent is None:
+            return 400, "InvalidRequest", "The object was stored using a form of Server Side Encryption."
+        if stored is None:
+            return 400, "InvalidRequest", "The encryption parameters are not applicable to this object."
+        return 403, "AccessDenied", "Access Denied"
+
+    async def _error(self, request: web.Request, status: int, code: str, message: str) -> web.StreamResponse:
+        async for _ in request.content.iter_chunked(1 << 20):
+            pass
+        if request.method == "HEAD":  # S3 answers a HEAD with the status alone
+            return web.Response(status=status)
+        body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
+        return web.Response(status=status, body=body.encode(), headers={"Content-Type": "application/xml"})
 
     async def _slow_down(self, request: web.Request) -> web.StreamResponse:
         # Drain the body so the client reads our answer rather than a reset.
@@ -261,6 +354,7 @@ class S3Front:
         if action == "reset" and request.method == "POST":
             self._stats.clear()
             self._buckets.clear()
+            self._encrypted.clear()
             self._epoch = time.monotonic()
             return web.json_response({})
         return web.Response(status=404, text=f"no control action {action!r}")
@@ -423,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     for f in dataclasses.fields(FrontSettings):
-        kind = int if f.name in ("prefix_depth", "seed", "cut_gets", "cut_after") else float
+        kind: Any = int if f.name in ("prefix_depth", "seed", "cut_gets", "cut_after") else float
+        if f.name == "sse_c":
+            kind = lambda value: value.lower() in ("1", "true", "yes")  # noqa: E731
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FrontSettings)}
