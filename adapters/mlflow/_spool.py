@@ -42,29 +42,28 @@ class ReplayableStream:
 
     async def fill(self) -> None:
         """Pull the rest of the source into the spool (attempts then only replay)."""
-        while not self._exhausted:
-            try:
-                piece = await self._source.__anext__()
-            except StopAsyncIteration:
-                self._exhausted = True
-                return
-            if piece:
-                await self._keep(piece)
+        while await self._pull() is not None:
+            pass
 
     async def attempt(self) -> AsyncGenerator[bytes, None]:
         """The whole stream: replay what was spooled, then go on reading (and spooling)."""
         async for piece in self._replay():
             yield piece
+        while (pulled := await self._pull()) is not None:
+            yield pulled
+
+    async def _pull(self) -> bytes | None:
+        """The source's next non-empty piece, already spooled (None at its end)."""
         while not self._exhausted:
             try:
                 piece = await self._source.__anext__()
             except StopAsyncIteration:
                 self._exhausted = True
-                return
-            if not piece:
-                continue
-            await self._keep(piece)  # kept before it is sent: an aborted attempt loses nothing
-            yield piece
+                return None
+            if piece:
+                await self._keep(piece)  # kept before it is sent: an aborted attempt loses nothing
+                return piece
+        return None
 
     async def _keep(self, piece: bytes) -> None:
         self._size += len(piece)
