@@ -191,8 +191,6 @@ def _decode_json(body: bytes) -> Any:
             raise _BadBody(f"invalid JSON body ({len(body)} bytes): {exc}") from exc
 
 
-# Failures of the exchange itself (not HTTP answers): resets, refused connections, timeouts,
-# bodies cut short. ``InvalidURL`` is a ClientError too, but retrying it cannot help.
 class _AttemptBody:
     """One attempt's streamed request body, as aiohttp reads it (in a writer task of its own).
 
@@ -229,6 +227,8 @@ class _AttemptBody:
             await close()
 
 
+# Failures of the exchange itself (not HTTP answers): resets, refused connections, timeouts,
+# bodies cut short. ``InvalidURL`` is a ClientError too, but retrying it cannot help.
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
