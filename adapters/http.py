@@ -191,6 +191,42 @@ def _decode_json(body: bytes) -> Any:
             raise _BadBody(f"invalid JSON body ({len(body)} bytes): {exc}") from exc
 
 
+class _AttemptBody:
+    """One attempt's streamed request body, as aiohttp reads it (in a writer task of its own).
+
+    Why: when a connection drops mid-request (a server closing a kept-alive connection, a
+    reset), aiohttp cancels that writer task but may hand us the error before the task has
+    finished a read it was inside; closing the stream then would fail ("aclose(): asynchronous
+    generator is already running") and fail the whole file. ``aclose`` waits for the read in
+    progress to end first (the cancelled writer ends it at once), and no read starts after it.
+    """
+
+    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+        self._stream = stream
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._closed = False
+
+    def __aiter__(self) -> _AttemptBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        self._idle = anyio.Event()
+        try:
+            return await self._stream.__anext__()
+        finally:
+            self._idle.set()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._idle.wait()
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
 # Failures of the exchange itself (not HTTP answers): resets, refused connections, timeouts,
 # bodies cut short. ``InvalidURL`` is a ClientError too, but retrying it cannot help.
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
@@ -450,15 +486,16 @@ class HttpClient:
         retrying = self._retrying(limiter)
         while True:
             if body_factory is not None:
-                kwargs["data"] = body_factory()
+                body = body_factory()
+                kwargs["data"] = body if isinstance(body, bytes) else _AttemptBody(body)
             try:
                 outcome = await self._attempt(method, full_url, decode, limiter, kwargs)
             finally:
                 # A body stream made for this attempt is closed, whether it was sent or not.
-                close = getattr(kwargs.get("data"), "aclose", None)
-                if close is not None:
+                data = kwargs.get("data")
+                if isinstance(data, _AttemptBody):
                     with anyio.CancelScope(shield=True):  # also when cancelled: it may hold a file
-                        await close()
+                        await data.aclose()
             if not isinstance(outcome, RetryableError):
                 return outcome.value
             await self._before_retry(retrying, outcome, retry_transient=retry_transient)

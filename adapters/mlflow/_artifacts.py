@@ -150,6 +150,7 @@ class ProxiedArea:
             return
         stream = ReplayableStream(data)
         try:
+            await stream.fill()  # read here, not in aiohttp's writer task (see adapters/mlflow/_spool.py)
             await self.rest.http.upload("PUT", self.url(path), stream.attempt, headers=_OCTETS, size=size)
         finally:
             await stream.aclose()

@@ -4,7 +4,13 @@ The engine hands a writer each file as a stream it can read once. HTTP retries n
 again from its first byte; instead of holding the file in memory, everything pulled from the
 stream is kept in a spool (memory up to ``memory_limit`` bytes, then a temporary file on disk)
 and each new attempt replays the spool before pulling the rest. The spool is removed when
-closed.
+closed (an unnamed temporary file: nothing is left behind even when the process is killed).
+
+``fill()`` pulls the whole stream into the spool first, in the caller's task. An upload does so
+before its first attempt: aiohttp reads a request body in a writer task of its own and cancels
+that task when the connection drops, and a cancellation thrown into the engine's stream while it
+is being read would end that stream for good (every later attempt would then send a truncated
+body).
 """
 
 from __future__ import annotations
@@ -34,20 +40,30 @@ class ReplayableStream:
         """Bytes pulled from the source so far."""
         return self._size
 
+    async def fill(self) -> None:
+        """Pull the rest of the source into the spool (attempts then only replay)."""
+        while await self._pull() is not None:
+            pass
+
     async def attempt(self) -> AsyncGenerator[bytes, None]:
         """The whole stream: replay what was spooled, then go on reading (and spooling)."""
         async for piece in self._replay():
             yield piece
+        while (pulled := await self._pull()) is not None:
+            yield pulled
+
+    async def _pull(self) -> bytes | None:
+        """The source's next non-empty piece, already spooled (None at its end)."""
         while not self._exhausted:
             try:
                 piece = await self._source.__anext__()
             except StopAsyncIteration:
                 self._exhausted = True
-                return
-            if not piece:
-                continue
-            await self._keep(piece)  # kept before it is sent: an aborted attempt loses nothing
-            yield piece
+                return None
+            if piece:
+                await self._keep(piece)  # kept before it is sent: an aborted attempt loses nothing
+                return piece
+        return None
 
     async def _keep(self, piece: bytes) -> None:
         self._size += len(piece)

@@ -38,7 +38,10 @@ class WandbDestinationConfig:
       as the SDK); ``part_size``: multipart part size (default 100 MiB, as the SDK).
     - ``upload_concurrency``: parallel artifact file uploads per run (default 8).
     - ``spool_dir``: where file bytes are staged for retryable uploads and artifact digests
-      (default: the system temp dir). Staged files are removed once uploaded.
+      (default: the system temp dir). Staged files are removed once uploaded, also when the
+      migration fails or is interrupted; only an uncommitted artifact's members stay (under
+      ``runferry-wandb-staging``), because the ledger counts them as moved: the resume commits
+      and removes them.
     - ``system_metrics_prefix``: history keys starting with it are system metrics (MLflow's
       system-metrics monitor logs ``system/cpu_utilization_percentage``...). They go to the
       run's system stream (``wandb-events.jsonl``: W&B's system charts,

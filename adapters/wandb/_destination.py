@@ -28,7 +28,7 @@ from ._mapping import (
     run_id_for,
     upsert_variables,
 )
-from ._staging import RunStaging, staging_root
+from ._staging import RunStaging, remove_staging_root, staging_root
 from ._writer import WandbRunWriter
 
 
@@ -119,6 +119,7 @@ class WandbDestination:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+        remove_staging_root(self.config.spool_dir)
 
     async def open_run(self, run: RunRecord, resume: Checkpoint | None) -> WandbRunWriter:
         assert self.api is not None and self.filestream_http is not None and self.storage is not None

@@ -4,7 +4,7 @@ Why: the engine marks a file done in its ledger as soon as ``write_file`` return
 artifact can only be committed once all its members are known (the digest covers the whole
 manifest). Members are therefore staged on local disk under a directory derived from the
 destination run, with a sidecar holding size and MD5s; a resumed migration finds them again
-and commits the complete artifact in ``finish``. The directory is removed after the commit.
+and commits the complete artifact in ``finish``. The run's directory is removed after the commit, the root with the destination once empty.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from ._spool import Spooled, spool
 
 def staging_root(spool_dir: str) -> Path:
     return Path(spool_dir or tempfile.gettempdir()) / "runferry-wandb-staging"
+
+
+def remove_staging_root(spool_dir: str) -> None:
+    """Remove the staging root once nothing is staged in it (at the destination's close: no run
+    is staging then). A run's staged members (kept for a resume) keep it."""
+    try:
+        staging_root(spool_dir).rmdir()
+    except OSError:  # absent, or members of an unfinished run still staged
+        pass
 
 
 class RunStaging:

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 ROOT = Path(__file__).resolve().parents[2]
 
 FAST_RETRIES = "[ratelimit]\nbackoff_base = 0.01\nbackoff_cap = 0.02\n"
@@ -48,3 +50,19 @@ def silent_port() -> Iterator[int]:
 
 def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def mlflow_histories(url: str, prefix: str) -> dict[str, list[tuple[str, int, int, str]]]:
+    """Every run's whole history as the official client reads it, by run name, sorted (NaN as
+    its text, so equal lists mean equal multisets of points)."""
+    client = MlflowClient(url)
+    ids = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
+    histories = {}
+    for run in client.search_runs(ids, max_results=1000):
+        points = [
+            (m.key, m.step, m.timestamp, repr(m.value))
+            for key in run.data.metrics
+            for m in client.get_metric_history(run.info.run_id, key)
+        ]
+        histories[run.info.run_name] = sorted(points)
+    return histories

@@ -28,7 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.e2e.test_cli import write_config
-from tests.reliability.servers import engine
+from tests.reliability.servers import engine, mlflow_histories
 from tests.servers.mlflow_server import MlflowServer
 from tests.servers.wandb import WandbServer, start_wandb_server
 
@@ -76,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 config = write_config(root / f"seed-{name}.toml", SYNTHETIC, destination, {"ledger": str(root / f"seed-{name}.jsonl")})
                 done = engine("migrate", str(config), env=ENV)
                 assert done.returncode == 0, done.stderr[-3000:]
-            yield {"root": root, "mlflow": mlflow, "wandb": wandb, "seed_history": _mlflow_histories(mlflow.url, "source-")}
+            yield {"root": root, "mlflow": mlflow, "wandb": wandb, "seed_history": mlflow_histories(mlflow.url, "source-")}
     finally:
         mlflow.stop()
 
@@ -112,22 +112,6 @@ def _destination_runs(world: dict, kind: str, tag: str, work: Path) -> int:
         return sum(1 for (entity, project, _) in server.state.runs if entity == "crash" and project.startswith(f"{tag}-"))
 
 
-def _mlflow_histories(url: str, prefix: str) -> dict[str, list[tuple[str, int, int, str]]]:
-    """Every run's whole history as the official client reads it, by run name, sorted (NaN as
-    its text, so equal lists mean equal multisets of points)."""
-    client = MlflowClient(url)
-    ids = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
-    histories = {}
-    for run in client.search_runs(ids, max_results=1000):
-        points = [
-            (m.key, m.step, m.timestamp, repr(m.value))
-            for key in run.data.metrics
-            for m in client.get_metric_history(run.info.run_id, key)
-        ]
-        histories[run.info.run_name] = sorted(points)
-    return histories
-
-
 def _cases() -> list:
     count = _moments()
     cases = []
@@ -159,7 +143,7 @@ def test_killed_then_resumed_equals_the_source(world: dict, tmp_path: Path, sour
     assert f"runs identical:      {RUNS}" in verified.stdout, verified.stdout
     assert _destination_runs(world, destination, tag, tmp_path) == RUNS  # nothing created twice
     if destination == "mlflow" and source != "wandb":  # W&B keeps one timestamp per step: not the seed's
-        got = _mlflow_histories(world["mlflow"].url, f"{tag}-")
+        got = mlflow_histories(world["mlflow"].url, f"{tag}-")
         assert len(got) == RUNS and got == world["seed_history"]
     status = engine("status", str(config), env=ENV)
     assert f"done {RUNS}" in status.stdout and "failed 0" in status.stdout, status.stdout

@@ -308,7 +308,7 @@ async def test_run_files_and_artifacts_byte_for_byte(server, project, tmp_path) 
     assert arts["evaluation"].type == "report"
     committed = events.named("artifact_committed")
     assert {c["artifact"] for c in committed} == {"model", "data", "evaluation"}
-    assert not os.listdir(tmp_path / "runferry-wandb-staging")  # staging removed after commit
+    assert not (tmp_path / "runferry-wandb-staging").exists()  # staging removed after commit, its root at close
 
     # the same run again: the server already has identical artifacts -> deduplicated
     events2 = Events()
