@@ -51,6 +51,8 @@ STATES = {
 }
 
 _DOWNLOAD_PIECE = 1 << 20
+FIRST_PAGE_RUNS = 100
+"""Runs on the first ``runs/search`` page: the first runs are read while the rest are listed."""
 
 
 def millis_to_seconds(ms: Any) -> float | None:
@@ -196,6 +198,7 @@ class MlflowSource:
                 filter=self.config.filter,
                 include_deleted=self.config.include_deleted,
                 page_size=self.config.page_size,
+                first_page_size=FIRST_PAGE_RUNS,
             ):
                 info = run.get("info", {})
                 yield RunRef(
