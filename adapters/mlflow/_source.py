@@ -302,7 +302,8 @@ class MlflowSource:
 
     # -- artifacts ------------------------------------------------------------------------------
     async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
-        """Every file of the artifact tree, depth first, names sorted (one list call per dir)."""
+        """Every file of the artifact tree, depth first, names sorted (one list call per dir,
+        through the server's artifact proxy when it serves the run's root)."""
         if not self.config.artifacts:
             return
         root = self._direct_root(run)
@@ -313,7 +314,7 @@ class MlflowSource:
         directories = [""]
         while directories:
             path = directories.pop()
-            entries = await self.rest.list_artifacts(run.ref.id, path)
+            entries = await self.rest.list_artifacts(run.ref.id, path, artifact_uri=str(run.system.get("artifact_uri", "")))
             subdirs = []
             for entry in sorted(entries, key=lambda e: e["path"]):
                 if entry.get("is_dir"):
