@@ -6,10 +6,11 @@ the points, and an experiment of many short runs costs one call per run and key.
 ``get-history-bulk-interval``) answers every point of one key for up to a handful of runs,
 sorted by run id, then timestamp, step and value -- the order ``get-history`` uses too.
 
-Runs ask here for a key's whole history; asks for the same key that arrive while a request
-for it is in flight wait and go together in the next one (group commit: the first asker leads,
-then hands the lead to a waiter). Nothing runs in the background, and a cancelled leader puts
-its batch back and passes the lead on.
+Runs ask here for a key's whole history; asks for the same key that arrive while its requests
+are in flight wait and go together in the next one (group commit: an asker leads, then hands
+the lead to a waiter). Up to ``max_requests`` requests per key are in flight at once, so a
+run of one key does not leave a server of several workers idle behind one request. Nothing
+runs in the background, and a cancelled leader puts its batch back and passes the lead on.
 
 The answer is cut at ``max_points`` (the server caps at 25,000; we ask for less, so a server
 with any cap at or above ours is never read short). A cut answer is complete for every run
@@ -34,7 +35,8 @@ from core.errors import FatalError, NotFoundError
 
 BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 DEFAULT_MAX_POINTS = 10_000
-DEFAULT_MAX_RUNS = 20
+DEFAULT_MAX_RUNS = 50
+DEFAULT_MAX_REQUESTS = 2
 
 Points = list[dict[str, Any]]
 Fetch = Callable[[str, list[str], int], Awaitable[Points]]
@@ -55,14 +57,23 @@ class BulkHistory:
     :param fetch: ``(key, run_ids, max_points) -> points`` (each point names its ``run_id``)
     """
 
-    def __init__(self, fetch: Fetch, *, max_points: int = DEFAULT_MAX_POINTS, max_runs: int = DEFAULT_MAX_RUNS) -> None:
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        max_points: int = DEFAULT_MAX_POINTS,
+        max_runs: int = DEFAULT_MAX_RUNS,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
+    ) -> None:
         self._fetch = fetch
         self.max_points = max_points
         self.max_runs = max_runs
+        self.max_requests = max_requests
         self.enabled = True
         self.requests = 0  # for tests and reports: how many bulk requests were sent
         self._queues: dict[str, list[_Ask]] = {}
-        self._leading: set[str] = set()
+        self._leaders: dict[str, int] = {}  # key -> asks leading it now (at most max_requests)
+        self._gathering: dict[str, _Ask] = {}  # key -> its leader whose batch is not out yet
 
     async def history(self, run_id: str, key: str) -> Points | None:
         """Every point of ``key`` in the run, in the server's order; None: page it instead."""
@@ -70,9 +81,7 @@ class BulkHistory:
             return None
         ask = _Ask(run_id)
         self._queues.setdefault(key, []).append(ask)
-        if key not in self._leading:
-            self._leading.add(key)
-            ask.lead = True
+        self._promote(key)
         while not ask.finished:
             if ask.lead:
                 await self._lead(key, ask)
@@ -92,6 +101,9 @@ class BulkHistory:
             await anyio.lowlevel.checkpoint()  # asks made in this same turn of the loop join the first batch
             while not leader.finished:
                 batch = self._take(key, leader)
+                if self._gathering.get(key) is leader:  # its batch is out: a next one may gather
+                    del self._gathering[key]
+                    self._promote(key)
                 await self._send(key, batch)  # puts back whatever it did not answer
                 batch = []
         finally:
@@ -99,30 +111,46 @@ class BulkHistory:
             # leader's own ask: its caller gets the error)
             queue = self._queues.get(key, [])
             queue[:] = [ask for ask in [*batch, *queue] if not ask.finished and ask is not leader]
-            leader.lead = False
-            self._pass_lead(key)
+            self._pass_lead(key, leader)
 
     def _abandon(self, key: str, ask: _Ask) -> None:
         queue = self._queues.get(key, [])
         if ask in queue:
             queue.remove(ask)
         if ask.lead:  # promoted, but gone before acting on it
-            ask.lead = False
-            self._pass_lead(key)
+            self._pass_lead(key, ask)
 
-    def _pass_lead(self, key: str) -> None:
-        """The first ask still queued for ``key`` leads next; with none, nobody leads it."""
-        queue = self._queues.get(key, [])
-        if queue:
-            queue[0].lead = True
-            queue[0].wake.set()
-        else:
+    def _promote(self, key: str) -> None:
+        """The first waiting ask leads (and gathers the next batch) when ``key`` has fewer
+        than ``max_requests`` leaders and none of them is still gathering its batch; a lane
+        beside one in flight opens only for half a batch or more, so a trickle of asks does
+        not cost the server a request each."""
+        leaders = self._leaders.get(key, 0)
+        if key in self._gathering or leaders >= self.max_requests:
+            return
+        waiting = [ask for ask in self._queues.get(key, ()) if not ask.lead]
+        if waiting and (not leaders or len(waiting) >= max(1, self.max_runs // 2)):
+            first = waiting[0]
+            first.lead = True
+            self._leaders[key] = leaders + 1
+            self._gathering[key] = first
+            first.wake.set()
+
+    def _pass_lead(self, key: str, leader: _Ask) -> None:
+        """``leader`` stops leading and a waiting ask may take its place; a key nobody leads
+        has nobody waiting either, and is forgotten."""
+        leader.lead = False
+        self._leaders[key] -= 1
+        if self._gathering.get(key) is leader:
+            del self._gathering[key]
+        self._promote(key)
+        if not self._leaders[key]:
+            del self._leaders[key]
             self._queues.pop(key, None)
-            self._leading.discard(key)
 
     def _take(self, key: str, leader: _Ask) -> list[_Ask]:
         queue = self._queues[key]
-        others = [ask for ask in queue if ask is not leader][: self.max_runs - 1]
+        others = [ask for ask in queue if not ask.lead][: self.max_runs - 1]  # other leaders ask for themselves
         taken = {id(ask) for ask in others} | {id(leader)}
         queue[:] = [ask for ask in queue if id(ask) not in taken]
         return [leader, *others]

@@ -74,11 +74,19 @@ def proxied_artifact_path(artifact_uri: str, rel_path: str = "") -> str | None:
 
     None when the run's artifacts are not served by the tracking server's proxy.
     """
-    if not artifact_uri.startswith("mlflow-artifacts:"):
+    root = proxied_root(artifact_uri)
+    if root is None:
         return None
-    root = urlsplit(artifact_uri).path.strip("/")
     full = f"{root}/{rel_path}" if rel_path else root
     return ARTIFACTS_API + "artifacts/" + quote(full, safe="/")
+
+
+def proxied_root(artifact_uri: str) -> str | None:
+    """``mlflow-artifacts:/1/<run>/artifacts`` -> ``1/<run>/artifacts``, the root's path in the
+    tracking server's artifact proxy; None when the proxy does not serve the run's artifacts."""
+    if not artifact_uri.startswith("mlflow-artifacts:"):
+        return None
+    return urlsplit(artifact_uri).path.strip("/")
 
 
 class MlflowRest:
@@ -154,14 +162,18 @@ class MlflowRest:
         filter: str = "",
         include_deleted: bool = False,
         page_size: int = 1000,
+        first_page_size: int | None = None,
         order_by: tuple[str, ...] = ("attributes.start_time ASC",),
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Every matching run (all pages), in a stable order (offset paging needs one)."""
+        """Every matching run (all pages), in a stable order (offset paging needs one). A
+        smaller ``first_page_size`` hands out the first runs sooner (a server spends about a
+        millisecond a run on a search page), so their reading overlaps the listing of the rest."""
         token = None
+        size = min(page_size, first_page_size or page_size)
         while True:
             body: dict[str, Any] = {
                 "experiment_ids": experiment_ids,
-                "max_results": page_size,
+                "max_results": size,
                 "run_view_type": VIEW_TYPES[include_deleted],
                 "order_by": list(order_by),
             }
@@ -172,6 +184,7 @@ class MlflowRest:
             page = await self.post("runs/search", body)
             for run in page.get("runs", ()):
                 yield run
+            size = page_size
             token = page.get("next_page_token")
             if not token:
                 return
@@ -195,8 +208,18 @@ class MlflowRest:
         metrics: list[dict[str, Any]] = page.get("metrics", [])
         return metrics
 
-    async def list_artifacts(self, run_id: str, path: str) -> list[dict[str, Any]]:
-        """One directory level (OSS never pages it; follow a token anyway, Databricks does)."""
+    async def list_artifacts(self, run_id: str, path: str, *, artifact_uri: str = "") -> list[dict[str, Any]]:
+        """One directory level, paths relative to the run's artifact root (OSS never pages it;
+        follow a token anyway, Databricks does). A root the server's proxy serves
+        (``mlflow-artifacts:``, given as ``artifact_uri``) is listed there: the same entries for
+        less than half the server's CPU (``artifacts/list`` first looks the run up in the
+        database: ~15 against ~6 ms a call on mlflow 3, most of a small run's cost)."""
+        root = proxied_root(artifact_uri)
+        if root is not None:
+            full = f"{root}/{path}" if path else root
+            page = await self.http.request_json("GET", ARTIFACTS_API + "artifacts", params={"path": full}) or {}
+            # the proxy names entries by their base name
+            return [{**entry, "path": f"{path}/{entry['path']}" if path else entry["path"]} for entry in page.get("files", ())]
         entries: list[dict[str, Any]] = []
         token = None
         while True:

@@ -39,7 +39,8 @@ class MlflowSourceConfig:
       of a server running MLflow's basic-auth app (default: none).
     - ``token_env``: environment variable holding a bearer token (default: none; for
       ``databricks`` it defaults to ``DATABRICKS_TOKEN``).
-    - ``page_size``: runs per ``runs/search`` page (default 1000, at most 50,000).
+    - ``page_size``: runs per ``runs/search`` page (default 1000, at most 50,000; the first
+      page holds at most 100, so reading runs starts while the rest are listed).
     - ``history_page_size``: points per ``metrics/get-history`` page (default 25,000, the
       Databricks cap). Servers older than 3.1.1 ignore paging and send the whole history.
     - ``bulk_history``: read a key's history of several runs in one request through the

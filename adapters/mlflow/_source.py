@@ -51,6 +51,8 @@ STATES = {
 }
 
 _DOWNLOAD_PIECE = 1 << 20
+FIRST_PAGE_RUNS = 100
+"""Runs on the first ``runs/search`` page: the first runs are read while the rest are listed."""
 
 
 def millis_to_seconds(ms: Any) -> float | None:
@@ -196,6 +198,7 @@ class MlflowSource:
                 filter=self.config.filter,
                 include_deleted=self.config.include_deleted,
                 page_size=self.config.page_size,
+                first_page_size=FIRST_PAGE_RUNS,
             ):
                 info = run.get("info", {})
                 yield RunRef(
@@ -299,7 +302,8 @@ class MlflowSource:
 
     # -- artifacts ------------------------------------------------------------------------------
     async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
-        """Every file of the artifact tree, depth first, names sorted (one list call per dir)."""
+        """Every file of the artifact tree, depth first, names sorted (one list call per dir,
+        through the server's artifact proxy when it serves the run's root)."""
         if not self.config.artifacts:
             return
         root = self._direct_root(run)
@@ -310,7 +314,7 @@ class MlflowSource:
         directories = [""]
         while directories:
             path = directories.pop()
-            entries = await self.rest.list_artifacts(run.ref.id, path)
+            entries = await self.rest.list_artifacts(run.ref.id, path, artifact_uri=str(run.system.get("artifact_uri", "")))
             subdirs = []
             for entry in sorted(entries, key=lambda e: e["path"]):
                 if entry.get("is_dir"):

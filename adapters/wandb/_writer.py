@@ -14,6 +14,7 @@ console log is one file to the engine: it is streamed from line 0 each time it i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
@@ -56,6 +57,14 @@ INLINE_POINTS = 2_000
 """Chunks and flushes of at most this many points are encoded on the event loop (about a
 millisecond): a worker-thread round trip costs more than that work, and a migration of many
 small runs would make thousands of them. Larger ones go to a worker thread."""
+
+
+HOLD_BYTES = 128 * 1024
+"""History lines of the newest write kept back while they are at most this size: they go out
+with the next write's or with ``flush_history``'s, so a small step-major run sends its lines in
+one request, not one per write plus one for its last step (W&B allows a run ~2 requests/s).
+At most this much per run in memory; durability lags by that one write (``checkpoint()``
+counts sent lines only)."""
 
 
 def content_budget(max_request_bytes: int) -> int:
@@ -119,6 +128,7 @@ class WandbRunWriter:
             start_time=self._t0 or 0.0, single_key=system_keys == 1, spill_dir=spill_dir, events=True
         )
         self._console_lines: int | None = None
+        self._held: list[LineBlock] = []  # the newest write's history blocks, not sent yet (HOLD_BYTES)
         self._reported = AssemblyStats()
         self._durable = self._make_checkpoint()
         self._artifacts: dict[str, PendingArtifact] = {}
@@ -140,8 +150,12 @@ class WandbRunWriter:
             blocks, event_blocks = self._assemble(chunk)
         else:
             blocks, event_blocks = await anyio.to_thread.run_sync(self._assemble, chunk)
-        for block in blocks:
-            await self._send_block(block)
+        held, self._held = self._held, []
+        if _size(blocks) <= min(HOLD_BYTES, content_budget(self.config.max_request_bytes)):
+            await self._send_blocks(held)
+            self._held = blocks
+        else:
+            await self._send_blocks([*held, *blocks])
         for block in event_blocks:
             await self._send_events_block(block)
         self._catch_up()
@@ -154,9 +168,14 @@ class WandbRunWriter:
     async def flush_history(self) -> None:
         # buffered (key-major) history is encoded window by window, never all lines at once
         inline = self._assembler.held_points + self._events.held_points <= INLINE_POINTS
+        pending, self._held = self._held, []  # the held lines go with the first window's
         blocks = self._assembler.finish()
         while (block := await _next_block(blocks, inline)) is not None:
-            await self._send_block(block)
+            pending.append(block)
+            if _size(pending) > HOLD_BYTES:
+                await self._send_blocks(pending)
+                pending = []
+        await self._send_blocks(pending)
         blocks = self._events.finish()
         while (block := await _next_block(blocks, inline)) is not None:
             await self._send_events_block(block)
@@ -179,8 +198,24 @@ class WandbRunWriter:
             offset += end - start
         return offset
 
-    async def _send_block(self, block: LineBlock) -> None:
-        self._lines = await self._send_lines(HISTORY, self._lines, block.lines)
+    async def _send_blocks(self, blocks: list[LineBlock]) -> None:
+        """History blocks' lines in as few requests as fit; each block counts as durable
+        (lines offset, points, checkpoint) once the request holding its last line is answered."""
+        if not blocks:
+            return
+        lines = [line for block in blocks for line in block.lines]
+        ends = list(itertools.accumulate(len(block.lines) for block in blocks))
+        base, done = self._lines, 0
+        for start, end in iter_request_slices(lines, content_budget(self.config.max_request_bytes)):
+            await self.stream.send({HISTORY: (base + start, lines[start:end])})
+            while done < len(blocks) and ends[done] <= end:
+                self._acknowledge(blocks[done], base + ends[done])
+                done += 1
+        for block in blocks[done:]:  # blocks without lines (nothing left to send)
+            self._acknowledge(block, base + len(lines))
+
+    def _acknowledge(self, block: LineBlock, lines_end: int) -> None:
+        self._lines = lines_end
         self._split.acknowledged(history=block.points)
         if block.lines:
             last = json.loads(block.lines[-1])
@@ -352,6 +387,11 @@ class WandbRunWriter:
         release = getattr(self.stream.http, "release", None)
         if release is not None:
             release(self.stream.path)
+
+
+def _size(blocks: list[LineBlock]) -> int:
+    """Characters of the blocks' lines (about their bytes: the lines are ASCII JSON mostly)."""
+    return sum(len(line) for block in blocks for line in block.lines)
 
 
 async def _next_block(blocks: Iterator[LineBlock], inline: bool) -> LineBlock | None:

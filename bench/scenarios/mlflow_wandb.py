@@ -10,7 +10,7 @@ history point compared with MLflow BEFORE its time counts (a difference fails th
 
 - ``peer``: ``wandb.apis.importers.mlflow.MlflowImporter`` from wandb 0.27.0 (the last release
   that has it), in the venv ``python -m bench.wandb027 --importers`` makes: ``collect_runs()``
-  then ``import_runs(runs, artifacts=False, namespace=...)``, its defaults otherwise;
+  then ``import_runs(runs, artifacts=..., namespace=...)``, its defaults otherwise;
 - ``runferry``: ``python -m engine migrate`` with runferry's defaults (CLI, start-up included,
   like the peer; ``--runs-concurrency`` tunes it).
 
@@ -20,7 +20,12 @@ MLflow server's backend store, direct database access the peer has no equivalent
 ``read-only-db`` and ``runferry-db``. An unmeasured drain runs first: a fresh MLflow server's
 first history requests are much slower (warm-up), and no measured child should pay for that.
 
-    python -m bench mlflow_wandb [--runs 4 --keys 10 --steps 2000 --repeats 3]
+With ``--artifact-bytes N`` every run also holds one artifact file of N bytes, copied by both
+tools (runferry ``artifacts = true``, the peer ``artifacts=True``) and checked byte for byte
+(size and MD5 of a run file or artifact entry of that name) before a time counts; the result
+is the variant ``artifacts``.
+
+    python -m bench mlflow_wandb [--runs 4 --keys 10 --steps 2000 --repeats 3 --artifact-bytes 0]
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ from wandb.apis.importers.mlflow import MlflowImporter
 importer = MlflowImporter(dst_base_url=os.environ["WANDB_BASE_URL"], dst_api_key=os.environ["WANDB_API_KEY"],
                           mlflow_tracking_uri=sys.argv[1])
 runs = list(importer.collect_runs())
-importer.import_runs(runs, artifacts=False, namespace=Namespace(sys.argv[2], sys.argv[3]))
+artifacts = len(sys.argv) > 4 and sys.argv[4] == "1"
+importer.import_runs(runs, artifacts=artifacts, namespace=Namespace(sys.argv[2], sys.argv[3]))
 print(len(runs))
 """
 
@@ -120,6 +126,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--filestream-rps-per-run", type=float, default=None,
                    help="server-side per-run file_stream limit (W&B documents 2); default: none")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--artifact-bytes", type=int, default=0,
+                   help="one artifact file of this size per run, copied by both tools (0 = none)")
     p.add_argument("--skip-peer", action="store_true", help="measure runferry only")
     p.add_argument("--workdir", help="keep servers' data here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
@@ -145,15 +153,17 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
         mlflow_server = stack.enter_context(_mlflow_server(workdir, a))
         wandb_url = stack.enter_context(_wandb_server(workdir, a))
         expected = _seed(mlflow_server.url, a)
+        files = _seed_artifacts(mlflow_server.url, list(expected), a.artifact_bytes, workdir)
+        artifacts = bool(files)
         points = sum(len(p) for p in expected.values())
         rows: list[dict[str, Any]] = []
         env = child_env({"WANDB_BASE_URL": wandb_url, "WANDB_API_KEY": API_KEY, "BENCH_WANDB_KEY": API_KEY})
         def config(name: str, project: str, **source: Any) -> Path:
             return write_toml(workdir / f"{name}.toml", {
-                "source": {"type": "mlflow", "tracking_uri": mlflow_server.url, "artifacts": False, **source},
+                "source": {"type": "mlflow", "tracking_uri": mlflow_server.url, "artifacts": artifacts, **source},
                 "destination": {"type": "wandb", "base_url": wandb_url, "api_key_env": "BENCH_WANDB_KEY",
                                 "entity": ENTITY, "project": project},
-                "transfer": {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": False, "incremental": False,
+                "transfer": {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": artifacts, "incremental": False,
                              # runferry's default (automatic) unless --runs-concurrency tunes it
                              **({"runs_concurrency": a.runs_concurrency} if a.runs_concurrency else {})},
             })
@@ -173,14 +183,21 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
             else:
                 home = workdir / "peer" / project
                 home.mkdir(parents=True)
-                result = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, project], cwd=home,
+                result = run_child([str(peer_python), "-c", PEER_SCRIPT, mlflow_server.url, ENTITY, project,
+                                    "1" if artifacts else "0"], cwd=home,
                                    env={**peer_env, "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
                                         "WANDB_CONFIG_DIR": str(home / "config")}).check()
             exact = _exact_points(wandb_url, project, expected)
             if exact != points:
                 raise SystemExit(f"{tool} (round {repeat + 1}) holds {exact:,} of {points:,} points exactly: "
                                  "no time reported")
-            return Sample(tool, repeat, result.wall_s, result.cpu_s, result.peak_rss_mb, {"exact_points": exact})
+            extra: dict[str, Any] = {"exact_points": exact}
+            if files:
+                missing = _missing_files(wandb_url, project, files)
+                if missing:
+                    raise SystemExit(f"{tool} (round {repeat + 1}): artifact files missing or different: {missing[:5]}")
+                extra["exact_files"] = len(files)
+            return Sample(tool, repeat, result.wall_s, result.cpu_s, result.peak_rss_mb, extra)
 
         tools = ["runferry"] + ([] if peer_python is None else ["peer"])
         samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -214,8 +231,11 @@ def _drive(a: argparse.Namespace, workdir: Path) -> int:
     headline["extras_wall_s"] = {name: round(r.wall_s, 3) for name, r in extras.items()}
     versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
                 "wandb (peer)": "0.27.0" if peer_python else None, "wandb (oracle)": package_version("wandb")}
+    if files:
+        headline["artifact_bytes"] = a.artifact_bytes * len(files)
+    variant = "-".join(part for part, on in (("artifacts", bool(files)), ("runferry-only", a.skip_peer)) if on)
     path = write_result("mlflow_wandb", inputs=vars(a), versions=versions, samples=samples, headline=headline,
-                        variant="runferry-only" if a.skip_peer else None)
+                        variant=variant or None)
     print(f"result: {path}")
     if a.json:
         print(json.dumps({"rows": rows, **headline}))
@@ -304,6 +324,51 @@ def _seed(url: str, a: argparse.Namespace) -> dict[str, list[tuple[str, int, flo
             client.log_batch(rid, metrics=batch)
         client.set_terminated(rid, "FINISHED", end_time=T0 + a.steps * 1000)
     return expected
+
+
+ARTIFACT_NAME = "model.bin"
+
+
+def _seed_artifacts(url: str, run_ids: list[str], size: int, workdir: Path) -> dict[str, tuple[int, str]]:
+    """One file ``ARTIFACT_NAME`` of ``size`` seeded random bytes per run (none with size 0);
+    returns run id -> (size, base64 MD5), the digest W&B reports for run files and entries."""
+    import base64
+    import hashlib
+    import random
+
+    from mlflow.tracking import MlflowClient
+
+    if size <= 0:
+        return {}
+    client = MlflowClient(url)
+    out: dict[str, tuple[int, str]] = {}
+    for i, run_id in enumerate(run_ids):
+        data = random.Random(i).randbytes(size)
+        folder = workdir / "artifacts-seed" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ARTIFACT_NAME).write_bytes(data)
+        client.log_artifact(run_id, str(folder / ARTIFACT_NAME))
+        out[run_id] = (size, base64.b64encode(hashlib.md5(data).digest()).decode())
+    return out
+
+
+def _missing_files(wandb_url: str, project: str, files: dict[str, tuple[int, str]]) -> list[str]:
+    """Runs whose ``ARTIFACT_NAME`` is in none of its run files and logged artifacts' entries
+    with the seeded size and MD5 (each tool may put it in either place)."""
+    import wandb
+
+    api = wandb.Api(api_key=API_KEY, overrides={"base_url": wandb_url}, timeout=120)
+    found: set[str] = set()
+    for run in api.runs(f"{ENTITY}/{project}", per_page=100):
+        want = files.get(run.id)
+        if want is None:
+            continue
+        have = {(f.name.rsplit("/", 1)[-1], f.size, f.md5) for f in run.files()}
+        for artifact in run.logged_artifacts():
+            have |= {(path.rsplit("/", 1)[-1], entry.size, entry.digest) for path, entry in artifact.manifest.entries.items()}
+        if (ARTIFACT_NAME, *want) in have:
+            found.add(run.id)
+    return sorted(set(files) - found)
 
 
 def _exact_points(wandb_url: str, project: str, expected: dict[str, list[tuple[str, int, float]]]) -> int:

@@ -186,7 +186,7 @@ async def test_a_cancelled_leader_hands_its_batch_on() -> None:
 async def test_a_waiter_cancelled_as_it_is_handed_the_lead_passes_it_on() -> None:
     server = ScriptedServer({"a": 1, "b": 2, "c": 3})
     server.gate = anyio.Event()
-    bulk = BulkHistory(server.fetch)
+    bulk = BulkHistory(server.fetch, max_requests=1)  # one lane: b waits for a's answer
     got: dict[str, Any] = {}
     b_scope = anyio.CancelScope()
 
@@ -217,7 +217,7 @@ async def test_a_waiter_cancelled_as_it_is_handed_the_lead_passes_it_on() -> Non
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     server = ScriptedServer({"a": 1, "b": 2, "c": 3})
     server.gate = anyio.Event()
-    bulk = BulkHistory(server.fetch)
+    bulk = BulkHistory(server.fetch, max_requests=1)  # one lane: b and c wait
     asker = Asker(bulk)
     got, one = asker.got, asker.ask
     b_scope = anyio.CancelScope()
@@ -237,6 +237,53 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
         server.gate.set()
     assert got == {"a": server.histories["a"], "c": server.histories["c"]}
     assert server.calls == [["a"], ["c"]]
+
+
+async def test_a_second_request_goes_out_while_the_first_is_in_flight() -> None:
+    server = ScriptedServer({run: 1 for run in "abcdefg"})
+    server.gate = anyio.Event()
+    bulk = BulkHistory(server.fetch, max_runs=4, max_requests=2)
+    asker = Asker(bulk)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(asker.ask, "a")
+        await anyio.wait_all_tasks_blocked()  # "a" is out, alone
+        tg.start_soon(asker.ask, "b")
+        await anyio.wait_all_tasks_blocked()
+        assert server.calls == [["a"]]  # one ask waiting is less than half a batch: no second lane
+        tg.start_soon(asker.ask, "c")
+        await anyio.wait_all_tasks_blocked()  # two are half a batch: "b" and "c" go out in a second lane
+        for run in "defg":
+            tg.start_soon(asker.ask, run)
+        await anyio.wait_all_tasks_blocked()
+        assert server.calls == [["a"], ["b", "c"]]  # both lanes busy: the rest wait
+        server.gate.set()
+    # each lane, once answered, takes the waiting asks: one of them takes them all
+    assert server.calls == [["a"], ["b", "c"], ["d", "e", "f", "g"]]
+    assert asker.got == server.histories
+    assert bulk._leaders == {} and bulk._queues == {} and bulk._gathering == {}
+
+
+async def test_lanes_share_the_key_and_never_ask_for_a_run_twice() -> None:
+    runs = [f"r{i:02d}" for i in range(40)]
+    server = ScriptedServer({run: 2 for run in runs})
+    bulk = BulkHistory(server.fetch, max_runs=4, max_requests=3)
+    in_flight: list[int] = []
+    asker = Asker(bulk)
+
+    async with anyio.create_task_group() as tg:
+        for run in runs:
+            tg.start_soon(asker.ask, run)
+        while len(asker.got) < len(runs):  # let the requests out lane by lane, one round at a time
+            server.gate = anyio.Event()
+            await anyio.wait_all_tasks_blocked()
+            in_flight.append(len(server.calls) - sum(in_flight))
+            server.gate.set()
+            await anyio.wait_all_tasks_blocked()
+    assert asker.got == server.histories
+    asked = [run for call in server.calls for run in call]
+    assert sorted(asked) == runs  # every run once
+    assert max(in_flight) == 3 and all(len(call) == 4 for call in server.calls)
 
 
 # -- against the real server ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from tests.adapters.contract import (
     read_bytes,
     read_history,
 )
+from tests.mlflow.fault_proxy import FaultProxy
 from tests.mlflow.helpers import context, source_config
 from tests.mlflow.seed import ARTIFACT_FILES, EDGE_POINTS, T0, Seeded
 from tests.servers.mlflow_server import MlflowServer
@@ -121,3 +122,28 @@ async def test_artifact_walk_and_bytes(source_server: MlflowServer, seeded: Seed
             assert await read_bytes(source, record, file) == ARTIFACT_FILES[file.path]
     async with MlflowSource(source_config(source_server.url, experiments=[seeded.edge_name], artifacts=False), context()) as source:
         assert await all_files(source, record) == []
+
+
+async def test_a_proxied_root_is_walked_through_the_artifact_proxy(source_server: MlflowServer, seeded: Seeded) -> None:
+    """A ``mlflow-artifacts:`` root is listed through the server's artifact proxy (no database
+    lookup per call, unlike ``artifacts/list``): the same tree, nested and oddly named entries
+    included, and ``artifacts/list`` never asked."""
+    proxy = FaultProxy(source_server.url).start()
+    try:
+        async with MlflowSource(source_config(proxy.url, experiments=[seeded.edge_name]), context()) as source:
+            ref = next(r for r in await all_refs(source) if r.id == seeded.runs["edge"])
+            record = await source.get_run(ref)
+            assert str(record.system["artifact_uri"]).startswith("mlflow-artifacts:/")
+            files = await all_files(source, record)
+            assert proxy.count("/api/2.0/mlflow-artifacts/artifacts") > 1 and proxy.count("artifacts/list") == 0
+            walked, folders = [], [""]  # the same walk through artifacts/list, as a root outside the proxy takes
+            while folders:
+                for entry in await source.rest.list_artifacts(ref.id, folders.pop()):
+                    if entry.get("is_dir"):
+                        folders.append(entry["path"])
+                    else:
+                        walked.append((entry["path"], int(entry.get("file_size", 0))))
+    finally:
+        proxy.stop()
+    assert proxy.count("artifacts/list") > 1
+    assert sorted((f.path, f.size) for f in files) == sorted(walked) == sorted((k, len(v)) for k, v in ARTIFACT_FILES.items())

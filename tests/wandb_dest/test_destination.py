@@ -199,6 +199,73 @@ async def test_a_small_run_is_one_history_request_and_one_finish_within_the_per_
     assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
 
 
+def filestream_requests(server, run_id: str) -> int:
+    """file_stream POSTs the server accepted for runs named ``run_id``."""
+    return sum(1 for kind, name in server.state.request_log if kind == "filestream" and name == run_id)
+
+
+@pytest.mark.parametrize("keys", [["x"], ["x", "y"]], ids=["one-key-step-major", "two-keys-key-major"])
+async def test_a_one_chunk_run_is_two_filestream_requests_at_the_server(server, project, fake_clock, keys) -> None:
+    """A one-key run's history streams (step-major): its lines come out of ``write_history``
+    but the last step's only at ``flush_history``. The writer holds the first write's lines
+    back, so lines go in one request and the summary with ``complete`` in a second: both
+    within W&B's per-run burst of 2, counted by the server itself."""
+    server.faults.clock = fake_clock.now
+    server.faults.filestream_rps_per_run = 2
+    k, s, t, v = step_major(200 // len(keys), keys)
+    order = sorted(range(len(k)), key=lambda i: (k[i], s[i]))  # MLflow's order: one key's history, then the next
+    cols = ([k[i] for i in order], [s[i] for i in order], [t[i] for i in order], [v[i] for i in order])
+    run_id = f"small-{len(keys)}"
+    rec = record(project, run_id, metric_keys=keys)  # one key: the writer streams it step-major
+    async with make_destination(server, clock=fake_clock, filestream_rate=2.0) as dest:
+        writer = await dest.open_run(rec, None)
+        started = fake_clock.now()
+        (chunk,) = chunks(cols, 1000)
+        await writer.write_history(chunk)
+        assert writer.checkpoint().history_points == 0  # held (one-key) or buffered (key-major): not durable yet
+        await writer.flush_history()
+        assert writer.checkpoint().history_points == 200  # durable once flush_history returns
+        assert filestream_requests(server, run_id) == 1
+        await writer.finish(rec)
+    assert filestream_requests(server, run_id) == 2 and fake_clock.now() - started == 0.0
+    assert server.faults.injected.get("ratelimit:filestream", 0) == 0
+    stored = server.state.run(server.entity, project, run_id)
+    assert [json.loads(x)["_step"] for x in stored.history] == list(range(200 // len(keys)))
+    run = wandb_api(server).run(f"{server.entity}/{project}/{run_id}")
+    assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
+
+
+async def test_held_lines_of_a_killed_one_key_run_are_written_once_on_resume(server, project) -> None:
+    """The newest write's lines are held, so the ledger's checkpoint lags one write; a process
+    killed with lines held (and some sent past the ledger) resumes with every line once."""
+    cols = step_major(300, ["x"])
+    rec = record(project, metric_keys=["x"])  # one key: lines stream from the first write
+    async with make_destination(server) as dest:
+        writer = await dest.open_run(rec, None)
+        for chunk in chunks(cols, 60)[:3]:
+            await writer.write_history(chunk)
+        ledger_checkpoint = writer.checkpoint()  # what the ledger holds when the process dies
+        await writer.write_history(chunks(cols, 60)[3])  # sends the third write's lines, never recorded
+        # killed here: the fourth write's lines held, no flush, no finish
+    # writes 1 and 2 are out (steps 0-118: each write's last step waits for the next one);
+    # the third write's lines (steps 119-178) were held when the ledger was written
+    assert ledger_checkpoint.history_points == 119 and ledger_checkpoint.state["lines"] == 119
+    stored = server.state.run(server.entity, project, "run1")
+    assert len(stored.history) == 179
+    resumed = Checkpoint(history_points=119, state=json.loads(json.dumps(ledger_checkpoint.state)))
+    async with make_destination(server) as dest:
+        writer = await dest.open_run(rec, resumed)
+        for chunk in chunks(cols, 70, 119):  # the source restarts in other chunks
+            await writer.write_history(chunk)
+        await writer.flush_history()
+        assert writer.checkpoint().history_points == 300
+        await writer.finish(rec)
+    steps = [json.loads(line)["_step"] for line in stored.history]
+    assert steps == list(range(300))  # every line exactly once, in order
+    run = wandb_api(server).run(f"{server.entity}/{project}/run1")
+    assert_rows_equal(list(run.scan_history(page_size=1000)), expected_rows(cols, 1700000000.0))
+
+
 async def migrate_under_faults(server, project, fake_clock, events, *, filestream_rate: float) -> int:
     cols = step_major(200, ["m1", "m2", "m3"])
     rec = record(project, summary={"m1": 1.0})

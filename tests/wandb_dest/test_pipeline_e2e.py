@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from core.protocols import AdapterContext
 from adapters.synthetic import SyntheticSource
@@ -93,11 +94,16 @@ async def test_synthetic_to_wandb_through_the_engine(server, project, tmp_path) 
     assert {rid: list(server.state.run(server.entity, project, rid).history) for rid in expected} == before
 
 
-def test_killed_migration_resumes_with_every_line_once(server, project, tmp_path) -> None:
-    source = synthetic_table(runs=1, steps=3000, keys=6, file_sizes=[], artifact_sizes=[])
+@pytest.mark.parametrize(("keys", "max_request_bytes", "rate"), [(6, 65536, 4.0), (1, 8 * 1024 * 1024, 1.0)],
+                         ids=["six-keys", "one-key-lines-held"])
+def test_killed_migration_resumes_with_every_line_once(server, project, tmp_path, keys, max_request_bytes, rate) -> None:
+    """With one key each write's lines (~90 KB) are held until the next write (HOLD_BYTES), so
+    the kill also finds lines that were held, never sent and not in the ledger (at 1 request/s
+    the kill lands between the requests of its 3,000 lines)."""
+    source = synthetic_table(runs=1, steps=3000, keys=keys, file_sizes=[], artifact_sizes=[])
     config_path = write_config(tmp_path / "migrate.toml", {
         "source": source,
-        "destination": dest_table(server, project, max_request_bytes=65536, filestream_rate=4.0),
+        "destination": dest_table(server, project, max_request_bytes=max_request_bytes, filestream_rate=rate),
         "transfer": {"ledger": str(tmp_path / "ledger.jsonl"), "chunk_points": 1200},
     })
     env = dict(os.environ, PYTHONPATH=str(REPO))
