@@ -67,10 +67,10 @@ class ExportSupport:
 
 
 async def export_batches(
-    storage: HttpClient, urls: list[str], start_time: float, rows_per_batch: int
+    storage: HttpClient, urls: list[str], start_time: float, points_per_batch: int
 ) -> AsyncGenerator[tuple[pa.RecordBatch | None, int], None]:
-    """Every exported row's points, a slice of rows at a time, in step order, with the
-    highest step seen so far."""
+    """Every exported row's points, a slice of rows at a time (about ``points_per_batch``
+    points each), in step order, with the highest step seen so far."""
     files: list[Spooled] = []
     try:
         for url in urls:
@@ -79,7 +79,8 @@ async def export_batches(
         opened = [await anyio.to_thread.run_sync(pq.ParquetFile, f.path) for f in files]
         last_step = -1
         for parquet in sorted(opened, key=_first_step):
-            slices = parquet.iter_batches(batch_size=max(1, rows_per_batch))
+            width = max(1, len(set(parquet.schema_arrow.names) - _ROW_KEYS))
+            slices = parquet.iter_batches(batch_size=max(1, points_per_batch // width))
             while (batch := await anyio.to_thread.run_sync(next, slices, None)) is not None:
                 points, top = arrow_page_batch(batch, start_time)
                 last_step = max(last_step, top)

@@ -212,7 +212,7 @@ async def iter_points(
     if exports is not None and last_step >= page_rows:
         urls = await exports.urls(api, entity, project, run)
         if urls:
-            async with contextlib.aclosing(export_batches(exports.storage, urls, start_time, page_rows)) as exported:
+            async with contextlib.aclosing(export_batches(exports.storage, urls, start_time, chunk_points)) as exported:
                 async for points, top in exported:
                     for chunk in batcher.add(points):
                         yield chunk
