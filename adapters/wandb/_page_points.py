@@ -9,6 +9,8 @@ through ``split_value`` one by one. Pages whose rows share few keys (very wide, 
 would make that mask much bigger than the points, so they take the row-at-a-time path.
 
 Both paths give the same points (the conventions are in ``_history_read``'s docstring).
+``assemble`` (key-major parts -> row-major points) also serves parquet exports
+(``_history_exports``), whose columns arrive typed.
 """
 
 from __future__ import annotations
