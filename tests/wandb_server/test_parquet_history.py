@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import aiohttp
 import pyarrow.parquet as pq
@@ -38,18 +39,23 @@ PARQUET = """query P($e: String!, $p: String!, $r: String!) { project(name: $p, 
 
 
 async def test_scan_history_reads_parquet_export(wandb_server, public_api):
-    """Like W&B, export a run once it is complete; wandb-core then reads only the parquet."""
+    """Like W&B, export a run once it is complete; wandb-core then reads only the parquet.
+
+    The run's name is new every time: wandb-core caches exports by entity/project/run/index in
+    the user's cache directory (its service process does not see the fixture's cache dir), so a
+    name used before would be read from an earlier test run's file."""
+    run = f"pq-{uuid.uuid4().hex[:12]}"
     async with aiohttp.ClientSession() as session:
-        await upsert_run(session, wandb_server, "pq1", project="parquet")
-    await write(wandb_server, "pq1", range(0, 30), 0)
-    key = wandb_server.export_history("runferry", "parquet", "pq1")
+        await upsert_run(session, wandb_server, run, project="parquet")
+    await write(wandb_server, run, range(0, 30), 0)
+    key = wandb_server.export_history("runferry", "parquet", run)
     schema = pq.read_schema(wandb_server.state.blob(key).path)
     assert [f.name for f in schema][0] == "_step" and str(schema.field("loss").type) == "double"
     assert {str(schema.field(k).type) for k in ("epoch", "flag", "tag")} == {"int64", "bool", "string"}
     assert str(schema.field("image").type).startswith("struct<")
 
     before = len(wandb_server.state.request_log)
-    rows = list(public_api.run("runferry/parquet/pq1").scan_history())
+    rows = list(public_api.run(f"runferry/parquet/{run}").scan_history())
     assert [r["_step"] for r in rows] == list(range(30))
     assert math.isnan(rows[0]["loss"]) and rows[1]["loss"] == math.inf and rows[2]["loss"] == -math.inf
     assert [r["loss"] for r in rows[3:]] == [s / 10 for s in range(3, 30)]
