@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import gzip
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -38,6 +38,8 @@ from ratelimit import (
     Ticket,
     endpoint_of,
 )
+
+T = TypeVar("T")
 
 HISTORY = "wandb-history.jsonl"
 EVENTS = "wandb-events.jsonl"
@@ -146,6 +148,12 @@ INLINE_ENCODE_BYTES = 64 * 1024
 """Requests with at most this much content are encoded on the event loop (tens of microseconds)."""
 
 
+async def on_loop_or_thread(inline: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on the event loop when it is small (``inline``: a worker-thread round
+    trip would cost more than the work), else in a worker thread."""
+    return work(*args) if inline else await anyio.to_thread.run_sync(work, *args)
+
+
 class FileStream:
     """Sends one run's file_stream requests (see module docstring)."""
 
@@ -181,10 +189,7 @@ class FileStream:
             payload["complete"] = complete
             payload["exitcode"] = exitcode
         size = sum(len(line) for _, lines in files.values() for line in lines)
-        if size <= INLINE_ENCODE_BYTES:  # a worker-thread round trip costs more than the work
-            body, headers = self._encode(payload)
-        else:
-            body, headers = await anyio.to_thread.run_sync(self._encode, payload)
+        body, headers = await on_loop_or_thread(size <= INLINE_ENCODE_BYTES, self._encode, payload)
         async with self._one_at_a_time:
             return await self._post(body, headers)
 

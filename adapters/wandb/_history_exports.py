@@ -32,11 +32,10 @@ from core.errors import FatalError
 
 from . import _read_ops
 from ._gql import call
-from ._page_points import Compact, assemble, loads, split_values
+from ._page_points import INTERNAL_KEYS, Compact, assemble, loads, split_values, step_order
 from ._spool import Spooled, spool
 
 _JSON_FIELD = {b"encoding": b"json"}
-_ROW_KEYS = frozenset({"_step", "_timestamp", "_runtime"})
 
 
 class ExportSupport:
@@ -79,7 +78,7 @@ async def export_batches(
         opened = [await anyio.to_thread.run_sync(pq.ParquetFile, f.path) for f in files]
         last_step = -1
         for parquet in sorted(opened, key=_first_step):
-            width = max(1, len(set(parquet.schema_arrow.names) - _ROW_KEYS))
+            width = max(1, len(set(parquet.schema_arrow.names) - INTERNAL_KEYS))
             slices = parquet.iter_batches(batch_size=max(1, points_per_batch // width))
             while (batch := await anyio.to_thread.run_sync(next, slices, None)) is not None:
                 points, top = arrow_page_batch(batch, start_time)
@@ -108,10 +107,9 @@ def arrow_page_batch(batch: pa.RecordBatch, start_time: float) -> tuple[pa.Recor
     steps = _numbers(batch, "_step", np.int64, 0)
     times = _numbers(batch, "_timestamp", np.float64, start_time)
     top = int(steps.max()) if n else -1
-    if n > 1 and bool(np.any(steps[1:] < steps[:-1])):
-        order = np.argsort(steps, kind="stable")
+    if (order := step_order(steps)) is not None:
         batch, steps, times = batch.take(pa.array(order)), steps[order], times[order]
-    keys = sorted(name for name in names if name not in _ROW_KEYS)
+    keys = sorted(name for name in names if name not in INTERNAL_KEYS)
     if not keys:
         return None, top
     present = np.ones((len(keys), n), dtype=bool)

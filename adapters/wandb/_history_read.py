@@ -43,9 +43,8 @@ from core.model import HistoryChunk
 from . import _read_ops
 from ._gql import call
 from ._history_exports import ExportSupport, export_batches
-from ._page_points import loads, page_batch
+from ._page_points import INTERNAL_KEYS, loads, page_batch, step_order
 
-INTERNAL_KEYS = frozenset({"_step", "_timestamp", "_runtime"})
 SYSTEM_PREFIX = "system."
 SYSTEM_POINT_PREFIX = "system/"
 _MAX_WINDOW = 2**31 - 1  # ``samples`` is a GraphQL Int (32 bits)
@@ -140,8 +139,7 @@ def system_key(key: str) -> str | None:
 def history_batch_of(rows: list[dict[str, Any]], start_time: float) -> pa.RecordBatch | None:
     """A page of history rows as points, rows in step order (stable)."""
     steps = row_steps(rows)
-    if steps.size > 1 and bool(np.any(steps[1:] < steps[:-1])):
-        order = np.argsort(steps, kind="stable")
+    if (order := step_order(steps)) is not None:
         rows, steps = [rows[i] for i in order], steps[order]
     return page_batch(rows, steps, row_times(rows, start_time), history_key)
 

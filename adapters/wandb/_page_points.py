@@ -30,6 +30,9 @@ Compact = tuple[np.ndarray, "np.ndarray | None", "pa.Array | None"]
 """One key's values for the rows that have it: floats (0.0 where none), which of them are
 numbers (None: all), and their ``value_json`` texts (None: none)."""
 
+INTERNAL_KEYS = frozenset({"_step", "_timestamp", "_runtime"})
+"""Row keys that are not points: the step, the timestamp, and ``_runtime`` (recomputed)."""
+
 _MISSING = object()  # a key the row does not have
 _MissingType = type(_MISSING)
 _DENSE_SLACK = 4  # the column path while rows x keys <= 4 x points (+ a small constant)
@@ -60,6 +63,13 @@ def split_value(value: Any) -> tuple[float | None, str | None]:
         except OverflowError:  # beyond float range: the exact text only
             return None, str(value)
     return None, value_json(value)
+
+
+def step_order(steps: np.ndarray) -> np.ndarray | None:
+    """The stable order that sorts rows by step, or None when they already are."""
+    if steps.size > 1 and bool(np.any(steps[1:] < steps[:-1])):
+        return np.argsort(steps, kind="stable")
+    return None
 
 
 def page_batch(

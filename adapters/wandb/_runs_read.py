@@ -20,8 +20,8 @@ from core.model import Namespace, RunRecord, RunRef, RunState
 
 from . import _read_ops
 from ._gql import call
-from ._history_read import INTERNAL_KEYS, SYSTEM_POINT_PREFIX, SYSTEM_PREFIX
-from ._page_points import loads
+from ._history_read import SYSTEM_POINT_PREFIX, SYSTEM_PREFIX
+from ._page_points import INTERNAL_KEYS, loads
 
 STATES = {
     "running": RunState.RUNNING,

@@ -16,10 +16,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import anyio
 
 from core.protocols import Checkpoint
 from adapters.http import HttpClient
@@ -45,7 +44,7 @@ from ._artifacts import (
 )
 from ._config import WandbDestinationConfig
 from ._console import CONSOLE_FILE, LineBatcher, LineSplitter, line_cap
-from ._filestream import EVENTS, HISTORY, OUTPUT, SUMMARY, FileStream
+from ._filestream import EVENTS, HISTORY, OUTPUT, SUMMARY, FileStream, on_loop_or_thread
 from ._lines import AssemblyStats, HistoryAssembler, LineBlock, iter_request_slices
 from ._mapping import dumps_extended, exit_for, summary_for
 from ._spool import Spooled, spool
@@ -146,10 +145,7 @@ class WandbRunWriter:
 
             self._t0 = float(pc.min(chunk.batch.column("timestamp")).as_py())
             self._assembler.start_time = self._events.start_time = self._t0
-        if len(chunk) <= INLINE_POINTS:
-            blocks, event_blocks = self._assemble(chunk)
-        else:
-            blocks, event_blocks = await anyio.to_thread.run_sync(self._assemble, chunk)
+        blocks, event_blocks = await on_loop_or_thread(len(chunk) <= INLINE_POINTS, self._assemble, chunk)
         held, self._held = self._held, []
         if _size(blocks) <= min(HOLD_BYTES, content_budget(self.config.max_request_bytes)):
             await self._send_blocks(held)
@@ -170,14 +166,14 @@ class WandbRunWriter:
         inline = self._assembler.held_points + self._events.held_points <= INLINE_POINTS
         pending, self._held = self._held, []  # the held lines go with the first window's
         blocks = self._assembler.finish()
-        while (block := await _next_block(blocks, inline)) is not None:
+        while (block := await on_loop_or_thread(inline, next, blocks, None)) is not None:
             pending.append(block)
             if _size(pending) > HOLD_BYTES:
                 await self._send_blocks(pending)
                 pending = []
         await self._send_blocks(pending)
         blocks = self._events.finish()
-        while (block := await _next_block(blocks, inline)) is not None:
+        while (block := await on_loop_or_thread(inline, next, blocks, None)) is not None:
             await self._send_events_block(block)
         self._catch_up()
 
@@ -393,7 +389,3 @@ def _size(blocks: list[LineBlock]) -> int:
     """Characters of the blocks' lines (about their bytes: the lines are ASCII JSON mostly)."""
     return sum(len(line) for block in blocks for line in block.lines)
 
-
-async def _next_block(blocks: Iterator[LineBlock], inline: bool) -> LineBlock | None:
-    """The next block, encoded on the event loop (``inline``) or in a worker thread."""
-    return next(blocks, None) if inline else await anyio.to_thread.run_sync(next, blocks, None)
