@@ -186,6 +186,14 @@ class FinishedRun:
 
 
 @runtime_checkable
+class ReadAhead(Protocol):
+    """Optional source capability: told, in order, which runs will be read soon (queued and
+    not done yet), a source may fetch their data together with the runs read before them."""
+
+    def expect(self, ref: RunRef) -> None: ...
+
+
+@runtime_checkable
 class RunChecker(Protocol):
     """Optional destination capability: compare a finished run at the destination with what
     the ledger says was written there; an empty list means intact."""

@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from adapters import registry
-from core.protocols import AdapterContext, Checkpoint, Destination, FinishedRun, RunChecker, RunWriter, Source
+from core.protocols import AdapterContext, Checkpoint, Destination, FinishedRun, ReadAhead, RunChecker, RunWriter, Source
 from engine import preflight
 from engine.admission import AUTO_RUNS_CEILING, RUN_OVERHEAD_BYTES, Admission, MemoryBudget, RunAccount, run_seat_bytes
 from engine.config import Config
@@ -131,18 +131,39 @@ async def _cancel_on_signal(scope: anyio.CancelScope, report: Report) -> None:
 
 
 async def feed_runs(
-    source: Source, send: ObjectSendStream[RunRef], *, limit: int = 0, on_ref: Callable[[RunRef], None] | None = None
+    source: Source,
+    send: ObjectSendStream[RunRef],
+    *,
+    limit: int = 0,
+    on_ref: Callable[[RunRef], None] | None = None,
+    keep: Callable[[RunRef], bool] | None = None,
 ) -> None:
-    """Page through the source's runs onto ``send`` (closed at the end), at most ``limit`` (0 = all)."""
+    """Page through the source's runs onto ``send`` (closed at the end), at most ``limit`` (0 = all)
+    selected; runs ``keep`` turns down are not sent."""
     async with send, contextlib.aclosing(source.list_runs()) as refs:
         count = 0
         async for ref in refs:
             if on_ref is not None:
                 on_ref(ref)
-            await send.send(ref)
+            if keep is None or keep(ref):
+                await send.send(ref)
             count += 1
             if limit and count >= limit:
                 break
+
+
+def tell_read_ahead(source: Source) -> Callable[[RunRef], bool] | None:
+    """A ``keep`` for ``feed_runs`` that tells a ``ReadAhead`` source of every run queued for
+    reading (None for other sources)."""
+    if not isinstance(source, ReadAhead):
+        return None
+    expect = source.expect
+
+    def keep(ref: RunRef) -> bool:
+        expect(ref)
+        return True
+
+    return keep
 
 
 async def for_each_run(
@@ -153,11 +174,12 @@ async def for_each_run(
     buffer: int,
     limit: int = 0,
     on_ref: Callable[[RunRef], None] | None = None,
+    keep: Callable[[RunRef], bool] | None = None,
 ) -> None:
-    """``handle(ref)`` for each selected run, by ``workers`` tasks fed through a bounded stream of
-    ``buffer`` refs (``feed_runs``); the first error cancels the rest. ``plan`` and ``verify``
-    use it; ``migrate`` feeds the same stream but admits each run by memory budget instead of a
-    fixed worker count (``engine/admission.py``)."""
+    """``handle(ref)`` for each selected run ``keep`` takes, by ``workers`` tasks fed through a
+    bounded stream of ``buffer`` refs (``feed_runs``); the first error cancels the rest. ``plan``
+    and ``verify`` use it; ``migrate`` feeds the same stream but admits each run by memory budget
+    instead of a fixed worker count (``engine/admission.py``)."""
     send, recv = anyio.create_memory_object_stream[RunRef](buffer)
 
     async def work(refs: ObjectReceiveStream[RunRef]) -> None:
@@ -166,7 +188,7 @@ async def for_each_run(
                 await handle(ref)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(functools.partial(feed_runs, source, send, limit=limit, on_ref=on_ref))
+        tg.start_soon(functools.partial(feed_runs, source, send, limit=limit, on_ref=on_ref, keep=keep))
         async with recv:
             for _ in range(workers):
                 tg.start_soon(work, recv.clone())
@@ -201,6 +223,7 @@ class Pipeline:
         )
         progress.admission = self.admission
         self.file_slots = anyio.CapacityLimiter(t.file_workers)  # shared by every run's files
+        self._read_ahead = source.expect if isinstance(source, ReadAhead) else None
 
     async def run(self) -> None:
         run_send, run_recv = anyio.create_memory_object_stream[RunRef](self.transfer.run_queue)
@@ -208,8 +231,6 @@ class Pipeline:
             runs_tg.start_soon(self._produce, run_send)
             async with run_recv:
                 async for ref in run_recv:
-                    if self._already_done(ref):
-                        continue
                     account = await self.admission.admit()  # nothing of the run is touched before
                     runs_tg.start_soon(self._migrate_admitted, ref, account)
 
@@ -220,7 +241,19 @@ class Pipeline:
             send,
             limit=self.transfer.max_runs,
             on_ref=lambda ref: self.progress.event("run_selected", run=ref.id),
+            keep=self._queue_run,
         )
+
+    def _queue_run(self, ref: RunRef) -> bool:
+        """Runs already done stay out of the queue; a ``ReadAhead`` source hears of each run
+        queued that is not finished (one that is gets only a check, no history read)."""
+        if self._already_done(ref):
+            return False
+        if self._read_ahead is not None:
+            entry = self.ledger.get(ref.id)
+            if entry is None or entry.status is not RunStatus.DONE:
+                self._read_ahead(ref)
+        return True
 
     # -- runs ----------------------------------------------------------------------------------
     def _already_done(self, ref: RunRef) -> bool:

@@ -40,7 +40,7 @@ from core.errors import ConfigError
 from engine.ledger import RunStatus, pair_key
 from engine.ledger_store import read_ledger
 from core.model import RunRecord, RunRef, same_float
-from engine.pipeline import describe_error, for_each_run, make_context, open_adapters
+from engine.pipeline import describe_error, for_each_run, make_context, open_adapters, tell_read_ahead
 from engine.progress import Progress
 
 MILLIS_ONLY = "history timestamps rounded to milliseconds by the destination"
@@ -208,7 +208,7 @@ async def verify(config: Config, out: TextIO, *, workers: int = 4) -> VerifyRepo
             report.matched += 1
 
     async with source, reader:
-        await for_each_run(source, check, workers=workers, buffer=workers * 2)
+        await for_each_run(source, check, workers=workers, buffer=workers * 2, keep=tell_read_ahead(source))
     out.write(f"verify {source.describe()} -> {destination.describe()}\n")
     out.write(f"  runs identical:      {report.matched:,}\n")
     out.write(f"  runs different:      {len(report.mismatched):,}\n")

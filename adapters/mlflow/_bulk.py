@@ -20,6 +20,15 @@ its batch holds ``max_points`` or more points of that key on its own, so it is p
 on its neighbours, which keeps the order of points -- and with it resume cursors -- stable.
 Servers without the endpoint (404; Databricks) switch bulk reading off for the session, and
 a server that refuses the batch size gets smaller batches.
+
+Read-ahead: the engine names the runs it will read next (``expect``, from its queue of runs
+not yet done), so a request sent for the runs asking now fills its spare places with the next
+expected runs of the key. Their answers wait here (at most ``max_ahead_points`` points; the
+oldest go first) until their runs ask, and cost no request then. Why: runs are read as the
+destination frees places for them, one or two at a time, and an MLflow server pays about as
+much for a request of one run as for one of fifty (on SQLite it scans every row of the key,
+whichever runs are named). An expected run only ever rides along: it never sends a request,
+and an answer cut before it simply forgets it (its run asks for itself later).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 DEFAULT_MAX_POINTS = 10_000
 DEFAULT_MAX_RUNS = 50
 DEFAULT_MAX_REQUESTS = 2
+DEFAULT_MAX_AHEAD_POINTS = 20_000
 
 Points = list[dict[str, Any]]
 Fetch = Callable[[str, list[str], int], Awaitable[Points]]
@@ -49,6 +59,9 @@ class _Ask:
     lead: bool = False
     finished: bool = False
     points: Points | None = None  # None when finished: page this key instead
+    ahead: bool = False  # read ahead for an expected run: no caller waits, its run adopts it
+    dropped: bool = False  # an ahead ask left unanswered: its run asks for itself
+    held: int = 0  # points of an answered ahead ask counted against max_ahead_points
 
 
 class BulkHistory:
@@ -64,21 +77,47 @@ class BulkHistory:
         max_points: int = DEFAULT_MAX_POINTS,
         max_runs: int = DEFAULT_MAX_RUNS,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        max_ahead_points: int = DEFAULT_MAX_AHEAD_POINTS,
     ) -> None:
         self._fetch = fetch
         self.max_points = max_points
         self.max_runs = max_runs
         self.max_requests = max_requests
+        self.max_ahead_points = max_ahead_points
         self.enabled = True
         self.requests = 0  # for tests and reports: how many bulk requests were sent
+        self.ahead_answers = 0  # for tests and reports: asks answered by a read-ahead
+        self._expected: dict[str, dict[str, None]] = {}  # key -> runs to be read soon, in order
+        self._ahead: dict[str, dict[str, _Ask]] = {}  # key -> run -> its read-ahead (in flight or answered)
+        self._ahead_points = 0
         self._queues: dict[str, list[_Ask]] = {}
         self._leaders: dict[str, int] = {}  # key -> asks leading it now (at most max_requests)
         self._gathering: dict[str, _Ask] = {}  # key -> its leader whose batch is not out yet
+
+    def expect(self, run_id: str, keys: list[str]) -> None:
+        """``run_id`` will ask for these keys soon: it may ride along in others' requests.
+        Only the newest ``4 * max_runs`` expected runs of a key are kept (a hint, never owed)."""
+        if not self.enabled:
+            return
+        for key in keys:
+            runs = self._expected.setdefault(key, {})
+            runs[run_id] = None
+            if len(runs) > 4 * self.max_runs:
+                del runs[next(iter(runs))]
 
     async def history(self, run_id: str, key: str) -> Points | None:
         """Every point of ``key`` in the run, in the server's order; None: page it instead."""
         if not self.enabled:
             return None
+        self._expected.get(key, {}).pop(run_id, None)
+        ahead = self._ahead.get(key, {}).pop(run_id, None)
+        if ahead is not None:
+            if not ahead.finished and not ahead.dropped:
+                await ahead.wake.wait()  # its request is in flight
+            if ahead.finished:
+                self._ahead_points -= ahead.held
+                self.ahead_answers += 1
+                return ahead.points
         ask = _Ask(run_id)
         self._queues.setdefault(key, []).append(ask)
         self._promote(key)
@@ -97,10 +136,12 @@ class BulkHistory:
     async def _lead(self, key: str, leader: _Ask) -> None:
         """Send batches for ``key`` until the leader's own answer is in, then pass the lead."""
         batch: list[_Ask] = []
+        first = True
         try:
             await anyio.lowlevel.checkpoint()  # asks made in this same turn of the loop join the first batch
             while not leader.finished:
-                batch = self._take(key, leader)
+                batch = self._take(key, leader, read_ahead=first)  # a cut answer's rest: no riders
+                first = False
                 if self._gathering.get(key) is leader:  # its batch is out: a next one may gather
                     del self._gathering[key]
                     self._promote(key)
@@ -109,8 +150,11 @@ class BulkHistory:
         finally:
             # a failed or cancelled request's batch goes back for the next leader (not the
             # leader's own ask: its caller gets the error)
+            for ask in batch:
+                if ask.ahead and not ask.finished:
+                    self._drop(key, ask)
             queue = self._queues.get(key, [])
-            queue[:] = [ask for ask in [*batch, *queue] if not ask.finished and ask is not leader]
+            queue[:] = [ask for ask in [*batch, *queue] if not ask.finished and not ask.ahead and ask is not leader]
             self._pass_lead(key, leader)
 
     def _abandon(self, key: str, ask: _Ask) -> None:
@@ -148,12 +192,26 @@ class BulkHistory:
             del self._leaders[key]
             self._queues.pop(key, None)
 
-    def _take(self, key: str, leader: _Ask) -> list[_Ask]:
+    def _take(self, key: str, leader: _Ask, *, read_ahead: bool) -> list[_Ask]:
+        """The leader, up to ``max_runs - 1`` waiting asks, then expected runs in spare places
+        (while answered read-aheads hold less than ``max_ahead_points``)."""
         queue = self._queues[key]
         others = [ask for ask in queue if not ask.lead][: self.max_runs - 1]  # other leaders ask for themselves
         taken = {id(ask) for ask in others} | {id(leader)}
         queue[:] = [ask for ask in queue if id(ask) not in taken]
-        return [leader, *others]
+        batch = [leader, *others]
+        expected = self._expected.get(key)
+        if not read_ahead or not expected or self._ahead_points >= self.max_ahead_points:
+            return batch
+        asking = {ask.run_id for ask in batch}
+        riding = self._ahead.setdefault(key, {})
+        while expected and len(batch) < self.max_runs:
+            run_id = next(iter(expected))
+            del expected[run_id]
+            if run_id not in asking and run_id not in riding:
+                riding[run_id] = ask = _Ask(run_id, ahead=True)
+                batch.append(ask)
+        return batch
 
     async def _send(self, key: str, batch: list[_Ask]) -> None:
         run_ids = sorted({ask.run_id for ask in batch})
@@ -169,7 +227,10 @@ class BulkHistory:
                 self._switch_off(batch)
                 return
             self.max_runs = max(1, len(run_ids) // 2)  # a server that takes fewer run ids
-            self._queues[key][:0] = batch
+            for ask in batch:
+                if ask.ahead:
+                    self._drop(key, ask)
+            self._queues[key][:0] = [ask for ask in batch if not ask.ahead]
             return
         self.requests += 1
         by_run: dict[str, Points] = {}
@@ -183,10 +244,12 @@ class BulkHistory:
                 paged = run_ids[0]
         retry: list[_Ask] = []
         for ask in batch:
-            if ask.run_id in complete:
-                self._finish(ask, by_run.get(ask.run_id, []))
-            elif ask.run_id == paged:
-                self._finish(ask, None)
+            if ask.run_id in complete or ask.run_id == paged:
+                self._finish(ask, by_run.get(ask.run_id, []) if ask.run_id in complete else None)
+                if ask.ahead:
+                    self._hold(key, ask)
+            elif ask.ahead:
+                self._drop(key, ask)
             else:
                 retry.append(ask)
         self._queues[key][:0] = retry
@@ -196,6 +259,29 @@ class BulkHistory:
         if not ask.lead:
             ask.wake.set()
 
+    def _hold(self, key: str, ask: _Ask) -> None:
+        """An answered read-ahead waits for its run (unless the run already took it); the
+        oldest held answers are forgotten while they hold more than ``max_ahead_points``."""
+        if self._ahead.get(key, {}).get(ask.run_id) is not ask:
+            return
+        ask.held = len(ask.points or ())
+        self._ahead_points += ask.held
+        for riding in self._ahead.values():
+            for run_id, old in list(riding.items()):
+                if self._ahead_points <= self.max_ahead_points:
+                    return
+                if old.finished:
+                    del riding[run_id]
+                    self._ahead_points -= old.held
+
+    def _drop(self, key: str, ask: _Ask) -> None:
+        """A read-ahead that got no answer: forgotten, and a run already waiting on it asks itself."""
+        ask.dropped = True
+        riding = self._ahead.get(key, {})
+        if riding.get(ask.run_id) is ask:
+            del riding[ask.run_id]
+        ask.wake.set()
+
     def _switch_off(self, batch: list[_Ask]) -> None:
         """No usable bulk endpoint here: every ask, now and later, pages instead."""
         self.enabled = False
@@ -203,3 +289,4 @@ class BulkHistory:
             self._finish(ask, None)
         for queue in self._queues.values():
             queue.clear()
+        self._expected.clear()

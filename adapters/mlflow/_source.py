@@ -208,6 +208,15 @@ class MlflowSource:
                     extra=(("experiment_id", experiment["experiment_id"]), ("run_json", orjson.dumps(run))),
                 )
 
+    def expect(self, ref: RunRef) -> None:
+        """``ReadAhead``: this run is read soon, so its keys may ride along in the bulk
+        requests made for runs read before it (``_bulk``)."""
+        raw = ref.hint("run_json")
+        if self._bulk is None or self._database is not None or raw is None:
+            return
+        metrics = orjson.loads(raw).get("data", {}).get("metrics", ())
+        self._bulk.expect(ref.id, [metric["key"] for metric in metrics])
+
     async def get_run(self, ref: RunRef) -> RunRecord:
         raw = ref.hint("run_json")
         if raw is not None:

@@ -53,6 +53,7 @@ class FaultProxy(ForwardingServer):
         self.upstream = upstream.rstrip("/")
         self.ignore_paging = False
         self.requests: list[tuple[str, str]] = []
+        self.queries: list[tuple[str, str]] = []  # (path, query string) of every request
         self.in_flight = 0
         self.most_in_flight = 0  # the most requests the proxy held at once since the last reset
         self.gather = 0  # hold requests until this many are in flight together (once); 0 = off
@@ -77,6 +78,7 @@ class FaultProxy(ForwardingServer):
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.queries.clear()
             self.ignore_paging = False
             self.most_in_flight = 0
             self.gather, self.gather_path, self._gathered = 0, "", None
@@ -112,6 +114,8 @@ class FaultProxy(ForwardingServer):
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         action = self._next_action(request.path, request.method)
+        with self._lock:
+            self.queries.append((request.path, request.query_string))
         if isinstance(action, Answer):
             await request.read()
             return web.Response(status=action.status, body=action.body, headers=action.headers)

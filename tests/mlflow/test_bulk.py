@@ -286,6 +286,111 @@ async def test_lanes_share_the_key_and_never_ask_for_a_run_twice() -> None:
     assert max(in_flight) == 3 and all(len(call) == 4 for call in server.calls)
 
 
+# -- read-ahead: expected runs ride along in spare places ---------------------------------------
+async def test_expected_runs_ride_along_and_ask_for_nothing_later() -> None:
+    server = ScriptedServer({run: 2 for run in "abcde"})
+    bulk = BulkHistory(server.fetch, max_runs=3)
+    for run in "abcde":
+        bulk.expect(run, ["k", "other"])
+    got = {run: await bulk.history(run, "k") for run in "abcde"}  # one at a time: no group commit
+    assert got == server.histories
+    assert server.calls == [["a", "b", "c"], ["d", "e"]]  # d asked alone, e rode along
+    assert bulk.ahead_answers == 3 and bulk._ahead_points == 0
+    assert bulk._expected == {"k": {}, "other": {r: None for r in "abcde"}}
+
+
+async def test_an_ask_for_a_run_whose_read_ahead_is_in_flight_waits_for_it() -> None:
+    server = ScriptedServer({"a": 1, "b": 3})
+    server.gate = anyio.Event()
+    bulk = BulkHistory(server.fetch)
+    bulk.expect("b", ["k"])
+    asker = Asker(bulk)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(asker.ask, "a")
+        await server.entered.wait()  # ["a", "b"] is out
+        tg.start_soon(asker.ask, "b")
+        await anyio.wait_all_tasks_blocked()
+        server.gate.set()
+    assert server.calls == [["a", "b"]] and asker.got == server.histories
+
+
+async def test_riders_cut_off_an_answer_ask_for_themselves() -> None:
+    server = ScriptedServer({"a": 2, "b": 2, "c": 2, "d": 2})
+    bulk = BulkHistory(server.fetch, max_points=5)
+    for run in "bcd":
+        bulk.expect(run, ["k"])
+    assert await bulk.history("a", "k") == server.histories["a"]
+    # a+b+c(1 of 2) cut in c: a and b done, c and d forgotten (never retried on a's behalf)
+    assert server.calls == [["a", "b", "c", "d"]]
+    got = {run: await bulk.history(run, "k") for run in "bcd"}
+    assert got == {run: server.histories[run] for run in "bcd"}
+    assert server.calls == [["a", "b", "c", "d"], ["c"], ["d"]] and bulk.ahead_answers == 1
+
+
+async def test_a_leader_cut_short_retries_without_riders() -> None:
+    server = ScriptedServer({"a": 1, "b": 3, "x": 3})
+    bulk = BulkHistory(server.fetch, max_points=4)
+    bulk.expect("a", ["k"])
+    bulk.expect("b", ["k"])
+    assert await bulk.history("x", "k") == server.histories["x"]
+    # a and b fill the 4-point answer (cut in b): a is held, b forgotten, x asks again alone
+    assert server.calls == [["a", "b", "x"], ["x"]]
+    assert await bulk.history("a", "k") == server.histories["a"]
+    assert await bulk.history("b", "k") == server.histories["b"]
+    assert server.calls == [["a", "b", "x"], ["x"], ["b"]] and bulk.ahead_answers == 1
+
+
+async def test_held_answers_stay_under_the_point_budget_oldest_forgotten_first() -> None:
+    server = ScriptedServer({run: 3 for run in "abcdef"})
+    bulk = BulkHistory(server.fetch, max_ahead_points=7)
+    for run in "bcdef":
+        bulk.expect(run, ["k"])
+    await bulk.history("a", "k")  # b..f answered: 15 points, only the newest 2 runs (6) are kept
+    assert server.calls == [list("abcdef")] and bulk._ahead_points == 6
+    got = {run: await bulk.history(run, "k") for run in "bcdef"}
+    assert got == {run: server.histories[run] for run in "bcdef"}
+    assert server.calls == [list("abcdef"), ["b"], ["c"], ["d"]] and bulk._ahead_points == 0
+    # full budget: no riders until it frees
+    bulk.expect("g", ["k"])
+    server.histories["g"] = server.histories["h"] = [{"run_id": "g", "step": 0, "value": 0.0}]
+    bulk._ahead_points = 7
+    await bulk.history("h", "k")
+    assert server.calls[-1] == ["h"]
+
+
+async def test_a_failed_request_drops_its_riders_and_they_ask_for_themselves() -> None:
+    server = ScriptedServer({"a": 1, "b": 2})
+    server.gate = anyio.Event()
+    server.errors = [FatalError("500: boom")]
+    bulk = BulkHistory(server.fetch)
+    bulk.expect("b", ["k"])
+    got: dict[str, Any] = {}
+
+    async def one(run: str) -> None:
+        try:
+            got[run] = await bulk.history(run, "k")
+        except FatalError as exc:
+            got[run] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "a")
+        await server.entered.wait()
+        tg.start_soon(one, "b")  # waits on the read-ahead, then asks itself
+        await anyio.wait_all_tasks_blocked()
+        server.gate.set()
+    assert isinstance(got["a"], FatalError) and got["b"] == server.histories["b"]
+    assert server.calls == [["a", "b"], ["b"]] and bulk._ahead == {"k": {}}
+
+
+async def test_an_expected_run_never_asks_on_its_own() -> None:
+    server = ScriptedServer({"a": 1})
+    bulk = BulkHistory(server.fetch)
+    for i in range(500):
+        bulk.expect(f"r{i:03d}", ["k"])
+    assert server.calls == []
+    assert list(bulk._expected["k"]) == [f"r{i:03d}" for i in range(300, 500)]  # the newest 4 x max_runs
+
+
 # -- against the real server ----------------------------------------------------------------
 async def read_all_at_once(source: MlflowSource) -> dict[str, pa.Table]:
     records = [await source.get_run(ref) for ref in await all_refs(source)]
@@ -319,6 +424,32 @@ async def test_bulk_reading_equals_paged_reading(source_server: MlflowServer, se
         assert requests < len(seeded.many_runs) // 2  # runs read together share requests
     if max_points == 3:
         assert requests == len(seeded.many_runs)  # one per run, each cut at once: all paged
+
+
+async def test_runs_read_one_by_one_share_requests_through_read_ahead(
+    source_server: MlflowServer, seeded: Seeded
+) -> None:
+    """The engine's order (a run is read when the destination frees a place) is the worst for
+    group commit: told which runs come next, the source still reads 23 runs in one request."""
+    async with MlflowSource(source_config(source_server.url, experiments=[seeded.many_name], bulk_history=False),
+                            context()) as direct:
+        expected = await read_all_at_once(direct)
+    proxy = FaultProxy(source_server.url).start()
+    try:
+        async with MlflowSource(source_config(proxy.url, experiments=[seeded.many_name]), context()) as source:
+            refs = await all_refs(source)
+            for ref in refs:
+                source.expect(ref)
+            got = {}
+            for ref in refs:
+                got[ref.id], _ = await read_history(source, await source.get_run(ref))
+            assert source._bulk is not None and source._bulk.ahead_answers == len(refs) - 1
+        assert proxy.count("get-history-bulk") == 1 and proxy.count("metrics/get-history?") == 0
+    finally:
+        proxy.stop()
+    assert sorted(got) == sorted(expected)
+    for run_id, table in expected.items():
+        assert_history_equal(got[run_id], table)
 
 
 async def test_server_without_bulk_endpoint_is_read_page_by_page(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -166,3 +167,53 @@ ledger = "{tmp_path / 'ledger.jsonl'}"
     assert str(status) in done.stderr and "who are you" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
     assert refusing_proxy.count("runs/search") == 0
+
+
+async def test_runs_admitted_one_at_a_time_are_read_ahead_but_never_runs_already_done(
+    source_server: MlflowServer, seeded: Seeded, tmp_path: Path
+) -> None:
+    """The pipeline tells the source which runs it queued (not the ones the ledger has done):
+    one run at a time, 23 runs of one key still cost one ``get-history-bulk`` request, and a
+    re-run reads ahead only the runs left to do."""
+    proxy = FaultProxy(source_server.url).start()
+    try:
+        def config(max_runs: int) -> Any:
+            return parse_config(
+                {
+                    "source": {"type": "mlflow", "tracking_uri": proxy.url, "experiments": [seeded.many_name]},
+                    "destination": {"type": "local", "path": str(tmp_path / "export")},
+                    "transfer": {"ledger": str(tmp_path / "ledger.jsonl"), "runs_concurrency": 1, "max_runs": max_runs},
+                },
+                "test",
+            )
+
+        first = await migrate(config(8), progress=Progress(mode="none"))
+        assert first.exit_code == 0 and first.progress.totals.runs_done == 8
+        assert proxy.count("get-history-bulk") == 1
+        done = proxy_run_ids(proxy)
+        assert len(done) == 8  # only runs queued were read ahead
+        proxy.reset()
+        rest = await migrate(config(0), progress=Progress(mode="none"))
+        assert rest.exit_code == 0 and rest.progress.totals.runs_done == 15
+        asked = proxy_run_ids(proxy)
+        assert proxy.count("get-history-bulk") == 1 and proxy.count("metrics/get-history?") == 0
+        assert len(asked) == 15 and not asked & done
+    finally:
+        proxy.stop()
+    paged = source_config(source_server.url, experiments=[seeded.many_name], bulk_history=False)
+    async with MlflowSource(paged, context()) as mlflow_source, \
+            LocalSource(LocalSource.Config(path=str(tmp_path / "export"))) as local:
+        local_refs = {ref.id: ref for ref in await all_refs(local)}
+        assert sorted(local_refs) == sorted(seeded.many_runs)
+        for ref in await all_refs(mlflow_source):
+            want, _ = await read_history(mlflow_source, await mlflow_source.get_run(ref))
+            got, _ = await read_history(local, await local.get_run(local_refs[ref.id]))
+            assert_history_equal(got, want)
+
+
+def proxy_run_ids(proxy: FaultProxy) -> set[str]:
+    """The run ids named by the ``get-history-bulk`` requests the proxy forwarded."""
+    from urllib.parse import parse_qs
+
+    return {run for path, query in proxy.queries if "get-history-bulk" in path
+            for run in parse_qs(query).get("run_id", ())}
