@@ -526,7 +526,9 @@ def write_bytes_results(args: argparse.Namespace, b: dict[str, Any]) -> list[Pat
              "rclone uploads files under its --s3-upload-cutoff (200 MiB) as one streamed PutObject; runferry, "
              "streaming with Content-MD5 per body, as 8 MiB multipart parts: moto spends ~1.7 s more CPU per "
              "512 MiB completing them (with --s3-upload-cutoff 8M rclone's multipart uploads got 400s from moto)",
-             "runferry: one streamed GET per file (<= 256 MiB), 8 parts in flight per upload; rclone: "
+             "runferry: one streamed GET per file (<= 256 MiB), its chunks hashed and written to the file as the "
+             "local export writes them (write_piece: chunks <= 1 MiB from the event loop), 8 parts in flight per "
+             "upload; rclone: "
              "--transfers files --s3-upload-concurrency 8 --s3-chunk-size 8M --multi-thread-streams 8",
              f"runferry as 8 ranged GETs per file: {b['runferry_ranged_download_mib_s']:.1f} MiB/s (median)"]
     paths = []
