@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from core.protocols import AdapterContext, Checkpoint
 from adapters.local import _history, _layout, _tables
-from adapters.local._io import blocking
+from adapters.local._io import blocking, write_piece
 from adapters.local._remote import RemoteRoot, S3Access, check_remote_path, is_remote
 from core.errors import FatalError
 from core.model import HISTORY_SCHEMA, FileRef, HistoryChunk, RunRecord
@@ -124,7 +124,7 @@ class LocalRunWriter:
         handle = await blocking(open_tmp)
         try:
             async for piece in data:
-                await blocking(handle.write, piece)
+                await write_piece(handle, piece)
             await blocking(self._close_and_publish, handle, tmp, target)
         except BaseException:
             with anyio.CancelScope(shield=True):

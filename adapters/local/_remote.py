@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
-from adapters.local._io import blocking, read_pieces
+from adapters.local._io import blocking, read_pieces, write_piece
 from core.errors import AuthError, ConfigError, NotFoundError
 from core.probe import PROBE_PREFIX
 from core.protocols import AdapterContext
@@ -195,7 +195,7 @@ class RemoteRoot:
         handle = await blocking(open_target)
         try:
             async for piece in self.read(rel):
-                await blocking(handle.write, piece)
+                await write_piece(handle, piece)
         finally:
             with anyio.CancelScope(shield=True):
                 await blocking(handle.close)

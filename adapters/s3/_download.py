@@ -31,7 +31,12 @@ from adapters.s3._parts import (
 from adapters.s3._url import ObjectInfo, S3Url
 from core.errors import TransientError
 
-_READ = 256 * 1024  # asyncio reads sockets 256 KiB at a time: chunks of it pass without a copy
+# asyncio reads sockets 256 KiB at a time: chunks up to that pass from aiohttp without a copy.
+# A streamed GET hands each chunk on as it came, MD5 updated on the loop at once: 4 x 128 MiB
+# from moto into files cost ~2.7-3.0 CPU s/GiB so, against ~3.5-5 when the chunks were joined
+# into 8 MiB pieces and hashed in a thread (the join faults in fresh pages, and the hash and
+# the write then read the piece back cold from memory; thread hand-offs add the rest).
+_READ = 256 * 1024
 
 
 class Downloads(Listing):
@@ -40,7 +45,9 @@ class Downloads(Listing):
     async def get_stream(
         self, url: str | S3Url, *, part_size: int | None = None, parallelism: int | None = None
     ) -> AsyncGenerator[bytes, None]:
-        """The object's bytes in order, in pieces of at most ``part_size`` (see package docstring).
+        """The object's bytes in order, in pieces of at most ``part_size`` (see package docstring):
+        a streamed GET hands on each chunk as the socket gave it (at most 256 KiB, without a
+        copy), ranged GETs one range per piece.
 
         Objects up to ``ranged_get_threshold`` come through one streamed GET (resumed from the
         first missing byte after a break), larger ones as ``parallelism`` (default
@@ -107,8 +114,8 @@ class Downloads(Listing):
     async def _get_streaming(
         self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str, first: Any
     ) -> AsyncGenerator[bytes, None]:
-        """One GET (``first``, already answered), streamed; verified like the ranged reads, at
-        the same range boundaries.
+        """One GET (``first``, already answered), streamed chunk by chunk; verified like the
+        ranged reads, at the same range boundaries.
 
         A connection that breaks mid-body is resumed with a GET of the rest (``Range: bytes=N-``,
         pinned to the first answer's ETag), under the prefix's backoff and retry budget, at most
@@ -121,73 +128,43 @@ class Downloads(Listing):
         current = hashlib.md5()
         in_current = 0
         received = 0
-        # The MD5 of the piece just read runs in a thread while the consumer handles that piece
-        # (writes it to a file, say) and the loop reads the next; at most one at a time, so the
-        # digests see the pieces in order. On the loop, hashing serialised with everything else:
-        # 4 x 128 MiB from moto with file writes went at ~0.45 of rclone's rate; without the
-        # MD5 at ~1.0.
-        hashing: asyncio.Future[None] | None = None
         retrying = self.retrying(limiter)  # for breaks mid-body; _call retries each GET
-        try:
-            while True:
-                if first is not None:
-                    response, first = first, None
-                else:
-                    response = await self._call(
-                        target, "GetObject", functools.partial(self._get_from, target, info, received)
-                    )
-                broke: BaseException | None = None
-                # The request went through the limiter; reading its body holds no slot.
-                async with response["Body"] as stream:
-                    ended = False
-                    while broke is None and not ended:
-                        want = min(piece_size - in_current, 8 * MIB) if verify == "parts" else 8 * MIB
-                        # Gather the piece as the chunks aiohttp received (reads of at most one
-                        # socket read's worth are handed over without a copy).
-                        chunks: list[bytes] = []
-                        gathered = 0
-                        while gathered < want:
-                            try:
-                                chunk = await stream.read(min(want - gathered, _READ))
-                            except NETWORK_ERRORS as exc:
-                                broke = exc
-                                break
-                            if not chunk:
-                                ended = True
-                                break
-                            chunks.append(chunk)
-                            gathered += len(chunk)
-                        if not chunks:
-                            continue
-                        piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                        if verify != "none":
-                            if hashing is not None:
-                                await hashing
-                            digest = whole if verify == "whole" else current
-                            if len(piece) >= MIB:
-                                hashing = asyncio.get_running_loop().run_in_executor(None, digest.update, piece)
-                            else:
-                                hashing = None
-                                digest.update(piece)
-                        received += len(piece)
-                        in_current += len(piece)
-                        if verify == "parts" and in_current == piece_size:
-                            parts.append(current)  # its digest is read once its hashing is done
-                            current, in_current = hashlib.md5(), 0
-                        yield piece
-                if broke is None:
-                    break
-                error = TransientError(
-                    f"{self.name}: GetObject {target}: broke off after {received} bytes: {broke!r}", adapter=self.name
+        while True:
+            if first is not None:
+                response, first = first, None
+            else:
+                response = await self._call(
+                    target, "GetObject", functools.partial(self._get_from, target, info, received)
                 )
-                error.__cause__ = broke
-                await retrying.wait_or_raise(error, throttled=False)
-            if hashing is not None:
-                await hashing
-        finally:
-            if hashing is not None and not hashing.done():
-                with anyio.CancelScope(shield=True):
-                    await hashing  # never leave a thread hashing behind us
+            broke: BaseException | None = None
+            # The request went through the limiter; reading its body holds no slot.
+            async with response["Body"] as stream:
+                while True:
+                    # Each chunk as aiohttp received it (no copy), never across a part boundary.
+                    want = min(piece_size - in_current, _READ) if verify == "parts" else _READ
+                    try:
+                        chunk = await stream.read(want)
+                    except NETWORK_ERRORS as exc:
+                        broke = exc
+                        break
+                    if not chunk:
+                        break
+                    if verify != "none":
+                        # Hashed here, while the chunk is still in this core's cache (see _READ).
+                        (whole if verify == "whole" else current).update(chunk)
+                    received += len(chunk)
+                    in_current += len(chunk)
+                    if verify == "parts" and in_current == piece_size:
+                        parts.append(current)
+                        current, in_current = hashlib.md5(), 0
+                    yield chunk
+            if broke is None:
+                break
+            error = TransientError(
+                f"{self.name}: GetObject {target}: broke off after {received} bytes: {broke!r}", adapter=self.name
+            )
+            error.__cause__ = broke
+            await retrying.wait_or_raise(error, throttled=False)
         if verify == "parts" and in_current:
             parts.append(current)
         if received != info.size:

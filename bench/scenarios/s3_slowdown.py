@@ -23,7 +23,8 @@ Per cell: goodput (mean over the prefixes), throttled share of all requests and 
 Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and downloaded from moto's S3
 server (direct, no throttling) by runferry's ``S3Store`` with its defaults (one streamed GET per
 file up to ``ranged_get_threshold``, 256 MiB, like rclone's multi-thread cutoff; and, as an extra
-row, 8 parallel ranged GETs per file), by ``rclone copy`` with matching parallelism and by boto3's
+row, 8 parallel ranged GETs per file), its pieces written to files as the local export writes
+them (``adapters.local._io.write_piece``: chunks up to 1 MiB from the loop), by ``rclone copy`` with matching parallelism and by boto3's
 s3transfer, taking turns for ``--repeat`` rounds in alternated order, every download checked
 byte for byte before its times count (``bench.results``). Reported as median MiB/s and
 runferry / rclone ratios, with each client's CPU seconds and moto's, and written as
@@ -58,9 +59,11 @@ from pathlib import Path
 from typing import Any, Self
 
 import anyio
+import anyio.to_thread
 
 from bench.results import Sample, alternating_order, package_version, summarize, write_result
 from core.protocols import AdapterContext
+from adapters.local._io import write_piece
 from adapters.s3 import MIB, S3Config, S3Store, S3Url
 from core.errors import TransferError
 from ratelimit import ControlConfig, LimiterRegistry
@@ -372,9 +375,13 @@ async def runferry_bytes(url: str, moto_pid: int, src: Path, dst: Path, ranged: 
                     tg.start_soon(lambda p=path: s3.put_stream(f"s3://{BUCKET}/{prefix}/{p.name}", _file_pieces(p), size=p.stat().st_size))
 
         async def fetch(path: Path, into: Path, parallelism: int | None) -> None:
-            async with await anyio.open_file(into / path.name, "wb") as handle:
+            # written as the local export writes a downloaded file (adapters.local: write_piece)
+            handle = await anyio.to_thread.run_sync(lambda: open(into / path.name, "wb"))
+            try:
                 async for piece in s3.get_stream(f"s3://{BUCKET}/{prefix}/{path.name}", parallelism=parallelism):
-                    await handle.write(piece)
+                    await write_piece(handle, piece)
+            finally:
+                await anyio.to_thread.run_sync(handle.close)
 
         phases = []
         for into, parallelism in ((dst, None), (ranged, 8)):
@@ -519,7 +526,9 @@ def write_bytes_results(args: argparse.Namespace, b: dict[str, Any]) -> list[Pat
              "rclone uploads files under its --s3-upload-cutoff (200 MiB) as one streamed PutObject; runferry, "
              "streaming with Content-MD5 per body, as 8 MiB multipart parts: moto spends ~1.7 s more CPU per "
              "512 MiB completing them (with --s3-upload-cutoff 8M rclone's multipart uploads got 400s from moto)",
-             "runferry: one streamed GET per file (<= 256 MiB), 8 parts in flight per upload; rclone: "
+             "runferry: one streamed GET per file (<= 256 MiB), its chunks hashed and written to the file as the "
+             "local export writes them (write_piece: chunks <= 1 MiB from the event loop), 8 parts in flight per "
+             "upload; rclone: "
              "--transfers files --s3-upload-concurrency 8 --s3-chunk-size 8M --multi-thread-streams 8",
              f"runferry as 8 ranged GETs per file: {b['runferry_ranged_download_mib_s']:.1f} MiB/s (median)"]
     paths = []

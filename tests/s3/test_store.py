@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator
 
@@ -175,6 +176,21 @@ async def test_streamed_get_resumes_after_a_cut(store: S3Store, bucket: str, fro
     assert await sha256_of(store.get_stream(url, parallelism=1)) == (data.sha256, size)
     assert front.stats()[f"{bucket}/cut"]["cut"] == 2
     assert sum(1 for n, f in zip(events.names, events.fields, strict=True) if n == "retry" and "broke off" in str(f["error"])) == 2
+
+
+async def test_streamed_get_hands_on_socket_chunks_never_across_a_part(store: S3Store, bucket: str) -> None:
+    # chunks as aiohttp received them (no 8 MiB joins), each part's MD5 closed on its boundary
+    data = Generated(3 * PART + 5, seed=33, piece=333_333)
+    url = f"s3://{bucket}/chunks/obj"
+    assert (await store.put_stream(url, data.stream(), size=data.size)).parts == 4
+    received = hashlib.sha256()
+    ends: list[int] = []
+    async for piece in store.get_stream(url, parallelism=1):  # streamed (the store's threshold is 2 parts)
+        assert 0 < len(piece) <= 256 * 1024
+        received.update(piece)
+        ends.append((ends[-1] if ends else 0) + len(piece))
+    assert (received.hexdigest(), ends[-1]) == (data.sha256, data.size)
+    assert {PART, 2 * PART, 3 * PART} <= set(ends)
 
 
 async def test_streamed_get_gives_up_after_max_attempts(front: S3Stack, registry: LimiterRegistry, bucket: str, store: S3Store) -> None:

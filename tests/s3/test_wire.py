@@ -176,7 +176,7 @@ async def object_server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[
         yield url, objects
 
 
-@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 7, 20 * 1024 * 1024 + 1])  # hashed on the loop / in threads
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 7, 20 * 1024 * 1024 + 1])
 async def test_streamed_get_checks_every_byte_against_the_etag(
     object_server: tuple[str, dict[str, tuple[bytes, str]]], size: int
 ) -> None:
