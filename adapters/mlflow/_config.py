@@ -74,6 +74,8 @@ class MlflowSourceConfig:
     - ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` / ``s3_session_token_env``:
       environment variables holding the keys for ``artifacts_direct_s3``, instead of the AWS
       chain (default: none).
+    - ``s3_sse_customer_key_env``: a variable holding the base64 256-bit key of artifacts
+      stored with SSE-C (customer-provided keys), sent with every read (default: none).
     """
 
     tracking_uri: str
@@ -95,6 +97,7 @@ class MlflowSourceConfig:
     s3_access_key_id_env: str = ""
     s3_secret_access_key_env: str = ""
     s3_session_token_env: str = ""
+    s3_sse_customer_key_env: str = ""
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)
@@ -144,6 +147,9 @@ class MlflowDestinationConfig:
     - ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` / ``s3_session_token_env``:
       environment variables holding the keys for ``s3://`` roots, instead of the AWS chain
       (default: none).
+    - ``s3_sse_customer_key_env``: a variable holding a base64 256-bit key: files written to
+      ``s3://`` roots are encrypted with it (SSE-C), sent with every upload request (default:
+      none).
     - ``restore_deleted``: ``false`` (default) deletes runs that were deleted at the source
       after copying them; ``true`` leaves them active.
     - ``max_in_flight``: requests in flight to the tracking server at once (default 6). MLflow's
@@ -168,6 +174,7 @@ class MlflowDestinationConfig:
     s3_access_key_id_env: str = ""
     s3_secret_access_key_env: str = ""
     s3_session_token_env: str = ""
+    s3_sse_customer_key_env: str = ""
 
     def __post_init__(self) -> None:
         check_tracking_uri(self.tracking_uri)

@@ -124,6 +124,7 @@ class MlflowDestination:
                     part_size=part,
                     multipart_threshold=min(c.multipart_threshold, part),
                     credential_envs=(c.s3_access_key_id_env, c.s3_secret_access_key_env, c.s3_session_token_env),
+                    sse_customer_key_env=c.s3_sse_customer_key_env,
                 )
             )
             self.server_dedupes = info.get("store_type") == "SqlStore"

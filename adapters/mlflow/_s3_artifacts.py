@@ -40,6 +40,7 @@ class DirectS3:
         part_size: int,
         multipart_threshold: int,
         credential_envs: tuple[str, str, str] = ("", "", ""),
+        sse_customer_key_env: str = "",
         name: str = "mlflow-s3",
     ) -> None:
         self.context = context
@@ -47,12 +48,17 @@ class DirectS3:
         self._part_size = part_size
         self._threshold = multipart_threshold
         self._credential_envs = credential_envs
+        self._sse_customer_key_env = sse_customer_key_env
         self._upload_args: dict[str, Any] = {}
         self._store: S3Store | None = None
         self._lock = anyio.Lock()
 
     async def __aenter__(self) -> DirectS3:
         self._upload_args = mlflow_upload_args()
+        if self._sse_customer_key_env:  # a malformed key stops the start, not a run
+            from adapters.s3._encryption import sse_c_from_env
+
+            sse_c_from_env(self._sse_customer_key_env, "AES256")
         return self
 
     async def __aexit__(
@@ -72,6 +78,7 @@ class DirectS3:
             access_key_id_env=access,
             secret_access_key_env=secret,
             session_token_env=token,
+            sse_customer_key_env=self._sse_customer_key_env,
         )
 
     async def store(self) -> S3Store:

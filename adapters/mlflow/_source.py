@@ -108,6 +108,7 @@ class MlflowSource:
                             access_key_id_env=c.s3_access_key_id_env,
                             secret_access_key_env=c.s3_secret_access_key_env,
                             session_token_env=c.s3_session_token_env,
+                            sse_customer_key_env=c.s3_sse_customer_key_env,
                         ),
                         self.context,
                         name="mlflow-s3",

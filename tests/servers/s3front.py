@@ -368,10 +368,11 @@ class S3Front:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            auto_decompress=False,  # a proxy passes bodies on as they are (Content-Encoding: gzip objects)
         )
         app = web.Application(client_max_size=1 << 40)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, auto_decompress=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
