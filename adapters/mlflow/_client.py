@@ -208,6 +208,14 @@ class MlflowRest:
         metrics: list[dict[str, Any]] = page.get("metrics", [])
         return metrics
 
+    async def list_proxied(self, root: str, path: str = "") -> list[dict[str, Any]]:
+        """One directory level of the server's artifact proxy: ``path`` under ``root`` (a
+        ``proxied_root``), entries named relative to ``root`` (the proxy names them by their
+        base name; it never pages)."""
+        full = f"{root}/{path}" if path else root
+        page = await self.http.request_json("GET", ARTIFACTS_API + "artifacts", params={"path": full}) or {}
+        return [{**entry, "path": f"{path}/{entry['path']}" if path else entry["path"]} for entry in page.get("files", ())]
+
     async def list_artifacts(self, run_id: str, path: str, *, artifact_uri: str = "") -> list[dict[str, Any]]:
         """One directory level, paths relative to the run's artifact root (OSS never pages it;
         follow a token anyway, Databricks does). A root the server's proxy serves
@@ -216,10 +224,7 @@ class MlflowRest:
         database: ~15 against ~6 ms a call on mlflow 3, most of a small run's cost)."""
         root = proxied_root(artifact_uri)
         if root is not None:
-            full = f"{root}/{path}" if path else root
-            page = await self.http.request_json("GET", ARTIFACTS_API + "artifacts", params={"path": full}) or {}
-            # the proxy names entries by their base name
-            return [{**entry, "path": f"{path}/{entry['path']}" if path else entry["path"]} for entry in page.get("files", ())]
+            return await self.list_proxied(root, path)
         entries: list[dict[str, Any]] = []
         token = None
         while True:

@@ -74,8 +74,21 @@ class MlflowSourceConfig:
     - ``s3_access_key_id_env`` / ``s3_secret_access_key_env`` / ``s3_session_token_env``:
       environment variables holding the keys for ``artifacts_direct_s3``, instead of the AWS
       chain (default: none).
+<<<<<<< HEAD
     - ``s3_sse_customer_key_env``: a variable holding the base64 256-bit key of artifacts
       stored with SSE-C (customer-provided keys), sent with every read (default: none).
+=======
+
+    Runs without artifacts cost no request on a server that proxies artifacts
+    (``mlflow-artifacts:/`` roots): the first run of an experiment that needs it lists the
+    experiment's artifact root once, which names every run that has logged a file. A run that
+    is absent from that listing, is FINISHED, FAILED or KILLED, and ended more than 5 minutes
+    before the listing was taken (a margin for clock skew between the server and this machine)
+    yields no files without being asked; every other run (active or recently ended ones, roots
+    outside the experiment's, ``s3://`` roots read directly, Databricks) is listed on its own,
+    as is every run of an experiment whose listing the server refuses. The one limit, as for
+    any snapshot: files logged to an already-finished run after the listing are not seen.
+>>>>>>> art1
     """
 
     tracking_uri: str

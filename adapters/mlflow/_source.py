@@ -28,6 +28,7 @@ from adapters.mlflow._client import MlflowRest, decode_value, proxied_artifact_p
 from adapters.mlflow._config import MlflowSourceConfig, resolve_connection
 from adapters.mlflow._database import HistoryDatabase
 from adapters.mlflow._dbfs import DBFS_RUN_PREFIX, DatabricksArtifacts, is_databricks_run_uri
+from adapters.mlflow._run_dirs import RunsWithArtifacts
 from core.errors import AuthError, ConfigError, FatalError, NotFoundError
 from core.model import (
     FileRef,
@@ -75,6 +76,7 @@ class MlflowSource:
         self._experiments: list[dict[str, Any]] = []
         self._bulk: BulkHistory | None = None
         self._database: HistoryDatabase | None = None
+        self._runs_with_artifacts: RunsWithArtifacts | None = None
         self._source_uri = config.tracking_uri  # "databricks" becomes the workspace's URL once open
 
     def describe(self) -> str:
@@ -120,6 +122,8 @@ class MlflowSource:
                 )
             self._rest = rest
             self._bulk = BulkHistory(rest.history_bulk) if c.bulk_history else None
+            if c.artifacts and c.tracking_uri != "databricks":
+                self._runs_with_artifacts = RunsWithArtifacts(rest, self._experiments, events=self.context.events)
             if c.history_database:
                 self._database = HistoryDatabase(c.history_database)
                 stack.push_async_callback(self._database.aclose)
@@ -131,7 +135,7 @@ class MlflowSource:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         resources, self._resources = self._resources, None
-        self._rest, self._s3, self._dbfs = None, None, None
+        self._rest, self._s3, self._dbfs, self._runs_with_artifacts = None, None, None, None
         if resources is not None:
             await resources.__aexit__(exc_type, exc, tb)
 
@@ -313,13 +317,17 @@ class MlflowSource:
     # -- artifacts ------------------------------------------------------------------------------
     async def list_files(self, run: RunRecord) -> AsyncGenerator[FileRef, None]:
         """Every file of the artifact tree, depth first, names sorted (one list call per dir,
-        through the server's artifact proxy when it serves the run's root)."""
+        through the server's artifact proxy when it serves the run's root). A finished run that
+        one listing of its experiment's root shows without a directory is not asked at all
+        (``_run_dirs``)."""
         if not self.config.artifacts:
             return
         root = self._direct_root(run)
         if root is not None:
             async for obj in self._s3.list(type(root)(root.bucket, root.key + "/")):  # type: ignore[union-attr]
                 yield FileRef(path=obj.url.key[len(root.key) + 1 :], size=obj.size)
+            return
+        if self._runs_with_artifacts is not None and await self._runs_with_artifacts.surely_empty(run):
             return
         directories = [""]
         while directories:

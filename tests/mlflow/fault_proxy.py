@@ -53,7 +53,7 @@ class FaultProxy(ForwardingServer):
         self.upstream = upstream.rstrip("/")
         self.ignore_paging = False
         self.requests: list[tuple[str, str]] = []
-        self.queries: list[tuple[str, str]] = []  # (path, query string) of every request
+        self.queries: list[tuple[str, list[tuple[str, str]]]] = []  # (path, query parameters), every request
         self.in_flight = 0
         self.most_in_flight = 0  # the most requests the proxy held at once since the last reset
         self.gather = 0  # hold requests until this many are in flight together (once); 0 = off
@@ -74,6 +74,11 @@ class FaultProxy(ForwardingServer):
         with self._lock:
             return sum(1 for _, path in self.requests if path_part in path)
 
+    def asked(self, path: str, parameter: str) -> list[str]:
+        """The values of query ``parameter`` in the requests to ``path``, in arrival order."""
+        with self._lock:
+            return [next((v for k, v in query if k == parameter), "") for at, query in self.queries if at == path]
+
     def reset(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -83,9 +88,10 @@ class FaultProxy(ForwardingServer):
             self.most_in_flight = 0
             self.gather, self.gather_path, self._gathered = 0, "", None
 
-    def _next_action(self, path: str, method: str) -> object | None:
+    def _next_action(self, path: str, method: str, query: list[tuple[str, str]]) -> object | None:
         with self._lock:
             self.requests.append((method, path))
+            self.queries.append((path, query))
             for suffix, queue in self._faults.items():
                 if suffix in path and queue:
                     return queue.popleft()
@@ -113,9 +119,7 @@ class FaultProxy(ForwardingServer):
             await asyncio.wait_for(self._gathered.wait(), 30)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        action = self._next_action(request.path, request.method)
-        with self._lock:
-            self.queries.append((request.path, request.query_string))
+        action = self._next_action(request.path, request.method, list(request.query.items()))
         if isinstance(action, Answer):
             await request.read()
             return web.Response(status=action.status, body=action.body, headers=action.headers)
