@@ -6,6 +6,7 @@ fail the runs with files, naming them, and pass with artifacts off."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,29 +41,38 @@ FILES = {
 }
 
 
+@contextlib.contextmanager
+def proxied_and_s3_root(root: Path, bucket: str, endpoint: str, env: dict[str, str] | None = None
+                        ) -> Iterator[tuple[MlflowServer, MlflowServer]]:
+    """(proxied server, server whose root is ``s3://bucket/roots``, no proxy), both talking to
+    the S3 ``endpoint``; this process's environment points MLflow's client and runferry at it
+    too (plus ``env``), as a user's shell would."""
+    mp = pytest.MonkeyPatch()
+    for key, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS, **(env or {})}.items():
+        mp.setenv(key, value)
+    proxied = MlflowServer(root / "proxied")
+    direct = MlflowServer(
+        root / "direct",
+        extra_args=("--default-artifact-root", f"s3://{bucket}/roots", "--no-serve-artifacts"),
+        env={"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS},
+    )
+    try:
+        proxied.start()
+        direct.start()
+        yield proxied, direct
+    finally:
+        proxied.stop()
+        direct.stop()
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowServer, MlflowServer, str]]:
-    """(proxied server, s3-root server without proxy, moto endpoint); this process's environment
-    points MLflow's client and runferry at moto, as a user's shell would."""
-    with moto_bucket(BUCKET) as endpoint:
-        mp = pytest.MonkeyPatch()
-        for key, value in {"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS}.items():
-            mp.setenv(key, value)
-        root = tmp_path_factory.mktemp("mlflow-s3-roots")
-        proxied = MlflowServer(root / "proxied")
-        direct = MlflowServer(
-            root / "direct",
-            extra_args=("--default-artifact-root", f"s3://{BUCKET}/roots", "--no-serve-artifacts"),
-            env={"MLFLOW_S3_ENDPOINT_URL": endpoint, **AWS},
-        )
-        try:
-            proxied.start()
-            direct.start()
-            yield proxied, direct, endpoint
-        finally:
-            proxied.stop()
-            direct.stop()
-            mp.undo()
+    """(proxied server, s3-root server without proxy, moto endpoint)."""
+    with moto_bucket(BUCKET) as endpoint, \
+            proxied_and_s3_root(tmp_path_factory.mktemp("mlflow-s3-roots"), BUCKET, endpoint) as (proxied, direct):
+        yield proxied, direct, endpoint
+
 
 def seed(server: MlflowServer, experiment: str, tmp: Path, *, artifact_location: str | None = None) -> str:
     client = MlflowClient(server.url)

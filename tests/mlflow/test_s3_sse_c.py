@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 from core.errors import ConfigError
 from engine.pipeline import migrate
 from engine.progress import Progress
-from tests.mlflow.helpers import AWS_TEST_ENV, moto_bucket
-from tests.mlflow.test_s3_roots import FILES, config, destination_run, downloaded, seed, sha
+from tests.mlflow.helpers import moto_bucket
+from tests.mlflow.test_s3_roots import FILES, config, destination_run, downloaded, proxied_and_s3_root, seed, sha
 from tests.servers.mlflow_server import MlflowServer
 from tests.servers.s3front import FrontSettings, S3Front
 
@@ -36,26 +36,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MlflowSe
     """(proxied server, server with an ``s3://`` root and no proxy, the enforcing front's URL)."""
     with moto_bucket(BUCKET) as endpoint:
         front = S3Front(endpoint, FrontSettings(sse_c=True)).start()
-        mp = pytest.MonkeyPatch()
-        for key, value in {"MLFLOW_S3_ENDPOINT_URL": front.url, "RF_SSE_KEY": base64.b64encode(KEY).decode(),
-                           **AWS_TEST_ENV}.items():
-            mp.setenv(key, value)
-        root = tmp_path_factory.mktemp("mlflow-sse-c")
-        proxied = MlflowServer(root / "proxied")
-        direct = MlflowServer(
-            root / "direct",
-            extra_args=("--default-artifact-root", f"s3://{BUCKET}/roots", "--no-serve-artifacts"),
-            env={"MLFLOW_S3_ENDPOINT_URL": front.url, **AWS_TEST_ENV},
-        )
         try:
-            proxied.start()
-            direct.start()
-            yield proxied, direct, front.url
+            with proxied_and_s3_root(tmp_path_factory.mktemp("mlflow-sse-c"), BUCKET, front.url,
+                                     {"RF_SSE_KEY": base64.b64encode(KEY).decode()}) as (proxied, direct):
+                yield proxied, direct, front.url
         finally:
-            proxied.stop()
-            direct.stop()
             front.stop()
-            mp.undo()
 
 
 async def test_encrypted_s3_root_written_and_read_back_with_the_customer_key(
