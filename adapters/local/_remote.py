@@ -160,10 +160,13 @@ class RemoteRoot:
         await self.store.put_stream(self.url(rel), data, size=size)
 
     async def upload(self, local: Path, rel: str) -> None:
-        """Publish a finished local file as the object ``rel``."""
+        """Publish a finished local file as the object ``rel``.
+
+        Given as an opener (the file can be read twice), so that files up to the store's
+        ``single_put_threshold`` go as one streamed PUT, and a retry re-reads the file.
+        """
         size = (await blocking(local.stat)).st_size
-        async with contextlib.aclosing(read_pieces(local, _PIECE)) as pieces:
-            await self.store.put_stream(self.url(rel), pieces, size=size)
+        await self.store.put_stream(self.url(rel), lambda: read_pieces(local, _PIECE), size=size)
 
     async def delete(self, rel: str) -> None:
         await self.store.delete(self.url(rel))

@@ -2,7 +2,9 @@
 
 ``S3Store`` streams objects in and out without ever holding more than a few parts in memory:
 
-* ``put_stream``: one ``PutObject`` up to ``multipart_threshold``, otherwise a multipart upload
+* ``put_stream``: one ``PutObject`` up to ``multipart_threshold`` (up to ``single_put_threshold``,
+  200 MiB, for a source given as an opener that can be read twice, such as a file: read once
+  for its MD5, then streamed), otherwise a multipart upload
   whose part size grows with the object (10,000 parts at most), parts sent in parallel, each
   retried on its own, each checked with ``Content-MD5`` and its ETag, the whole checked against
   the multipart ETag; the upload is aborted (shielded from cancellation) if anything fails.

@@ -39,6 +39,11 @@ class S3Config:
     addressing_style: str = "path"  # path | virtual | auto
     part_size: int = 8 * MIB
     multipart_threshold: int = 8 * MIB
+    # Sources that can be read twice (``put_stream`` given an opener, as for files) of a known
+    # size up to this go as one streamed PutObject, as rclone's --s3-upload-cutoff: read once
+    # for the Content-MD5, once (again on a retry) as the body; the server's cost of a
+    # multipart upload is about twice one PUT's. Larger ones, and one-shot streams, go multipart.
+    single_put_threshold: int = 200 * MIB
     part_concurrency: int = 8
     copy_threshold: int = 64 * MIB  # server-side copies above this use parallel UploadPartCopy
     # Objects up to this size are read with one streamed GET (as rclone's multi-thread cutoff):
@@ -72,6 +77,8 @@ class S3Config:
             raise ConfigError("s3: multipart_threshold >= 0, part_concurrency >= 1, max_attempts >= 1")
         if self.ranged_get_threshold < 0:
             raise ConfigError("s3: ranged_get_threshold must be >= 0")
+        if not 0 <= self.single_put_threshold <= MAX_PART:
+            raise ConfigError(f"s3: single_put_threshold must be between 0 and {MAX_PART} bytes (S3's PutObject limit)")
         if self.addressing_style not in ("path", "virtual", "auto"):
             raise ConfigError("s3: addressing_style must be path, virtual or auto")
 

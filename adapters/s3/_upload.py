@@ -1,5 +1,13 @@
 """Uploads: one ``PutObject`` up to the threshold, else a parallel multipart upload.
 
+A source that can be read twice (an *opener*: a callable giving a fresh iterator of the same
+bytes, such as a file) of known size up to ``single_put_threshold`` goes as one streamed
+``PutObject`` whatever its size, as rclone's ``--s3-upload-cutoff``: a multipart upload costs
+the server about twice the CPU of one PUT (moto: 13-15 vs 7.3 s/GiB). Pass 1 reads it for the
+``Content-MD5`` the request must carry before its body; pass 2 (again on every retry) streams
+it, checked to give the same bytes (``ReopenedBody``). One-shot streams, unknown sizes and
+larger sources go multipart.
+
 Parts are cut from the stream as it arrives (at most ``part_concurrency + 2`` in memory), each
 sent with ``Content-MD5`` and checked against its ETag, the whole against the multipart ETag; the
 upload is aborted, shielded from cancellation, if anything fails, so no upload is left open.
@@ -8,7 +16,9 @@ upload is aborted, shielded from cancellation, if anything fails, so no upload i
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import contextlib
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -33,6 +43,9 @@ Part = bytes | bytearray
 """A part's bytes: a fresh ``bytearray`` when ``_rechunk`` assembled it (no extra copy), else the
 piece as the source gave it. md5, ``len()`` and request bodies take both alike."""
 
+Opener = Callable[[], AsyncGenerator[bytes, None]]
+"""A re-readable source: each call starts a fresh read of the same bytes (it is closed after)."""
+
 
 class Uploads(RequestCore):
     """``put_stream`` and the multipart machinery (mixed into ``S3Store``)."""
@@ -40,14 +53,14 @@ class Uploads(RequestCore):
     async def put_stream(
         self,
         url: str | S3Url,
-        data: AsyncIterator[bytes],
+        data: AsyncIterator[bytes] | Opener,
         *,
         size: int | None = None,
         content_type: str | None = None,
         metadata: dict[str, str] | None = None,
         extra_args: Mapping[str, Any] | None = None,
     ) -> PutResult:
-        """Store a stream of byte pieces as one object (see module docstring).
+        """Store a stream of byte pieces, or what an opener reads, as one object (module docstring).
 
         ``size`` (when known) picks the part size; a stream longer than 10,000 parts of the
         configured size with no ``size`` given fails with ``FatalError``. ``extra_args`` go to
@@ -61,6 +74,16 @@ class Uploads(RequestCore):
             extra["ContentType"] = content_type
         if metadata:
             extra["Metadata"] = dict(metadata)
+        if callable(data):
+            if size is not None and self.config.multipart_threshold < size <= self.config.single_put_threshold:
+                return await self._put_reopened(target, data, size, extra)
+            async with contextlib.aclosing(data()) as pieces:
+                return await self._put_pieces(target, pieces, size, extra)
+        return await self._put_pieces(target, data, size, extra)
+
+    async def _put_pieces(
+        self, target: S3Url, data: AsyncIterator[bytes], size: int | None, extra: dict[str, Any]
+    ) -> PutResult:
         part_size = plan_part_size(size, self.config.part_size)
         parts = _rechunk(data, part_size)
         # Objects up to the threshold go in one PutObject (buffering at most the threshold).
@@ -91,6 +114,33 @@ class Uploads(RequestCore):
 
         response = await self._call(target, "PutObject", attempt)
         return PutResult(target, len(body), str(response["ETag"]).strip('"'), 0)
+
+    async def _put_reopened(self, target: S3Url, reopen: Opener, size: int, extra: dict[str, Any]) -> PutResult:
+        """One streamed ``PutObject`` of a re-readable source (module docstring)."""
+        digest = hashlib.md5()
+        async with contextlib.aclosing(_counted(reopen(), size, digest, self.name, target)) as pieces:
+            async for _ in pieces:
+                pass
+        md5 = digest.digest()
+
+        async def attempt() -> Any:
+            body = ReopenedBody(reopen, size, md5, self.name, target)
+            try:
+                response = await self.client.put_object(
+                    Bucket=target.bucket, Key=target.key, Body=body, ContentLength=size,
+                    ContentMD5=base64.b64encode(md5).decode(), **extra,
+                )
+            except Exception:
+                body.raise_failure()  # the source failed or changed: not the network's fault
+                raise
+            finally:
+                await body.aclose()
+            if etag_is_md5(extra, response):
+                self._check_etag(response.get("ETag"), md5, f"PutObject {target}")
+            return response
+
+        response = await self._call(target, "PutObject", attempt)
+        return PutResult(target, size, str(response["ETag"]).strip('"'), 0)
 
     def _check_etag(self, etag: Any, digest: bytes, what: str) -> None:
         value = str(etag or "").strip('"')
@@ -221,6 +271,73 @@ class SlicedBody:
         view = memoryview(self._data)
         for start in range(0, len(view), self.SLICE):
             yield view[start : start + self.SLICE]
+
+
+class ReopenedBody:
+    """One attempt's request body: the opener read once more, checked against pass 1.
+
+    aiohttp pulls the pieces in its own task and reports a failing body as a connection error;
+    the source's own error is kept here (``raise_failure``) so that it is raised as it is, not
+    retried. The last piece is held back until the source has ended with exactly the size and
+    MD5 of pass 1, so a source that changed never completes the request (no object).
+    """
+
+    def __init__(self, reopen: Opener, size: int, md5: bytes, name: str, target: S3Url) -> None:
+        self._reopen, self._size, self._md5, self._name, self._target = reopen, size, md5, name, target
+        self._pieces: AsyncGenerator[bytes, None] | None = None
+        self._failure: Exception | None = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __aiter__(self) -> AsyncGenerator[bytes, None]:
+        self._pieces = self._checked()
+        return self._pieces
+
+    async def _checked(self) -> AsyncGenerator[bytes, None]:
+        digest = hashlib.md5()
+        held: bytes | None = None
+        try:
+            async with contextlib.aclosing(_counted(self._reopen(), self._size, digest, self._name, self._target)) as pieces:
+                async for piece in pieces:
+                    if held is not None:
+                        yield held
+                    held = piece
+            if digest.digest() != self._md5:
+                raise FatalError(f"{self._name}: {self._target}: the source changed between its two reads (MD5)", adapter=self._name)
+        except Exception as exc:
+            self._failure = exc
+            raise
+        if held is not None:
+            yield held
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def aclose(self) -> None:
+        """Close the source of this attempt. One still being read belongs to aiohttp's writer
+        task, which aiohttp has cancelled: its cancellation closes it."""
+        if self._pieces is not None and not getattr(self._pieces, "ag_running", False):
+            await self._pieces.aclose()
+
+
+async def _counted(
+    source: AsyncGenerator[bytes, None], size: int, digest: Any, name: str, target: S3Url
+) -> AsyncGenerator[bytes, None]:
+    """``source``'s pieces hashed into ``digest`` (on the loop: ~1.5 s/GiB); ``FatalError`` as
+    soon as it passes ``size`` bytes or if it ends short of it. Closes ``source``."""
+    total = 0
+    async with contextlib.aclosing(source):
+        async for piece in source:
+            total += len(piece)
+            if total > size:
+                break
+            digest.update(piece)
+            yield piece
+    if total != size:
+        gave = f"more than {size}" if total > size else str(total)
+        raise FatalError(f"{name}: {target}: stream gave {gave} bytes, expected {size}", adapter=name)
 
 
 def body_of(data: Part) -> Part | SlicedBody:

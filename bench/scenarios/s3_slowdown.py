@@ -21,8 +21,9 @@ Per cell: goodput (mean over the prefixes), throttled share of all requests and 
 10 s, failed transfers; written to ``grid.json`` and a table.
 
 Part 2 (bytes): ``--files`` files of ``--file-mib`` MiB uploaded to and downloaded from moto's S3
-server (direct, no throttling) by runferry's ``S3Store`` with its defaults (one streamed GET per
-file up to ``ranged_get_threshold``, 256 MiB, like rclone's multi-thread cutoff; and, as an extra
+server (direct, no throttling) by runferry's ``S3Store`` with its defaults (each file given as
+an opener, as an export uploads it, so one streamed PUT per file up to ``single_put_threshold``,
+200 MiB, like rclone's upload cutoff; one streamed GET per file up to ``ranged_get_threshold``, 256 MiB, like rclone's multi-thread cutoff; and, as an extra
 row, 8 parallel ranged GETs per file), its pieces written to files as the local export writes
 them (``adapters.local._io.write_piece``: chunks up to 1 MiB from the loop), by ``rclone copy`` with matching parallelism and by boto3's
 s3transfer, taking turns for ``--repeat`` rounds in alternated order, every download checked
@@ -53,7 +54,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Self
@@ -331,7 +332,7 @@ def make_files(directory: Path, count: int, mib: int) -> None:
             handle.writelines(rng.randbytes(MIB) for _ in range(mib))
 
 
-async def _file_pieces(path: Path) -> AsyncIterator[bytes]:
+async def _file_pieces(path: Path) -> AsyncGenerator[bytes, None]:
     async with await anyio.open_file(path, "rb") as handle:
         while piece := await handle.read(8 * MIB):
             yield piece
@@ -372,7 +373,9 @@ async def runferry_bytes(url: str, moto_pid: int, src: Path, dst: Path, ranged: 
         with Phase(moto_pid) as upload:
             async with anyio.create_task_group() as tg:
                 for path in files:
-                    tg.start_soon(lambda p=path: s3.put_stream(f"s3://{BUCKET}/{prefix}/{p.name}", _file_pieces(p), size=p.stat().st_size))
+                    # as an export uploads a file (RemoteRoot.upload): an opener, so one streamed PUT
+                    # per file up to single_put_threshold (200 MiB), the file read for its MD5 first
+                    tg.start_soon(lambda p=path: s3.put_stream(f"s3://{BUCKET}/{prefix}/{p.name}", lambda: _file_pieces(p), size=p.stat().st_size))
 
         async def fetch(path: Path, into: Path, parallelism: int | None) -> None:
             # written as the local export writes a downloaded file (adapters.local: write_piece)
@@ -523,12 +526,12 @@ def write_bytes_results(args: argparse.Namespace, b: dict[str, Any]) -> list[Pat
                 "boto3": package_version("boto3"), "moto": package_version("moto"), "rclone": _rclone_version()}
     inputs = {"files": args.files, "file_mib": args.file_mib, "repeat": args.repeat}
     notes = ["moto's S3 server on loopback, no throttling; every client shares the 2-core machine with moto",
-             "rclone uploads files under its --s3-upload-cutoff (200 MiB) as one streamed PutObject; runferry, "
-             "streaming with Content-MD5 per body, as 8 MiB multipart parts: moto spends ~1.7 s more CPU per "
-             "512 MiB completing them (with --s3-upload-cutoff 8M rclone's multipart uploads got 400s from moto)",
+             "both upload files under 200 MiB as one streamed PutObject (rclone's --s3-upload-cutoff, runferry's "
+             "single_put_threshold: the file read once for its Content-MD5, then streamed); moto spends about "
+             "twice the CPU on 8 MiB multipart parts (with --s3-upload-cutoff 8M rclone's multipart uploads got "
+             "400s from moto)",
              "runferry: one streamed GET per file (<= 256 MiB), its chunks hashed and written to the file as the "
-             "local export writes them (write_piece: chunks <= 1 MiB from the event loop), 8 parts in flight per "
-             "upload; rclone: "
+             "local export writes them (write_piece: chunks <= 1 MiB from the event loop); rclone: "
              "--transfers files --s3-upload-concurrency 8 --s3-chunk-size 8M --multi-thread-streams 8",
              f"runferry as 8 ranged GETs per file: {b['runferry_ranged_download_mib_s']:.1f} MiB/s (median)"]
     paths = []

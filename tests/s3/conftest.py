@@ -54,10 +54,11 @@ def registry() -> LimiterRegistry:
 
 @pytest.fixture
 async def store(front: S3Stack, events: Events, registry: LimiterRegistry) -> AsyncIterator[S3Store]:
-    # Objects up to two parts are read with one streamed GET, larger ones with ranged GETs.
+    # Objects up to two parts are read with one streamed GET, larger ones with ranged GETs;
+    # re-readable sources up to two parts are written with one streamed PUT.
     config = S3Config(
         endpoint_url=front.front_url, part_size=PART, multipart_threshold=PART, copy_threshold=PART,
-        part_concurrency=6, ranged_get_threshold=2 * PART,
+        part_concurrency=6, ranged_get_threshold=2 * PART, single_put_threshold=2 * PART,
     )
     async with S3Store(config, AdapterContext(events=events, limiters=registry)) as s3:
         yield s3

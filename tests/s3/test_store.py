@@ -11,6 +11,7 @@ import pytest
 
 from core.protocols import AdapterContext
 from adapters.s3 import (
+    MAX_PART,
     MAX_PARTS,
     MIB,
     MIN_PART,
@@ -99,6 +100,8 @@ def test_config_validation() -> None:
         S3Config(addressing_style="sideways")
     with pytest.raises(ConfigError):
         S3Config(ranged_get_threshold=-1)
+    with pytest.raises(ConfigError):
+        S3Config(single_put_threshold=MAX_PART + 1)  # above S3's PutObject limit
 
 
 async def test_missing_credentials_env_is_a_config_error() -> None:

@@ -5,7 +5,10 @@ and answers ``503 SlowDown`` above it. This reverse proxy models that in front o
 HTTP storage, such as the W&B test server's): a token bucket per prefix for writes
 (PUT/POST/DELETE) and one for reads (GET/HEAD), a ``503`` with S3's ``SlowDown`` XML body for
 requests over the limit, and optional added latency, dropped connections (seeded) and GET bodies cut off part way.
-Rejected requests do not consume tokens (S3 serves what it can).
+Rejected requests do not consume tokens (S3 serves what it can). Admitted object requests are
+counted per operation (``operations``: ``PutObject``, ``UploadPart``...), and the next
+``slowdown_puts`` ``PutObject``s can be answered SlowDown, the next ``cut_puts`` reset after
+``cut_after`` bytes of their body (failures of one upload, on cue).
 
 ``sse_c=True`` enforces S3's SSE-C rules, which moto does not check: an object written with a
 customer key (``PutObject``, ``CreateMultipartUpload``, ``CopyObject`` with the
@@ -84,6 +87,8 @@ class FrontSettings:
     retry_after: float | None = None  # add a Retry-After header to SlowDown answers
     cut_gets: int = 0  # this many forwarded GET bodies are cut off (connection closed) ...
     cut_after: int = 0  # ... after this many body bytes (a connection lost mid-download)
+    slowdown_puts: int = 0  # this many PutObjects are answered 503 SlowDown whatever the tokens
+    cut_puts: int = 0  # this many PutObjects have their connection reset after cut_after body bytes
     sse_c: bool = False  # enforce SSE-C keys as S3 does (see module docstring)
     seed: int = 0
 
@@ -123,6 +128,7 @@ class PrefixStats:
     timeline: dict[int, list[int]] = field(default_factory=dict)  # second -> [accepted, throttled]
     sse_c: dict[str, int] = field(default_factory=dict)  # operation -> requests with a valid key
     sse_c_refused: int = 0
+    operations: dict[str, int] = field(default_factory=dict)  # admitted object requests per operation
 
     def note(self, second: int, accepted: bool) -> None:
         cell = self.timeline.setdefault(second, [0, 0])
@@ -147,8 +153,8 @@ SSE_C = "x-amz-server-side-encryption-customer-"
 SSE_C_SOURCE = "x-amz-copy-source-server-side-encryption-customer-"
 
 
-def sse_c_operation(method: str, query: Any, headers: Any) -> str | None:
-    """The S3 operation of an object request, as far as SSE-C cares (None: no key involved)."""
+def object_operation(method: str, query: Any, headers: Any) -> str | None:
+    """The S3 operation of an object request (None: none that carries an object's bytes or keys)."""
     copy = "x-amz-copy-source" in headers
     if method == "POST":
         return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload" if "uploadId" in query else None
@@ -221,9 +227,23 @@ class S3Front:
             raise asyncio.CancelledError  # aiohttp ends the handler quietly
         now = time.monotonic()
         admitted = self._admit(prefix, request.method in WRITE_METHODS, now)
+        is_object = "/" in request.path.lstrip("/").rstrip("/")
+        operation = object_operation(request.method, request.query, request.headers) if is_object else None
+        if admitted and operation == "PutObject" and self.settings.slowdown_puts > 0:
+            self.settings.slowdown_puts -= 1
+            admitted = False
         stats.note(int(now - self._epoch), admitted)
         if not admitted:
             return await self._slow_down(request)
+        if operation is not None:
+            stats.operations[operation] = stats.operations.get(operation, 0) + 1
+        if operation == "PutObject" and self.settings.cut_puts > 0:
+            self.settings.cut_puts -= 1
+            await request.content.readexactly(self.settings.cut_after)
+            stats.cut += 1
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # the client sees its connection reset mid-body
         if self.settings.sse_c:
             refusal = self._check_sse_c(request, stats)
             if refusal is not None:
@@ -247,7 +267,7 @@ class S3Front:
         path = request.path.lstrip("/")
         if "/" not in path.rstrip("/"):
             return None  # a bucket request
-        operation = sse_c_operation(request.method, request.query, request.headers)
+        operation = object_operation(request.method, request.query, request.headers)
         if operation is None:
             return None
         try:
