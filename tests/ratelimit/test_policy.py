@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import collections
+
 import pytest
 
 from ratelimit import (
@@ -369,3 +371,61 @@ def test_token_bucket_front_goodput_and_throttles_after_ten_seconds(rate: float,
     if rate == 20.0:  # without the gentler low-rate cycle, one throttle per ~35 requests
         _, before = bucket_front(rate, burst, 60.0, CFG.replace(min_cycle_requests=0.0))
         assert before > 0.01
+
+
+def window_front(limit: float, seconds: float, config: ControlConfig = CFG, dt: float = 0.005,
+                 retry_after: float = 1.0) -> tuple[float, int]:
+    """A limit of ``limit`` requests in any sliding second, answering the excess 429 with
+    ``Retry-After`` (W&B's run creation per project); the client floods until its first
+    throttle, then paces with the limiter's burst allowance and sends nothing while paused.
+    Returns goodput / limit and how many throttles decreased the rate (episodes)."""
+    state = initial_state(config, 0.0)
+    window: collections.deque[float] = collections.deque()
+    allowance, accepted_total, episodes = 0.0, 0, 0
+    accepted_log: list[int] = []
+    sent_log: list[int] = []
+    meter = int(config.meter_window / dt)
+    for step in range(int(seconds / dt)):
+        now = step * dt
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        pace = effective_rate(state, now)
+        if now < state.paused_until:
+            sent = 0
+        elif pace is None:
+            sent = int(4 * limit * dt) + 1
+        else:
+            allowance = min(pace * config.burst_seconds + 1, allowance + pace * dt)
+            sent = int(allowance)
+            allowance -= sent
+        accepted = 0
+        for _ in range(sent):
+            if len(window) < limit:
+                window.append(now)
+                accepted += 1
+        accepted_log.append(accepted)
+        sent_log.append(sent)
+        measured = sum(accepted_log[-meter:]) / (min(len(accepted_log), meter) * dt)
+        attempted = sum(sent_log[-meter:]) / (min(len(sent_log), meter) * dt)
+        for _ in range(accepted):
+            state = next_state(state, outcome(OutcomeKind.SUCCESS, now + dt, started_at=now, accepted=measured,
+                                              attempted=attempted), config)
+        for _ in range(sent - accepted):
+            epoch = state.epoch
+            state = next_state(state, outcome(OutcomeKind.THROTTLE, now + dt, started_at=now, accepted=measured,
+                                              attempted=attempted, retry_after=retry_after), config)
+            episodes += state.epoch != epoch
+        accepted_total += accepted
+    return accepted_total / (limit * seconds), episodes
+
+
+@pytest.mark.parametrize("limit", [80.0, 500.0])
+def test_throttles_that_pause_the_endpoint_make_the_cycles_longer(limit: float) -> None:
+    """Each overshoot of a limit answered with ``Retry-After: 1`` stops the endpoint a second:
+    probing for the limit then happens every ``pause_cycles`` pauses, not every few seconds."""
+    goodput, episodes = window_front(limit, 30.0)
+    eager_goodput, eager_episodes = window_front(limit, 30.0, CFG.replace(pause_cycles=0.0))
+    assert episodes <= 2 and goodput >= 0.9
+    assert eager_episodes >= 4 and eager_goodput < goodput - 0.05
+    assert cubic_k(CFG, limit, pause_cost=1.0) == pytest.approx(CFG.pause_cycles)
+    assert cubic_k(CFG, limit) < 10.0  # a throttle without a pause keeps the short cycle
