@@ -41,6 +41,18 @@ async def test_burst_tolerance_lets_a_few_through_at_once() -> None:
     assert starts == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2])
 
 
+async def test_no_early_turns_once_a_throttle_paused_the_endpoint() -> None:
+    clock = FakeClock(0.0)
+    limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=0.2), clock=clock)
+    async with limiter.slot() as ticket:
+        ticket.throttled(retry_after=1.0)  # the rate drops to 9/s, and it paused the endpoint
+    starts = []
+    for _ in range(4):
+        async with limiter.slot() as ticket:
+            starts.append(ticket.started_at)
+    assert starts == pytest.approx([1.0, 1.0 + 1 / 9, 1.0 + 2 / 9, 1.0 + 3 / 9])
+
+
 async def test_unpaced_limiter_never_sleeps() -> None:
     clock = FakeClock()
     limiter = EndpointLimiter("e", clock=clock)

@@ -394,8 +394,9 @@ def window_front(limit: float, seconds: float, config: ControlConfig = CFG, dt: 
             sent = 0
         elif pace is None:
             sent = int(4 * limit * dt) + 1
-        else:
-            allowance = min(pace * config.burst_seconds + 1, allowance + pace * dt)
+        else:  # the limiter's burst allowance, none once an overshoot costs a pause
+            burst = 0.0 if state.pause_cost > 0 else config.burst_seconds
+            allowance = min(pace * (burst + dt) + 1, allowance + pace * dt)  # + a step: no credit lost
             sent = int(allowance)
             allowance -= sent
         accepted = 0
