@@ -24,6 +24,7 @@ from adapters.s3._listing import Listing, info_of
 from adapters.s3._parts import (
     MD5_HEX,
     MULTIPART_ETAG,
+    ThreadedHash,
     md5_of,
     multipart_etag,
     plan_ranges,
@@ -33,56 +34,11 @@ from core.errors import TransientError
 
 # asyncio reads sockets 256 KiB at a time: chunks up to that pass from aiohttp without a copy.
 # A streamed GET hands each chunk on as it came; the MD5 sees the same chunks in a worker thread
-# (``_ThreadedHash``), a batch of about 1 MiB per hand-off, while the loop reads the next. Joining
+# (``ThreadedHash``), a batch of about 1 MiB per hand-off, while the loop reads the next. Joining
 # chunks into 8 MiB pieces first cost ~3.5-5 CPU s/GiB against ~2.7-3.0 without the join (the
 # join faults in fresh pages, then the hash and the write read the piece back cold); hashing on
 # the loop made four streams one-core bound (512 MiB from moto: 313 MiB/s, rclone 389).
 _READ = 256 * 1024
-
-
-_HASH_BATCH = MIB
-
-
-def _update_all(batch: list[tuple[Any, bytes]]) -> None:
-    for digest, chunk in batch:
-        digest.update(chunk)  # hashlib lets go of the GIL for buffers this size
-
-
-class _ThreadedHash:
-    """Feeds chunks to their MD5s in a worker thread, in order, about ``_HASH_BATCH`` bytes per
-    hand-off and one batch at a time (hashlib releases the GIL: the hashing runs beside the
-    loop). ``finish`` before reading a digest; ``aclose`` (shielded) never leaves a thread
-    hashing behind."""
-
-    def __init__(self) -> None:
-        self._batch: list[tuple[Any, bytes]] = []
-        self._size = 0
-        self._running: asyncio.Future[None] | None = None
-
-    async def add(self, digest: Any, chunk: bytes) -> None:
-        self._batch.append((digest, chunk))
-        self._size += len(chunk)
-        if self._size >= _HASH_BATCH:
-            await self._hand_off()
-
-    async def _hand_off(self) -> None:
-        if self._running is not None:
-            await self._running
-            self._running = None
-        if self._batch:
-            batch, self._batch, self._size = self._batch, [], 0
-            self._running = asyncio.get_running_loop().run_in_executor(None, _update_all, batch)
-
-    async def finish(self) -> None:
-        await self._hand_off()
-        if self._running is not None:
-            await self._running
-            self._running = None
-
-    async def aclose(self) -> None:
-        if self._running is not None and not self._running.done():
-            with anyio.CancelScope(shield=True):
-                await self._running
 
 
 class Downloads(Listing):
@@ -175,7 +131,7 @@ class Downloads(Listing):
         in_current = 0
         received = 0
         retrying = self.retrying(limiter)  # for breaks mid-body; _call retries each GET
-        hashing = _ThreadedHash()
+        hashing = ThreadedHash()
         try:
             while True:
                 if first is not None:

@@ -6,10 +6,13 @@ parts' MD5s; both the upload and the download side plan and verify with these.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
+from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from adapters.s3._config import MAX_PART, MAX_PARTS, MIB, MIN_PART
@@ -45,3 +48,48 @@ async def md5_of(data: bytes | bytearray) -> bytes:
     if len(data) < MIB:
         return hashlib.md5(data).digest()
     return await anyio.to_thread.run_sync(lambda: hashlib.md5(data).digest())
+
+
+_HASH_BATCH = MIB
+
+
+def _update_all(batch: list[tuple[Any, bytes]]) -> None:
+    for digest, chunk in batch:
+        digest.update(chunk)  # hashlib lets go of the GIL for buffers this size
+
+
+class ThreadedHash:
+    """Feeds chunks to their MD5s in a worker thread, in order, about ``_HASH_BATCH`` bytes per
+    hand-off and one batch at a time (hashlib releases the GIL: the hashing runs beside the
+    loop). ``finish`` before reading a digest; ``aclose`` (shielded) never leaves a thread
+    hashing behind."""
+
+    def __init__(self) -> None:
+        self._batch: list[tuple[Any, bytes]] = []
+        self._size = 0
+        self._running: asyncio.Future[None] | None = None
+
+    async def add(self, digest: Any, chunk: bytes) -> None:
+        self._batch.append((digest, chunk))
+        self._size += len(chunk)
+        if self._size >= _HASH_BATCH:
+            await self._hand_off()
+
+    async def _hand_off(self) -> None:
+        if self._running is not None:
+            await self._running
+            self._running = None
+        if self._batch:
+            batch, self._batch, self._size = self._batch, [], 0
+            self._running = asyncio.get_running_loop().run_in_executor(None, _update_all, batch)
+
+    async def finish(self) -> None:
+        await self._hand_off()
+        if self._running is not None:
+            await self._running
+            self._running = None
+
+    async def aclose(self) -> None:
+        if self._running is not None and not self._running.done():
+            with anyio.CancelScope(shield=True):
+                await self._running
