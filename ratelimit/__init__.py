@@ -29,6 +29,7 @@ from ._policy import cubic_scale as cubic_scale
 from ._policy import effective_rate as effective_rate
 from ._policy import initial_state as initial_state
 from ._policy import next_state as next_state
+from ._policy import pacing_tolerance as pacing_tolerance
 from ._policy import spend_retry as spend_retry
 from ._registry import LimiterRegistry as LimiterRegistry
 from ._registry import endpoint_of as endpoint_of
@@ -59,6 +60,7 @@ __all__ = [
     "endpoint_of",
     "initial_state",
     "next_state",
+    "pacing_tolerance",
     "sleep_until",
     "spend_retry",
 ]

@@ -37,6 +37,7 @@ from ._policy import (
     effective_rate,
     initial_state,
     next_state,
+    pacing_tolerance,
     spend_retry,
 )
 
@@ -205,10 +206,7 @@ class EndpointLimiter:
                 self._delayed += delayed
                 await anyio.lowlevel.checkpoint()
                 return self.clock.now()
-            # No early turns once an overshoot costs a pause: with a sliding-window limit a burst
-            # of rate x burst_seconds trips it below the rate (W&B's 80/s tripped at ~76/s).
-            burst = 0.0 if self._state.pause_cost > 0 else self.config.burst_seconds
-            start = max(now, self._next_start - burst)
+            start = max(now, self._next_start - pacing_tolerance(self._state, self.config))
             self._next_start = max(self._next_start, now) + 1.0 / rate
             delayed = delayed or start > now
             await self.clock.sleep(start - now)

@@ -209,6 +209,13 @@ def effective_rate(state: ControlState, now: float) -> float | None:
     return min(rates) if rates else None
 
 
+def pacing_tolerance(state: ControlState, config: ControlConfig) -> float:
+    """Seconds a paced turn may come early (``burst_seconds``); none once an overshoot costs a
+    pause: with a sliding-window limit a burst of rate x burst_seconds trips it below the rate
+    (W&B's 80/s run creation tripped at ~76/s)."""
+    return 0.0 if state.pause_cost > 0 else config.burst_seconds
+
+
 def concurrency_limit(state: ControlState) -> int:
     return max(1, math.floor(state.concurrency))
 

@@ -24,6 +24,7 @@ from ratelimit import (
     effective_rate,
     initial_state,
     next_state,
+    pacing_tolerance,
     spend_retry,
 )
 
@@ -395,7 +396,7 @@ def window_front(limit: float, seconds: float, config: ControlConfig = CFG, dt: 
         elif pace is None:
             sent = int(4 * limit * dt) + 1
         else:  # the limiter's burst allowance, none once an overshoot costs a pause
-            burst = 0.0 if state.pause_cost > 0 else config.burst_seconds
+            burst = pacing_tolerance(state, config)
             allowance = min(pace * (burst + dt) + 1, allowance + pace * dt)  # + a step: no credit lost
             sent = int(allowance)
             allowance -= sent
