@@ -152,12 +152,17 @@ async def feed_runs(
                 break
 
 
+def read_ahead_of(source: Source) -> Callable[[RunRef], None] | None:
+    """The source's ``expect`` when it is a ``ReadAhead`` source, else None."""
+    return source.expect if isinstance(source, ReadAhead) else None
+
+
 def tell_read_ahead(source: Source) -> Callable[[RunRef], bool] | None:
     """A ``keep`` for ``feed_runs`` that tells a ``ReadAhead`` source of every run queued for
     reading (None for other sources)."""
-    if not isinstance(source, ReadAhead):
+    expect = read_ahead_of(source)
+    if expect is None:
         return None
-    expect = source.expect
 
     def keep(ref: RunRef) -> bool:
         expect(ref)
@@ -223,7 +228,7 @@ class Pipeline:
         )
         progress.admission = self.admission
         self.file_slots = anyio.CapacityLimiter(t.file_workers)  # shared by every run's files
-        self._read_ahead = source.expect if isinstance(source, ReadAhead) else None
+        self._read_ahead = read_ahead_of(source)
 
     async def run(self) -> None:
         run_send, run_recv = anyio.create_memory_object_stream[RunRef](self.transfer.run_queue)
@@ -245,25 +250,19 @@ class Pipeline:
         )
 
     def _queue_run(self, ref: RunRef) -> bool:
-        """Runs already done stay out of the queue; a ``ReadAhead`` source hears of each run
-        queued that is not finished (one that is gets only a check, no history read)."""
-        if self._already_done(ref):
-            return False
-        if self._read_ahead is not None:
-            entry = self.ledger.get(ref.id)
-            if entry is None or entry.status is not RunStatus.DONE:
-                self._read_ahead(ref)
-        return True
-
-    # -- runs ----------------------------------------------------------------------------------
-    def _already_done(self, ref: RunRef) -> bool:
+        """Runs already done stay out of the queue, unless something could tell that they
+        changed (checked in ``_migrate_run``); a ``ReadAhead`` source hears of each run queued
+        that is not finished (one that is gets only a check, no history read)."""
         entry = self.ledger.get(ref.id)
         finished = self.transfer.incremental and entry is not None and entry.status is RunStatus.DONE
         if finished and not isinstance(self.destination, RunChecker) and ref.hint("revision") is None:
             self.progress.event("run_skipped", run=ref.id)  # nothing could tell that it changed
-            return True
-        return False  # a finished run that may have changed is checked in _migrate_run
+            return False
+        if self._read_ahead is not None and (entry is None or entry.status is not RunStatus.DONE):
+            self._read_ahead(ref)
+        return True
 
+    # -- runs ----------------------------------------------------------------------------------
     async def _migrate_admitted(self, ref: RunRef, account: RunAccount) -> None:
         try:
             await self._migrate_run(ref, account)
