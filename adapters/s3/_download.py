@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from adapters.s3._config import MIB
 from adapters.s3._errors import NETWORK_ERRORS
@@ -25,7 +24,6 @@ from adapters.s3._parts import (
     MD5_HEX,
     MULTIPART_ETAG,
     ThreadedHash,
-    md5_of,
     multipart_etag,
     plan_ranges,
 )
@@ -84,7 +82,8 @@ class Downloads(Listing):
             return
         window = parallelism or self.config.part_concurrency
         whole = hashlib.md5()
-        part_digests: list[bytes] = []
+        parts: list[Any] = []  # one MD5 per range ("parts")
+        hashing = ThreadedHash()
         # The fetches run in tasks this generator owns, cancelled and awaited in ``finally``.
         # (A task group cannot stay open across ``yield``: the consumer's own scopes would
         # interleave with it.) At most ``window`` ranges are fetched ahead of the consumer.
@@ -98,20 +97,19 @@ class Downloads(Listing):
                     )
                     started += 1
                 body = await fetching.pop(index)
-                if verify == "whole":
-                    if len(body) >= MIB:
-                        await anyio.to_thread.run_sync(whole.update, body)
-                    else:
-                        whole.update(body)
-                elif verify == "parts":
-                    part_digests.append(await md5_of(body))
+                if verify == "parts":
+                    parts.append(hashlib.md5())
+                if verify != "none":
+                    await hashing.add(whole if verify == "whole" else parts[-1], body)
                 yield body
+            await hashing.finish()
         finally:
             for task in fetching.values():
                 task.cancel()
             if fetching:
                 await asyncio.gather(*fetching.values(), return_exceptions=True)
-        self._verify_read(target, info, verify, whole, part_digests)
+            await hashing.aclose()
+        self._verify_read(target, info, verify, whole, [md5.digest() for md5 in parts])
 
     async def _get_streaming(
         self, target: S3Url, info: ObjectInfo, ranges: list[tuple[int, int]], verify: str, first: Any

@@ -1,4 +1,5 @@
-"""Part planning and the MD5/ETag rules that check parts: pure functions, tested by tables.
+"""Part planning and the MD5/ETag rules that check parts (pure functions, tested by tables),
+and the two ways to hash off the event loop (``md5_of`` one buffer, ``ThreadedHash`` a stream).
 
 S3 limits parts (5 MiB..5 GiB, 10,000 per upload) and names a multipart object by the MD5 of its
 parts' MD5s; both the upload and the download side plan and verify with these.
