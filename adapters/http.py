@@ -347,15 +347,18 @@ class HttpClient:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         retry_transient: bool = True,
+        limit_key: str | None = None,
     ) -> Any:
         """Send a request and decode its JSON answer (None for an empty body).
 
         ``retry_transient=False`` retries only throttles (requests the server refused before
-        doing anything), for calls that are not idempotent.
+        doing anything), for calls that are not idempotent. ``limit_key`` sends the request
+        through its own limiter, the endpoint's with that suffix, for calls a server limits
+        apart from the rest (W&B's run creation per project).
         """
         return await self._exchange(
             method, path_or_url, lambda _, body: _decode_json(body), params=params, json=json, data=data,
-            headers=headers, retry_transient=retry_transient,
+            headers=headers, retry_transient=retry_transient, limit_key=limit_key,
         )
 
     async def request_bytes(
@@ -449,7 +452,7 @@ class HttpClient:
                                 error.__cause__ = exc
                         else:
                             body = await response.read()
-                            error = self._answer_error("GET", full_url, response, body, verdict, ticket)
+                            error = self._answer_error("GET", full_url, response, body, verdict, ticket, limiter)
                 except _NETWORK_ERRORS as exc:
                     if isinstance(exc, aiohttp.InvalidURL):
                         raise FatalError(f"{self.name}: invalid URL {redact_url(full_url)}", adapter=self.name) from exc
@@ -479,10 +482,11 @@ class HttpClient:
         *,
         body_factory: Callable[[], AsyncIterator[bytes] | bytes] | None = None,
         retry_transient: bool = True,
+        limit_key: str | None = None,
         **kwargs: Any,
     ) -> T:
         full_url = self.url(path_or_url)
-        limiter = self.limiter_for(full_url)
+        limiter = self.limiter_for(full_url) if limit_key is None else self._limiters.get(endpoint_of(full_url) + limit_key)
         retrying = self._retrying(limiter)
         while True:
             if body_factory is not None:
@@ -521,7 +525,7 @@ class HttpClient:
                     result = decode(response, body)
                     ticket.success()
                     return _Done(result)
-                return self._answer_error(method, full_url, response, body, verdict, ticket)
+                return self._answer_error(method, full_url, response, body, verdict, ticket, limiter)
             except _BadBody as exc:
                 ticket.failed()
                 error = TransientError(f"{self.name}: {method} {redact_url(full_url)}: {exc}", adapter=self.name)
@@ -541,6 +545,7 @@ class HttpClient:
         body: bytes,
         verdict: Classification,
         ticket: Any,
+        limiter: EndpointLimiter,
     ) -> RetryableError:
         """Map a non-OK answer: raise the final errors, return the retryable ones."""
         where = f"{self.name}: {method} {redact_url(url)} -> {response.status}"
@@ -550,7 +555,7 @@ class HttpClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             self._throttled(ticket, retry_after)
             self.context.events(
-                "throttle", endpoint=endpoint_of(url), status=response.status, retry_after=retry_after
+                "throttle", endpoint=limiter.endpoint, status=response.status, retry_after=retry_after
             )
             return ThrottledError(message, retry_after=retry_after, adapter=self.name, status=status, code=code)
         if verdict is Classification.TRANSIENT:

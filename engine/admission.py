@@ -45,6 +45,11 @@ SEAT_WINDOW = 16
 ENDPOINT_POLL_SECONDS = 0.1
 """How often a waiting admission looks at the limiters again (they have no change signal)."""
 
+ENDPOINT_BACKLOG_SECONDS = 0.3
+"""Requests a paced endpoint may have waiting for their turns before admission holds new runs,
+in seconds of its pace: enough that the turns until admission looks again and a new run's way
+to the endpoint (its source read) are not lost, which no later request can take back."""
+
 
 def run_seat_bytes(chunk_points: int, history_points: int | None = None) -> int:
     """A run's seat before its first chunk: overhead plus the chunk its source may be building.
@@ -62,7 +67,7 @@ def endpoint_blocker(statistics: Iterable[LimiterStatistics]) -> str | None:
     for s in statistics:
         if s.paused_for > 0:
             return f"{s.endpoint} paused"
-        if s.rate_limit is not None and s.waiting > s.rate_limit * ENDPOINT_POLL_SECONDS:
+        if s.rate_limit is not None and s.waiting > s.rate_limit * ENDPOINT_BACKLOG_SECONDS:
             return f"{s.endpoint} throttled"
         if s.waiting >= s.concurrency_limit:
             return f"{s.endpoint} saturated"

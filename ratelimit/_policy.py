@@ -29,6 +29,8 @@ Why these choices (see ../shared/reference/peers-and-ratelimits.md §2-3):
   429 with ``Retry-After: 1`` stops every creation for a second), so cycles then last at least
   ``pause_cycles`` pauses: CUBIC's average stays ~97.5% of the limit and the pauses cost at
   most ``1 / (pause_cycles + 1)`` of the time (1,000 runs at W&B's 80/s: 7 pauses in 20.7 s).
+  Such a throttle takes ``W_max`` from the successes of the last whole meter window, not of
+  the time a young meter has run: a server that pauses counts over a window.
 * **Jittered exponential backoff** per request (AWS "Exponential Backoff and Jitter": full and
   decorrelated jitter do the least work) and a **retry budget** per endpoint (botocore's
   standard-mode quota: a retry after a failure costs tokens, each success refunds some), so a
@@ -152,6 +154,9 @@ class Outcome:
     accepted_rate: float  # measured successes/s over the meter window
     retry_after: float | None = None
     attempt_rate: float | None = None  # measured request starts/s over the meter window
+    # successes in the last whole meter window, per second, even while the meter is younger than
+    # a window (``accepted_rate`` is then over the time elapsed)
+    window_accepted_rate: float | None = None
 
 
 def cubic_scale(config: ControlConfig, w_max: float, pause_cost: float = 0.0) -> float:
@@ -270,6 +275,12 @@ def _on_throttle(state: ControlState, outcome: Outcome, config: ControlConfig) -
         return dataclasses.replace(state, paused_until=paused_until)
     current = effective_rate(state, outcome.now)
     accepted = outcome.accepted_rate
+    if paused_until > outcome.now and outcome.window_accepted_rate is not None:
+        # A server that answers with a pause counts requests over a window: what it let through
+        # in the last whole window is its limit. Over the time elapsed instead, a first burst
+        # (80 run creations in 0.8 s against W&B's 80 per second) reads as 100/s and the next
+        # cycle trips again at once.
+        accepted = outcome.window_accepted_rate
     if current is None:
         basis = accepted
     else:

@@ -71,7 +71,10 @@ overwritten and reported as ``history_overwrite``).
 Rate limits: each run paces its own file_stream requests (``filestream_rate``, default 2/s, the
 documented per-run limit), doubles its interval or honours ``Retry-After`` on 429 and drifts
 back when accepted; 5xx, resets and timeouts are retried (10 attempts). GraphQL and storage go
-through the shared ``HttpClient`` and the engine's per-endpoint limiters.
+through the shared ``HttpClient`` and the engine's per-endpoint limiters; UpsertBucket calls that
+may create a run go through one limiter per destination project (``_gql.run_creation_key``), as
+W&B limits run creation per project (429 + ``Retry-After``): one project's refusals pause neither
+another project's creations nor any other call.
 
 Final state (last file_stream request, with the summary): finished -> exit 0; failed -> exit 1;
 killed -> exit 255 then ``state: "killed"``; crashed -> exit 1 then ``state: "crashed"``;

@@ -286,7 +286,8 @@ async def _logging_run(api: HttpClient, entity: str, project: str, run_name: str
         await _gql.call(api, _gql.UPSERT_BUCKET, {
             "name": PLACEHOLDER_RUN, "entity": entity, "project": project, "state": "finished",
             "displayName": "runferry artifact placeholder",
-            "notes": "Logs copied artifact versions whose source run no longer exists."}, name="UpsertBucket")
+            "notes": "Logs copied artifact versions whose source run no longer exists."}, name="UpsertBucket",
+            limit_key=_gql.run_creation_key(entity, project))
     return PLACEHOLDER_RUN
 
 

@@ -136,7 +136,8 @@ class WandbDestination:
             )
         variables = upsert_variables(run, entity=entity, project=project, run_id=run_id,
                                      group=group_for(run, self.config, parent_run_id))
-        answer = await _gql.call(self.api, _gql.UPSERT_BUCKET, variables, name="UpsertBucket")
+        answer = await _gql.call(self.api, _gql.UPSERT_BUCKET, variables, name="UpsertBucket",
+                                 limit_key=_gql.run_creation_key(entity, project))
         bucket = answer["upsertBucket"]["bucket"]
         server_lines = int(bucket.get("historyLineCount") or 0)
         server_events = int(bucket.get("eventsLineCount") or 0)

@@ -113,6 +113,14 @@ mutation UseArtifact($input: UseArtifactInput!) {
 }"""
 
 
+def run_creation_key(entity: str, project: str) -> str:
+    """The limiter key of UpsertBucket calls that may create runs in ``entity/project``: W&B
+    limits run creation per project (80/s by default on Dedicated Cloud and Self-Managed,
+    429 + ``Retry-After`` above it); in the endpoint's shared limiter those throttles would pace
+    every GraphQL call and every project at one project's rate."""
+    return f"/graphql#run-creation/{entity}/{project}"
+
+
 def classify_graphql(status: int, headers: Mapping[str, str], body: bytes) -> Classification:
     """HTTP semantics, plus: 409 Conflict is retried (as the SDK does for UpsertBucket), and a
     200 whose errors say RATE_LIMITED is a throttle."""
@@ -123,12 +131,14 @@ def classify_graphql(status: int, headers: Mapping[str, str], body: bytes) -> Cl
     return classify_default(status, headers, body)
 
 
-async def call(http: HttpClient, document: str, variables: Mapping[str, Any], *, name: str) -> dict[str, Any]:
-    """POST one operation to ``/graphql``; return ``data`` or raise the matching error."""
+async def call(http: HttpClient, document: str, variables: Mapping[str, Any], *, name: str,
+               limit_key: str | None = None) -> dict[str, Any]:
+    """POST one operation to ``/graphql``; return ``data`` or raise the matching error.
+    ``limit_key``: the operation's own limiter (see ``HttpClient.request_json``)."""
     sent = {declared: None for declared in _declared_variables(document)}
     sent.update(variables)
     body = await http.request_json(
-        "POST", "graphql", json={"query": document, "variables": sent, "operationName": name}
+        "POST", "graphql", json={"query": document, "variables": sent, "operationName": name}, limit_key=limit_key
     )
     if not isinstance(body, dict):
         raise FatalError(f"wandb: {name}: unexpected answer {str(body)[:200]}", adapter="wandb")

@@ -14,6 +14,7 @@ import pytest
 
 from engine.admission import (
     BYTES_PER_POINT,
+    ENDPOINT_BACKLOG_SECONDS,
     RUN_OVERHEAD_BYTES,
     MemoryBudget,
     endpoint_blocker,
@@ -156,11 +157,15 @@ def test_endpoint_headroom_rule() -> None:
 
 
 def test_a_paced_endpoint_whose_queue_clears_before_the_next_look_has_headroom() -> None:
-    # paced at 80/s after a run-creation 429: the one request waiting its 12 ms turn is no
-    # backlog (admission looks again in ENDPOINT_POLL_SECONDS), nine waiting are
-    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=1)]) is None
-    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=8)]) is None
-    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=9)]) == "a throttled"
+    # paced at 40/s after a 429: a queue the pace clears in ENDPOINT_BACKLOG_SECONDS (0.3 s, 12
+    # requests) is no backlog: it keeps the turns until admission looks again, and a new run's
+    # way to the endpoint, from going unused; thirteen waiting are a backlog
+    assert ENDPOINT_BACKLOG_SECONDS == 0.3
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=40.0, waiting=1)]) is None
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=40.0, waiting=12)]) is None
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=40.0, waiting=13)]) == "a throttled"
+    # at 80/s the concurrency window (16) fills before 0.3 s of pace (24) is queued
+    assert endpoint_blocker([stats("a", concurrency_limit=16, rate_limit=80.0, waiting=16)]) == "a saturated"
 
 
 # -- admission in the pipeline ----------------------------------------------------------------------

@@ -219,8 +219,22 @@ def test_rate_meter_window() -> None:
     for i in range(100):
         meter.add(5.0 + i * 0.01)  # 100 events in one second, after 5 idle seconds
     assert meter.rate(6.0) == pytest.approx(100.0)  # young meter: over the time since its first event
+    assert meter.window_rate(6.0) == pytest.approx(50.0)  # the same events over the whole window
     assert meter.rate(7.0) == pytest.approx(50.0)
     assert meter.rate(8.5) == 0.0
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.013, 0.025, 0.049])
+def test_rate_meter_reads_a_steady_rate_at_any_point_of_its_newest_bucket(phase: float) -> None:
+    """Over the whole window the kept buckets (less the expired part of the oldest) would read
+    a steady rate up to one bucket (5%) low, and pacing would settle below what the endpoint
+    accepts."""
+    meter = RateMeter(window=1.0)  # 20 buckets of 50 ms
+    now = 3.0 + phase
+    for i in range(int(now * 750) + 1):
+        meter.add(i / 750)
+    assert meter.rate(now) == pytest.approx(750.0, rel=0.01)
+    assert meter.window_rate(now) == pytest.approx(750.0, rel=0.01)
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,11 @@ CFG = ControlConfig()
 
 
 def outcome(kind: OutcomeKind, now: float, *, started_at: float | None = None, in_flight: int = 16,
-            accepted: float = 0.0, retry_after: float | None = None, attempted: float | None = None) -> Outcome:
+            accepted: float = 0.0, retry_after: float | None = None, attempted: float | None = None,
+            window_accepted: float | None = None) -> Outcome:
     return Outcome(kind=kind, now=now, started_at=now if started_at is None else started_at,
-                   in_flight=in_flight, accepted_rate=accepted, retry_after=retry_after, attempt_rate=attempted)
+                   in_flight=in_flight, accepted_rate=accepted, retry_after=retry_after, attempt_rate=attempted,
+                   window_accepted_rate=window_accepted)
 
 
 @pytest.mark.parametrize(
@@ -375,11 +377,13 @@ def test_token_bucket_front_goodput_and_throttles_after_ten_seconds(rate: float,
 
 
 def window_front(limit: float, seconds: float, config: ControlConfig = CFG, dt: float = 0.005,
-                 retry_after: float = 1.0) -> tuple[float, int]:
+                 retry_after: float = 1.0, first_w_max: list[float | None] | None = None) -> tuple[float, int]:
     """A limit of ``limit`` requests in any sliding second, answering the excess 429 with
     ``Retry-After`` (W&B's run creation per project); the client floods until its first
     throttle, then paces with the limiter's burst allowance and sends nothing while paused.
-    Returns goodput / limit and how many throttles decreased the rate (episodes)."""
+    Returns goodput / limit and how many throttles decreased the rate (episodes); the first
+    episode's ``W_max`` is appended to ``first_w_max``."""
+    first_w_max = [] if first_w_max is None else first_w_max
     state = initial_state(config, 0.0)
     window: collections.deque[float] = collections.deque()
     allowance, accepted_total, episodes = 0.0, 0, 0
@@ -409,14 +413,18 @@ def window_front(limit: float, seconds: float, config: ControlConfig = CFG, dt: 
         sent_log.append(sent)
         measured = sum(accepted_log[-meter:]) / (min(len(accepted_log), meter) * dt)
         attempted = sum(sent_log[-meter:]) / (min(len(sent_log), meter) * dt)
+        whole_window = sum(accepted_log[-meter:]) / config.meter_window
         for _ in range(accepted):
             state = next_state(state, outcome(OutcomeKind.SUCCESS, now + dt, started_at=now, accepted=measured,
-                                              attempted=attempted), config)
+                                              attempted=attempted, window_accepted=whole_window), config)
         for _ in range(sent - accepted):
             epoch = state.epoch
             state = next_state(state, outcome(OutcomeKind.THROTTLE, now + dt, started_at=now, accepted=measured,
-                                              attempted=attempted, retry_after=retry_after), config)
+                                              attempted=attempted, retry_after=retry_after,
+                                              window_accepted=whole_window), config)
             episodes += state.epoch != epoch
+            if episodes == 1 and state.epoch != epoch:
+                first_w_max.append(state.w_max)
         accepted_total += accepted
     return accepted_total / (limit * seconds), episodes
 
@@ -431,3 +439,19 @@ def test_throttles_that_pause_the_endpoint_make_the_cycles_longer(limit: float) 
     assert eager_episodes >= 4 and eager_goodput < goodput - 0.05
     assert cubic_k(CFG, limit, pause_cost=1.0) == pytest.approx(CFG.pause_cycles)
     assert cubic_k(CFG, limit) < 10.0  # a throttle without a pause keeps the short cycle
+
+
+def test_a_pausing_throttle_takes_w_max_from_the_last_whole_window() -> None:
+    """The first burst fills W&B's 80-per-second window in a quarter second: over the time
+    elapsed that reads as 320/s; over the whole window it is the limit."""
+    w_max: list[float | None] = []
+    window_front(80.0, 3.0, first_w_max=w_max)
+    assert w_max == [pytest.approx(80.0)]
+    # a throttle without a pause keeps the measure over the time elapsed (a token bucket's first
+    # throttle comes after its burst, at the rate the client was sending)
+    state = next_state(initial_state(CFG, 0.0), outcome(OutcomeKind.THROTTLE, 0.25, accepted=320.0,
+                                                         window_accepted=80.0), CFG)
+    assert state.w_max == pytest.approx(320.0)
+    paused = next_state(initial_state(CFG, 0.0), outcome(OutcomeKind.THROTTLE, 0.25, accepted=320.0,
+                                                          window_accepted=80.0, retry_after=1.0), CFG)
+    assert (paused.w_max, paused.rate) == (pytest.approx(80.0), pytest.approx(72.0))

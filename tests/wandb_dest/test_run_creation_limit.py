@@ -19,7 +19,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from adapters.http import HttpClient
+from adapters.wandb import _auth, _gql
+from adapters.wandb._gql import run_creation_key
 from core.model import RunRef
+from core.protocols import AdapterContext
 from engine.config import parse_config
 from engine.pipeline import make_context, migrate, open_adapters
 from ratelimit import LimiterRegistry, endpoint_of
@@ -77,7 +81,7 @@ async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, proj
     limiters = LimiterRegistry.from_mapping(config.ratelimit, clock=clock)
     context = dataclasses.replace(make_context(config, progress), limiters=limiters, clock=clock)
     src, dst = open_adapters(config, context)
-    graphql = endpoint_of(server.base_url)
+    graphql = endpoint_of(server.base_url) + run_creation_key(server.entity, project)  # W&B limits per project
     refused = progress.seen(lambda name, fields: name == "throttle" and fields.get("endpoint") == graphql)
     list_runs = src.list_runs
 
@@ -117,3 +121,47 @@ async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, proj
     for run_id, rows in expected.items():
         check_run_against_source(server, project, run_id, rows)
 
+
+
+async def test_a_refused_run_creation_pauses_only_its_own_project(server: Any, project: str) -> None:
+    """W&B limits run creation per project: a 429 for one project pauses that project's
+    creations, not another project's, nor any other GraphQL call (the clock stands still, so
+    anything that waited for the pause would never finish)."""
+    clock = ManualClock()
+    server.faults.clock = clock.now
+    server.faults.run_creation_rps_per_project = 1
+    limiters = LimiterRegistry(clock=clock)
+    context = AdapterContext(limiters=limiters)
+    hot, quiet = f"{project}-hot", f"{project}-quiet"
+    graphql = endpoint_of(server.base_url)
+
+    async def create(in_project: str, run: str) -> None:
+        await _gql.call(api, _gql.UPSERT_BUCKET, {"name": run, "entity": server.entity, "project": in_project},
+                        name="UpsertBucket", limit_key=_gql.run_creation_key(server.entity, in_project))
+
+    async with HttpClient(base_url=server.base_url, name="wandb", context=context, classify=_gql.classify_graphql,
+                          headers=_auth.auth_headers(server.api_key)) as api:
+        await create(hot, "first")
+        hot_limiter = limiters.get(graphql + _gql.run_creation_key(server.entity, hot))
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(create, hot, "second")  # refused: its project pauses for Retry-After
+                while hot_limiter.statistics().throttles == 0:
+                    await anyio.sleep(0.01)
+                assert hot_limiter.statistics().paused_for > 0
+                await create(quiet, "first")
+                viewer = await _gql.call(api, _gql.VIEWER, {}, name="Viewer")
+                assert viewer["viewer"]
+                assert hot_limiter.statistics().successes == 1  # still waiting out the pause
+                tg.start_soon(clock.run)
+                while hot_limiter.statistics().successes < 2:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+    by_endpoint = {s.endpoint: s for s in limiters.statistics()}
+    assert by_endpoint[graphql].throttles == 0 and by_endpoint[graphql].rate_limit is None
+    quiet_stats = by_endpoint[graphql + _gql.run_creation_key(server.entity, quiet)]
+    assert (quiet_stats.successes, quiet_stats.throttles, quiet_stats.rate_limit) == (1, 0, None)
+    assert (by_endpoint[hot_limiter.endpoint].successes, by_endpoint[hot_limiter.endpoint].throttles) == (2, 1)
+    assert server.faults.injected["ratelimit:run_create"] == 1
+    runs = {(p, r.name) for (_, p, _), r in server.state.runs.items() if p in (hot, quiet)}
+    assert runs == {(hot, "first"), (hot, "second"), (quiet, "first")}
