@@ -193,8 +193,15 @@ class EndpointLimiter:
             self._slots.release()
 
     async def _wait_for_turn(self) -> float:
-        """Wait for our turn; returns when the turn was decided (the pacing reservation)."""
-        delayed = False
+        """Wait for our turn; returns when the turn was decided (the pacing reservation).
+
+        A turn found late by more than the tolerance and one interval lapses, once: the request
+        takes the next free turn instead. Sent at once, the turns a busy event loop overslept
+        would go out in a clump (4 run creations in 1 ms after a 55 ms stall at 78/s), and a
+        server counting per window then sees more than the pace in the next one (W&B refused
+        run creation at 77/s paced).
+        """
+        delayed = lapsed = False
         while True:
             now = self.clock.now()
             if now < self._state.paused_until:
@@ -206,13 +213,19 @@ class EndpointLimiter:
                 self._delayed += delayed
                 await anyio.lowlevel.checkpoint()
                 return self.clock.now()
-            start = max(now, self._next_start - pacing_tolerance(self._state, self.config))
+            tolerance = pacing_tolerance(self._state, self.config)
+            start = max(now, self._next_start - tolerance)
             self._next_start = max(self._next_start, now) + 1.0 / rate
             delayed = delayed or start > now
             await self.clock.sleep(start - now)
-            if self.clock.now() >= self._state.paused_until:
-                self._delayed += delayed
-                return now
+            woke = self.clock.now()
+            if woke < self._state.paused_until:
+                continue
+            if not lapsed and woke - start > tolerance + 1.0 / rate:
+                lapsed = True
+                continue
+            self._delayed += delayed
+            return now
 
     def _record(self, ticket: Ticket) -> None:
         now = self.clock.now()

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
-import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 
 from adapters.http import HttpClient
 from adapters.wandb import _auth, _gql
@@ -29,42 +26,9 @@ from engine.pipeline import make_context, migrate, open_adapters
 from ratelimit import LimiterRegistry, endpoint_of
 from tests.engine.test_admission import RecordingProgress, admission_waits
 
+from tests.manual_clock import ManualClock
+
 from .test_pipeline_e2e import check_run_against_source, dest_table, source_points, synthetic_table
-
-
-class ManualClock:
-    """Virtual time that moves only in ``run()``: to the next sleeper's wake-up, once every task
-    is blocked (on a sleep, an event or the network)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._order = itertools.count()
-        self._slept = anyio.Event()
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await anyio.lowlevel.checkpoint()
-            return
-        woken = anyio.Event()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), woken))
-        self._slept.set()
-        await woken.wait()
-
-    async def run(self) -> None:
-        """Advance time forever (cancel it when done)."""
-        while True:
-            await anyio.wait_all_tasks_blocked()
-            if not self._sleepers:
-                self._slept = anyio.Event()
-                await self._slept.wait()
-                continue
-            self._now = max(self._now, self._sleepers[0][0])
-            while self._sleepers and self._sleepers[0][0] <= self._now:
-                heapq.heappop(self._sleepers)[2].set()
 
 
 async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, project: str, tmp_path: Path) -> None:
