@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import math
 import re
+import zlib
 from typing import Any
 
 import anyio
@@ -57,6 +58,20 @@ _HASH_BATCH = MIB
 def _update_all(batch: list[tuple[Any, bytes]]) -> None:
     for digest, chunk in batch:
         digest.update(chunk)  # hashlib lets go of the GIL for buffers this size
+
+
+class Crc32:
+    """zlib's CRC-32 behind hashlib's ``update`` / ``digest`` (zlib lets go of the GIL as hashlib
+    does): the check that a source read twice gave the same bytes, at a third of MD5's cost."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
 
 
 class ThreadedHash:

@@ -247,6 +247,9 @@ def test_rate_meter_window() -> None:
     assert meter.window_rate(6.0) == pytest.approx(50.0)  # the same events over the whole window
     assert meter.rate(7.0) == pytest.approx(50.0)
     assert meter.rate(8.5) == 0.0
+    flood = RateMeter(window=1.0)  # 10 ms buckets
+    flood.add(0.0, count=2)  # the two requests a shallow bucket let through, answered at once
+    assert flood.rate(0.001) == pytest.approx(40.0)  # over 50 ms, not over one 10 ms bucket (200/s)
 
 
 @pytest.mark.parametrize("phase", [0.0, 0.013, 0.025, 0.049])
