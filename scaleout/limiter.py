@@ -39,6 +39,7 @@ from ratelimit._policy import (
     effective_rate,
     initial_state,
     next_state,
+    pacing_tolerance,
 )
 
 AUTHORITY_NAME = "runferry-limiter"
@@ -89,7 +90,7 @@ class SlotAuthority:
             count = max(1, min(want, LEASE_SLOTS, int(rate * LEASE_SECONDS)))
             slots = []
             for _ in range(count):
-                at = max(start_floor, ep.next_start - ep.config.burst_seconds)
+                at = max(start_floor, ep.next_start - pacing_tolerance(ep.state, ep.config))
                 ep.next_start = max(ep.next_start, start_floor) + 1.0 / rate
                 slots.append(at - now)
         for offset in slots:
@@ -106,7 +107,7 @@ class SlotAuthority:
             ep.accepted.add(now)
         outcome = Outcome(kind=outcome_kind, now=now, started_at=float(item[1]), in_flight=0,
                           accepted_rate=ep.accepted.rate(now), retry_after=item[2] if len(item) > 2 else None,
-                          attempt_rate=ep.attempts.rate(now))
+                          attempt_rate=ep.attempts.rate(now), window_accepted_rate=ep.accepted.window_rate(now))
         ep.state = next_state(ep.state, outcome, ep.config)
 
 

@@ -136,6 +136,21 @@ def test_a_throttle_reported_by_one_worker_slows_every_worker() -> None:
     assert paused[0] >= 3.0
 
 
+def test_a_throttle_that_pauses_takes_the_whole_window_as_the_limit() -> None:
+    """As a single process's limiter: 80 creations answered at once, then a 429 with
+    Retry-After, is a limit of 80 per second, not 80 over the 50 ms a young meter has run."""
+    clock = FakeClock()
+    authority = SlotAuthority({}, clock=clock)
+    clock.now += 0.25
+    successes = [("success", clock.now - 0.01, None)] * 80
+    _, _, rate = authority.lease("http://x:80", 1, [*successes, ("throttle", clock.now - 0.01, 1.0)])
+    assert rate == pytest.approx(72.0)  # beta 0.9 of 80
+    # and no early slots after a throttle that paused the endpoint (a sliding window would trip)
+    clock.now += 1.0
+    _, slots, _ = authority.lease("http://x:80", 3, [])
+    assert [b - a for a, b in itertools.pairwise(slots)] == pytest.approx([1 / 72.0] * 2)
+
+
 def test_the_fallback_share_is_the_rate_split_evenly() -> None:
     config = ControlConfig(initial_rate=40.0, max_rate=80.0)
     share = share_of(config, 4)
