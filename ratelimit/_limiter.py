@@ -240,7 +240,7 @@ class EndpointLimiter:
             accepted_rate=self._accepted.rate(now),
             retry_after=ticket.retry_after,
             attempt_rate=self._attempts.rate(now),
-            window_accepted_rate=self._accepted.window_rate(now),
+            window_accepted_rate=self._accepted.window_rate(now) if ticket.kind is OutcomeKind.THROTTLE else None,
         )
         self._state = next_state(self._state, outcome, self.config)
         self._slots.set_limit(concurrency_limit(self._state))

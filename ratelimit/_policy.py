@@ -155,7 +155,7 @@ class Outcome:
     retry_after: float | None = None
     attempt_rate: float | None = None  # measured request starts/s over the meter window
     # successes in the last whole meter window, per second, even while the meter is younger than
-    # a window (``accepted_rate`` is then over the time elapsed)
+    # a window (``accepted_rate`` is then over the time elapsed); measured for throttles only
     window_accepted_rate: float | None = None
 
 

@@ -107,7 +107,8 @@ class SlotAuthority:
             ep.accepted.add(now)
         outcome = Outcome(kind=outcome_kind, now=now, started_at=float(item[1]), in_flight=0,
                           accepted_rate=ep.accepted.rate(now), retry_after=item[2] if len(item) > 2 else None,
-                          attempt_rate=ep.attempts.rate(now), window_accepted_rate=ep.accepted.window_rate(now))
+                          attempt_rate=ep.attempts.rate(now),
+                          window_accepted_rate=ep.accepted.window_rate(now) if outcome_kind is OutcomeKind.THROTTLE else None)
         ep.state = next_state(ep.state, outcome, ep.config)
 
 

@@ -100,7 +100,7 @@ class Downloads(Listing):
                 if verify == "parts":
                     parts.append(hashlib.md5())
                 if verify != "none":
-                    await hashing.add(whole if verify == "whole" else parts[-1], body)
+                    await hashing.add(body, whole if verify == "whole" else parts[-1])
                 yield body
             await hashing.finish()
         finally:
@@ -152,7 +152,7 @@ class Downloads(Listing):
                         if not chunk:
                             break
                         if verify != "none":
-                            await hashing.add(whole if verify == "whole" else current, chunk)
+                            await hashing.add(chunk, whole if verify == "whole" else current)
                         received += len(chunk)
                         in_current += len(chunk)
                         if verify == "parts" and in_current == piece_size:

@@ -55,9 +55,10 @@ async def md5_of(data: bytes | bytearray) -> bytes:
 _HASH_BATCH = MIB
 
 
-def _update_all(batch: list[tuple[Any, bytes]]) -> None:
-    for digest, chunk in batch:
-        digest.update(chunk)  # hashlib lets go of the GIL for buffers this size
+def _update_all(batch: list[tuple[tuple[Any, ...], bytes]]) -> None:
+    for digests, chunk in batch:
+        for digest in digests:
+            digest.update(chunk)  # hashlib and zlib let go of the GIL for buffers this size
 
 
 class Crc32:
@@ -75,18 +76,19 @@ class Crc32:
 
 
 class ThreadedHash:
-    """Feeds chunks to their MD5s in a worker thread, in order, about ``_HASH_BATCH`` bytes per
-    hand-off and one batch at a time (hashlib releases the GIL: the hashing runs beside the
-    loop). ``finish`` before reading a digest; ``aclose`` (shielded) never leaves a thread
-    hashing behind."""
+    """Feeds chunks to their digests (MD5, ``Crc32``) in a worker thread, in order, about
+    ``_HASH_BATCH`` bytes of chunks per hand-off and one batch at a time (hashlib releases the
+    GIL: the hashing runs beside the loop). ``finish`` before reading a digest; ``aclose``
+    (shielded) never leaves a thread hashing behind."""
 
     def __init__(self) -> None:
-        self._batch: list[tuple[Any, bytes]] = []
+        self._batch: list[tuple[tuple[Any, ...], bytes]] = []
         self._size = 0
         self._running: asyncio.Future[None] | None = None
 
-    async def add(self, digest: Any, chunk: bytes) -> None:
-        self._batch.append((digest, chunk))
+    async def add(self, chunk: bytes, *digests: Any) -> None:
+        """Hash ``chunk`` into each of ``digests``."""
+        self._batch.append((digests, chunk))
         self._size += len(chunk)
         if self._size >= _HASH_BATCH:
             await self._hand_off()

@@ -340,8 +340,7 @@ async def _counted(
                 total += len(piece)
                 if total > size:
                     break
-                for digest in digests:
-                    await hashing.add(digest, piece)
+                await hashing.add(piece, *digests)
                 yield piece
         await hashing.finish()
     finally:

@@ -18,7 +18,6 @@ import anyio
 
 from adapters.http import HttpClient
 from adapters.wandb import _auth, _gql
-from adapters.wandb._gql import run_creation_key
 from core.model import RunRef
 from core.protocols import AdapterContext
 from engine.config import parse_config
@@ -45,7 +44,7 @@ async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, proj
     limiters = LimiterRegistry.from_mapping(config.ratelimit, clock=clock)
     context = dataclasses.replace(make_context(config, progress), limiters=limiters, clock=clock)
     src, dst = open_adapters(config, context)
-    graphql = endpoint_of(server.base_url) + run_creation_key(server.entity, project)  # W&B limits per project
+    graphql = endpoint_of(server.base_url) + _gql.run_creation_key(server.entity, project)  # W&B limits per project
     refused = progress.seen(lambda name, fields: name == "throttle" and fields.get("endpoint") == graphql)
     list_runs = src.list_runs
 
