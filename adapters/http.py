@@ -337,6 +337,12 @@ class HttpClient:
         """
         return self._limiters.get(endpoint_of(url))
 
+    def declare_limit(self, limit_key: str, **changes: Any) -> None:
+        """A documented limit of this server's requests under ``limit_key`` (``request_json``'s
+        own-limiter keys starting with it): ``ControlConfig`` fields for their limiters, unless
+        the user configured those endpoints (``LimiterRegistry.declare``)."""
+        self._limiters.declare(endpoint_of(self.url("")) + limit_key, **changes)
+
     async def request_json(
         self,
         method: str,

@@ -269,7 +269,7 @@ def _pause(state: ControlState, now: float, seconds: float | None, config: Contr
 
 def _on_throttle(state: ControlState, outcome: Outcome, config: ControlConfig) -> ControlState:
     paused_until = _pause(state, outcome.now, outcome.retry_after, config)
-    if outcome.started_at < state.epoch or outcome.now < state.guard_until:
+    if outcome.started_at <= state.epoch or outcome.now < state.guard_until:
         # Sent before our last decrease, at the old rate, or admitted just after it but queued
         # behind those (a busy event loop sends what it admitted in a clump): already answered.
         return dataclasses.replace(state, paused_until=paused_until)

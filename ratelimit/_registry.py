@@ -36,7 +36,11 @@ def endpoint_of(url: str) -> str:
 class LimiterRegistry:
     """Limiters by endpoint, with defaults and per-endpoint overrides.
 
-    ``seed`` makes retry jitter reproducible (each endpoint gets its own generator).
+    Overrides come from the user (``[ratelimit.endpoints]``) and from adapters that know an
+    endpoint's documented limit (``declare``): a user's override for the same endpoints or a
+    narrower set of them wins over a declaration; fields a declaration does not name keep the
+    user's broader override. ``seed`` makes retry jitter reproducible (each endpoint gets its
+    own generator).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class LimiterRegistry:
     ) -> None:
         self.default = default or ControlConfig()
         self._overrides = dict(overrides or {})
+        self._declared: dict[str, dict[str, Any]] = {}
         self.clock = clock or MonotonicClock()
         self._seed = seed
         self._limiters: dict[str, EndpointLimiter] = {}
@@ -71,9 +76,23 @@ class LimiterRegistry:
         }
         return cls(default=default, overrides=overrides, clock=clock)
 
+    def declare(self, prefix: str, **changes: Any) -> None:
+        """An adapter's known limits for the endpoints starting with ``prefix`` (``ControlConfig``
+        fields, for example a documented quota as ``max_rate``). Takes effect for limiters not
+        created yet; a later declaration of the same prefix replaces it."""
+        ControlConfig().replace(**changes)  # a bad field or value fails here, where it is declared
+        self._declared[prefix] = dict(changes)
+
     def config_for(self, endpoint: str) -> ControlConfig:
-        matches = [key for key in self._overrides if endpoint.startswith(key)]
-        return self._overrides[max(matches, key=len)] if matches else self.default
+        user = _longest_match(self._overrides, endpoint)
+        config = self.default if user is None else self._overrides[user]
+        declared = _longest_match(self._declared, endpoint)
+        if declared is None or (user is not None and len(user) >= len(declared)):
+            return config
+        try:
+            return config.replace(**self._declared[declared])
+        except ValueError:
+            return config  # the user's settings contradict the declaration: theirs win
 
     def get(self, endpoint: str) -> EndpointLimiter:
         """The endpoint's limiter, created with its configuration on first use."""
@@ -93,6 +112,11 @@ class LimiterRegistry:
 
     def __repr__(self) -> str:
         return f"<LimiterRegistry [{len(self._limiters)} endpoints]>"
+
+
+def _longest_match(table: Mapping[str, Any], endpoint: str) -> str | None:
+    matches = [key for key in table if endpoint.startswith(key)]
+    return max(matches, key=len) if matches else None
 
 
 def _config_from(base: ControlConfig, values: Any, origin: str) -> ControlConfig:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,19 +67,23 @@ class SlotAuthority:
         self.clock = clock
         self.endpoints: dict[str, _Endpoint] = {}
 
-    def _endpoint(self, name: str) -> _Endpoint:
+    def _endpoint(self, name: str, config: ControlConfig | None) -> _Endpoint:
         ep = self.endpoints.get(name)
         if ep is None:
-            config = self.registry.config_for(name)
+            config = config or self.registry.config_for(name)
             now = self.clock()
             ep = self.endpoints[name] = _Endpoint(config, initial_state(config, now), now,
                                                   RateMeter(config.meter_window), RateMeter(config.meter_window))
         return ep
 
-    def lease(self, endpoint: str, want: int, report: list[tuple[Any, ...]]) -> tuple[float, list[float], float | None]:
+    def lease(
+        self, endpoint: str, want: int, report: list[tuple[Any, ...]], config: ControlConfig | None = None
+    ) -> tuple[float, list[float], float | None]:
         """Apply ``report``, then reserve up to ``want`` start times. Returns the authority's now,
-        the slots as offsets from it (seconds), and the rate in force (None = unpaced)."""
-        ep = self._endpoint(endpoint)
+        the slots as offsets from it (seconds), and the rate in force (None = unpaced).
+        ``config``: the worker's configuration of the endpoint (the same ``[ratelimit]`` tables
+        plus what its adapters declared, ``LimiterRegistry.declare``), taken by the first lease."""
+        ep = self._endpoint(endpoint, config)
         now = self.clock()
         for item in report:
             self._apply(ep, now, item)
@@ -126,14 +131,18 @@ class ClusterEndpointLimiter(EndpointLimiter):
         self._fallback_until = float("-inf")
         self._cluster_rate: float | None = None
         self._burst = config.burst_seconds
+        self._cluster_config = config  # the whole endpoint's, for the authority
 
     async def _wait_for_turn(self) -> float:
         while True:
             if self.clock.now() < self._fallback_until:
                 return await super()._wait_for_turn()
             now = self.clock.now()
-            while self._slots_at and self._slots_at[0][0] < now - self._burst:
-                self._slots_at.popleft()  # came too late to use it: never fire a stale slot
+            # a slot found later than the tolerance and one interval lapses (as a local turn
+            # does, EndpointLimiter._wait_for_turn): never fire stale slots in a clump
+            stale = self._burst + (1.0 / self._cluster_rate if self._cluster_rate else math.inf)
+            while self._slots_at and self._slots_at[0][0] < now - stale:
+                self._slots_at.popleft()
             if self._slots_at:
                 local, authority_time = self._slots_at.popleft()
                 await self.clock.sleep(local - now)
@@ -147,7 +156,8 @@ class ClusterEndpointLimiter(EndpointLimiter):
         want = max(1, self._slots.waiting + 1)
         try:
             with anyio.fail_after(CALL_TIMEOUT):
-                anchor, offsets, rate = await self._authority.lease.remote(self.endpoint, want, report)
+                anchor, offsets, rate = await self._authority.lease.remote(
+                    self.endpoint, want, report, self._cluster_config)
         except Exception:  # noqa: BLE001 - unreachable (dead, partitioned, slow): our share, then ask again
             now = self.clock.now()
             self._fallback_until = now + FALLBACK_SECONDS

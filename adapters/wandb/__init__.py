@@ -74,7 +74,9 @@ back when accepted; 5xx, resets and timeouts are retried (10 attempts). GraphQL 
 through the shared ``HttpClient`` and the engine's per-endpoint limiters; UpsertBucket calls that
 may create a run go through one limiter per destination project (``_gql.run_creation_key``), as
 W&B limits run creation per project (429 + ``Retry-After``): one project's refusals pause neither
-another project's creations nor any other call.
+another project's creations nor any other call. The limit is known (``run_creation_rate``,
+default 80/s, declared to the registry: ``_gql.run_creation_pacing``), so creations are paced
+just under it from the first run instead of finding it by a refusal and its pause.
 
 Final state (last file_stream request, with the summary): finished -> exit 0; failed -> exit 1;
 killed -> exit 255 then ``state: "killed"``; crashed -> exit 1 then ``state: "crashed"``;

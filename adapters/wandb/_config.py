@@ -33,6 +33,11 @@ class WandbDestinationConfig:
       refuses requests above ~10 MiB).
     - ``filestream_rate``: requests per second per run on file_stream (default 2.0, the
       documented per-run limit); the writer backs off on 429 / Retry-After and speeds up again.
+    - ``run_creation_rate``: the server's run-creation limit per project, per second (default
+      80, the documented default of Dedicated Cloud and Self-Managed). Runs are created paced
+      just under it from the start instead of finding it by a refusal; set your server's value
+      if it differs, or 0 if it is unknown (then the limit is found from 429 answers). A
+      ``[ratelimit.endpoints]`` table for ``<base_url>/graphql#run-creation/`` keys wins over it.
     - ``gzip``: gzip file_stream bodies (only for servers with the FILESTREAM_GZIP feature).
     - ``multipart_threshold``: artifact files at least this large go multipart (default 2 GiB,
       as the SDK); ``part_size``: multipart part size (default 100 MiB, as the SDK).
@@ -72,6 +77,7 @@ class WandbDestinationConfig:
     artifact_type: str = "imported-artifacts"
     max_request_bytes: int = 8 * 1024 * 1024
     filestream_rate: float = 2.0
+    run_creation_rate: float = 80.0
     gzip: bool = False
     multipart_threshold: int = 2 * 1024**3
     part_size: int = 100 * 1024**2
@@ -89,6 +95,8 @@ class WandbDestinationConfig:
             raise ValueError("max_request_bytes must be between 64 KiB and 10 MiB (W&B refuses larger requests)")
         if self.filestream_rate <= 0:
             raise ValueError("filestream_rate must be positive")
+        if self.run_creation_rate != 0 and self.run_creation_rate < 1:
+            raise ValueError("run_creation_rate must be at least 1 per second, or 0 (unknown)")
         if self.part_size < 1 or self.multipart_threshold < 1:
             raise ValueError("part_size and multipart_threshold must be positive")
         if self.part_size > 5 * 1024**3:

@@ -88,6 +88,8 @@ class WandbDestination:
             self.api = await stack.enter_async_context(HttpClient(
                 base_url=base, name="wandb", context=self.context,
                 classify=_gql.classify_graphql, headers=auth_headers))
+            if self.config.run_creation_rate:
+                self.api.declare_limit(_gql.RUN_CREATION_KEYS, **_gql.run_creation_pacing(self.config.run_creation_rate))
             self.filestream_http = await stack.enter_async_context(FileStreamClient(
                 base_url=base, name="wandb-filestream", context=self.context, max_attempts=1,
                 headers=auth_headers))

@@ -308,6 +308,34 @@ def test_registry_shares_one_limiter_per_endpoint_and_applies_longest_override()
     ]
 
 
+def test_an_adapter_declared_limit_applies_unless_the_user_configured_those_endpoints() -> None:
+    registry = LimiterRegistry.from_mapping(
+        {
+            "max_concurrency": 64,
+            "endpoints": {
+                "http://w:1": {"cubic_scale": 0.2},  # broader than the declaration: kept where it does not collide
+                "http://w:1/graphql#run-creation/mine/": {"initial_rate": 20.0},  # narrower: the user's wins
+            },
+        },
+        clock=FakeClock(),
+    )
+    registry.declare("http://w:1/graphql#run-creation/", initial_rate=76.0, max_rate=78.0, burst_seconds=0.0)
+    declared = registry.get("http://w:1/graphql#run-creation/team/project").config
+    assert (declared.initial_rate, declared.max_rate, declared.burst_seconds) == (76.0, 78.0, 0.0)
+    assert (declared.cubic_scale, declared.max_concurrency) == (0.2, 64)
+    mine = registry.get("http://w:1/graphql#run-creation/mine/project").config
+    assert (mine.initial_rate, mine.max_rate, mine.burst_seconds) == (20.0, None, 0.05)
+    assert registry.get("http://w:1").config.initial_rate is None  # other calls of that host are untouched
+    with pytest.raises(ValueError, match="max_rate"):
+        registry.declare("http://w:1/x", max_rate=0.1)  # a bad declaration fails where it is made
+
+
+def test_a_declaration_the_users_settings_contradict_gives_way() -> None:
+    registry = LimiterRegistry.from_mapping({"min_rate": 100.0})
+    registry.declare("http://w:1/limited", initial_rate=76.0)  # valid alone, below the user's floor here
+    assert registry.get("http://w:1/limited/a").config.initial_rate is None
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Self
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
@@ -151,6 +152,44 @@ def test_a_throttle_that_pauses_takes_the_whole_window_as_the_limit() -> None:
     assert [b - a for a, b in itertools.pairwise(slots)] == pytest.approx([1 / 72.0] * 2)
 
 
+def test_the_authority_paces_an_endpoint_as_the_worker_that_first_leases_it_configured_it() -> None:
+    """A limit an adapter declared in a worker (W&B's run creation, LimiterRegistry.declare) is
+    not in the authority's [ratelimit] tables: the first lease brings the worker's config."""
+    clock = FakeClock()
+    authority = SlotAuthority({}, clock=clock)
+    declared = ControlConfig(initial_rate=76.0, max_rate=78.0, burst_seconds=0.0)
+    _, slots, rate = authority.lease("http://x:80/graphql#run-creation/e/p", 3, [], declared)
+    assert rate == 76.0
+    assert [b - a for a, b in itertools.pairwise(slots)] == pytest.approx([1 / 76.0] * 2)
+    _, _, unconfigured = authority.lease("http://x:80", 1, [])
+    assert unconfigured is None  # other endpoints keep the authority's own tables
+
+
+async def test_a_worker_fires_slots_that_arrive_a_little_late_without_burst_tolerance() -> None:
+    """With ``burst_seconds = 0`` a slot the worker reaches a moment after its time is still
+    used (late by up to one interval), not dropped and fetched again for ever."""
+    from scaleout.limiter import ClusterEndpointLimiter
+
+    class Authority:
+        def __init__(self) -> None:
+            self.lease, self.calls = self, 0
+
+        def remote(self, endpoint: str, want: int, report: list, config: ControlConfig | None = None) -> object:
+            self.calls += 1
+            return self._answer(want)
+
+        async def _answer(self, want: int) -> tuple[float, list[float], float]:
+            return time.monotonic(), [-0.005 + i / 50.0 for i in range(want)], 50.0  # the first 5 ms old
+
+    authority = Authority()
+    limiter = ClusterEndpointLimiter("http://127.0.0.1:9", ControlConfig(initial_rate=50.0, burst_seconds=0.0),
+                                     authority, workers=2)
+    with anyio.fail_after(10):  # dropping it would fetch again and again
+        async with limiter.slot() as ticket:
+            ticket.success()
+    assert authority.calls == 1
+
+
 def test_the_fallback_share_is_the_rate_split_evenly() -> None:
     config = ControlConfig(initial_rate=40.0, max_rate=80.0)
     share = share_of(config, 4)
@@ -166,7 +205,7 @@ class DyingAuthority:
         self.calls = 0
         self.lease = self
 
-    def remote(self, endpoint: str, want: int, report: list) -> object:
+    def remote(self, endpoint: str, want: int, report: list, config: ControlConfig | None = None) -> object:
         self.calls += 1
         if self.calls > 1:
             raise ray.exceptions.ActorDiedError()

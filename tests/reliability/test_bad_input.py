@@ -119,6 +119,8 @@ CASES = [
     Case("mlflow_part_too_small", ok(destination=MLDST + "part_size = 1024\n"), ("[destination]", "part_size", "5 MiB")),
     Case("mlflow_part_too_big", ok(destination=MLDST + "part_size = 6442450944\n"), ("[destination]", "part_size", "5 GiB")),
     Case("wandb_negative_rate", ok(destination=WBDST + "filestream_rate = -1.0\n"), ("[destination]", "filestream_rate")),
+    Case("wandb_run_creation_rate_below_one", ok(destination=WBDST + "run_creation_rate = 0.5\n"),
+         ("[destination]", "run_creation_rate")),
     # -- [[remap]] ----------------------------------------------------------------------------------
     Case("remap_too_many_parts", ok(extra='[[remap]]\nfrom = "a/b/c"\nto = "c/d"\n'), ("[[remap]] #1", "'from'", "entity/project")),
     Case("remap_empty_part", ok(extra='[[remap]]\nfrom = "/b"\nto = "c/d"\n'), ("[[remap]] #1", "'from'", "entity/project")),

@@ -1,6 +1,8 @@
 """Many small runs -> W&B with the per-project run-creation limit on (UpsertBucket answered 429 +
-Retry-After above it): runferry's defaults ride it out, every point lands exactly, no run fails,
-and admission reports the refused endpoint as what the next run waits on.
+Retry-After above it): with the limit known (``run_creation_rate``) runs are created paced under
+it and never refused; with it unknown runferry rides the refusals out. Either way every point
+lands exactly, no run fails, and admission reports the refused endpoint as what the next run
+waits on.
 
 Time is a ``ManualClock`` shared by runferry's limiters and the server's one-second windows: it
 moves only when the test lets it, so the pause a refusal starts lasts until then.
@@ -30,14 +32,15 @@ from tests.manual_clock import ManualClock
 from .test_pipeline_e2e import check_run_against_source, dest_table, source_points, synthetic_table
 
 
-async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, project: str, tmp_path: Path) -> None:
+async def test_many_small_runs_ride_out_an_unknown_run_creation_limit(server: Any, project: str, tmp_path: Path) -> None:
     clock = ManualClock()
     server.faults.clock = clock.now
     server.faults.run_creation_rps_per_project = 1  # of two runs created at once, one is refused
     source = synthetic_table(runs=12, steps=40, keys=2, file_sizes=[], artifact_sizes=[])
     config = parse_config({
         "source": source,
-        "destination": dest_table(server, project, filestream_rate=2.0),  # W&B's per-run default
+        # W&B's per-run default; the run-creation limit not known (found from the 429s)
+        "destination": dest_table(server, project, filestream_rate=2.0, run_creation_rate=0),
         "transfer": {"ledger": str(tmp_path / "ledger.jsonl")},  # runferry's defaults otherwise
     })
     progress = RecordingProgress(clock.now)
@@ -84,6 +87,47 @@ async def test_many_small_runs_ride_out_the_run_creation_limit(server: Any, proj
     for run_id, rows in expected.items():
         check_run_against_source(server, project, run_id, rows)
 
+
+
+async def _migrate_on_a_running_clock(server: Any, project: str, tmp_path: Path, clock: ManualClock, *,
+                                      run_creation_rate: float) -> Any:
+    """60 one-key runs into a server limiting run creation to 20/s per project, on virtual time
+    (one clock for the server's windows and runferry's limiters); returns the migration's totals
+    and the run-creation limiter's statistics."""
+    server.faults.clock = clock.now
+    server.faults.run_creation_rps_per_project = 20
+    config = parse_config({
+        "source": synthetic_table(runs=60, steps=5, keys=1, file_sizes=[], artifact_sizes=[]),
+        "destination": dest_table(server, project, run_creation_rate=run_creation_rate),
+        "transfer": {"ledger": str(tmp_path / f"{project}.jsonl")},
+    })
+    progress = RecordingProgress(clock.now)
+    limiters = LimiterRegistry.from_mapping(config.ratelimit, clock=clock)
+    context = dataclasses.replace(make_context(config, progress), limiters=limiters, clock=clock)
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(clock.run)
+            await migrate(config, progress=progress, adapters=open_adapters(config, context), limiters=limiters)
+            tg.cancel_scope.cancel()
+    (stats,) = [s for s in limiters.statistics() if "#run-creation/" in s.endpoint]
+    return progress.totals, stats
+
+
+async def test_a_known_run_creation_limit_is_paced_under_from_the_first_run(server: Any, project: str,
+                                                                            tmp_path: Path) -> None:
+    clock = ManualClock()
+    totals, stats = await _migrate_on_a_running_clock(server, project, tmp_path, clock, run_creation_rate=20)
+    assert server.faults.injected.get("ratelimit:run_create", 0) == 0
+    assert (totals.runs_done, totals.runs_failed, totals.failures) == (60, 0, [])
+    assert (stats.successes, stats.throttles, stats.paused_for) == (60, 0, 0)
+    assert 19.0 <= stats.rate_limit <= 19.5  # 95 % of the limit, climbing to at most 97.5 %
+    source = synthetic_table(runs=60, steps=5, keys=1, file_sizes=[], artifact_sizes=[])
+    for run_id, rows in (await source_points(source)).items():
+        check_run_against_source(server, project, run_id, rows)
+    # the same server with the limit not known: found by refusals (what the declaration saves)
+    server.faults.injected.clear()
+    _, unknown = await _migrate_on_a_running_clock(server, f"{project}-unknown", tmp_path, clock, run_creation_rate=0)
+    assert server.faults.injected["ratelimit:run_create"] >= 1 and unknown.throttles >= 1
 
 
 async def test_a_refused_run_creation_pauses_only_its_own_project(server: Any, project: str) -> None:
