@@ -166,6 +166,7 @@ class EndpointLimiter:
         self._sending = 0
         self._accepted = RateMeter(self.config.meter_window)
         self._attempts = RateMeter(self.config.meter_window)
+        self._answered = RateMeter(self.config.meter_window)  # every answer, by when it came
         self._counts = {kind: 0 for kind in OutcomeKind}
         self._retries = 0
         self._retries_refused = 0
@@ -200,6 +201,13 @@ class EndpointLimiter:
         would go out in a clump (4 run creations in 1 ms after a 55 ms stall at 78/s), and a
         server counting per window then sees more than the pace in the next one (W&B refused
         run creation at 77/s paced).
+
+        With the endpoint's ``window_limit`` known, no turn lapses; instead every turn waits
+        until the requests answered in the last window plus those in flight leave room for it.
+        A request that arrives in the server's window ending at its own arrival was answered
+        after that window began or is still in flight, so the server never counts more than
+        the limit, and what a stall held back is caught up (lapsed turns cost ~4 % of W&B's run
+        creation rate on a busy 2-core machine).
         """
         delayed = lapsed = False
         while True:
@@ -221,7 +229,10 @@ class EndpointLimiter:
             woke = self.clock.now()
             if woke < self._state.paused_until:
                 continue
-            if not lapsed and woke - start > tolerance + 1.0 / rate:
+            if self.config.window_limit is not None:
+                if self._answered.count(woke) + self._sending + 1 > self.config.window_limit:
+                    continue  # the window is full: the next turn
+            elif not lapsed and woke - start > tolerance + 1.0 / rate:
                 lapsed = True
                 continue
             self._delayed += delayed
@@ -230,6 +241,7 @@ class EndpointLimiter:
     def _record(self, ticket: Ticket) -> None:
         now = self.clock.now()
         self._counts[ticket.kind] += 1
+        self._answered.add(now)
         if ticket.kind is OutcomeKind.SUCCESS:
             self._accepted.add(now)
         outcome = Outcome(

@@ -61,6 +61,12 @@ class RateMeter:
         self._expire(now)
         return self._total / max(self._window / YOUNG_BUCKETS, self._covered(now))
 
+    def count(self, now: float) -> int:
+        """Events in the kept buckets: the last window, and up to one bucket before it."""
+        if self._start is not None:
+            self._expire(now)
+        return self._total
+
     def window_rate(self, now: float) -> float:
         """Events in the last whole window, per second, however young the meter: what a server
         that counts requests over a window of this length has let through."""

@@ -78,6 +78,11 @@ class ControlConfig:
     cubic_scale: float = 0.4  # CUBIC C, in (requests/s) per s^3
     min_cycle_requests: float = 150.0  # gentler C below ~60 requests/s (see ``cubic_scale()``); 0: off
     burst_seconds: float = 0.05  # pacing tolerance: bursts of up to rate * burst_seconds + 1
+    # Requests the endpoint allows per ``meter_window`` when that is known (a sliding-window
+    # limit, such as W&B's run creation): every paced turn then also keeps the requests answered
+    # in the last window plus those in flight below it, and a turn the event loop overslept is
+    # caught up within it instead of lapsing (see ``EndpointLimiter._wait_for_turn``). None: unknown.
+    window_limit: float | None = None
     backoff_base: float = 0.1
     backoff_cap: float = 20.0
     jitter: Jitter = Jitter.FULL
@@ -105,6 +110,8 @@ class ControlConfig:
             raise ValueError("min_rate, cubic_scale and meter_window must be > 0")
         if self.min_cycle_requests < 0 or self.decrease_guard < 0 or self.pause_cycles < 0:
             raise ValueError("min_cycle_requests, decrease_guard and pause_cycles must be >= 0")
+        if self.window_limit is not None and self.window_limit < 1:
+            raise ValueError("window_limit must be at least 1 request per meter_window")
         for name in ("initial_rate", "max_rate"):
             value = getattr(self, name)
             if value is not None and value < self.min_rate:

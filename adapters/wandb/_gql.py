@@ -8,6 +8,8 @@ into ``core.errors`` exactly like HTTP statuses.
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -130,11 +132,13 @@ def run_creation_pacing(rate: float) -> dict[str, float]:
     W&B counts creations in a sliding one-second window and answers the first one over it with
     429 + ``Retry-After``: a pause of a second or more, the cost of finding the limit by
     probing. With the limit known, creations start paced just under it (95 %) and may climb to
-    97.5 % of it, never early (no burst tolerance: a burst trips a window below the rate);
-    the margin absorbs the jitter between sending and the server's clock. A refusal still
+    97.5 % of it, never early (no burst tolerance: a burst trips a window below the rate), and
+    no second's creations (answered in it or in flight) exceed 99 % of it: turns a busy event
+    loop overslept are caught up within that count instead of being lost. A refusal still
     lowers the pace as for any throttle.
     """
-    return {"initial_rate": 0.95 * rate, "max_rate": 0.975 * rate, "burst_seconds": 0.0}
+    return {"initial_rate": 0.95 * rate, "max_rate": 0.975 * rate, "burst_seconds": 0.0,
+            "window_limit": max(1.0, math.floor(0.99 * rate)), "meter_window": 1.0}
 
 
 def classify_graphql(status: int, headers: Mapping[str, str], body: bytes) -> Classification:

@@ -78,6 +78,42 @@ async def test_turns_a_busy_event_loop_overslept_lapse_instead_of_leaving_in_a_c
     assert sorted(starts) == pytest.approx([0.0, 0.35, 0.4, 0.5, 0.6, 0.7])
 
 
+async def _paced_requests(limiter: EndpointLimiter, clock: ManualClock, count: int, latency: float) -> list[float]:
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot() as ticket:
+            starts.append(ticket.started_at)
+            await clock.sleep(latency)
+            ticket.success()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(clock.run)
+            async with anyio.create_task_group() as requests:
+                for _ in range(count):
+                    requests.start_soon(one)
+            tg.cancel_scope.cancel()
+    return sorted(starts)
+
+
+async def test_with_a_known_window_limit_overslept_turns_are_caught_up_within_it() -> None:
+    """At 10/s with at most 10 requests a second (answered in it or in flight), the loop wakes
+    the sleeper due at 0.1 only at 0.35: the turns due at 0.1, 0.2 and 0.3 all go then (the
+    window holds one request), the schedule goes on at 0.4; from 1.0 on a turn goes only when a
+    request answered a second before has left the window (requests take 50 ms): the one
+    answered at 0.05 lets 1.1 go, the three caught up (answered at 0.40) let 1.4, 1.5, 1.6 go."""
+    clock = ManualClock(0.0)
+    clock.stall(at=0.1, seconds=0.25)
+    config = ControlConfig(initial_rate=10.0, burst_seconds=0.0, window_limit=10, max_rate=10.0)
+    limiter = EndpointLimiter("e", config, clock=clock)
+    starts = await _paced_requests(limiter, clock, 14, latency=0.05)
+    assert starts == pytest.approx([0.0, 0.35, 0.35, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.4, 1.5, 1.6])
+    # no second holds more than 10 (a request counts from its start until a second after its answer)
+    for start in starts:
+        assert sum(1 for other in starts if start - 1.0 - 0.05 < other <= start) <= 10
+
+
 async def test_unpaced_limiter_never_sleeps() -> None:
     clock = FakeClock()
     limiter = EndpointLimiter("e", clock=clock)
@@ -341,6 +377,7 @@ def test_a_declaration_the_users_settings_contradict_gives_way() -> None:
     [
         ({"max_concurency": 3}, "unknown key 'max_concurency'"),
         ({"rate_decrease": 2.0}, "rate_decrease"),
+        ({"window_limit": 0.5}, "window_limit"),
         ({"endpoints": {"http://a:1": {"bogus": 1}}}, "[ratelimit].endpoints.'http://a:1': unknown key 'bogus'"),
         ({"endpoints": 3}, "endpoints must be a table"),
     ],
