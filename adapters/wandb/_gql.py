@@ -131,13 +131,13 @@ def run_creation_pacing(rate: float) -> dict[str, float]:
 
     W&B counts creations in a sliding one-second window and answers the first one over it with
     429 + ``Retry-After``: a pause of a second or more, the cost of finding the limit by
-    probing. With the limit known, creations start paced just under it (95 %) and may climb to
-    97.5 % of it, never early (no burst tolerance: a burst trips a window below the rate), and
-    no second's creations (answered in it or in flight) exceed 99 % of it: turns a busy event
-    loop overslept are caught up within that count instead of being lost. A refusal still
-    lowers the pace as for any throttle.
+    probing. With the limit known, creations start paced just under it (97.5 %) and may climb
+    to 99 % of it, never early (no burst tolerance: a burst trips a window below the rate), and
+    no second's creations (answered in it or in flight) exceed 99 % of it, which holds at the
+    server whatever the network's delays: turns a busy event loop overslept are caught up
+    within that count instead of being lost. A refusal still lowers the pace as for any throttle.
     """
-    return {"initial_rate": 0.95 * rate, "max_rate": 0.975 * rate, "burst_seconds": 0.0,
+    return {"initial_rate": 0.975 * rate, "max_rate": 0.99 * rate, "burst_seconds": 0.0,
             "window_limit": max(1.0, math.floor(0.99 * rate)), "meter_window": 1.0}
 
 

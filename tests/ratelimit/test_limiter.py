@@ -355,9 +355,9 @@ def test_an_adapter_declared_limit_applies_unless_the_user_configured_those_endp
         },
         clock=FakeClock(),
     )
-    registry.declare("http://w:1/graphql#run-creation/", initial_rate=76.0, max_rate=78.0, burst_seconds=0.0)
+    registry.declare("http://w:1/graphql#run-creation/", initial_rate=78.0, max_rate=79.2, burst_seconds=0.0)
     declared = registry.get("http://w:1/graphql#run-creation/team/project").config
-    assert (declared.initial_rate, declared.max_rate, declared.burst_seconds) == (76.0, 78.0, 0.0)
+    assert (declared.initial_rate, declared.max_rate, declared.burst_seconds) == (78.0, 79.2, 0.0)
     assert (declared.cubic_scale, declared.max_concurrency) == (0.2, 64)
     mine = registry.get("http://w:1/graphql#run-creation/mine/project").config
     assert (mine.initial_rate, mine.max_rate, mine.burst_seconds) == (20.0, None, 0.05)
