@@ -204,11 +204,12 @@ class ClusterLimiterRegistry(LimiterRegistry):
 
 
 def share_of(config: ControlConfig, workers: int) -> ControlConfig:
-    """One worker's static share of an endpoint's configured rates."""
+    """One worker's static share of an endpoint's configured rates (and of its window limit)."""
     def part(rate: float | None) -> float | None:
         return None if rate is None else max(config.min_rate, rate / workers)
 
-    return config.replace(initial_rate=part(config.initial_rate), max_rate=part(config.max_rate))
+    window = None if config.window_limit is None else max(1.0, math.floor(config.window_limit / workers))
+    return config.replace(initial_rate=part(config.initial_rate), max_rate=part(config.max_rate), window_limit=window)
 
 
 @dataclass(frozen=True)

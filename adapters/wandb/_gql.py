@@ -9,7 +9,6 @@ into ``core.errors`` exactly like HTTP statuses.
 from __future__ import annotations
 
 import math
-
 import re
 from collections.abc import Mapping
 from typing import Any

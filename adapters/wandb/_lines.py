@@ -75,10 +75,13 @@ class AssemblyStats:
 
 
 def _float_text(values: pa.Array | np.ndarray) -> pa.Array:
-    """float64 -> JSON number text exactly as the SDK would write it (NaN/Infinity extended).
+    """float64 -> JSON number text that parses back to the same double (NaN/Infinity extended,
+    as the SDK writes them).
 
-    Arrow's cast gives the shortest round-trip text; integral values come out without a
-    fraction ("1", "-0"), so ``.0`` is appended where the text has neither "." nor "e".
+    Arrow's cast gives the shortest round-trip digits; integral values come out without a
+    fraction ("1", "-0"), so ``.0`` is appended where the text has neither "." nor "e". The
+    notation is Arrow's, not Python's ``repr``: some exponents are written differently
+    (``0.00001`` for ``1e-05``, ``1e+15`` for ``1000000000000000.0``), the value never.
     """
     array = values if isinstance(values, np.ndarray) else values.to_numpy(zero_copy_only=False)
     array = np.asarray(array, dtype=np.float64)

@@ -195,6 +195,7 @@ def test_the_fallback_share_is_the_rate_split_evenly() -> None:
     share = share_of(config, 4)
     assert (share.initial_rate, share.max_rate) == (10.0, 20.0)
     assert share_of(ControlConfig(), 4).initial_rate is None
+    assert share_of(ControlConfig(window_limit=79), 4).window_limit == 19  # no worker catches up beyond its share
 
 
 class DyingAuthority:
