@@ -7,7 +7,9 @@ can re-render them, and see the median, the range and the machine they came from
     python -m bench report [--results DIR] [--out FILE.md] [--charts DIR] [--no-charts] [--readme README.md]
 
 ``--readme`` replaces the README's block between ``README_START`` and ``README_END`` with the
-rendering (a test keeps the committed README equal to the rendering of the committed results).
+rendering, and the one between ``GRID_START`` and ``GRID_END`` with the SlowDown grid of the
+cell results (``s3_slowdown --grid``); a test keeps the committed README equal to the rendering
+of the committed results.
 Results with a ``runferry`` tool go into the comparison table (one row per peer); the others
 (runferry alone in several settings: scale-out, memory cases) into a table of their own.
 """
@@ -19,10 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.results import load_results, results_dir
+from bench.results import load_cells, load_results, results_dir
 
 README_START = "<!-- bench-results:start (rendered by python -m bench report --readme README.md; do not edit) -->"
 README_END = "<!-- bench-results:end -->"
+GRID_START = "<!-- bench-grid:start (rendered by python -m bench report --readme README.md; do not edit) -->"
+GRID_END = "<!-- bench-grid:end -->"
+GRID_CLIENTS = ("runferry", "boto3 standard", "boto3 adaptive")
 
 
 def _range(stats: dict[str, Any]) -> str:
@@ -99,12 +104,54 @@ def readme_block(results: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def render_readme(text: str, results: list[dict[str, Any]]) -> str:
-    """``text`` with its results block replaced by the rendering of ``results``."""
-    start, end = text.find(README_START), text.find(README_END)
+def grid_block(grids: list[dict[str, Any]]) -> str:
+    """The SlowDown grid (``s3_slowdown --grid`` results, ``write_cells``): one row per front
+    shape, per client goodput / throttled share after 10 s for each prefix count, failures when
+    any; cells of several runs merged, the newest measurement of a cell winning."""
+    cells: dict[tuple[float, float, int, str], dict[str, Any]] = {}
+    for grid in sorted(grids, key=lambda g: g.get("measured_at", "")):
+        for cell in grid["cells"]:
+            cells[(cell["rate"], cell["burst_s"], cell["prefixes"], cell["client"])] = cell
+    rows = []
+    for rate, burst in sorted({(rate, burst) for rate, burst, _, _ in cells}):
+        counts = sorted({n for r, b, n, _ in cells if (r, b) == (rate, burst)})
+        row = [f"{rate:g}/s, {burst:g} s", " / ".join(str(n) for n in counts)]
+        for client in GRID_CLIENTS:
+            row.append("; ".join(_grid_cell(cells.get((rate, burst, n, client))) for n in counts))
+        rows.append(row)
+    header = ["front (R per prefix, burst)", "prefixes", "runferry goodput / throttled after 10 s", *GRID_CLIENTS[1:]]
+    sources = [f"`{_without_workdir(g['command'])}` (commit {g['versions'].get('runferry commit')}, "
+               f"{g['measured_at'][:10]}, load {_load_range(g['cells'])})" for g in grids]
+    parts = [GRID_START, "", _markdown(header, rows), "Cells from: " + "; ".join(sources) + ".", "", GRID_END]
+    return "\n".join(parts)
+
+
+def _load_range(cells: list[dict[str, Any]]) -> str:
+    loads = [c["load_average"] for c in cells if "load_average" in c]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?"
+
+
+def _grid_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "not run"
+    failed = f" ({cell['failed']:,} failed)" if cell["failed"] else ""
+    return f"{cell['goodput']:.3f} / {100 * cell['throttled_after_10s']:.2f} %{failed}"
+
+
+def render_readme(text: str, results: list[dict[str, Any]], grids: list[dict[str, Any]] | None = None) -> str:
+    """``text`` with its results block replaced by the rendering of ``results``, and its grid
+    block (when it has one) by the rendering of ``grids``."""
+    text = _replace_block(text, README_START, README_END, readme_block(results))
+    if grids and GRID_START in text:
+        text = _replace_block(text, GRID_START, GRID_END, grid_block(grids))
+    return text
+
+
+def _replace_block(text: str, start_marker: str, end_marker: str, block: str) -> str:
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"the README has no block between {README_START!r} and {README_END!r}")
-    return text[:start] + readme_block(results) + text[end + len(README_END):]
+        raise SystemExit(f"the README has no block between {start_marker!r} and {end_marker!r}")
+    return text[:start] + block + text[end + len(end_marker):]
 
 
 def chart(result: dict[str, Any], path: Path) -> Path:
@@ -146,7 +193,7 @@ def main(argv: list[str]) -> int:
         print(f"no results in {a.results}: run a scenario first", file=sys.stderr)
         return 1
     if a.readme:
-        a.readme.write_text(render_readme(a.readme.read_text(), results))
+        a.readme.write_text(render_readme(a.readme.read_text(), results, load_cells(a.results)))
         print(f"rendered: {a.readme}", file=sys.stderr)
     table = markdown_table(results)
     if a.out:

@@ -173,29 +173,69 @@ def write_result(
     """``<directory>/<scenario>.json`` (the newest result of a scenario replaces the last);
     ``<scenario>-<variant>.json`` for a partial run (e.g. ``runferry-only``), so it never
     replaces the headline result."""
-    directory = directory or results_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     summary = summarize(samples)
     body = {
-        "scenario": f"{scenario}-{variant}" if variant else scenario,
-        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench " + " ".join([scenario, *sys.argv[2:]]) if sys.argv[1:2] == [scenario] else scenario,
-        "inputs": inputs,
-        "versions": {"runferry commit": git_commit(), **versions},
-        "machine": machine_facts(),
+        **_envelope(scenario, variant, inputs, versions),
         "headline": headline,
         "summary": {tool: asdict(s) for tool, s in summary.items()},
         "samples": [asdict(s) for s in samples],
         "notes": list(notes),
     }
-    path = directory / (f"{scenario}-{variant}.json" if variant else f"{scenario}.json")
+    return _write(body, directory)
+
+
+def write_cells(
+    scenario: str,
+    *,
+    inputs: dict[str, Any],
+    versions: dict[str, Any],
+    cells: Sequence[Mapping[str, Any]],
+    variant: str | None = None,
+    directory: Path | None = None,
+    command: str | None = None,
+    commit: str | None = None,
+) -> Path:
+    """A result of measured cells rather than timed samples (``s3_slowdown --grid``: goodput and
+    throttled share per front shape and client), with the same inputs, versions and machine;
+    ``command`` / ``commit`` record a run's rows written after it (default: this process)."""
+    body = {**_envelope(scenario, variant, inputs, versions, command=command, commit=commit), "cells": list(cells)}
+    return _write(body, directory)
+
+
+def _envelope(scenario: str, variant: str | None, inputs: dict[str, Any], versions: dict[str, Any], *,
+              command: str | None = None, commit: str | None = None) -> dict[str, Any]:
+    if command is None:
+        command = "python -m bench " + " ".join([scenario, *sys.argv[2:]]) if sys.argv[1:2] == [scenario] else scenario
+    return {
+        "scenario": f"{scenario}-{variant}" if variant else scenario,
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "inputs": inputs,
+        "versions": {"runferry commit": commit or git_commit(), **versions},
+        "machine": machine_facts(),
+    }
+
+
+def _write(body: dict[str, Any], directory: Path | None) -> Path:
+    """``<directory>/<scenario>.json``: the newest result of a scenario replaces the last."""
+    directory = directory or results_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{body['scenario']}.json"
     path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
     return path
 
 
 def load_results(directory: Path | None = None) -> list[dict[str, Any]]:
-    """Every scenario result (``write_result``'s shape) in ``directory``; other JSON there (raw
-    rows such as ``s3_slowdown --grid``'s cells) is not a result and is skipped."""
+    """Every timed result (``write_result``'s shape) in ``directory``."""
+    return [r for r in _load(directory) if "summary" in r and "samples" in r]
+
+
+def load_cells(directory: Path | None = None) -> list[dict[str, Any]]:
+    """Every result of measured cells (``write_cells``'s shape) in ``directory``."""
+    return [r for r in _load(directory) if "cells" in r]
+
+
+def _load(directory: Path | None) -> list[dict[str, Any]]:
     directory = directory or results_dir()
     loaded = (json.loads(p.read_text()) for p in sorted(directory.glob("*.json")))
-    return [r for r in loaded if isinstance(r, dict) and "summary" in r and "samples" in r]
+    return [r for r in loaded if isinstance(r, dict)]

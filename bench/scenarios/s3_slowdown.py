@@ -62,7 +62,7 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from bench.results import Sample, alternating_order, package_version, summarize, write_result
+from bench.results import Sample, alternating_order, package_version, summarize, write_cells, write_result
 from core.protocols import AdapterContext
 from adapters.local._io import write_piece
 from adapters.s3 import MIB, S3Config, S3Store, S3Url
@@ -71,6 +71,7 @@ from ratelimit import ControlConfig, LimiterRegistry
 from tests.servers.s3front import S3Stack, start_s3_stack
 
 BUCKET = "rf-bench"
+DEFAULT_CLIENTS = "runferry,standard,adaptive"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -83,7 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--boto-threads", type=int, default=16, help="boto3 fixed concurrency")
     parser.add_argument("--object-bytes", type=int, default=1024)
     parser.add_argument("--upstream", choices=("sink", "moto"), default="sink")
-    parser.add_argument("--clients", default="runferry,standard,adaptive")
+    parser.add_argument("--clients", default=DEFAULT_CLIENTS)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--file-mib", type=int, default=128)
     parser.add_argument("--skip-bytes", action="store_true", help="skip the rclone comparison")
@@ -268,6 +269,22 @@ def grid_part(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                         rows.append({"rate": rate, "burst_s": burst, "prefixes": count, **row})
                         (out / "grid.json").write_text(json.dumps(rows, indent=1, default=str))
     return rows
+
+
+def write_grid_result(args: argparse.Namespace, rows: list[dict[str, Any]], *, command: str | None = None,
+                      commit: str | None = None) -> Path:
+    """The grid's cells in bench/results (``write_cells``), rendered by ``python -m bench report``
+    as the README's grid table: ``s3_slowdown-grid.json`` for every client, or
+    ``s3_slowdown-grid-<clients>.json`` for a run of fewer (its cells are added to the table).
+    ``command`` / ``commit``: those of the run that measured ``rows`` (default: this one)."""
+    clients = args.clients.split(",")
+    variant = "grid" if clients == DEFAULT_CLIENTS.split(",") else "grid-" + "-".join(clients)
+    inputs = {"seconds": args.seconds, "max_attempts": args.max_attempts, "workers": args.workers,
+              "boto_threads": args.boto_threads, "object_bytes": args.object_bytes, "upstream": args.upstream,
+              "clients": clients, "rates": args.grid_rates, "bursts": args.grid_bursts, "prefixes": args.grid_prefixes}
+    versions = {name: package_version(name) for name in ("runferry", "aiobotocore", "botocore", "boto3", "moto")}
+    return write_cells("s3_slowdown", inputs=inputs, versions=versions, cells=rows, variant=variant,
+                       command=command, commit=commit)
 
 
 def print_grid(rows: list[dict[str, Any]]) -> None:
@@ -614,6 +631,7 @@ def main(argv: list[str]) -> int:
         report["grid"] = rows = grid_part(args, out)
         print()
         print_grid(rows)
+        print(f"result: {write_grid_result(args, rows)}")
         (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
         return 0
     print(f"S3 SlowDown bench: R = {args.rate:g} writes/s per prefix, {args.seconds:g} s per client, upstream {args.upstream}")

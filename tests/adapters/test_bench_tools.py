@@ -156,3 +156,42 @@ def test_the_readme_results_block_is_the_rendering_of_the_committed_results() ->
     assert block == readme_block(load_results(results_dir())), "run: python -m bench report --readme README.md"
     for result in load_results(results_dir()):
         assert (results_dir() / f"{result['scenario']}.png").exists(), f"no chart for {result['scenario']}"
+
+
+def _cell(rate: float, burst: float, prefixes: int, client: str, goodput: float, after: float, failed: int = 0) -> dict:
+    return {"rate": rate, "burst_s": burst, "prefixes": prefixes, "client": client, "goodput": goodput,
+            "throttled_after_10s": after, "failed": failed}
+
+
+def test_grid_cells_render_one_row_per_front_the_newest_measurement_of_a_cell_winning(tmp_path: Path) -> None:
+    from bench.report import GRID_END, GRID_START, grid_block, render_readme
+    from bench.results import load_cells, load_results, write_cells
+
+    old = [_cell(20, 0.1, 1, "runferry", 0.9, 0.05), _cell(20, 0.1, 4, "runferry", 0.95, 0.004),
+           _cell(20, 0.1, 1, "boto3 standard", 0.95, 0.938, failed=14674)]
+    path = write_cells("s3_slowdown", inputs={}, versions={}, cells=old, variant="grid", directory=tmp_path,
+                       command="python -m bench s3_slowdown --grid --out /tmp/x", commit="abc1234")
+    path.write_text(path.read_text().replace('"measured_at": "20', '"measured_at": "19', 1))  # an older run
+    newer = [_cell(20, 0.1, 1, "runferry", 0.974, 0.0051), _cell(1000, 2, 1, "runferry", 1.031, 0.0017)]
+    write_cells("s3_slowdown", inputs={}, versions={}, cells=newer, variant="grid-runferry", directory=tmp_path)
+    grids = load_cells(tmp_path)
+    assert len(grids) == 2 and load_results(tmp_path) == []  # cells are not timed results
+    rows = [line for line in grid_block(grids).splitlines() if line.startswith("| ")]
+    assert rows[1:] == [
+        "| 20/s, 0.1 s | 1 / 4 | 0.974 / 0.51 %; 0.950 / 0.40 % | 0.950 / 93.80 % (14,674 failed); not run | not run; not run |",
+        "| 1000/s, 2 s | 1 | 1.031 / 0.17 % | not run | not run |",
+    ]
+    assert "`python -m bench s3_slowdown --grid` (commit abc1234" in grid_block(grids)
+    text = f"before\n{GRID_START}\nstale\n{GRID_END}\nafter"
+    rendered = render_readme("x <!-- bench-results:start (rendered by python -m bench report --readme README.md; "
+                             "do not edit) --> <!-- bench-results:end -->\n" + text, [], grids)
+    assert "stale" not in rendered and rendered.endswith("after") and rows[1] in rendered
+
+
+def test_the_readme_grid_block_is_the_rendering_of_the_committed_cells() -> None:
+    from bench.report import GRID_END, GRID_START, grid_block
+    from bench.results import load_cells, results_dir
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme[readme.index(GRID_START):readme.index(GRID_END) + len(GRID_END)]
+    assert block == grid_block(load_cells(results_dir())), "run: python -m bench report --readme README.md"
