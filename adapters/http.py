@@ -341,7 +341,7 @@ class HttpClient:
         """A documented limit of this server's requests under ``limit_key`` (``request_json``'s
         own-limiter keys starting with it): ``ControlConfig`` fields for their limiters, unless
         the user configured those endpoints (``LimiterRegistry.declare``)."""
-        self._limiters.declare(endpoint_of(self.url("")) + limit_key, **changes)
+        self._limiters.declare(endpoint_of(self.base_url) + limit_key, **changes)
 
     async def request_json(
         self,

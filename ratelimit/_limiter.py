@@ -42,6 +42,26 @@ from ._policy import (
 )
 
 
+def measured_outcome(
+    kind: OutcomeKind, now: float, started_at: float, *, in_flight: int, accepted: RateMeter, attempts: RateMeter,
+    retry_after: float | None,
+) -> Outcome:
+    """A request's outcome with the meters' figures at ``now`` (a success counted in ``accepted``
+    first; the whole-window rate only for a throttle, the one outcome the policy reads it for)."""
+    if kind is OutcomeKind.SUCCESS:
+        accepted.add(now)
+    return Outcome(
+        kind=kind,
+        now=now,
+        started_at=started_at,
+        in_flight=in_flight,
+        accepted_rate=accepted.rate(now),
+        retry_after=retry_after,
+        attempt_rate=attempts.rate(now),
+        window_accepted_rate=accepted.window_rate(now) if kind is OutcomeKind.THROTTLE else None,
+    )
+
+
 class AdjustableSemaphore:
     """A FIFO semaphore whose capacity can change while tasks hold or wait for it.
 
@@ -241,19 +261,10 @@ class EndpointLimiter:
     def _record(self, ticket: Ticket) -> None:
         now = self.clock.now()
         self._counts[ticket.kind] += 1
-        self._answered.add(now)
-        if ticket.kind is OutcomeKind.SUCCESS:
-            self._accepted.add(now)
-        outcome = Outcome(
-            kind=ticket.kind,
-            now=now,
-            started_at=ticket.paced_at,
-            in_flight=self._sending,
-            accepted_rate=self._accepted.rate(now),
-            retry_after=ticket.retry_after,
-            attempt_rate=self._attempts.rate(now),
-            window_accepted_rate=self._accepted.window_rate(now) if ticket.kind is OutcomeKind.THROTTLE else None,
-        )
+        if self.config.window_limit is not None:  # only the window check reads it
+            self._answered.add(now)
+        outcome = measured_outcome(ticket.kind, now, ticket.paced_at, in_flight=self._sending,
+                                   accepted=self._accepted, attempts=self._attempts, retry_after=ticket.retry_after)
         self._state = next_state(self._state, outcome, self.config)
         self._slots.set_limit(concurrency_limit(self._state))
 

@@ -70,7 +70,4 @@ class RateMeter:
     def window_rate(self, now: float) -> float:
         """Events in the last whole window, per second, however young the meter: what a server
         that counts requests over a window of this length has let through."""
-        if self._start is None:
-            return 0.0
-        self._expire(now)
-        return self._total / self._window
+        return self.count(now) / self._window

@@ -32,9 +32,8 @@ import anyio
 
 from engine.config import Config
 from ratelimit import ControlConfig, EndpointLimiter, LimiterRegistry, RateMeter
-from ratelimit._limiter import Ticket
+from ratelimit._limiter import Ticket, measured_outcome
 from ratelimit._policy import (
-    Outcome,
     OutcomeKind,
     apply_quota,
     effective_rate,
@@ -107,13 +106,8 @@ class SlotAuthority:
         if kind == "quota":
             ep.state = apply_quota(ep.state, now, float(item[1]), float(item[2]), ep.config)
             return
-        outcome_kind = OutcomeKind(kind)
-        if outcome_kind is OutcomeKind.SUCCESS:
-            ep.accepted.add(now)
-        outcome = Outcome(kind=outcome_kind, now=now, started_at=float(item[1]), in_flight=0,
-                          accepted_rate=ep.accepted.rate(now), retry_after=item[2] if len(item) > 2 else None,
-                          attempt_rate=ep.attempts.rate(now),
-                          window_accepted_rate=ep.accepted.window_rate(now) if outcome_kind is OutcomeKind.THROTTLE else None)
+        outcome = measured_outcome(OutcomeKind(kind), now, float(item[1]), in_flight=0, accepted=ep.accepted,
+                                   attempts=ep.attempts, retry_after=item[2] if len(item) > 2 else None)
         ep.state = next_state(ep.state, outcome, ep.config)
 
 
@@ -130,8 +124,7 @@ class ClusterEndpointLimiter(EndpointLimiter):
         self._fetching = anyio.Lock()
         self._fallback_until = float("-inf")
         self._cluster_rate: float | None = None
-        self._burst = config.burst_seconds
-        self._cluster_config = config  # the whole endpoint's, for the authority
+        self._cluster_config = config  # the whole endpoint's (not our share), for the authority
 
     async def _wait_for_turn(self) -> float:
         while True:
@@ -140,7 +133,7 @@ class ClusterEndpointLimiter(EndpointLimiter):
             now = self.clock.now()
             # a slot found later than the tolerance and one interval lapses (as a local turn
             # does, EndpointLimiter._wait_for_turn): never fire stale slots in a clump
-            stale = self._burst + (1.0 / self._cluster_rate if self._cluster_rate else math.inf)
+            stale = self._cluster_config.burst_seconds + (1.0 / self._cluster_rate if self._cluster_rate else math.inf)
             while self._slots_at and self._slots_at[0][0] < now - stale:
                 self._slots_at.popleft()
             if self._slots_at:
