@@ -36,7 +36,9 @@ def _range(stats: dict[str, Any]) -> str:
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:
     """One row per (runferry variant, peer) of a result: command, runferry, peer, ratio of
-    medians, the machine. Tools named ``runferry...`` are runferry's variants, the rest peers."""
+    medians, the machine. Tools named ``runferry...`` are runferry's variants, the rest peers.
+    A headline's ``bounds`` (a server's ceiling measured in the same run: label, median, low,
+    high, n) add a row each, with runferry's median as a multiple of the bound's."""
     summary = result["summary"]
     tools = list(summary)
     ours = [t for t in tools if t.startswith("runferry")] or tools[:1]
@@ -58,6 +60,10 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
                 f"{summary[peer]['median'] / summary[main]['median']:.1f}x" if compared else "",
                 f"median (min-max) of {summary[main]['n']}; {where}; {result.get('measured_at', '')[:10]}",
             ])
+    for bound in result.get("headline", {}).get("bounds", []):  # a server's own ceiling, measured in the same run
+        rows.append([what, _range(summary[ours[0]]), f"{bound['label']} {_range(bound)}",
+                     f"{ours[0]} at {summary[ours[0]]['median'] / bound['median']:.2f}x of it",
+                     f"median (min-max) of {summary[ours[0]]['n']} and {bound['n']}; {where}; {result.get('measured_at', '')[:10]}"])
     return rows
 
 

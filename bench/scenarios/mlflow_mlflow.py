@@ -1,15 +1,16 @@
-"""MLflow -> MLflow: runferry against mlflow-export-import on the same two servers and data.
+"""MLflow -> MLflow: runferry against mlflow-export-import on the same source and data.
 
-Two real ``mlflow server`` processes (SQLite, proxied local artifacts, ``--server-workers``
-worker processes each: 4 by default, as ``mlflow server`` itself starts) are started in the
-work directory; the source gets one experiment of ``--runs`` runs with
-``--keys`` x ``--steps`` points each (default 120 x 200) through the official client. Every
-tool runs ``--repeats`` times (default 3), order alternated, into a fresh destination
-experiment each time, and its output is compared with the source through the MLflow client
-(run names, status, params, every metric point's step, timestamp and value, artifact paths and
-sizes; start/end times for runferry only: mlflow-export-import creates runs at import time)
-BEFORE its time counts; a difference prints and fails the bench. Median, min-max and the ratio
-of medians are printed and written to ``bench/results/mlflow_mlflow.json``.
+A real ``mlflow server`` (SQLite, proxied local artifacts, ``--server-workers`` worker
+processes: 4 by default, as ``mlflow server`` itself starts) holds the source: one experiment
+of ``--runs`` runs with ``--keys`` x ``--steps`` points each (default 120 x 200), seeded through
+the official client. Every measurement writes into a fresh destination server of the same kind
+(an empty store, warmed up before the clock starts), so no tool writes into a database an
+earlier round has grown. Every tool runs ``--repeats`` times (default 3), order alternated, and
+its output is compared with the source through the MLflow client (run names, status, params,
+every metric point's step, timestamp and value, artifact paths and sizes; start/end times for
+runferry only: mlflow-export-import creates runs at import time) BEFORE its time counts; a
+difference prints and fails the bench. Median, min-max and the ratio of medians are printed and
+written to ``bench/results/mlflow_mlflow.json``.
 
 - ``mlflow-export-import``: ``export-experiment`` then ``import-experiment`` (wall times
   summed; installed on first use into ``bench/out/venv-mlflow-export-import``, a venv that sees
@@ -17,11 +18,13 @@ of medians are printed and written to ``bench/results/mlflow_mlflow.json``.
 - ``runferry``: ``python -m engine migrate`` with runferry's defaults (``--runs-concurrency``
   tunes it, and the output says so).
 
-Then, once each (``--no-limits`` skips them), the engine phases timed inside their process:
+Then (``--no-limits`` skips them) the servers' own ceilings, as engine phases timed inside their
+process at several concurrencies (``--ceiling-in-flight``, ``--ceiling-repeats`` rounds each):
 ``read-only`` (the source drained into a destination that discards everything), ``write-only``
-(runs preloaded into memory, then written) and ``migrate``, each with the CPU seconds the two
-servers spent on it: runferry is bound by the destination server (its SQLite store takes one
-writer at a time), the peer by its sequential round trips.
+(runs preloaded into memory, then written into a fresh destination and checked) and
+``migrate`` with the defaults, each with the CPU seconds the servers spent on it. The write
+ceiling (write-only's best median) is what bounds runferry: the destination's SQLite store
+takes one writer at a time. The peer is bound by its sequential round trips.
 
     python -m bench mlflow_mlflow [--runs 120 --keys 4 --steps 50 --repeats 3 --server-workers 4]
 """
@@ -32,6 +35,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +70,8 @@ T0 = 1_700_000_000_000
 # mlflow-export-import creates each run at import time (the original times only go into
 # ``mlflow_exim.*`` tags with --import-source-tags): the peer is not held to them
 PEER_DOES_NOT_KEEP = ("start_time", "end_time")
+# read-only's destination: the engine must not reach it (the discard port, nothing listens)
+UNREACHABLE = "http://127.0.0.1:9"
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -78,7 +85,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
                    help="tune runferry's runs_concurrency (default: not set, runferry's default, as the headline)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-limits", dest="limits", action="store_false",
-                   help="skip the one-shot read-only / write-only / migrate phases")
+                   help="skip the servers' ceilings (read-only / write-only / migrate phases)")
+    p.add_argument("--ceiling-in-flight", type=_numbers, default=[1, 3, 6, 12],
+                   help="max_in_flight values the read-only and write-only ceilings are measured at (default 1,3,6,12)")
+    p.add_argument("--ceiling-repeats", type=int, default=3, help="rounds of every ceiling phase (default 3)")
     p.add_argument("--server-workers", type=int, default=4,
                    help="worker processes of each mlflow server (default 4, mlflow server's own default; "
                         "1 makes each server one CPU-bound process)")
@@ -92,6 +102,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one engine phase in this process
     p.add_argument("--config", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -113,79 +127,145 @@ def main(argv: list[str]) -> int:
 def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
     peer_bin = None if a.skip_peer else _peer_venv()
     source = server_class(workdir / "source", workers=a.server_workers)
-    destination = server_class(workdir / "destination", workers=a.server_workers)
-    _start_both(source, destination)
+    source.start()
     try:
-        print(f"servers: source {source.url}, destination {destination.url}", file=sys.stderr)
+        print(f"source server {source.url}", file=sys.stderr)
         started = time.perf_counter()
         _seed(source.url, a, workdir)
-        for server in (source, destination):
-            _warm_up(server.url, workdir)
+        _warm_up(source.url, workdir)
         seed_s = time.perf_counter() - started
         print(f"seeded {a.runs} runs x {a.keys * a.steps} points in {seed_s:.1f} s", file=sys.stderr)
         expected = _experiment_view(source.url, EXPERIMENT)
-        meters = {"src": _ServerCpu(source), "dst": _ServerCpu(destination)}
+        source_cpu = _ServerCpu(source)
+        fresh = _FreshDestinations(server_class, workdir, a.server_workers)
 
-        def config(name: str, experiment: str) -> Path:
+        def config(name: str, destination_url: str, *, source_in_flight: int | None = None,
+                   destination_in_flight: int | None = None) -> Path:
             transfer: dict[str, Any] = {"ledger": str(workdir / f"{name}-ledger.jsonl"), "artifacts": a.artifact_bytes > 0}
             if a.runs_concurrency:
                 transfer["runs_concurrency"] = a.runs_concurrency  # a tuning run, not the headline
-            return write_toml(workdir / f"{name}.toml", {
-                "source": {"type": "mlflow", "tracking_uri": source.url, "experiments": [EXPERIMENT]},
-                "destination": {"type": "mlflow", "tracking_uri": destination.url, "experiment": experiment},
-                "transfer": transfer,
-            })
+            src: dict[str, Any] = {"type": "mlflow", "tracking_uri": source.url, "experiments": [EXPERIMENT]}
+            dst: dict[str, Any] = {"type": "mlflow", "tracking_uri": destination_url, "experiment": f"{name}-{{experiment}}"}
+            if source_in_flight:
+                src["max_in_flight"] = source_in_flight
+            if destination_in_flight:
+                dst["max_in_flight"] = destination_in_flight
+            return write_toml(workdir / f"{name}.toml", {"source": src, "destination": dst, "transfer": transfer})
 
         def measure(tool: str, repeat: int) -> Sample:
-            for meter in meters.values():
-                meter.take()  # whatever ran before is nobody's
-            if tool == "runferry":
-                name = f"runferry-r{repeat}"
-                child = run_child(python_child("engine", "migrate", str(config(name, name + "-{experiment}"))),
-                                  cwd=workdir).check()
-                wall, cpu, rss, experiment = child.wall_s, child.cpu_s, child.peak_rss_mb, f"{name}-{EXPERIMENT}"
-            else:
-                export_dir, experiment = workdir / f"peer-export-r{repeat}", f"peer-r{repeat}-{EXPERIMENT}"
-                out = run_child([str(peer_bin / "export-experiment"), "--experiment", EXPERIMENT, "--output-dir",
-                                 str(export_dir)], env=child_env({"MLFLOW_TRACKING_URI": source.url})).check()
-                into = run_child([str(peer_bin / "import-experiment"), "--experiment-name", experiment, "--input-dir",
-                                  str(export_dir)], env=child_env({"MLFLOW_TRACKING_URI": destination.url})).check()
-                wall, cpu, rss = out.wall_s + into.wall_s, out.cpu_s + into.cpu_s, max(out.peak_rss_mb, into.peak_rss_mb)
-            used = {k: round(m.take(), 2) for k, m in meters.items()}
-            diffs = _differences(expected, _experiment_view(destination.url, experiment),
-                                 skip=() if tool == "runferry" else PEER_DOES_NOT_KEEP)
-            if diffs:
-                print(f"\n{tool} (round {repeat + 1}) differs from the source:", file=sys.stderr)
-                for line in diffs[:20]:
-                    print("  " + line, file=sys.stderr)
-                raise SystemExit(f"{tool}'s output is not equal to the source: no time reported")
-            return Sample(tool, repeat, wall, cpu, rss, {"src_server_cpu_s": used["src"], "dst_server_cpu_s": used["dst"]})
+            with fresh(f"{tool}-r{repeat}") as (destination, destination_cpu):
+                source_cpu.take()  # whatever ran before is nobody's
+                if tool == "runferry":
+                    name = f"runferry-r{repeat}"
+                    child = run_child(python_child("engine", "migrate", str(config(name, destination.url))),
+                                      cwd=workdir).check()
+                    wall, cpu, rss, experiment = child.wall_s, child.cpu_s, child.peak_rss_mb, f"{name}-{EXPERIMENT}"
+                else:
+                    export_dir, experiment = workdir / f"peer-export-r{repeat}", f"peer-r{repeat}-{EXPERIMENT}"
+                    out = run_child([str(peer_bin / "export-experiment"), "--experiment", EXPERIMENT, "--output-dir",
+                                     str(export_dir)], env=child_env({"MLFLOW_TRACKING_URI": source.url})).check()
+                    into = run_child([str(peer_bin / "import-experiment"), "--experiment-name", experiment, "--input-dir",
+                                      str(export_dir)], env=child_env({"MLFLOW_TRACKING_URI": destination.url})).check()
+                    wall, cpu, rss = out.wall_s + into.wall_s, out.cpu_s + into.cpu_s, max(out.peak_rss_mb, into.peak_rss_mb)
+                used = {"src_server_cpu_s": round(source_cpu.take(), 2), "dst_server_cpu_s": round(destination_cpu.take(), 2)}
+                _fail_on_differences(f"{tool} (round {repeat + 1})", expected, _experiment_view(destination.url, experiment),
+                                     skip=() if tool == "runferry" else PEER_DOES_NOT_KEEP)
+            return Sample(tool, repeat, wall, cpu, rss, used)
 
         tools = ["runferry"] + ([] if peer_bin is None else ["mlflow-export-import"])
         samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True),
                                  rounds=None if a.peer_repeats is None else {"mlflow-export-import": a.peer_repeats})
-        limits = _limits(a, config, meters) if a.limits else {}
+        limits = _limits(a, config, source_cpu, fresh, expected) if a.limits else {}
         return _report(a, tools, samples, limits, seed_s, peer_bin)
     finally:
-        _stop_both(source, destination)
+        source.stop()
 
 
-def _limits(a: argparse.Namespace, config: Any, meters: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """One run of each engine phase, timed inside its process: read-only (the source drained
-    into a null destination), write-only (runs preloaded into memory, then written) and migrate."""
-    limits = {}
-    for phase in ("read-only", "write-only", "migrate"):
-        for meter in meters.values():
-            meter.take()
-        child = run_child(python_child("bench", "mlflow_mlflow", "--phase", phase, "--config",
-                                       str(config(phase, f"{phase}-{{experiment}}"))), cwd=REPO).check()
-        used = {k: round(m.take(), 2) for k, m in meters.items()}
-        limits[phase] = {"seconds": json.loads(child.stdout.strip().splitlines()[-1])["seconds"],
-                         "src_server_cpu_s": used["src"], "dst_server_cpu_s": used["dst"]}
-    return limits
+class _FreshDestinations:
+    """A new, warmed-up destination server (empty SQLite store) for every measurement: no tool
+    or phase writes into a database an earlier one has grown. Removed once measured."""
+
+    def __init__(self, server_class: Any, workdir: Path, workers: int) -> None:
+        self._server_class, self._workdir, self._workers = server_class, workdir, workers
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Any:
+        root = self._workdir / "destinations" / name
+        server = self._server_class(root, workers=self._workers)
+        server.start()
+        try:
+            _warm_up(server.url, self._workdir)
+            meter = _ServerCpu(server)
+            yield server, meter
+        finally:
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
 
-def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limits: dict[str, dict[str, float]],
+def _limits(a: argparse.Namespace, config: Any, source_cpu: Any, fresh: _FreshDestinations,
+            expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The servers' own ceilings, as the engine phases timed inside their process reach them at
+    every ``--ceiling-in-flight`` (``--ceiling-repeats`` rounds, the concurrencies alternated):
+    ``read-only`` (the source drained into a destination that discards everything; the source's
+    ``max_in_flight``), ``write-only`` (runs preloaded into memory, then written into a fresh
+    destination, checked against the source; the destination's ``max_in_flight``); and
+    ``migrate`` with the defaults. A phase's ceiling is its best median over the concurrencies."""
+    runs: list[dict[str, Any]] = []
+
+    def run_phase(phase: str, in_flight: int | None, repeat: int) -> None:
+        name = f"{phase}-{in_flight or 'default'}-r{repeat}"
+        where: Any = contextlib.nullcontext((None, None)) if phase == "read-only" else fresh(name)
+        with where as (destination, destination_cpu):
+            url = destination.url if destination else UNREACHABLE
+            path = config(name, url, source_in_flight=in_flight if phase == "read-only" else None,
+                          destination_in_flight=in_flight if phase == "write-only" else None)
+            source_cpu.take()
+            child = run_child(python_child("bench", "mlflow_mlflow", "--phase", phase, "--config", str(path)), cwd=REPO).check()
+            used = {"src_server_cpu_s": round(source_cpu.take(), 2),
+                    "dst_server_cpu_s": round(destination_cpu.take(), 2) if destination_cpu else 0.0}
+            if destination:
+                _fail_on_differences(f"{phase} at max_in_flight {in_flight or 'default'}", expected,
+                                     _experiment_view(destination.url, f"{name}-{EXPERIMENT}"))
+        seconds = json.loads(child.stdout.strip().splitlines()[-1])["seconds"]
+        runs.append({"phase": phase, "max_in_flight": in_flight, "seconds": seconds, **used})
+        print(f"  {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
+
+    for repeat in range(a.ceiling_repeats):
+        order = a.ceiling_in_flight if repeat % 2 == 0 else a.ceiling_in_flight[::-1]
+        for in_flight in order:
+            for phase in ("read-only", "write-only"):
+                run_phase(phase, in_flight, repeat)
+        run_phase("migrate", None, repeat)
+    return {"runs": runs, **{phase: _ceiling(runs, phase) for phase in ("read-only", "write-only", "migrate")}}
+
+
+def _ceiling(runs: list[dict[str, Any]], phase: str) -> dict[str, Any]:
+    """The best median over the concurrencies a phase ran at, with its range and CPU."""
+    by_in_flight: dict[Any, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["phase"] == phase:
+            by_in_flight.setdefault(run["max_in_flight"], []).append(run)
+    medians = {n: statistics.median(r["seconds"] for r in group) for n, group in by_in_flight.items()}
+    best = min(medians, key=lambda n: medians[n])
+    group = by_in_flight[best]
+    return {"max_in_flight": best, "seconds": medians[best], "low": min(r["seconds"] for r in group),
+            "high": max(r["seconds"] for r in group), "n": len(group),
+            "medians_by_max_in_flight": {str(n or "default"): round(m, 3) for n, m in medians.items()},
+            "src_server_cpu_s": statistics.median(r["src_server_cpu_s"] for r in group),
+            "dst_server_cpu_s": statistics.median(r["dst_server_cpu_s"] for r in group)}
+
+
+def _fail_on_differences(what: str, expected: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]],
+                         skip: tuple[str, ...] = ()) -> None:
+    diffs = _differences(expected, got, skip=skip)
+    if diffs:
+        print(f"\n{what} differs from the source:", file=sys.stderr)
+        for line in diffs[:20]:
+            print("  " + line, file=sys.stderr)
+        raise SystemExit(f"{what}: the output is not equal to the source: no time reported")
+
+
+def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limits: dict[str, Any],
             seed_s: float, peer_bin: Path | None) -> int:
     summary = summarize(samples)
     points = a.runs * a.keys * a.steps
@@ -202,7 +282,7 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
     print(f"\nMLflow -> MLflow: {a.runs} runs x {a.keys} keys x {a.steps} steps = {points:,} points, "
           f"{'artifacts of ' + str(a.artifact_bytes) + ' B' if a.artifact_bytes else 'no artifacts'} (both tools); "
           f"{settings}; servers with {a.server_workers} workers; {a.repeats} rounds, order alternated, "
-          f"a fresh destination experiment each time\n")
+          f"a fresh destination server each time\n")
     print_table(rows)
     print("\nverified before timing: every destination run against the source through the MLflow client "
           "(run names, status, start/end times, params, every metric point's step, timestamp and value, "
@@ -213,10 +293,19 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
         headline["ratio_vs_mlflow-export-import"] = round(ratio, 2)
         print(f"runferry is {ratio:.1f}x faster than mlflow-export-import (ratio of median wall times)")
     if limits:
-        print_table([{"phase": k, **v} for k, v in limits.items()])
-        bound = max(limits["read-only"]["seconds"], limits["write-only"]["seconds"])
-        print(f"migrate {limits['migrate']['seconds']:.2f} s = {limits['migrate']['seconds'] / bound:.2f}x the larger of "
-              "read-only and write-only (engine call only, one run each)")
+        print_table([{"phase": phase, "max_in_flight": c["max_in_flight"] or "default",
+                      "median s": round(c["seconds"], 2), "min-max": f"{c['low']:.2f}-{c['high']:.2f}",
+                      "medians by max_in_flight": " ".join(f"{n}:{m:.2f}" for n, m in c["medians_by_max_in_flight"].items()),
+                      "src server cpu_s": c["src_server_cpu_s"], "dst server cpu_s": c["dst_server_cpu_s"]}
+                     for phase, c in limits.items() if phase != "runs"])
+        ceiling = limits["write-only"]
+        headline["bounds"] = [{"label": f"destination write ceiling (write-only, best of max_in_flight "
+                                        f"{'/'.join(str(n) for n in a.ceiling_in_flight)}: {ceiling['max_in_flight']})",
+                               "median": ceiling["seconds"], "low": ceiling["low"], "high": ceiling["high"], "n": ceiling["n"]}]
+        headline["ratio_to_write_ceiling"] = round(summary["runferry"].median / ceiling["seconds"], 3)
+        print(f"runferry's median is {headline['ratio_to_write_ceiling']:.2f}x the destination server's write ceiling "
+              f"({ceiling['seconds']:.2f} s at max_in_flight {ceiling['max_in_flight']}; whole process against engine call only); "
+              f"read-only ceiling {limits['read-only']['seconds']:.2f} s")
     versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
                 "mlflow-export-import": _peer_version(peer_bin) if peer_bin else None, "python": sys.version.split()[0]}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
@@ -297,32 +386,6 @@ class _ServerCpu:
         return used
 
 
-def _start_both(*servers: Any) -> None:
-    import threading
-
-    errors: list[BaseException] = []
-
-    def start(server: Any) -> None:
-        try:
-            server.start()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        _stop_both(*servers)
-        raise errors[0]
-
-
-def _stop_both(*servers: Any) -> None:
-    for server in servers:
-        server.stop()
-
-
 def _peer_venv() -> Path:
     """mlflow-export-import in its own venv (it pins old helpers); built once, then reused."""
     bin_dir = PEER_VENV / "bin"
@@ -376,20 +439,6 @@ def _warm_up(url: str, workdir: Path) -> None:
     client.search_experiments()
     client.get_experiment_by_name("bench")
     client.delete_experiment(experiment)
-
-
-def _verify(url: str, experiment_name: str, a: argparse.Namespace) -> None:
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=50_000)
-    points = sum(len(client.get_metric_history(run.info.run_id, key)) for run in runs for key in run.data.metrics)
-    expected = a.runs * a.keys * a.steps
-    if len(runs) != a.runs or points != expected:
-        raise SystemExit(f"verification failed: {len(runs)} runs, {points} points (expected {a.runs}, {expected})")
-    print(f"verified {experiment_name}: {len(runs)} runs, {points:,} points", file=sys.stderr)
 
 
 # -- the measured phases (run in a child process) -------------------------------------------------

@@ -147,6 +147,22 @@ def test_a_written_result_renders_as_a_table_row_and_a_chart(tmp_path: Path, cap
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_bound_measured_in_the_same_run_renders_as_its_own_row(tmp_path: Path) -> None:
+    from bench.report import table_rows
+    from bench.results import Sample, load_results, write_result
+
+    samples = [Sample("runferry", r, w) for r, w in enumerate((5.0, 5.5, 6.0))]
+    samples += [Sample("peer", r, w) for r, w in enumerate((110.0, 100.0, 120.0))]
+    bound = {"label": "write ceiling", "median": 5.0, "low": 4.8, "high": 5.2, "n": 3}
+    write_result("demo", inputs={}, versions={}, samples=samples, headline={"bounds": [bound]}, directory=tmp_path)
+    rows = table_rows(load_results(tmp_path)[0])
+    assert [row[1:4] for row in rows] == [
+        ["5.50 s (5.00-6.00)", "peer 110.00 s (100.00-120.00)", "20.0x"],
+        ["5.50 s (5.00-6.00)", "write ceiling 5.00 s (4.80-5.20)", "runferry at 1.10x of it"],
+    ]
+    assert rows[1][4].startswith("median (min-max) of 3 and 3;")
+
+
 def test_the_readme_results_block_is_the_rendering_of_the_committed_results() -> None:
     from bench.report import README_END, README_START, readme_block
     from bench.results import load_results, results_dir
