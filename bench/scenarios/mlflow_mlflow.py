@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import shutil
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -194,8 +196,12 @@ class _FreshDestinations:
         server = self._server_class(root, workers=self._workers)
         server.start()
         try:
-            _warm_up(server.url, self._workdir)
+            # every worker process imports its handlers on first use: warm them all up, then
+            # let the workers that are still starting finish before the clock starts
+            with concurrent.futures.ThreadPoolExecutor(2 * self._workers) as pool:
+                list(pool.map(lambda n: _warm_up(server.url, self._workdir / f"warm-{n}"), range(2 * self._workers)))
             meter = _ServerCpu(server)
+            meter.wait_until_idle()
             yield server, meter
         finally:
             server.stop()
@@ -385,6 +391,18 @@ class _ServerCpu:
         used, self._last = now - self._last, now
         return used
 
+    def wait_until_idle(self, *, busy: float = 0.05, interval: float = 0.5, deadline_s: float = 60.0) -> None:
+        """Return once the server used less than ``busy`` of a CPU over ``interval`` (a server
+        just started is still spawning and importing in its workers); its CPU until then is
+        nobody's."""
+        deadline = time.monotonic() + deadline_s
+        self.take()
+        while time.monotonic() < deadline:
+            time.sleep(interval)  # sampling another process's CPU: there is no event to wait on
+            if self.take() < busy * interval:
+                return
+        print(f"the server stayed busy for {deadline_s:.0f} s; measuring anyway", file=sys.stderr)
+
 
 def _peer_venv() -> Path:
     """mlflow-export-import in its own venv (it pins old helpers); built once, then reused."""
@@ -425,10 +443,11 @@ def _warm_up(url: str, workdir: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(url)
-    experiment = client.create_experiment(f"warm-up-{time.time_ns()}")
+    experiment = client.create_experiment(f"warm-up-{uuid.uuid4().hex}")
     run_id = client.create_run(experiment, run_name="warm-up").info.run_id
     client.log_batch(run_id, metrics=[Metric("m", 1.0, T0, 0)], params=[Param("p", "1")])
     client.get_metric_history(run_id, "m")
+    workdir.mkdir(parents=True, exist_ok=True)
     warm = workdir / "warm-up.txt"
     warm.write_text("warm")
     client.log_artifact(run_id, str(warm))
