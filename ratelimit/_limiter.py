@@ -183,6 +183,8 @@ class EndpointLimiter:
         self._state = initial_state(self.config, now)
         self._slots = AdjustableSemaphore(concurrency_limit(self._state))
         self._next_start = now  # GCRA theoretical arrival time
+        self._last_turn = now  # when the last turn was given
+        self._decreases = 0  # rate decreases so far: turns reserved before one are taken again
         self._sending = 0
         self._accepted = RateMeter(self.config.meter_window)
         self._attempts = RateMeter(self.config.meter_window)
@@ -232,6 +234,7 @@ class EndpointLimiter:
         delayed = lapsed = False
         while True:
             now = self.clock.now()
+            decreases = self._decreases
             if now < self._state.paused_until:
                 delayed = True
                 await self.clock.sleep(self._state.paused_until - now)
@@ -249,6 +252,8 @@ class EndpointLimiter:
             woke = self.clock.now()
             if woke < self._state.paused_until:
                 continue
+            if self._decreases != decreases:
+                continue  # the rate was lowered while this turn waited: a turn at the new pace
             if self.config.window_limit is not None:
                 if self._answered.count(woke) + self._sending + 1 > self.config.window_limit:
                     continue  # the window is full: the next turn
@@ -256,6 +261,7 @@ class EndpointLimiter:
                 lapsed = True
                 continue
             self._delayed += delayed
+            self._last_turn = woke
             return now
 
     def _record(self, ticket: Ticket) -> None:
@@ -265,8 +271,16 @@ class EndpointLimiter:
             self._answered.add(now)
         outcome = measured_outcome(ticket.kind, now, ticket.paced_at, in_flight=self._sending,
                                    accepted=self._accepted, attempts=self._attempts, retry_after=ticket.retry_after)
+        epoch = self._state.epoch
         self._state = next_state(self._state, outcome, self.config)
         self._slots.set_limit(concurrency_limit(self._state))
+        rate = effective_rate(self._state, now)
+        if self._state.epoch != epoch and rate is not None:
+            # A decrease: the turns reserved ahead at the old pace (16 waiting slots are 0.8 s
+            # at 20/s) would go on at the rate that just tripped the limit, each into a throttle
+            # while the server's bucket is empty. They are taken again, from the last turn given.
+            self._decreases += 1
+            self._next_start = self._last_turn + 1.0 / rate
 
     def note_quota(self, remaining: float, reset_after: float) -> None:
         """The server said how many requests remain until its window resets."""

@@ -78,6 +78,32 @@ async def test_turns_a_busy_event_loop_overslept_lapse_instead_of_leaving_in_a_c
     assert sorted(starts) == pytest.approx([0.0, 0.35, 0.4, 0.5, 0.6, 0.7])
 
 
+async def test_turns_reserved_before_a_decrease_go_at_the_new_pace() -> None:
+    """Six requests paced at 10/s reserve 0.0 .. 0.5; the first is throttled, answered at 0.05,
+    and the rate drops to 9/s. The five waiting turns are taken again at 9/s from the last turn
+    given, instead of going on at the 10/s that tripped the limit."""
+    clock = ManualClock(0.0)
+    limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=0.0), clock=clock)
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot() as ticket:
+            starts.append(ticket.started_at)
+            await clock.sleep(0.05)
+            if ticket.started_at == 0.0:
+                ticket.throttled()  # the others answer without a signal: the rate stays at 9/s
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(clock.run)
+            async with anyio.create_task_group() as requests:
+                for _ in range(6):
+                    requests.start_soon(one)
+            tg.cancel_scope.cancel()
+    assert limiter.state.rate == pytest.approx(9.0)
+    assert sorted(starts) == pytest.approx([n / 9 for n in range(6)])
+
+
 async def _paced_requests(limiter: EndpointLimiter, clock: ManualClock, count: int, latency: float) -> list[float]:
     starts: list[float] = []
 
