@@ -278,9 +278,11 @@ class EndpointLimiter:
         if self._state.epoch != epoch and rate is not None:
             # A decrease: the turns reserved ahead at the old pace (16 waiting slots are 0.8 s
             # at 20/s) would go on at the rate that just tripped the limit, each into a throttle
-            # while the server's bucket is empty. They are taken again, from the last turn given.
+            # while the server's bucket is empty. They are taken again at the new pace from the
+            # last turn given, without the burst tolerance (a burst now would meet that bucket).
             self._decreases += 1
-            self._next_start = self._last_turn + 1.0 / rate
+            tolerance = pacing_tolerance(self._state, self.config)
+            self._next_start = max(self._last_turn + 1.0 / rate, now) + tolerance
 
     def note_quota(self, remaining: float, reset_after: float) -> None:
         """The server said how many requests remain until its window resets."""

@@ -78,12 +78,16 @@ async def test_turns_a_busy_event_loop_overslept_lapse_instead_of_leaving_in_a_c
     assert sorted(starts) == pytest.approx([0.0, 0.35, 0.4, 0.5, 0.6, 0.7])
 
 
-async def test_turns_reserved_before_a_decrease_go_at_the_new_pace() -> None:
-    """Six requests paced at 10/s reserve 0.0 .. 0.5; the first is throttled, answered at 0.05,
-    and the rate drops to 9/s. The five waiting turns are taken again at 9/s from the last turn
-    given, instead of going on at the 10/s that tripped the limit."""
+@pytest.mark.parametrize(("burst", "expected"), [
+    (0.0, [n / 9 for n in range(6)]),
+    (0.2, [0.0, 0.0, 0.0, 1 / 9, 2 / 9, 3 / 9]),  # three at once within the tolerance, none after the decrease
+])
+async def test_turns_reserved_before_a_decrease_go_at_the_new_pace(burst: float, expected: list[float]) -> None:
+    """Six requests paced at 10/s reserve their turns at once; the first is throttled, answered
+    at 0.05, and the rate drops to 9/s. The waiting turns are taken again at 9/s from the last
+    turn given, without a burst, instead of going on at the 10/s that tripped the limit."""
     clock = ManualClock(0.0)
-    limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=0.0), clock=clock)
+    limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=burst), clock=clock)
     starts: list[float] = []
 
     async def one() -> None:
@@ -101,7 +105,7 @@ async def test_turns_reserved_before_a_decrease_go_at_the_new_pace() -> None:
                     requests.start_soon(one)
             tg.cancel_scope.cancel()
     assert limiter.state.rate == pytest.approx(9.0)
-    assert sorted(starts) == pytest.approx([n / 9 for n in range(6)])
+    assert sorted(starts) == pytest.approx(expected)
 
 
 async def _paced_requests(limiter: EndpointLimiter, clock: ManualClock, count: int, latency: float) -> list[float]:
