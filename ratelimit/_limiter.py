@@ -10,7 +10,8 @@ One ``EndpointLimiter`` per endpoint is shared by every worker talking to it. A 
 Entering waits for (1) a concurrency slot, (2) the end of any server-requested pause, and
 (3) its pacing turn; leaving feeds the outcome to the pure policy and frees the slot.
 Pacing is GCRA (a token bucket without a timer): each request reserves the next start time
-``1/rate`` after the previous one, with ``burst_seconds`` of tolerance.
+``1/rate`` after the previous one, with ``burst_seconds`` of tolerance. A rate decrease
+re-paces the turns already reserved: they are taken again at the new rate, without a burst.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+
 import anyio
 import pytest
 
@@ -15,6 +17,7 @@ from ratelimit import (
     FakeClock,
     LimiterRegistry,
     RateMeter,
+    Ticket,
     endpoint_of,
 )
 from tests.manual_clock import ManualClock
@@ -54,6 +57,29 @@ async def test_no_early_turns_once_a_throttle_paused_the_endpoint() -> None:
     assert starts == pytest.approx([1.0, 1.0 + 1 / 9, 1.0 + 2 / 9, 1.0 + 3 / 9])
 
 
+async def _paced_requests(limiter: EndpointLimiter, clock: ManualClock, count: int, latency: float,
+                          answer: Callable[[Ticket], None] = Ticket.success) -> list[float]:
+    """Start ``count`` requests at once; each takes ``latency`` and is answered by ``answer``.
+    Returns their start times, sorted."""
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot() as ticket:
+            starts.append(ticket.started_at)
+            if latency:
+                await clock.sleep(latency)
+            answer(ticket)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(clock.run)
+            async with anyio.create_task_group() as requests:
+                for _ in range(count):
+                    requests.start_soon(one)
+            tg.cancel_scope.cancel()
+    return sorted(starts)
+
+
 async def test_turns_a_busy_event_loop_overslept_lapse_instead_of_leaving_in_a_clump() -> None:
     """Six requests paced at 10/s without tolerance reserve 0.0 .. 0.5; the loop wakes the
     sleeper due at 0.1 only at 0.35. The turn due at 0.3 is within one interval and goes; those
@@ -61,21 +87,8 @@ async def test_turns_a_busy_event_loop_overslept_lapse_instead_of_leaving_in_a_c
     clock = ManualClock(0.0)
     clock.stall(at=0.1, seconds=0.25)
     limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=0.0), clock=clock)
-    starts: list[float] = []
-
-    async def one() -> None:
-        async with limiter.slot() as ticket:
-            starts.append(ticket.started_at)
-            ticket.success()
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(clock.run)
-            async with anyio.create_task_group() as requests:
-                for _ in range(6):
-                    requests.start_soon(one)
-            tg.cancel_scope.cancel()
-    assert sorted(starts) == pytest.approx([0.0, 0.35, 0.4, 0.5, 0.6, 0.7])
+    starts = await _paced_requests(limiter, clock, 6, latency=0.0)
+    assert starts == pytest.approx([0.0, 0.35, 0.4, 0.5, 0.6, 0.7])
 
 
 @pytest.mark.parametrize(("burst", "expected"), [
@@ -88,43 +101,14 @@ async def test_turns_reserved_before_a_decrease_go_at_the_new_pace(burst: float,
     turn given, without a burst, instead of going on at the 10/s that tripped the limit."""
     clock = ManualClock(0.0)
     limiter = EndpointLimiter("e", ControlConfig(initial_rate=10.0, burst_seconds=burst), clock=clock)
-    starts: list[float] = []
 
-    async def one() -> None:
-        async with limiter.slot() as ticket:
-            starts.append(ticket.started_at)
-            await clock.sleep(0.05)
-            if ticket.started_at == 0.0:
-                ticket.throttled()  # the others answer without a signal: the rate stays at 9/s
+    def answer(ticket: Ticket) -> None:
+        if ticket.started_at == 0.0:
+            ticket.throttled()  # the others answer without a signal: the rate stays at 9/s
 
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(clock.run)
-            async with anyio.create_task_group() as requests:
-                for _ in range(6):
-                    requests.start_soon(one)
-            tg.cancel_scope.cancel()
+    starts = await _paced_requests(limiter, clock, 6, latency=0.05, answer=answer)
     assert limiter.state.rate == pytest.approx(9.0)
-    assert sorted(starts) == pytest.approx(expected)
-
-
-async def _paced_requests(limiter: EndpointLimiter, clock: ManualClock, count: int, latency: float) -> list[float]:
-    starts: list[float] = []
-
-    async def one() -> None:
-        async with limiter.slot() as ticket:
-            starts.append(ticket.started_at)
-            await clock.sleep(latency)
-            ticket.success()
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(clock.run)
-            async with anyio.create_task_group() as requests:
-                for _ in range(count):
-                    requests.start_soon(one)
-            tg.cancel_scope.cancel()
-    return sorted(starts)
+    assert starts == pytest.approx(expected)
 
 
 async def test_with_a_known_window_limit_overslept_turns_are_caught_up_within_it() -> None:
