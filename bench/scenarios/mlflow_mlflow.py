@@ -462,8 +462,10 @@ def _warm_up(url: str, workdir: Path) -> None:
 
 # -- the measured phases (run in a child process) -------------------------------------------------
 def _phase(phase: str, config_path: Path) -> int:
+    from engine.__main__ import _pyarrow_without_pandas
     from engine.config import load_config
 
+    _pyarrow_without_pandas()  # as the command line does: the phases are timed as runferry runs
     config = load_config(config_path)
     seconds = asyncio.run(_run_phase(phase, config))
     print(json.dumps({"phase": phase, "seconds": seconds}))
