@@ -173,6 +173,11 @@ def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def int_list(text: str) -> list[int]:
+    """``"1,3,6"`` -> ``[1, 3, 6]``: a comma-separated command-line value (empty items skipped)."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def rate(count: float, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 

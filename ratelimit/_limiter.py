@@ -185,7 +185,6 @@ class EndpointLimiter:
         self._slots = AdjustableSemaphore(concurrency_limit(self._state))
         self._next_start = now  # GCRA theoretical arrival time
         self._last_turn = now  # when the last turn was given
-        self._decreases = 0  # rate decreases so far: turns reserved before one are taken again
         self._sending = 0
         self._accepted = RateMeter(self.config.meter_window)
         self._attempts = RateMeter(self.config.meter_window)
@@ -235,7 +234,7 @@ class EndpointLimiter:
         delayed = lapsed = False
         while True:
             now = self.clock.now()
-            decreases = self._decreases
+            epoch = self._state.epoch  # a decrease after this reservation moves it
             if now < self._state.paused_until:
                 delayed = True
                 await self.clock.sleep(self._state.paused_until - now)
@@ -253,7 +252,7 @@ class EndpointLimiter:
             woke = self.clock.now()
             if woke < self._state.paused_until:
                 continue
-            if self._decreases != decreases:
+            if self._state.epoch != epoch:
                 continue  # the rate was lowered while this turn waited: a turn at the new pace
             if self.config.window_limit is not None:
                 if self._answered.count(woke) + self._sending + 1 > self.config.window_limit:
@@ -275,15 +274,16 @@ class EndpointLimiter:
         epoch = self._state.epoch
         self._state = next_state(self._state, outcome, self.config)
         self._slots.set_limit(concurrency_limit(self._state))
-        rate = effective_rate(self._state, now)
-        if self._state.epoch != epoch and rate is not None:
+        if self._state.epoch != epoch:
             # A decrease: the turns reserved ahead at the old pace (16 waiting slots are 0.8 s
             # at 20/s) would go on at the rate that just tripped the limit, each into a throttle
-            # while the server's bucket is empty. They are taken again at the new pace from the
-            # last turn given, without the burst tolerance (a burst now would meet that bucket).
-            self._decreases += 1
-            tolerance = pacing_tolerance(self._state, self.config)
-            self._next_start = max(self._last_turn + 1.0 / rate, now) + tolerance
+            # while the server's bucket is empty. Their waiters see the epoch move and take them
+            # again at the new pace from the last turn given, without the burst tolerance (a
+            # burst now would meet that bucket).
+            rate = effective_rate(self._state, now)
+            if rate is not None:
+                tolerance = pacing_tolerance(self._state, self.config)
+                self._next_start = max(self._last_turn + 1.0 / rate, now) + tolerance
 
     def note_quota(self, remaining: float, reset_after: float) -> None:
         """The server said how many requests remain until its window resets."""

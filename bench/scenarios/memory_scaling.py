@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.common import child_env, human, local_export_totals, print_table, python_child, rate, run_child, write_toml
+from bench.common import child_env, human, int_list, local_export_totals, print_table, python_child, rate, run_child, write_toml
 from bench.results import Sample, package_version, write_result
 
 
@@ -57,7 +57,7 @@ def _config(workdir: Path, points: int, keys: int, chunk_points: int) -> Path:
 
 def main(argv: list[str]) -> int:
     a = _args(argv)
-    sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    sizes = int_list(a.sizes)
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench-memory-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows, results = [], []

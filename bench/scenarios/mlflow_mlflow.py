@@ -51,6 +51,7 @@ from typing import Any
 from bench.common import (
     REPO,
     child_env,
+    int_list,
     print_table,
     python_child,
     run_child,
@@ -88,7 +89,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-limits", dest="limits", action="store_false",
                    help="skip the servers' ceilings (read-only / write-only / migrate phases)")
-    p.add_argument("--ceiling-in-flight", type=_numbers, default=[1, 3, 6, 12],
+    p.add_argument("--ceiling-in-flight", type=int_list, default=[1, 3, 6, 12],
                    help="max_in_flight values the read-only and write-only ceilings are measured at (default 1,3,6,12)")
     p.add_argument("--ceiling-repeats", type=int, default=3, help="rounds of every ceiling phase (default 3)")
     p.add_argument("--server-workers", type=int, default=4,
@@ -104,10 +105,6 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one engine phase in this process
     p.add_argument("--config", help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def _numbers(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 # -- the driver ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from bench.common import (
     ChildResult,
     child_env,
     human,
+    int_list,
     local_export_totals,
     print_table,
     python_child,
@@ -64,10 +65,6 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
 def make_config(workdir: Path, a: argparse.Namespace, name: str = "bench") -> Path:
     return write_toml(
         workdir / f"{name}.toml",
@@ -79,8 +76,8 @@ def make_config(workdir: Path, a: argparse.Namespace, name: str = "bench") -> Pa
                 "steps": a.steps,
                 "keys": a.keys,
                 "special_fraction": a.special_fraction,
-                "file_sizes": _sizes(a.file_sizes),
-                "artifact_sizes": _sizes(a.artifact_sizes),
+                "file_sizes": int_list(a.file_sizes),
+                "artifact_sizes": int_list(a.artifact_sizes),
             },
             "destination": {"type": "local", "path": str(workdir / f"{name}-export")},
             "transfer": {
@@ -214,7 +211,7 @@ def main(argv: list[str]) -> int:
     workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench-synthetic-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
     points = a.runs * a.steps * a.keys
-    nbytes = a.runs * (sum(_sizes(a.file_sizes)) + sum(_sizes(a.artifact_sizes)))
+    nbytes = a.runs * (sum(int_list(a.file_sizes)) + sum(int_list(a.artifact_sizes)))
     print(f"synthetic -> local: {a.runs} runs x {a.steps} steps x {a.keys} keys = {points:,} points, "
           f"{nbytes / 1e6:.1f} MB of files; runs_concurrency={a.runs_concurrency}, chunk_points={a.chunk_points}, "
           f"arrow pool={a.arrow_pool}")  # fmt: skip
