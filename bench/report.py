@@ -38,7 +38,8 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
     """One row per (runferry variant, peer) of a result: command, runferry, peer, ratio of
     medians, the machine. Tools named ``runferry...`` are runferry's variants, the rest peers.
     A headline's ``bounds`` (a server's ceiling measured in the same run: label, median, low,
-    high, n) add a row each, with runferry's median as a multiple of the bound's."""
+    high, n) add a row each, with runferry's median as a multiple of the bound's: the median of
+    the bound's ``against`` (runferry's rounds interleaved with the bound's) where it has one."""
     summary = result["summary"]
     tools = list(summary)
     ours = [t for t in tools if t.startswith("runferry")] or tools[:1]
@@ -61,9 +62,12 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
                 f"median (min-max) of {summary[main]['n']}; {where}; {result.get('measured_at', '')[:10]}",
             ])
     for bound in result.get("headline", {}).get("bounds", []):  # a server's own ceiling, measured in the same run
-        rows.append([what, _range(summary[ours[0]]), f"{bound['label']} {_range(bound)}",
-                     f"{ours[0]} at {summary[ours[0]]['median'] / bound['median']:.2f}x of it",
-                     f"median (min-max) of {summary[ours[0]]['n']} and {bound['n']}; {where}; {result.get('measured_at', '')[:10]}"])
+        # against: runferry's own rounds interleaved with the bound's (else its headline rounds)
+        against = bound.get("against") or {"label": ours[0], **summary[ours[0]]}
+        named = f"{against['label']} " if against["label"] != "runferry" else ""
+        rows.append([what, named + _range(against), f"{bound['label']} {_range(bound)}",
+                     f"runferry at {against['median'] / bound['median']:.2f}x of it",
+                     f"median (min-max) of {against['n']} and {bound['n']}; {where}; {result.get('measured_at', '')[:10]}"])
     return rows
 
 

@@ -20,11 +20,18 @@ written to ``bench/results/mlflow_mlflow.json``.
 
 Then (``--no-limits`` skips them) the servers' own ceilings, as engine phases timed inside their
 process at several concurrencies (``--ceiling-in-flight``, ``--ceiling-repeats`` rounds each):
-``read-only`` (the source drained into a destination that discards everything), ``write-only``
-(runs preloaded into memory, then written into a fresh destination and checked) and
-``migrate`` with the defaults, each with the CPU seconds the servers spent on it. The write
-ceiling (write-only's best median) is what bounds runferry: the destination's SQLite store
-takes one writer at a time. The peer is bound by its sequential round trips.
+``read-only`` (the source drained into a destination that discards everything) and
+``write-only`` (runs preloaded into memory, then written into a fresh destination and checked),
+each with the CPU seconds the servers spent on it. The write ceiling is what bounds runferry:
+the destination's SQLite store takes one writer at a time. The peer is bound by its sequential
+round trips.
+
+Last, runferry is held against that ceiling with the ceiling's rounds interleaved with
+runferry's (``--bound-repeats`` rounds, default 5, order alternated, fresh destinations):
+write-only at the concurrency that was best, runferry's engine call timed in its process as the
+ceiling is (``migrate`` with the defaults), and the whole ``python -m engine migrate`` process.
+Why interleaved: this machine's speed drifts by a quarter within minutes, and a ratio of two
+medians measured a quarter of an hour apart measured the drift.
 
     python -m bench mlflow_mlflow [--runs 120 --keys 4 --steps 50 --repeats 3 --server-workers 4]
 """
@@ -43,7 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,6 +80,8 @@ T0 = 1_700_000_000_000
 # mlflow-export-import creates each run at import time (the original times only go into
 # ``mlflow_exim.*`` tags with --import-source-tags): the peer is not held to them
 PEER_DOES_NOT_KEEP = ("start_time", "end_time")
+# the rounds that hold runferry against the destination's write ceiling, interleaved
+WRITE_CEILING, ENGINE_CALL = "write ceiling", "runferry engine call"
 # read-only's destination: the engine must not reach it (the discard port, nothing listens)
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -88,10 +97,12 @@ def _args(argv: list[str]) -> argparse.Namespace:
                    help="tune runferry's runs_concurrency (default: not set, runferry's default, as the headline)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-limits", dest="limits", action="store_false",
-                   help="skip the servers' ceilings (read-only / write-only / migrate phases)")
+                   help="skip the servers' ceilings and runferry held against them")
     p.add_argument("--ceiling-in-flight", type=int_list, default=[1, 3, 6, 12],
                    help="max_in_flight values the read-only and write-only ceilings are measured at (default 1,3,6,12)")
     p.add_argument("--ceiling-repeats", type=int, default=3, help="rounds of every ceiling phase (default 3)")
+    p.add_argument("--bound-repeats", type=int, default=5,
+                   help="rounds of runferry interleaved with the write ceiling at its best concurrency (default 5)")
     p.add_argument("--server-workers", type=int, default=4,
                    help="worker processes of each mlflow server (default 4, mlflow server's own default; "
                         "1 makes each server one CPU-bound process)")
@@ -151,11 +162,11 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
                 dst["max_in_flight"] = destination_in_flight
             return write_toml(workdir / f"{name}.toml", {"source": src, "destination": dst, "transfer": transfer})
 
-        def measure(tool: str, repeat: int) -> Sample:
-            with fresh(f"{tool}-r{repeat}") as (destination, destination_cpu):
+        def measure(tool: str, repeat: int, prefix: str = "") -> Sample:
+            with fresh(f"{prefix}{tool}-r{repeat}") as (destination, destination_cpu):
                 source_cpu.take()  # whatever ran before is nobody's
                 if tool == "runferry":
-                    name = f"runferry-r{repeat}"
+                    name = f"{prefix}runferry-r{repeat}"
                     child = run_child(python_child("engine", "migrate", str(config(name, destination.url))),
                                       cwd=workdir).check()
                     wall, cpu, rss, experiment = child.wall_s, child.cpu_s, child.peak_rss_mb, f"{name}-{EXPERIMENT}"
@@ -174,7 +185,8 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
         tools = ["runferry"] + ([] if peer_bin is None else ["mlflow-export-import"])
         samples = run_alternated(tools, a.repeats, measure, log=lambda line: print(line, file=sys.stderr, flush=True),
                                  rounds=None if a.peer_repeats is None else {"mlflow-export-import": a.peer_repeats})
-        limits = _limits(a, config, source_cpu, fresh, expected) if a.limits else {}
+        limits = _limits(a, config, source_cpu, fresh, expected,
+                         command_line=lambda repeat: measure("runferry", repeat, "bound-")) if a.limits else {}
         return _report(a, tools, samples, limits, seed_s, peer_bin)
     finally:
         source.stop()
@@ -206,17 +218,18 @@ class _FreshDestinations:
 
 
 def _limits(a: argparse.Namespace, config: Any, source_cpu: Any, fresh: _FreshDestinations,
-            expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            expected: dict[str, dict[str, Any]], command_line: Callable[[int], Sample]) -> dict[str, Any]:
     """The servers' own ceilings, as the engine phases timed inside their process reach them at
     every ``--ceiling-in-flight`` (``--ceiling-repeats`` rounds, the concurrencies alternated):
     ``read-only`` (the source drained into a destination that discards everything; the source's
-    ``max_in_flight``), ``write-only`` (runs preloaded into memory, then written into a fresh
-    destination, checked against the source; the destination's ``max_in_flight``); and
-    ``migrate`` with the defaults. A phase's ceiling is its best median over the concurrencies."""
+    ``max_in_flight``) and ``write-only`` (runs preloaded into memory, then written into a fresh
+    destination, checked against the source; the destination's ``max_in_flight``). A phase's
+    ceiling is its best median over the concurrencies. Then ``bound``: write-only at that best
+    concurrency, runferry's engine call and runferry's command line, alternated round by round."""
     runs: list[dict[str, Any]] = []
 
-    def run_phase(phase: str, in_flight: int | None, repeat: int) -> None:
-        name = f"{phase}-{in_flight or 'default'}-r{repeat}"
+    def run_phase(phase: str, in_flight: int | None, repeat: int, prefix: str = "") -> float:
+        name = f"{prefix}{phase}-{in_flight or 'default'}-r{repeat}"
         where: Any = contextlib.nullcontext((None, None)) if phase == "read-only" else fresh(name)
         with where as (destination, destination_cpu):
             url = destination.url if destination else UNREACHABLE
@@ -227,19 +240,32 @@ def _limits(a: argparse.Namespace, config: Any, source_cpu: Any, fresh: _FreshDe
             used = {"src_server_cpu_s": round(source_cpu.take(), 2),
                     "dst_server_cpu_s": round(destination_cpu.take(), 2) if destination_cpu else 0.0}
             if destination:
-                _fail_on_differences(f"{phase} at max_in_flight {in_flight or 'default'}", expected,
-                                     _experiment_view(destination.url, f"{name}-{EXPERIMENT}"))
-        seconds = json.loads(child.stdout.strip().splitlines()[-1])["seconds"]
-        runs.append({"phase": phase, "max_in_flight": in_flight, "seconds": seconds, **used})
+                _fail_on_differences(f"{name}", expected, _experiment_view(destination.url, f"{name}-{EXPERIMENT}"))
+        seconds = float(json.loads(child.stdout.strip().splitlines()[-1])["seconds"])
+        if not prefix:
+            runs.append({"phase": phase, "max_in_flight": in_flight, "seconds": seconds, **used})
         print(f"  {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
+        return seconds
 
     for repeat in range(a.ceiling_repeats):
         order = a.ceiling_in_flight if repeat % 2 == 0 else a.ceiling_in_flight[::-1]
         for in_flight in order:
             for phase in ("read-only", "write-only"):
                 run_phase(phase, in_flight, repeat)
-        run_phase("migrate", None, repeat)
-    return {"runs": runs, **{phase: _ceiling(runs, phase) for phase in ("read-only", "write-only", "migrate")}}
+    write = _ceiling(runs, "write-only")
+
+    def bound(tool: str, repeat: int) -> Sample:
+        if tool == "runferry":
+            return command_line(repeat)
+        phase, in_flight = ("write-only", write["max_in_flight"]) if tool == WRITE_CEILING else ("migrate", None)
+        return Sample(tool, repeat, run_phase(phase, in_flight, repeat, prefix="bound-"))
+
+    samples = run_alternated([WRITE_CEILING, ENGINE_CALL, "runferry"], a.bound_repeats, bound,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+    return {"runs": runs, "read-only": _ceiling(runs, "read-only"), "write-only": write,
+            "bound": {"max_in_flight": write["max_in_flight"],
+                      **{tool: vars(figures) for tool, figures in summarize(samples).items()},
+                      "samples": [{"tool": x.tool, "round": x.repeat, "seconds": round(x.wall_s, 3)} for x in samples]}}
 
 
 def _ceiling(runs: list[dict[str, Any]], phase: str) -> dict[str, Any]:
@@ -300,15 +326,9 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
                       "median s": round(c["seconds"], 2), "min-max": f"{c['low']:.2f}-{c['high']:.2f}",
                       "medians by max_in_flight": " ".join(f"{n}:{m:.2f}" for n, m in c["medians_by_max_in_flight"].items()),
                       "src server cpu_s": c["src_server_cpu_s"], "dst server cpu_s": c["dst_server_cpu_s"]}
-                     for phase, c in limits.items() if phase != "runs"])
-        ceiling = limits["write-only"]
-        headline["bounds"] = [{"label": f"destination write ceiling (write-only, best of max_in_flight "
-                                        f"{'/'.join(str(n) for n in a.ceiling_in_flight)}: {ceiling['max_in_flight']})",
-                               "median": ceiling["seconds"], "low": ceiling["low"], "high": ceiling["high"], "n": ceiling["n"]}]
-        headline["ratio_to_write_ceiling"] = round(summary["runferry"].median / ceiling["seconds"], 3)
-        print(f"runferry's median is {headline['ratio_to_write_ceiling']:.2f}x the destination server's write ceiling "
-              f"({ceiling['seconds']:.2f} s at max_in_flight {ceiling['max_in_flight']}; whole process against engine call only); "
-              f"read-only ceiling {limits['read-only']['seconds']:.2f} s")
+                     for phase, c in limits.items() if phase in ("read-only", "write-only")])
+        print(f"read-only ceiling {limits['read-only']['seconds']:.2f} s")
+        headline.update(_bounds(a, limits["bound"]))
     versions = {"runferry": package_version("runferry"), "mlflow": package_version("mlflow"),
                 "mlflow-export-import": _peer_version(peer_bin) if peer_bin else None, "python": sys.version.split()[0]}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
@@ -322,6 +342,26 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
     if a.json:
         print(json.dumps({"runs": a.runs, "points": points, **headline}))
     return 0
+
+
+def _bounds(a: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any]:
+    """The write ceiling as the README's bound rows: once against runferry's whole process and
+    once against its engine call, each from the rounds interleaved with the ceiling's."""
+    label = (f"destination write ceiling (write-only at max_in_flight {bound['max_in_flight']}, the best of "
+             f"{'/'.join(str(n) for n in a.ceiling_in_flight)}; rounds interleaved with runferry's)")
+    ceiling = bound[WRITE_CEILING]
+    figures = {"label": label, **{k: ceiling[k] for k in ("median", "low", "high", "n")}}
+    rows, ratios = [], {}
+    for tool, what, key in (("runferry", "runferry (whole process)", "ratio_to_write_ceiling"),
+                            (ENGINE_CALL, "runferry engine call (timed in its process, as the ceiling)",
+                             "engine_ratio_to_write_ceiling")):
+        ours = bound[tool]
+        rows.append({**figures, "against": {"label": what, **{k: ours[k] for k in ("median", "low", "high", "n")}}})
+        ratios[key] = round(ours["median"] / ceiling["median"], 3)
+        print(f"{what}: {ours['median']:.2f} s ({ours['low']:.2f}-{ours['high']:.2f}), {ratios[key]:.2f}x the "
+              f"destination's write ceiling {ceiling['median']:.2f} s ({ceiling['low']:.2f}-{ceiling['high']:.2f}) "
+              f"at max_in_flight {bound['max_in_flight']}, {ours['n']} interleaved rounds")
+    return {"bounds": rows, **ratios}
 
 
 def _fewer_rounds(summary: dict[str, Any], repeats: int) -> list[str]:

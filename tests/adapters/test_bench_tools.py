@@ -163,6 +163,24 @@ def test_a_bound_measured_in_the_same_run_renders_as_its_own_row(tmp_path: Path)
     assert rows[1][4].startswith("median (min-max) of 3 and 3;")
 
 
+def test_a_bound_is_held_against_the_rounds_interleaved_with_it_where_it_names_them(tmp_path: Path) -> None:
+    from bench.report import table_rows
+    from bench.results import Sample, load_results, write_result
+
+    samples = [Sample("runferry", r, w) for r, w in enumerate((9.0, 9.5, 10.0))]  # a slower hour
+    samples += [Sample("peer", r, w) for r, w in enumerate((190.0, 200.0, 210.0))]
+    ceiling = {"label": "write ceiling", "median": 5.0, "low": 4.0, "high": 6.0, "n": 5}
+    bounds = [{**ceiling, "against": {"label": "runferry", "median": 5.4, "low": 5.1, "high": 6.6, "n": 5}},
+              {**ceiling, "against": {"label": "runferry engine call", "median": 5.2, "low": 5.0, "high": 5.9, "n": 5}}]
+    write_result("demo", inputs={}, versions={}, samples=samples, headline={"bounds": bounds}, directory=tmp_path)
+    rows = table_rows(load_results(tmp_path)[0])
+    assert [row[1:4] for row in rows[1:]] == [
+        ["5.40 s (5.10-6.60)", "write ceiling 5.00 s (4.00-6.00)", "runferry at 1.08x of it"],
+        ["runferry engine call 5.20 s (5.00-5.90)", "write ceiling 5.00 s (4.00-6.00)", "runferry at 1.04x of it"],
+    ]
+    assert all(row[4].startswith("median (min-max) of 5 and 5;") for row in rows[1:])
+
+
 def test_the_readme_results_block_is_the_rendering_of_the_committed_results() -> None:
     from bench.report import README_END, README_START, readme_block
     from bench.results import load_results, results_dir
