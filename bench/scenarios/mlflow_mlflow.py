@@ -146,6 +146,8 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
         seed_s = time.perf_counter() - started
         print(f"seeded {a.runs} runs x {a.keys * a.steps} points in {seed_s:.1f} s", file=sys.stderr)
         expected = _experiment_view(source.url, EXPERIMENT)
+        round_trip_ms = _sequential_round_trip_ms(source.url)
+        print(f"MLflow's client: get_run {round_trip_ms:.1f} ms a call, one at a time", file=sys.stderr)
         source_cpu = _ServerCpu(source)
         fresh = _FreshDestinations(server_class, workdir, a.server_workers)
 
@@ -187,7 +189,7 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
                                  rounds=None if a.peer_repeats is None else {"mlflow-export-import": a.peer_repeats})
         limits = _limits(a, config, source_cpu, fresh, expected,
                          command_line=lambda repeat: measure("runferry", repeat, "bound-")) if a.limits else {}
-        return _report(a, tools, samples, limits, seed_s, peer_bin)
+        return _report(a, tools, samples, limits, seed_s, peer_bin, round_trip_ms)
     finally:
         source.stop()
 
@@ -295,7 +297,7 @@ def _fail_on_differences(what: str, expected: dict[str, dict[str, Any]], got: di
 
 
 def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limits: dict[str, Any],
-            seed_s: float, peer_bin: Path | None) -> int:
+            seed_s: float, peer_bin: Path | None, round_trip_ms: float) -> int:
     summary = summarize(samples)
     points = a.runs * a.keys * a.steps
     rows = []
@@ -316,7 +318,9 @@ def _report(a: argparse.Namespace, tools: list[str], samples: list[Sample], limi
     print("\nverified before timing: every destination run against the source through the MLflow client "
           "(run names, status, start/end times, params, every metric point's step, timestamp and value, "
           f"artifact paths and sizes); mlflow-export-import not on {', '.join(PEER_DOES_NOT_KEEP)} (it does not keep them)")
-    headline: dict[str, Any] = {"points": points, "runferry_wall_s": summary["runferry"].median}
+    # a sequential tool pays this per call; it moves with the machine's kernel (delayed ACKs)
+    headline: dict[str, Any] = {"points": points, "runferry_wall_s": summary["runferry"].median,
+                                "mlflow_client_round_trip_ms": round(round_trip_ms, 2)}
     if "mlflow-export-import" in summary:
         ratio = ratio_of_medians(summary, "mlflow-export-import", "runferry")
         headline["ratio_vs_mlflow-export-import"] = round(ratio, 2)
@@ -471,6 +475,25 @@ def _seed(url: str, a: argparse.Namespace, workdir: Path) -> None:
         if a.artifact_bytes:
             client.log_artifact(run_id, str(artifact))
         client.set_terminated(run_id, "FINISHED", end_time=T0 + r * 10_000 + 9_999)
+
+
+def _sequential_round_trip_ms(url: str, calls: int = 30) -> float:
+    """Median ms of MLflow's own client asking ``get_run`` one call at a time: the latency the
+    peer pays on every one of its sequential calls, recorded with the result because it differs
+    between machines (a kernel that delays the ACK of the answer's headers adds ~40 ms)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    run_id = client.search_runs([experiment.experiment_id], max_results=1)[0].info.run_id
+    client.get_run(run_id)  # the connection is opened outside the measurement
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.get_run(run_id)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def _warm_up(url: str, workdir: Path) -> None:
