@@ -242,7 +242,7 @@ def _limits(a: argparse.Namespace, config: Any, source_cpu: Any, fresh: _FreshDe
             used = {"src_server_cpu_s": round(source_cpu.take(), 2),
                     "dst_server_cpu_s": round(destination_cpu.take(), 2) if destination_cpu else 0.0}
             if destination:
-                _fail_on_differences(f"{name}", expected, _experiment_view(destination.url, f"{name}-{EXPERIMENT}"))
+                _fail_on_differences(name, expected, _experiment_view(destination.url, f"{name}-{EXPERIMENT}"))
         seconds = float(json.loads(child.stdout.strip().splitlines()[-1])["seconds"])
         if not prefix:
             runs.append({"phase": phase, "max_in_flight": in_flight, "seconds": seconds, **used})
