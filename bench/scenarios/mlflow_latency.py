@@ -21,6 +21,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -45,6 +46,16 @@ async def _runferry_get_run(url: str, run_id: str, calls: int, prompt_ack: bool)
             for _ in range(calls):
                 await client.request_json("GET", "/api/2.0/mlflow/runs/get", params=params)
             return (time.perf_counter() - started) / calls
+
+
+def sequential_call_ms(call: Callable[[], object], calls: int) -> float:
+    """Mean ms of ``calls`` calls of ``call`` one at a time, after one untimed call (lazy imports,
+    the first connection): the latency a sequential client pays on every call."""
+    call()
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - started) / calls * 1000
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -78,11 +89,7 @@ def main(argv: list[str]) -> int:
             }
             row: dict[str, object] = {"workers": workers}
             for name, call in calls.items():
-                call()  # warm: lazy imports, first connection
-                started = time.perf_counter()
-                for _ in range(a.calls):
-                    call()
-                row[f"{name} ms"] = round((time.perf_counter() - started) / a.calls * 1000, 1)
+                row[f"{name} ms"] = round(sequential_call_ms(call, a.calls), 1)
             for prompt_ack in (True, False):
                 label = "runferry runs/get ms" if prompt_ack else "runferry runs/get, ACK delayed ms"
                 row[label] = round(anyio.run(_runferry_get_run, server.url, run_id, a.calls, prompt_ack) * 1000, 1)

@@ -165,10 +165,10 @@ def _drive(a: argparse.Namespace, workdir: Path, server_class: Any) -> int:
             return write_toml(workdir / f"{name}.toml", {"source": src, "destination": dst, "transfer": transfer})
 
         def measure(tool: str, repeat: int, prefix: str = "") -> Sample:
-            with fresh(f"{prefix}{tool}-r{repeat}") as (destination, destination_cpu):
+            name = f"{prefix}{tool}-r{repeat}"
+            with fresh(name) as (destination, destination_cpu):
                 source_cpu.take()  # whatever ran before is nobody's
                 if tool == "runferry":
-                    name = f"{prefix}runferry-r{repeat}"
                     child = run_child(python_child("engine", "migrate", str(config(name, destination.url))),
                                       cwd=workdir).check()
                     wall, cpu, rss, experiment = child.wall_s, child.cpu_s, child.peak_rss_mb, f"{name}-{EXPERIMENT}"
@@ -478,22 +478,19 @@ def _seed(url: str, a: argparse.Namespace, workdir: Path) -> None:
 
 
 def _sequential_round_trip_ms(url: str, calls: int = 30) -> float:
-    """Median ms of MLflow's own client asking ``get_run`` one call at a time: the latency the
-    peer pays on every one of its sequential calls, recorded with the result because it differs
-    between machines (a kernel that delays the ACK of the answer's headers adds ~40 ms)."""
+    """MLflow's own client asking ``get_run`` one call at a time, as ``mlflow_latency`` measures
+    it: the latency the peer pays on every one of its sequential calls, recorded with the result
+    because it differs between machines (a kernel that delays the ACK of the answer's headers
+    adds ~40 ms)."""
     from mlflow.tracking import MlflowClient
+
+    from bench.scenarios.mlflow_latency import sequential_call_ms
 
     client = MlflowClient(url)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
     run_id = client.search_runs([experiment.experiment_id], max_results=1)[0].info.run_id
-    client.get_run(run_id)  # the connection is opened outside the measurement
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        client.get_run(run_id)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    return sequential_call_ms(lambda: client.get_run(run_id), calls)
 
 
 def _warm_up(url: str, workdir: Path) -> None:
