@@ -7,7 +7,7 @@ without the client machinery.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ConfigError
@@ -37,6 +37,11 @@ class S3Config:
     sse_customer_key_env: str = ""
     sse_customer_algorithm: str = "AES256"
     addressing_style: str = "path"  # path | virtual | auto
+    # Small PutObjects (up to 256 KiB, in memory) to an explicit endpoint with path-style
+    # addressing are signed and sent by runferry itself instead of botocore (``_direct``):
+    # about a third of the client CPU per request, so many small files reach a prefix's request
+    # limit. RUNFERRY_S3_DIRECT_PUT=0 sends them through botocore (a store that balks at them).
+    direct_put: bool = field(default_factory=lambda: os.environ.get("RUNFERRY_S3_DIRECT_PUT", "1") != "0")
     part_size: int = 8 * MIB
     multipart_threshold: int = 8 * MIB
     # Sources that can be read twice (``put_stream`` given an opener, as for files) of a known

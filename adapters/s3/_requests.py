@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from core.protocols import AdapterContext
 from adapters.s3._client import open_client
 from adapters.s3._config import S3Config
+from adapters.s3._direct import DirectPut
 from adapters.s3._encryption import sse_c_from_env
 from adapters.s3._errors import (
     AUTH_CODES,
@@ -50,6 +51,8 @@ class RequestCore:
         self._limiters: LimiterRegistry = self.context.limiters if self.context.limiters is not None else LimiterRegistry()
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        # small PutObjects sent without botocore's per-call machinery (None: all through botocore)
+        self.direct: DirectPut | None = None
         # SSE-C arguments every object request carries (``{}`` without a customer key)
         self.sse_c: dict[str, Any] = {}
         endpoint = config.endpoint_url or f"https://s3.{config.region}.amazonaws.com"
@@ -71,6 +74,9 @@ class RequestCore:
         stack = AsyncExitStack()
         try:
             self._client = await stack.enter_async_context(open_client(self.config))
+            self.direct = DirectPut.for_client(self.config, self._client)
+            if self.direct is not None:
+                stack.push_async_callback(self.direct.aclose)
         except BaseException:
             await stack.aclose()
             raise
@@ -80,7 +86,7 @@ class RequestCore:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        stack, self._stack, self._client = self._stack, None, None
+        stack, self._stack, self._client, self.direct = self._stack, None, None, None
         if stack is not None:
             await stack.aclose()
 

@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 
 from adapters.s3._config import MAX_PARTS
+from adapters.s3._direct import Redirected
 from adapters.s3._encryption import ABORT_ARGS, PART_ARGS, etag_is_md5, picked
 from adapters.s3._errors import unwrap
 from adapters.s3._parts import (
@@ -107,11 +108,19 @@ class Uploads(RequestCore):
     async def _put_single(self, target: S3Url, body: bytes, extra: dict[str, Any]) -> PutResult:
         digest = await md5_of(body)
 
+        args = {"Bucket": target.bucket, "Key": target.key, "Body": body,
+                "ContentMD5": base64.b64encode(digest).decode(), **extra}
+
         async def attempt() -> Any:
-            response = await self.client.put_object(
-                Bucket=target.bucket, Key=target.key, Body=body_of(body),
-                ContentMD5=base64.b64encode(digest).decode(), **extra,
-            )
+            direct = self.direct
+            response = None
+            if direct is not None and direct.accepts(args):
+                try:
+                    response = await direct.put_object(args)
+                except Redirected:
+                    self.direct = None  # this endpoint redirects: botocore follows S3's redirects
+            if response is None:
+                response = await self.client.put_object(**{**args, "Body": body_of(body)})
             if etag_is_md5(extra, response):
                 self._check_etag(response.get("ETag"), digest, f"PutObject {target}")
             return response

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from adapters.s3 import S3Config, S3Store
 from adapters.s3._upload import SlicedBody, body_of
@@ -49,7 +50,8 @@ async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, 
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
-        seen.append({"headers": dict(request.headers), "body": body})
+        seen.append({"headers": CIMultiDict(request.headers), "body": body, "method": request.method,
+                     "raw_path": request.raw_path})
         return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
     async with serving(handle) as url:
@@ -85,7 +87,7 @@ async def test_put_sends_length_md5_and_no_payload_hash(recorder: tuple[str, lis
     assert result.size == size
     [request] = seen
     headers = request["headers"]
-    assert isinstance(headers, dict)
+    assert isinstance(headers, CIMultiDict)
     assert request["body"] == data
     assert headers["Content-Length"] == str(size)
     assert "Transfer-Encoding" not in headers
