@@ -7,9 +7,11 @@ SlowDown bench's fronts up to 1,000/s) only if the client is not the bound, so t
 the one request such a migration makes by the thousand, goes this way.
 
 It is used only where its request is the one botocore would send: an explicit ``endpoint_url``
-(no endpoint rules to apply) with path-style addressing, a plain bucket name, a key without
-empty or dot segments, a body in memory up to ``MAX_BODY``, and only arguments it knows the
-header of (``HEADERS``, ``Metadata``, the SSE-C key). Anything else goes through botocore.
+(no endpoint rules to apply) with path-style addressing, reached without a proxy, a plain
+bucket name, a key without empty or dot segments, a body in memory up to ``MAX_BODY``, and only
+arguments it knows the header of (``HEADERS``, ``Metadata``, the SSE-C key). Anything else goes
+through botocore. TLS is verified as botocore's client verifies it (its CA bundle:
+``AWS_CA_BUNDLE``, the profile's ``ca_bundle``, else certifi's).
 Answers come back in botocore's shape, failures as its ``ClientError`` with the same fields,
 so ``RequestCore._call`` judges, limits and retries both paths alike. A redirect (an endpoint
 that sends us to another region or host) raises ``Redirected``: the request, and every later
@@ -24,6 +26,7 @@ import contextlib
 import hashlib
 import http
 import re
+import ssl
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -31,7 +34,9 @@ from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import anyio.to_thread
 from botocore.exceptions import ClientError
+from botocore.httpsession import get_cert_path
 from yarl import URL
 
 from adapters.s3._client import USER_AGENT
@@ -71,8 +76,6 @@ KNOWN_ARGS = frozenset({"Bucket", "Key", "Body", "Metadata", "SSECustomerKey", *
 PLAIN_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 HEADER_TEXT = re.compile(r"[\x20-\x7e]*")
 HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~\-]+")
-
-
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -83,7 +86,9 @@ class Redirected(Exception):
 class DirectPut:
     """Sends accepted ``PutObject`` calls itself, over its own connection pool."""
 
-    def __init__(self, config: S3Config, endpoint_url: str, region: str, credentials: Any) -> None:
+    def __init__(
+        self, config: S3Config, endpoint_url: str, region: str, credentials: Any, *, tls: ssl.SSLContext | bool = True
+    ) -> None:
         parts = urlsplit(endpoint_url)
         self._base = f"{parts.scheme}://{parts.netloc}"
         # the Host header as botocore signs it: lower case, IPv6 in brackets, no default port
@@ -95,14 +100,14 @@ class DirectPut:
         self._signer = SigV4Signer(region)
         self._credentials = credentials  # botocore's (refreshable) credentials object
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(64, config.part_concurrency * 4)),
+            connector=aiohttp.TCPConnector(limit=max(64, config.part_concurrency * 4), ssl=tls),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
         )
 
     @classmethod
-    def for_client(cls, config: S3Config, client: Any) -> Self | None:
+    async def for_client(cls, config: S3Config, client: Any) -> Self | None:
         """A ``DirectPut`` beside botocore's ``client``, or None where botocore must decide."""
         endpoint = config.endpoint_url
         if not (config.direct_put and endpoint and config.addressing_style == "path"):
@@ -114,7 +119,16 @@ class DirectPut:
         credentials = getattr(signer, "_credentials", None)
         if credentials is None or getattr(signer, "signature_version", "s3v4") not in ("s3v4", "v4"):
             return None  # anonymous or another signature: botocore's business
-        return cls(config, endpoint, client.meta.region_name, credentials)
+        # botocore's transport settings for this endpoint; where they cannot be read, or name a
+        # proxy, botocore sends
+        transport = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        verify, proxies = getattr(transport, "_verify", None), getattr(transport, "_proxy_config", None)
+        if verify is None or proxies is None or proxies.proxy_url_for(endpoint):
+            return None
+        tls: ssl.SSLContext | bool = True
+        if parts.scheme == "https":
+            tls = await anyio.to_thread.run_sync(_tls_context, verify) if verify is not False else False
+        return cls(config, endpoint, client.meta.region_name, credentials, tls=tls)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -168,6 +182,11 @@ class DirectPut:
             "HTTPStatusCode": response.status, "HTTPHeaders": answer, "RetryAttempts": 0,
         }
         return result
+
+
+def _tls_context(verify: bool | str) -> ssl.SSLContext:
+    """The context botocore's session verifies the endpoint with (``verify``: True or a CA bundle)."""
+    return ssl.create_default_context(cafile=get_cert_path(verify))
 
 
 def _client_error(status: int, headers: dict[str, str], body: bytes) -> ClientError:

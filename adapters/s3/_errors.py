@@ -7,6 +7,8 @@ retry loop in ``_requests`` stays generic.
 
 from __future__ import annotations
 
+import ssl
+
 import aiohttp
 import anyio
 from botocore.exceptions import (
@@ -16,6 +18,7 @@ from botocore.exceptions import (
     IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
+    SSLError,
 )
 
 # Error codes S3 and compatible stores use to say "slow down" (botocore's throttling list,
@@ -38,8 +41,21 @@ AUTH_CODES = frozenset(
 )
 NETWORK_ERRORS = (
     EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
-    ResponseStreamingError, IncompleteReadError, aiohttp.ClientError, TimeoutError, ConnectionError,
+    ResponseStreamingError, IncompleteReadError, SSLError, aiohttp.ClientError, TimeoutError, ConnectionError,
 )
+
+
+def certificate_refused(exc: BaseException) -> bool:
+    """Whether a network error is a TLS certificate that failed verification (a wrong CA bundle
+    or endpoint: no later attempt can succeed), through botocore's wrapping or aiohttp's."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
+            return True
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "kwargs", {}).get("error")
+    return False
 
 
 def unwrap(group: BaseExceptionGroup) -> BaseException:

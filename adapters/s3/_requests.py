@@ -26,6 +26,7 @@ from adapters.s3._errors import (
     NOT_FOUND_CODES,
     THROTTLE_CODES,
     TRANSIENT_CODES,
+    certificate_refused,
 )
 from adapters.s3._url import S3Url
 from core.errors import (
@@ -74,7 +75,7 @@ class RequestCore:
         stack = AsyncExitStack()
         try:
             self._client = await stack.enter_async_context(open_client(self.config))
-            self.direct = DirectPut.for_client(self.config, self._client)
+            self.direct = await DirectPut.for_client(self.config, self._client)
             if self.direct is not None:
                 stack.push_async_callback(self.direct.aclose)
         except BaseException:
@@ -116,6 +117,11 @@ class RequestCore:
                 except ClientError as exc:
                     error = self._client_error(exc, url, what, ticket)
                 except NETWORK_ERRORS as exc:
+                    if certificate_refused(exc):
+                        ticket.success()  # not the server's load: no later attempt can succeed
+                        raise FatalError(
+                            f"{self.name}: {what} {url}: the endpoint's TLS certificate was refused: {exc}", adapter=self.name
+                        ) from exc
                     ticket.failed()
                     error = TransientError(f"{self.name}: {what} {url}: {exc!r}", adapter=self.name)
                     error.__cause__ = exc

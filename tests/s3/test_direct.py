@@ -7,13 +7,17 @@ become the same ``ClientError``, and objects written both ways into moto read ba
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +28,7 @@ from botocore.credentials import Credentials as BotoCredentials
 from botocore.exceptions import ClientError
 from multidict import CIMultiDict
 
-from adapters.s3 import S3Config, S3Store
+from adapters.s3 import S3Config, S3Store, S3Url
 from adapters.s3._direct import MAX_BODY, DirectPut
 from adapters.s3._sigv4 import Credentials, SigV4Signer
 from core.protocols import AdapterContext
@@ -301,7 +305,8 @@ async def test_transient_answers_are_retried_until_the_attempt_limit(monkeypatch
     async def one() -> AsyncIterator[bytes]:
         yield b"data"
 
-    limiters = LimiterRegistry(default=ControlConfig(backoff_base=0.001, backoff_cap=0.01))
+    # quick backoff, and a pace floor far above what the test sends (a throttle paces the prefix)
+    limiters = LimiterRegistry(default=ControlConfig(backoff_base=0.001, backoff_cap=0.01, min_rate=1000))
     async with serving(handle) as url, S3Store(S3Config(endpoint_url=url, max_attempts=3), AdapterContext(limiters=limiters)) as s3:
         assert s3.direct is not None
         result = await s3.put_stream("s3://bucket/k/obj", one())
@@ -356,6 +361,170 @@ async def test_a_redirecting_endpoint_is_left_to_botocore(status: int, monkeypat
     assert first.etag == second.etag == hashlib.md5(b"data").hexdigest()
     assert " botocore/" not in agents[0]
     assert len(agents) == 3 and all(" botocore/" in agent for agent in agents[1:])
+
+
+async def test_refreshed_credentials_sign_the_next_request(recorder: tuple[str, list[dict[str, Any]]]) -> None:
+    """botocore's credentials object is asked on every request, so a refresh (assumed roles,
+    instance profiles) reaches the direct path; each request verifies with its own secret."""
+    url, seen = recorder
+
+    class Rotating:
+        def __init__(self) -> None:
+            self.turn = 0
+
+        async def get_frozen_credentials(self) -> Credentials:
+            self.turn += 1
+            return Credentials(f"AK{self.turn}", f"secret-{self.turn}", f"token-{self.turn}")
+
+    direct = DirectPut(S3Config(endpoint_url=url), url, "us-east-1", Rotating())
+    try:
+        for _ in range(2):
+            await direct.put_object(put_args(b"abc", key="k/obj"))
+    finally:
+        await direct.aclose()
+    for turn, request in enumerate(seen, start=1):
+        sent = request["headers"]
+        assert sent["x-amz-security-token"] == f"token-{turn}"
+        signature = botocore_signature("PUT", request["url"], sent, f"secret-{turn}", f"AK{turn}", f"token-{turn}")
+        assert sent["authorization"] == sent["authorization"].split("Signature=")[0] + f"Signature={signature}"
+        assert f"Credential=AK{turn}/" in sent["authorization"]
+
+
+async def test_resets_timeouts_and_truncated_answers_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection dropped before the answer, an answer that never comes (read timeout) and an
+    answer cut short of its Content-Length each cost one attempt; the next one stores the object."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    faults = ["reset", "hang", "truncate"]
+    calls = 0
+    release = asyncio.Event()  # set once the object is stored: hung handlers end with the test
+    etag = f'"{hashlib.md5(b"data").hexdigest()}"'
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        await request.read()
+        fault = faults.pop(0) if faults else None
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            await release.wait()
+        if fault == "hang":
+            await release.wait()
+        if fault == "truncate":
+            response = web.StreamResponse(status=200, headers={"ETag": etag})
+            response.content_length = 100
+            await response.prepare(request)
+            await response.write(b"x" * 10)
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        return web.Response(status=200, headers={"ETag": etag})
+
+    async def one() -> AsyncIterator[bytes]:
+        yield b"data"
+
+    limiters = LimiterRegistry(default=ControlConfig(backoff_base=0.001, backoff_cap=0.01))
+    async with serving(handle) as url:
+        config = S3Config(endpoint_url=url, read_timeout=0.3, max_attempts=4)
+        async with S3Store(config, AdapterContext(limiters=limiters)) as s3:
+            assert s3.direct is not None
+            result = await s3.put_stream("s3://bucket/k/obj", one())
+        release.set()
+    assert result.etag == etag.strip('"')
+    assert calls == 4
+
+
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2036, 1, 1, tzinfo=UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("runferry test CA")).issuer_name(name("runferry test CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+async def test_tls_is_verified_with_botocores_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTPS the direct PUT trusts what botocore's client trusts (``AWS_CA_BUNDLE`` here):
+    a server whose CA is in the bundle is reached directly; with another bundle both paths refuse it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    ca, cert, key = tls_files(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    agents: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        agents.append(request.headers["User-Agent"])
+        return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
+
+    async def one() -> AsyncIterator[bytes]:
+        yield b"secret bytes"
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
+        async with S3Store(S3Config(endpoint_url=url)) as s3:
+            assert s3.direct is not None
+            await s3.put_stream("s3://bucket/k/obj", one())
+        assert len(agents) == 1 and " botocore/" not in agents[0]
+        (tmp_path / "other").mkdir()
+        other_ca, _, _ = tls_files(tmp_path / "other")
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(other_ca))
+        for direct_put in (True, False):  # a refused certificate is no network hiccup: one attempt, a clear error
+            async with S3Store(S3Config(endpoint_url=url, direct_put=direct_put)) as s3:
+                assert (s3.direct is not None) is direct_put
+                with pytest.raises(FatalError, match="TLS certificate was refused"):
+                    await s3.put_stream("s3://bucket/k/obj", one())
+                assert s3.limiter_for(S3Url.parse("s3://bucket/k/obj")).statistics().retries == 0
+        assert len(agents) == 1
+    finally:
+        await runner.cleanup()
+
+
+def test_a_proxy_for_the_endpoint_leaves_the_put_to_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def direct_with(proxy: str | None) -> DirectPut | None:
+        if proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy)
+        else:
+            monkeypatch.delenv("HTTP_PROXY", raising=False)
+            monkeypatch.delenv("http_proxy", raising=False)
+        async with S3Store(S3Config(endpoint_url="http://127.0.0.1:9")) as s3:
+            return s3.direct
+
+    assert asyncio.run(direct_with(None)) is not None
+    assert asyncio.run(direct_with("http://127.0.0.1:3128")) is None
 
 
 # -- against moto ------------------------------------------------------------------------------
