@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
 from core.protocols import AdapterContext
 from adapters.s3 import MIB, S3Config, S3Store
 from ratelimit import LimiterRegistry
 from tests.servers.s3front import FrontSettings, S3Stack, start_s3_stack
+from tests.servers.scripted_http import ScriptedServer
 
 PART = 5 * MIB  # S3's minimum part size: many parts with little data
 
@@ -30,6 +36,54 @@ def front(s3_stack: S3Stack) -> Iterator[S3Stack]:
     s3_stack.reset_stats()
     yield s3_stack
     s3_stack.configure(**{k: v for k, v in vars(FrontSettings()).items()})
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Any, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """``handle`` answering every request on a loopback port (HTTPS with ``tls``); yields the base URL."""
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+RECORDER_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret/key+",
+                        "AWS_SESSION_TOKEN": "token-123"}
+
+
+@pytest.fixture
+async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback server that records every request (headers, body, method, raw path, URL) and
+    answers 200 with the body's MD5 as ETag; clients sign with ``RECORDER_CREDENTIALS``."""
+    for name, value in RECORDER_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    seen: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append({"headers": CIMultiDict(request.headers), "body": body, "method": request.method,
+                     "raw_path": request.raw_path, "url": str(request.url)})
+        return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"', "x-amz-version-id": "v1"})
+
+    async with serving(handle) as url:
+        yield url, seen
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
+    """A fresh ``ScriptedServer`` (its hung answers end with the test) and credentials for it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    server = ScriptedServer().start()
+    yield server
+    server.stop()
 
 
 class Events:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import ipaddress
 import os
@@ -33,9 +32,10 @@ from adapters.s3._direct import MAX_BODY, DirectPut
 from adapters.s3._sigv4 import Credentials, SigV4Signer
 from core.protocols import AdapterContext
 from core.errors import AuthError, FatalError, NotFoundError, TransferError
-from ratelimit import ControlConfig, LimiterRegistry
-from tests.s3.test_wire import serving
+from ratelimit import FakeClock, LimiterRegistry
+from tests.s3.conftest import RECORDER_CREDENTIALS, serving
 from tests.servers.s3front import S3Stack
+from tests.servers.scripted_http import HANG, RESET, ScriptedServer, reply, truncated
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 NOW = datetime(2026, 12, 3, 7, 8, 9, tzinfo=UTC)
@@ -106,23 +106,6 @@ async def test_the_host_signed_is_botocores(endpoint: str) -> None:
 # -- on the wire, both ways ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret/key+")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-123")
-    seen: list[dict[str, Any]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        seen.append({"headers": CIMultiDict(request.headers), "body": body, "method": request.method,
-                     "raw_path": request.raw_path, "url": str(request.url)})
-        return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"', "x-amz-version-id": "v1"})
-
-    async with serving(handle) as url:
-        yield url, seen
-
-
 def put_args(body: bytes, key: str = AWKWARD_KEY) -> dict[str, Any]:
     return {
         "Bucket": "bucket", "Key": key, "Body": body,
@@ -159,7 +142,9 @@ async def test_the_same_put_object_goes_out_the_same_both_ways(recorder: tuple[s
     assert direct["headers"]["host"] == boto["headers"]["host"]
     # our signature is the one botocore computes for what we sent
     sent = direct["headers"]
-    signature = botocore_signature("PUT", direct["url"], sent, "secret/key+", "AKIDEXAMPLE", "token-123")
+    c = RECORDER_CREDENTIALS
+    signature = botocore_signature("PUT", direct["url"], sent, c["AWS_SECRET_ACCESS_KEY"], c["AWS_ACCESS_KEY_ID"],
+                                   c["AWS_SESSION_TOKEN"])
     assert sent["authorization"].endswith(f"Signature={signature}")
     assert sent["authorization"].split("Signature=")[0] == boto["headers"]["authorization"].split("Signature=")[0].replace(
         boto["headers"]["x-amz-date"][:8], sent["x-amz-date"][:8]
@@ -223,6 +208,23 @@ async def test_stores_botocore_must_address_have_no_direct_path(config: S3Config
         assert s3.direct is not None
 
 
+OBJECT = "/bucket/k/obj"  # the path of s3://bucket/k/obj, path-style
+
+
+def etag_of(data: bytes) -> dict[str, str]:
+    return {"ETag": f'"{hashlib.md5(data).hexdigest()}"'}
+
+
+async def one_piece(data: bytes = b"data") -> AsyncIterator[bytes]:
+    yield data
+
+
+def store_on(server: ScriptedServer, **config: Any) -> S3Store:
+    """A store on the scripted server whose limiter sleeps on a fake clock (backoff costs no time)."""
+    limiters = LimiterRegistry(clock=FakeClock(), seed=1)
+    return S3Store(S3Config(endpoint_url=server.url, **config), AdapterContext(limiters=limiters))
+
+
 @pytest.mark.parametrize(
     ("status", "body", "headers"),
     [
@@ -236,19 +238,13 @@ async def test_stores_botocore_must_address_have_no_direct_path(config: S3Config
     ],
 )
 async def test_error_answers_become_botocores_client_error(
-    status: int, body: bytes, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    scripted: ScriptedServer, status: int, body: bytes, headers: dict[str, str]
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=status, body=body, headers=headers)
-
-    async with serving(handle) as url, S3Store(S3Config(endpoint_url=url)) as s3:
+    scripted.script(OBJECT, reply(status, body, headers), reply(status, body, headers))
+    args = put_args(b"payload", key="k/obj")
+    errors = []
+    async with store_on(scripted) as s3:
         assert s3.direct is not None
-        args = put_args(b"payload", key="k/obj")
-        errors = []
         for send in (lambda: s3.direct.put_object(args), lambda: s3.client.put_object(**args)):  # type: ignore[union-attr]
             with pytest.raises(ClientError) as caught:
                 await send()
@@ -266,101 +262,52 @@ async def test_error_answers_become_botocores_client_error(
     [(403, "AccessDenied", AuthError), (404, "NoSuchBucket", NotFoundError), (400, "InvalidArgument", FatalError)],
 )
 async def test_a_refused_direct_put_fails_at_once_as_botocores_would(
-    status: int, code: str, raised: type[Exception], monkeypatch: pytest.MonkeyPatch
+    scripted: ScriptedServer, status: int, code: str, raised: type[Exception]
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    calls = 0
-
-    async def handle(request: web.Request) -> web.Response:
-        nonlocal calls
-        calls += 1
-        await request.read()
-        return web.Response(status=status, body=f"<Error><Code>{code}</Code><Message>m</Message></Error>".encode())
-
-    async def one() -> AsyncIterator[bytes]:
-        yield b"data"
-
-    async with serving(handle) as url, S3Store(S3Config(endpoint_url=url)) as s3:
+    scripted.script(OBJECT, reply(status, f"<Error><Code>{code}</Code><Message>m</Message></Error>".encode()))
+    async with store_on(scripted) as s3:
         with pytest.raises(raised):
-            await s3.put_stream("s3://bucket/k/obj", one())
-    assert calls == 1
+            await s3.put_stream(f"s3:/{OBJECT}", one_piece())
+    assert scripted.count(OBJECT) == 1
 
 
-async def test_transient_answers_are_retried_until_the_attempt_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    answers = [(500, b""), (503, b"<Error><Code>SlowDown</Code></Error>")]
-    calls = 0
-
-    async def handle(request: web.Request) -> web.Response:
-        nonlocal calls
-        calls += 1
-        await request.read()
-        if answers:
-            status, body = answers.pop(0)
-            return web.Response(status=status, body=body)
-        return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(b"data").hexdigest()}"'})
-
-    async def one() -> AsyncIterator[bytes]:
-        yield b"data"
-
-    # quick backoff, and a pace floor far above what the test sends (a throttle paces the prefix)
-    limiters = LimiterRegistry(default=ControlConfig(backoff_base=0.001, backoff_cap=0.01, min_rate=1000))
-    async with serving(handle) as url, S3Store(S3Config(endpoint_url=url, max_attempts=3), AdapterContext(limiters=limiters)) as s3:
+async def test_faults_cost_an_attempt_each_until_the_attempt_limit(scripted: ScriptedServer) -> None:
+    """5xx, SlowDown, a reset, an answer that never comes (read timeout), one cut short of its
+    Content-Length and a wrong ETag each cost one attempt; the next one stores the object. Past
+    ``max_attempts`` the transfer fails."""
+    scripted.script(
+        OBJECT, reply(500, b""), reply(503, b"<Error><Code>SlowDown</Code></Error>"), RESET, HANG,
+        truncated(b"x" * 10, 100), reply(200, b"", {"ETag": '"00000000000000000000000000000000"'}),
+        reply(200, b"", etag_of(b"data")),
+    )
+    async with store_on(scripted, read_timeout=0.3, max_attempts=7) as s3:
         assert s3.direct is not None
-        result = await s3.put_stream("s3://bucket/k/obj", one())
+        result = await s3.put_stream(f"s3:/{OBJECT}", one_piece())
         assert result.etag == hashlib.md5(b"data").hexdigest()
-        assert calls == 3
-        answers.extend([(500, b"")] * 3)
+        assert scripted.count(OBJECT) == 7
+        scripted.script("/bucket/k/other", *[reply(500, b"")] * 7)
         with pytest.raises(TransferError):
-            await s3.put_stream("s3://bucket/k/other", one())
-    assert calls == 6
-
-
-async def test_a_wrong_etag_is_retried_as_damaged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    etags = ['"00000000000000000000000000000000"', f'"{hashlib.md5(b"data").hexdigest()}"']
-
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=200, headers={"ETag": etags.pop(0)})
-
-    async def one() -> AsyncIterator[bytes]:
-        yield b"data"
-
-    async with serving(handle) as url, S3Store(S3Config(endpoint_url=url)) as s3:
-        await s3.put_stream("s3://bucket/k/obj", one())
-    assert etags == []
+            await s3.put_stream("s3://bucket/k/other", one_piece())
+    assert scripted.count("/bucket/k/other") == 7
+    assert all(" botocore/" not in headers["User-Agent"] for _, _, headers in scripted.requests)
 
 
 @pytest.mark.parametrize("status", [301, 307])
-async def test_a_redirecting_endpoint_is_left_to_botocore(status: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    agents: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        agents.append(request.headers["User-Agent"])
-        if " botocore/" in request.headers["User-Agent"]:  # botocore's own handling is not ours to test
-            return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
-        code = "PermanentRedirect" if status == 301 else "TemporaryRedirect"
-        return web.Response(status=status, headers={"Location": "http://127.0.0.1:1/elsewhere"},
-                            body=f"<Error><Code>{code}</Code><Endpoint>127.0.0.1</Endpoint></Error>".encode())
-
-    async def one() -> AsyncIterator[bytes]:
-        yield b"data"
-
-    async with serving(handle) as url, S3Store(S3Config(endpoint_url=url)) as s3:
+async def test_a_redirecting_endpoint_is_left_to_botocore(scripted: ScriptedServer, status: int) -> None:
+    code = "PermanentRedirect" if status == 301 else "TemporaryRedirect"
+    moved = reply(status, f"<Error><Code>{code}</Code><Endpoint>127.0.0.1</Endpoint></Error>".encode(),
+                  {"Location": "http://127.0.0.1:1/elsewhere"})
+    scripted.script(OBJECT, moved, reply(200, b"", etag_of(b"data")))  # botocore's own request gets the 200
+    scripted.script("/bucket/k/obj2", reply(200, b"", etag_of(b"data")))
+    async with store_on(scripted) as s3:
         assert s3.direct is not None
-        first = await s3.put_stream("s3://bucket/k/obj", one())
+        first = await s3.put_stream(f"s3:/{OBJECT}", one_piece())
         assert s3.direct is None
-        second = await s3.put_stream("s3://bucket/k/obj2", one())
+        second = await s3.put_stream("s3://bucket/k/obj2", one_piece())
     assert first.etag == second.etag == hashlib.md5(b"data").hexdigest()
-    assert " botocore/" not in agents[0]
-    assert len(agents) == 3 and all(" botocore/" in agent for agent in agents[1:])
+    agents = [headers["User-Agent"] for _, _, headers in scripted.requests]
+    assert len(agents) == 3 and " botocore/" not in agents[0]
+    assert all(" botocore/" in agent for agent in agents[1:])
 
 
 async def test_refreshed_credentials_sign_the_next_request(recorder: tuple[str, list[dict[str, Any]]]) -> None:
@@ -388,51 +335,6 @@ async def test_refreshed_credentials_sign_the_next_request(recorder: tuple[str, 
         signature = botocore_signature("PUT", request["url"], sent, f"secret-{turn}", f"AK{turn}", f"token-{turn}")
         assert sent["authorization"] == sent["authorization"].split("Signature=")[0] + f"Signature={signature}"
         assert f"Credential=AK{turn}/" in sent["authorization"]
-
-
-async def test_resets_timeouts_and_truncated_answers_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A connection dropped before the answer, an answer that never comes (read timeout) and an
-    answer cut short of its Content-Length each cost one attempt; the next one stores the object."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    faults = ["reset", "hang", "truncate"]
-    calls = 0
-    release = asyncio.Event()  # set once the object is stored: hung handlers end with the test
-    etag = f'"{hashlib.md5(b"data").hexdigest()}"'
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        nonlocal calls
-        calls += 1
-        await request.read()
-        fault = faults.pop(0) if faults else None
-        if fault == "reset":
-            assert request.transport is not None
-            request.transport.close()
-            await release.wait()
-        if fault == "hang":
-            await release.wait()
-        if fault == "truncate":
-            response = web.StreamResponse(status=200, headers={"ETag": etag})
-            response.content_length = 100
-            await response.prepare(request)
-            await response.write(b"x" * 10)
-            assert request.transport is not None
-            request.transport.close()
-            return response
-        return web.Response(status=200, headers={"ETag": etag})
-
-    async def one() -> AsyncIterator[bytes]:
-        yield b"data"
-
-    limiters = LimiterRegistry(default=ControlConfig(backoff_base=0.001, backoff_cap=0.01))
-    async with serving(handle) as url:
-        config = S3Config(endpoint_url=url, read_timeout=0.3, max_attempts=4)
-        async with S3Store(config, AdapterContext(limiters=limiters)) as s3:
-            assert s3.direct is not None
-            result = await s3.put_stream("s3://bucket/k/obj", one())
-        release.set()
-    assert result.etag == etag.strip('"')
-    assert calls == 4
 
 
 def tls_files(directory: Path) -> tuple[Path, Path, Path]:
@@ -481,14 +383,7 @@ async def test_tls_is_verified_with_botocores_ca_bundle(tmp_path: Path, monkeypa
     async def one() -> AsyncIterator[bytes]:
         yield b"secret bytes"
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    try:
+    async with serving(handle, tls=context) as url:
         monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
         async with S3Store(S3Config(endpoint_url=url)) as s3:
             assert s3.direct is not None
@@ -504,8 +399,6 @@ async def test_tls_is_verified_with_botocores_ca_bundle(tmp_path: Path, monkeypa
                     await s3.put_stream("s3://bucket/k/obj", one())
                 assert s3.limiter_for(S3Url.parse("s3://bucket/k/obj")).statistics().retries == 0
         assert len(agents) == 1
-    finally:
-        await runner.cleanup()
 
 
 def test_a_proxy_for_the_endpoint_leaves_the_put_to_botocore(monkeypatch: pytest.MonkeyPatch) -> None:

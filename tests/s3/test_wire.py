@@ -7,7 +7,6 @@ body with a length); these tests fail loudly if a botocore/aiohttp upgrade chang
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,7 @@ from multidict import CIMultiDict
 from adapters.s3 import S3Config, S3Store
 from adapters.s3._upload import SlicedBody, body_of
 from core.errors import TransientError
+from tests.s3.conftest import serving
 
 
 def test_sliced_body_reads_and_iterates_the_same_bytes() -> None:
@@ -42,40 +42,8 @@ def test_small_bodies_go_as_bytes() -> None:
     assert isinstance(body_of(b"x" * (SlicedBody.SLICE + 1)), SlicedBody)
 
 
-@pytest.fixture
-async def recorder(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    seen: list[dict[str, object]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        seen.append({"headers": CIMultiDict(request.headers), "body": body, "method": request.method,
-                     "raw_path": request.raw_path})
-        return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
-
-    async with serving(handle) as url:
-        yield url, seen
-
-
-@contextlib.asynccontextmanager
-async def serving(handle: Any) -> AsyncIterator[str]:
-    """``handle`` answering every request on a loopback port; yields the base URL."""
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 @pytest.mark.parametrize("size", [0, 1000, 3 * 1024 * 1024 + 5])
-async def test_put_sends_length_md5_and_no_payload_hash(recorder: tuple[str, list[dict[str, object]]], size: int) -> None:
+async def test_put_sends_length_md5_and_no_payload_hash(recorder: tuple[str, list[dict[str, Any]]], size: int) -> None:
     url, seen = recorder
     data = bytes(size % 251 for _ in range(size)) if size < 10_000 else b"\x07" * size
 
