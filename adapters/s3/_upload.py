@@ -107,7 +107,6 @@ class Uploads(RequestCore):
 
     async def _put_single(self, target: S3Url, body: bytes, extra: dict[str, Any]) -> PutResult:
         digest = await md5_of(body)
-
         args = {"Bucket": target.bucket, "Key": target.key, "Body": body,
                 "ContentMD5": base64.b64encode(digest).decode(), **extra}
 
