@@ -41,7 +41,7 @@ from yarl import URL
 
 from adapters.s3._client import USER_AGENT
 from adapters.s3._config import S3Config
-from adapters.s3._sigv4 import Credentials, SigV4Signer
+from adapters.s3._sigv4 import SigV4Signer
 
 MAX_BODY = 256 * 1024  # larger bodies: botocore's path, sliced (``SlicedBody``); their overhead is small
 ERROR_BODY_LIMIT = 64 * 1024
@@ -162,8 +162,7 @@ class DirectPut:
             raw = key.encode() if isinstance(key, str) else bytes(key)
             headers["x-amz-server-side-encryption-customer-key"] = base64.b64encode(raw).decode()
             headers["x-amz-server-side-encryption-customer-key-md5"] = base64.b64encode(hashlib.md5(raw).digest()).decode()
-        frozen = await self._credentials.get_frozen_credentials()
-        credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        credentials = await self._credentials.get_frozen_credentials()
         self._signer.sign("PUT", self._host, path, headers, credentials, datetime.now(UTC))
         headers["host"] = self._host
         headers["user-agent"] = USER_AGENT
@@ -174,7 +173,7 @@ class DirectPut:
             if response.status in REDIRECTS:
                 raise Redirected(f"{response.status} from {url}")
             if response.status >= 300:
-                raise _client_error(response.status, answer, await response.content.read(ERROR_BODY_LIMIT))
+                raise _error_answer(response.status, answer, await response.content.read(ERROR_BODY_LIMIT))
             await response.read()
         result: dict[str, Any] = {RESULT_HEADERS[name]: value for name, value in answer.items() if name in RESULT_HEADERS}
         result["ResponseMetadata"] = {
@@ -189,7 +188,7 @@ def _tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=get_cert_path(verify))
 
 
-def _client_error(status: int, headers: dict[str, str], body: bytes) -> ClientError:
+def _error_answer(status: int, headers: dict[str, str], body: bytes) -> ClientError:
     """botocore's ``ClientError`` for an error answer: S3's XML ``<Error>`` when there is one,
     else (a HEAD-like empty or unreadable body) the status as the code, as botocore does."""
     code, message = str(status), ""

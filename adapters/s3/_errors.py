@@ -47,14 +47,15 @@ NETWORK_ERRORS = (
 
 def certificate_refused(exc: BaseException) -> bool:
     """Whether a network error is a TLS certificate that failed verification (a wrong CA bundle
-    or endpoint: no later attempt can succeed), through botocore's wrapping or aiohttp's."""
+    or endpoint: no later attempt can succeed), through botocore's wrapping or aiohttp's (each
+    raises its own error while handling the one below)."""
     seen: BaseException | None = exc
     for _ in range(8):  # the chain is short; never loop on a cycle
         if seen is None:
             return False
         if isinstance(seen, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
             return True
-        seen = seen.__cause__ or seen.__context__ or getattr(seen, "kwargs", {}).get("error")
+        seen = seen.__cause__ or seen.__context__
     return False
 
 

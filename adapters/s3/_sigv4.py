@@ -4,27 +4,37 @@ botocore signs every request through its event machinery and derives the signing
 time (four HMACs); at a thousand small PUTs a second that is a large share of a core. This is
 the same algorithm as botocore's ``S3SigV4Auth`` with an unsigned payload (what our client
 configuration asks of botocore too: ``Content-MD5`` guards the bytes), the key derived once per
-day and region. ``tests/s3/test_sigv4.py`` holds it to botocore's signatures.
+day and region. ``tests/s3/test_direct.py`` holds it to botocore's signatures.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
+
+from botocore.credentials import ReadOnlyCredentials
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 ALGORITHM = "AWS4-HMAC-SHA256"
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """The three values a signature needs (a frozen copy of botocore's credentials)."""
+# botocore's frozen credentials (what ``get_frozen_credentials()`` gives), to build one by hand
+Credentials = ReadOnlyCredentials
 
-    access_key: str
-    secret_key: str
-    token: str | None = None
+
+class SigningCredentials(Protocol):
+    """What a signature needs; botocore's frozen credentials are signed with as they come."""
+
+    @property
+    def access_key(self) -> str: ...
+
+    @property
+    def secret_key(self) -> str: ...
+
+    @property
+    def token(self) -> str | None: ...
 
 
 class SigV4Signer:
@@ -47,14 +57,14 @@ class SigV4Signer:
 
     def sign(
         self, method: str, host: str, raw_path: str, headers: dict[str, str],
-        credentials: Credentials, now: datetime, raw_query: str = "",
+        credentials: SigningCredentials, now: datetime,
     ) -> None:
         """Add ``x-amz-date``, ``x-amz-content-sha256``, the session token and ``authorization``
         to ``headers`` (every header given is signed, by its lower-case name; ``host`` is signed
         but not added: the caller sends the same value).
 
         ``raw_path`` is the path as sent (already percent-encoded; S3 paths are not normalised);
-        ``raw_query`` a canonical query string (sorted, encoded), empty for object PUTs.
+        the request has no query string (an object PUT).
         """
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
@@ -67,7 +77,7 @@ class SigV4Signer:
         names = sorted(signed)
         canonical_headers = "".join(f"{name}:{' '.join(signed[name].split())}\n" for name in names)
         signed_names = ";".join(names)
-        canonical = "\n".join((method, raw_path, raw_query, canonical_headers, signed_names, UNSIGNED_PAYLOAD))
+        canonical = "\n".join((method, raw_path, "", canonical_headers, signed_names, UNSIGNED_PAYLOAD))
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(self.signing_key(credentials.secret_key, day), to_sign.encode(), "sha256").hexdigest()

@@ -27,7 +27,7 @@ import anyio
 import anyio.abc
 
 from adapters.s3._config import MAX_PARTS
-from adapters.s3._direct import Redirected
+from adapters.s3._direct import DirectPut, Redirected
 from adapters.s3._encryption import ABORT_ARGS, PART_ARGS, etag_is_md5, picked
 from adapters.s3._errors import unwrap
 from adapters.s3._parts import (
@@ -110,10 +110,12 @@ class Uploads(RequestCore):
         args = {"Bucket": target.bucket, "Key": target.key, "Body": body,
                 "ContentMD5": base64.b64encode(digest).decode(), **extra}
 
+        accepted = DirectPut.accepts(args)  # the same for every attempt
+
         async def attempt() -> Any:
-            direct = self.direct
+            direct = self.direct  # None once the endpoint redirected
             response = None
-            if direct is not None and direct.accepts(args):
+            if direct is not None and accepted:
                 try:
                     response = await direct.put_object(args)
                 except Redirected:
