@@ -1,7 +1,8 @@
 """The aiobotocore client: session, credentials, and the settings that hand retries to our limiter.
 
 One place decides how botocore is configured (no retries of its own, no CRC32 trailers, no
-body copies or SHA-256 payload hashes: Content-MD5 guards the bytes), so every request of the package behaves the same.
+body copies or SHA-256 payload hashes: Content-MD5 guards the bytes; stored checksums asked for,
+checked by ``_download``), so every request of the package behaves the same.
 """
 
 from __future__ import annotations
@@ -69,5 +70,15 @@ async def open_client(config: S3Config) -> AsyncIterator[Any]:
             # botocore wraps a bytes body in BytesIO, which aiohttp then copies whole
             # (``getbuffer`` unshares it) and re-reads piece by piece; bytes go out as they are.
             client.meta.events.unregister(f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object)
+        if config.checksums:
+            for operation in ("GetObject", "HeadObject"):
+                client.meta.events.register(f"before-call.s3.{operation}", _ask_for_checksum)
         yield client
+
+
+def _ask_for_checksum(params: dict[str, Any], **_: Any) -> None:
+    """Ask the store for the object's stored checksum (``x-amz-checksum-mode``) as a header,
+    not as botocore's ``ChecksumMode`` argument: that would also make botocore check a CRC of
+    every body on the event loop, which ``_download`` does in a worker thread instead."""
+    params["headers"]["x-amz-checksum-mode"] = "ENABLED"
 

@@ -42,6 +42,12 @@ class S3Config:
     # about a third of the client CPU per request, so many small files reach a prefix's request
     # limit. RUNFERRY_S3_DIRECT_PUT=0 sends them through botocore (a store that balks at them).
     direct_put: bool = field(default_factory=lambda: os.environ.get("RUNFERRY_S3_DIRECT_PUT", "1") != "0")
+    # Streamed PutObjects carry the CRC-32 runferry already computes (``x-amz-checksum-crc32``,
+    # kept by the store beside the object), and GETs ask for a stored full-object CRC-32: an
+    # object that has one is verified by it, at about a quarter of MD5's CPU (a download's
+    # largest cost); others by their ETag as before. RUNFERRY_S3_CHECKSUMS=0 sends neither header
+    # (a store that refuses them).
+    checksums: bool = field(default_factory=lambda: os.environ.get("RUNFERRY_S3_CHECKSUMS", "1") != "0")
     part_size: int = 8 * MIB
     multipart_threshold: int = 8 * MIB
     # Sources that can be read twice (``put_stream`` given an opener, as for files) of a known

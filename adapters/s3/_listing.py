@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from adapters.s3._encryption import etag_is_md5
+from adapters.s3._parts import MULTIPART_ETAG
 from adapters.s3._requests import RequestCore
 from adapters.s3._url import ObjectInfo, S3Url
 
@@ -27,7 +28,21 @@ def info_of(target: S3Url, response: dict[str, Any], request: dict[str, Any]) ->
         last_modified=modified.timestamp() if modified is not None else None,
         metadata=tuple(sorted(response.get("Metadata", {}).items())),
         etag_is_md5=etag_is_md5(request, response),
+        crc32=full_object_crc32(response),
     )
+
+
+def full_object_crc32(response: dict[str, Any]) -> str | None:
+    """The CRC-32 of the whole object, if the answer carries one; not a composite of part
+    checksums (``value-N``, ``ChecksumType: COMPOSITE``), which no single pass checks. A
+    multipart object's checksum counts only when the store says ``FULL_OBJECT`` (moto's HEAD
+    drops the ``-N`` and the type of a composite one)."""
+    value = response.get("ChecksumCRC32")
+    kind = response.get("ChecksumType")
+    multipart = MULTIPART_ETAG.match(str(response.get("ETag", "")).strip('"')) is not None
+    if not value or "-" in value or kind not in ("FULL_OBJECT", None) or (multipart and kind is None):
+        return None
+    return str(value)
 
 
 class Listing(RequestCore):

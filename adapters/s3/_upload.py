@@ -136,6 +136,8 @@ class Uploads(RequestCore):
             async for _ in pieces:
                 pass
         md5 = digest.digest()
+        if self.config.checksums:  # kept by the store: downloads check it instead of the MD5
+            extra = {**extra, "ChecksumAlgorithm": "CRC32", "ChecksumCRC32": base64.b64encode(check.digest()).decode()}
 
         async def attempt() -> Any:
             body = ReopenedBody(reopen, size, check.digest(), self.name, target)

@@ -42,6 +42,7 @@ class ObjectInfo:
     last_modified: float | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     etag_is_md5: bool = True  # False for SSE-C / SSE-KMS objects: their ETag is no digest of the bytes
+    crc32: str | None = None  # the store's full-object CRC-32 (base64, as S3 sends it), if it keeps one
 
 
 @dataclass(frozen=True, slots=True)
