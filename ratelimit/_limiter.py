@@ -92,7 +92,9 @@ class AdjustableSemaphore:
         self._wake()
 
     async def acquire(self) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        """Take a slot; a checkpoint only when it has to wait (as ``asyncio.Semaphore``: the
+        uncontended path costs nothing, and ``EndpointLimiter.slot`` checkpoints in its pacing
+        turn right after; anyio's ``checkpoint_if_cancelled`` here was 5 % of a small PUT's CPU)."""
         if self._used < self._limit and not self._waiters:
             self._used += 1
             return

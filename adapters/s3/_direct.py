@@ -3,9 +3,10 @@
 Why: botocore spends about 0.7 ms of CPU on every request (serialising, endpoint rules, event
 hooks, signing, parsing the answer); through aiohttp the same request still cost ~0.45 ms of the
 client's CPU in all, over ``_http1`` ~0.22 ms (the two measured in turns in one process, 5,000
-PUTs a round against the SlowDown bench's sink front). A migration of many small files meets S3's per-prefix request limits (3,500 PUT/s on AWS; the
-SlowDown bench's fronts up to 1,000/s) only if the client is not the bound, so the small PUT,
-the one request such a migration makes by the thousand, goes this way.
+PUTs a round against the SlowDown bench's sink front). A migration of many small files meets
+S3's per-prefix request limits (3,500 PUT/s on AWS; the SlowDown bench's fronts up to 1,000/s
+on each of 4 prefixes) only if the client is not the bound, so the small PUT, the one request
+such a migration makes by the thousand, goes this way.
 
 It is used only where its request is the one botocore would send: an explicit ``endpoint_url``
 (no endpoint rules to apply) with path-style addressing, reached without a proxy, a plain

@@ -6,7 +6,6 @@ Plain frozen values with no I/O, shared by every other module of the package.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,11 +15,15 @@ class S3Url:
 
     @classmethod
     def parse(cls, url: str) -> S3Url:
-        """``s3://bucket/key`` (the key may be empty or a prefix)."""
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
+        """``s3://bucket/key`` (the key may be empty or a prefix). Everything after the bucket is
+        the key, ``?`` and ``#`` included: S3 keys are not URL paths (a file ``run#1.png`` is the
+        key ``.../run#1.png``, not a fragment)."""
+        if url[:5].lower() != "s3://":
             raise ValueError(f"not an s3://bucket/key URL: {url!r}")
-        return cls(parts.netloc, parts.path.lstrip("/"))
+        bucket, _, key = url[5:].partition("/")
+        if not bucket:
+            raise ValueError(f"not an s3://bucket/key URL: {url!r}")
+        return cls(bucket, key)
 
     def joined(self, rel: str) -> S3Url:
         """``rel`` below this key taken as a prefix: ``key/rel`` (just ``rel`` at the bucket's top)."""

@@ -74,15 +74,19 @@ def test_multipart_etag_matches_s3_rule() -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "bucket", "key"), [("s3://b/k/x.bin", "b", "k/x.bin"), ("s3://b", "b", ""), ("s3://b/", "b", "")]
+    ("url", "bucket", "key"),
+    [("s3://b/k/x.bin", "b", "k/x.bin"), ("s3://b", "b", ""), ("s3://b/", "b", ""), ("S3://b/k", "b", "k"),
+     # S3 keys are not URL paths: '?', '#', '%' and '//' are part of the key
+     ("s3://b/runs/run#1?v=2%20.png", "b", "runs/run#1?v=2%20.png"), ("s3://b//x//y", "b", "/x//y")],
 )
 def test_s3_url(url: str, bucket: str, key: str) -> None:
     assert S3Url.parse(url) == S3Url(bucket, key)
 
 
-def test_s3_url_rejects_other_schemes() -> None:
+@pytest.mark.parametrize("url", ["http://b/k", "s3:///k", "s3://", "s3:/b/k", "b/k"])
+def test_s3_url_rejects_other_schemes_and_no_bucket(url: str) -> None:
     with pytest.raises(ValueError):
-        S3Url.parse("http://b/k")
+        S3Url.parse(url)
 
 
 @pytest.mark.parametrize(
