@@ -98,6 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grid-bursts", default="0.1,0.5,2")
     parser.add_argument("--grid-prefixes", default="1,4")
     parser.add_argument("--out", default="bench/out/s3_slowdown")
+    parser.add_argument("--cells-name", default="",
+                        help="suffix of the grid's results file, so a run of some cells keeps another run's file")
     return parser.parse_args(argv)
 
 
@@ -275,10 +277,13 @@ def write_grid_result(args: argparse.Namespace, rows: list[dict[str, Any]], *, c
                       commit: str | None = None) -> Path:
     """The grid's cells in bench/results (``write_cells``), rendered by ``python -m bench report``
     as the README's grid table: ``s3_slowdown-grid.json`` for every client, or
-    ``s3_slowdown-grid-<clients>.json`` for a run of fewer (its cells are added to the table).
+    ``s3_slowdown-grid-<clients>.json`` for a run of fewer (its cells are added to the table),
+    ``-<cells name>`` after either with ``--cells-name``.
     ``command`` / ``commit``: those of the run that measured ``rows`` (default: this one)."""
     clients = args.clients.split(",")
     variant = "grid" if clients == DEFAULT_CLIENTS.split(",") else "grid-" + "-".join(clients)
+    if args.cells_name:
+        variant = f"{variant}-{args.cells_name}"
     inputs = {"seconds": args.seconds, "max_attempts": args.max_attempts, "workers": args.workers,
               "boto_threads": args.boto_threads, "object_bytes": args.object_bytes, "upstream": args.upstream,
               "clients": clients, "rates": args.grid_rates, "bursts": args.grid_bursts, "prefixes": args.grid_prefixes}
