@@ -1,9 +1,9 @@
 """Small ``PutObject`` requests signed by ``_sigv4`` and sent over ``_http1``'s keep-alive pool.
 
 Why: botocore spends about 0.7 ms of CPU on every request (serialising, endpoint rules, event
-hooks, signing, parsing the answer); through aiohttp the same request still cost ~0.45 ms of the
-client's CPU in all, over ``_http1`` ~0.22 ms (the two measured in turns in one process, 5,000
-PUTs a round against the SlowDown bench's sink front). A migration of many small files meets
+hooks, signing, parsing the answer); sent through aiohttp the same request still cost ~0.3 ms
+of the client's CPU in all, over ``_http1`` ~0.14 ms (the two measured in turns in one process,
+5,000 PUTs a round against the SlowDown bench's sink front). A migration of many small files meets
 S3's per-prefix request limits (3,500 PUT/s on AWS; the SlowDown bench's fronts up to 1,000/s
 on each of 4 prefixes) only if the client is not the bound, so the small PUT, the one request
 such a migration makes by the thousand, goes this way.

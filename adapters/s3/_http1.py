@@ -158,9 +158,12 @@ class _Connection(asyncio.Protocol):
         if encoding and encoding != "identity":
             if encoding != "chunked":
                 raise ProtocolError(f"transfer-encoding {encoding!r} is not supported")
-            body = self._chunked(eof=eof)
-            if body is None:
-                return None
+            body, complete = self._chunked(eof=eof)
+            if not complete:
+                if len(self._buffer) <= self._body_limit + MAX_HEAD:
+                    return None
+                # a long one (the buffer is parsed anew as bytes come): keep the start, drop the rest
+                return self._answer(body, reusable=False)
         elif "content-length" in headers:
             try:
                 length = int(headers["content-length"])
@@ -184,8 +187,9 @@ class _Connection(asyncio.Protocol):
             return self._answer(bytes(self._buffer[: self._body_limit]), reusable=False)
         return self._answer(body, reusable=keep_alive and not self._buffer)
 
-    def _chunked(self, *, eof: bool) -> bytes | None:
-        """The body of a complete chunked answer in the buffer, else None (more to come)."""
+    def _chunked(self, *, eof: bool) -> tuple[bytes, bool]:
+        """The body of the chunked answer in the buffer (at most ``body_limit`` bytes of it), and
+        whether it is complete (then its bytes are taken out of the buffer)."""
         body = bytearray()
         at = 0
         buffer = self._buffer
@@ -198,13 +202,11 @@ class _Connection(asyncio.Protocol):
             except ValueError:
                 raise ProtocolError("a chunk size that is not a number") from None
             if size == 0:
-                trailer_end = buffer.find(b"\r\n\r\n", line_end)
-                if buffer[line_end : line_end + 4] == b"\r\n\r\n":
-                    trailer_end = line_end
-                if trailer_end < 0:
+                trailers_end = buffer.find(b"\r\n\r\n", line_end)  # at line_end when there are none
+                if trailers_end < 0:
                     break
-                del buffer[: trailer_end + 4]
-                return bytes(body[: self._body_limit])
+                del buffer[: trailers_end + 4]
+                return bytes(body[: self._body_limit]), True
             start = line_end + 2
             if len(buffer) < start + size + 2:
                 break
@@ -213,7 +215,7 @@ class _Connection(asyncio.Protocol):
             at = start + size + 2
         if eof:
             raise ProtocolError("the chunked answer is cut off")
-        return None
+        return bytes(body[: self._body_limit]), False
 
     def _answer(self, body: bytes, *, reusable: bool) -> Answer:
         assert self._head is not None

@@ -175,6 +175,20 @@ async def test_broken_answers_are_connection_errors_and_the_connection_is_droppe
     assert server.connections == 2
 
 
+async def test_a_long_chunked_answer_is_cut_at_the_limit_and_its_connection_closed() -> None:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (1000, bytes([n]) * 1000) for n in range(200))
+    wire = b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks  # never ends
+    async with raw_server(lambda n: [wire] if n == 0 else [ok(b"small")]) as server:
+        pool = pool_for(server)
+        try:
+            first = await pool.request(request(), body_limit=2500)
+            second = await pool.request(request(), body_limit=2500)
+        finally:
+            await pool.aclose()
+    assert first.status == 500 and first.body == b"\x00" * 1000 + b"\x01" * 1000 + b"\x02" * 500
+    assert second.body == b"small" and server.connections == 2
+
+
 async def test_an_interim_100_continue_is_skipped() -> None:
     async with raw_server(lambda n: [b"HTTP/1.1 100 Continue\r\n\r\n", ok(b"final")]) as server:
         pool = pool_for(server)
