@@ -25,14 +25,15 @@ concurrency, and the retry budget bounds retries. Credentials come from the usua
 SSE-C key (``sse_customer_key_env``) goes with every request on an object's bytes or metadata.
 
 Small ``PutObject`` requests (in memory, up to 256 KiB) to an explicit endpoint with path-style
-addressing skip botocore's per-call machinery: runferry signs (SigV4) and sends them itself,
-at about a third of the client CPU per request, so many small files can reach a prefix's
-request limit; the request on the wire is botocore's (``tests/s3/test_direct.py``).
+addressing skip botocore's per-call machinery: runferry signs (SigV4) and sends them itself
+over its own HTTP/1.1 keep-alive pool (``_http1``), at about a sixth of the client CPU per
+request, so many small files can reach a prefix's request limit; the request on the wire is
+botocore's (``tests/s3/test_direct.py``).
 
 Layout: ``_config`` (sizes, ``S3Config``), ``_url`` (``S3Url`` and result values), ``_parts``
 (part planning, MD5/ETag rules), ``_encryption`` (which requests carry an SSE-C key, when an
 ETag is no MD5), ``_errors`` (answer classification lists), ``_client``
-(aiobotocore client set-up), ``_sigv4`` and ``_direct`` (the small PUT sent without botocore),
+(aiobotocore client set-up), ``_sigv4``, ``_http1`` and ``_direct`` (the small PUT sent without botocore),
 ``_requests`` (lifecycle, limiter, retry loop), ``_listing``,
 ``_upload``, ``_download``, ``_copy`` (one family of operations each) and ``_store`` (``S3Store``).
 """

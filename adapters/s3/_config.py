@@ -39,7 +39,7 @@ class S3Config:
     addressing_style: str = "path"  # path | virtual | auto
     # Small PutObjects (up to 256 KiB, in memory) to an explicit endpoint with path-style
     # addressing are signed and sent by runferry itself instead of botocore (``_direct``):
-    # about a third of the client CPU per request, so many small files reach a prefix's request
+    # about a sixth of the client CPU per request, so many small files reach a prefix's request
     # limit. RUNFERRY_S3_DIRECT_PUT=0 sends them through botocore (a store that balks at them).
     direct_put: bool = field(default_factory=lambda: os.environ.get("RUNFERRY_S3_DIRECT_PUT", "1") != "0")
     # Streamed PutObjects carry the CRC-32 runferry already computes (``x-amz-checksum-crc32``,
