@@ -13,6 +13,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import pytest
@@ -78,25 +79,28 @@ async def raw_server(answer: Callable[[int], list[object]]) -> AsyncIterator[Raw
         await listener.wait_closed()
 
 
-def pool_for(server: RawServer, **options: object) -> Http1Pool:
-    return Http1Pool("127.0.0.1", server.port, tls=None, **options)  # type: ignore[arg-type]
+@contextlib.asynccontextmanager
+async def pooled(answer: Callable[[int], list[object]], **options: Any) -> AsyncIterator[tuple[RawServer, Http1Pool]]:
+    """A raw server answering with ``answer`` and a pool to it (closed after)."""
+    async with raw_server(answer) as server:
+        pool = Http1Pool("127.0.0.1", server.port, tls=None, **options)
+        try:
+            yield server, pool
+        finally:
+            await pool.aclose()
 
 
 def request(body: bytes = b"payload") -> bytes:
     return b"PUT /b/k HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def ok(body: bytes = b"", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\n%scontent-length: %d\r\n\r\n%s" % (extra, len(body), body)
+def ok(body: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
 
 async def test_answers_by_content_length_reuse_one_connection() -> None:
-    async with raw_server(lambda n: [ok(b"body %d" % n)]) as server:
-        pool = pool_for(server)
-        try:
-            answers = [await pool.request(request(b"x" * n), body_limit=1024) for n in range(5)]
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [ok(b"body %d" % n)]) as (server, pool):
+        answers = [await pool.request(request(b"x" * n), body_limit=1024) for n in range(5)]
     assert [a.body for a in answers] == [b"body %d" % n for n in range(5)]
     assert answers[0].status == 200 and answers[0].headers["etag"] == '"e"'
     assert server.connections == 1
@@ -106,13 +110,9 @@ async def test_answers_by_content_length_reuse_one_connection() -> None:
 async def test_a_chunked_answer_read_one_byte_at_a_time() -> None:
     wire = (b"HTTP/1.1 503 Slow Down\r\nTransfer-Encoding: chunked\r\nX-Amz-Request-Id: r1\r\n\r\n"
             b"5;ext=1\r\n<Err>\r\n0b\r\nSlowDown</E\r\n3\r\nrr>\r\n0\r\nTrailer: t\r\n\r\n")
-    async with raw_server(lambda n: [wire[i : i + 1] for i in range(len(wire))] if n == 0 else [ok(b"next")]) as server:
-        pool = pool_for(server)
-        try:
-            first = await pool.request(request(), body_limit=1024)
-            second = await pool.request(request(), body_limit=1024)
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [wire[i : i + 1] for i in range(len(wire))] if n == 0 else [ok(b"next")]) as (server, pool):
+        first = await pool.request(request(), body_limit=1024)
+        second = await pool.request(request(), body_limit=1024)
     assert (first.status, first.body, first.headers["x-amz-request-id"]) == (503, b"<Err>SlowDown</Err>", "r1")
     assert second.body == b"next" and server.connections == 1
 
@@ -128,23 +128,15 @@ async def test_a_chunked_answer_read_one_byte_at_a_time() -> None:
     ],
 )
 async def test_keep_alive_follows_what_the_server_said(answer: bytes, reused: bool) -> None:
-    async with raw_server(lambda n: [answer] if reused else [answer, CLOSE]) as server:
-        pool = pool_for(server)
-        try:
-            for _ in range(3):
-                assert (await pool.request(request(), body_limit=1024)).body == answer.partition(b"\r\n\r\n")[2]
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [answer] if reused else [answer, CLOSE]) as (server, pool):
+        for _ in range(3):
+            assert (await pool.request(request(), body_limit=1024)).body == answer.partition(b"\r\n\r\n")[2]
     assert server.connections == (1 if reused else 3)
 
 
 async def test_an_answer_ended_by_the_close_is_read_whole_and_not_reused() -> None:
-    async with raw_server(lambda n: [b"HTTP/1.1 200 OK\r\n\r\n", b"part one, ", b"part two", CLOSE]) as server:
-        pool = pool_for(server)
-        try:
-            answers = [await pool.request(request(), body_limit=1024) for _ in range(2)]
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [b"HTTP/1.1 200 OK\r\n\r\n", b"part one, ", b"part two", CLOSE]) as (server, pool):
+        answers = [await pool.request(request(), body_limit=1024) for _ in range(2)]
     assert [a.body for a in answers] == [b"part one, part two"] * 2
     assert server.connections == 2
 
@@ -164,62 +156,42 @@ async def test_an_answer_ended_by_the_close_is_read_whole_and_not_reused() -> No
     ],
 )
 async def test_broken_answers_are_connection_errors_and_the_connection_is_dropped(wire: list[object]) -> None:
-    async with raw_server(lambda n: wire if n == 0 else [ok(b"fine")]) as server:
-        pool = pool_for(server)
-        try:
-            with pytest.raises(ProtocolError):
-                await pool.request(request(), body_limit=1024)
-            assert (await pool.request(request(), body_limit=1024)).body == b"fine"
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: wire if n == 0 else [ok(b"fine")]) as (server, pool):
+        with pytest.raises(ProtocolError):
+            await pool.request(request(), body_limit=1024)
+        assert (await pool.request(request(), body_limit=1024)).body == b"fine"
     assert server.connections == 2
 
 
 async def test_a_long_chunked_answer_is_cut_at_the_limit_and_its_connection_closed() -> None:
     chunks = b"".join(b"%x\r\n%s\r\n" % (1000, bytes([n]) * 1000) for n in range(200))
     wire = b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks  # never ends
-    async with raw_server(lambda n: [wire] if n == 0 else [ok(b"small")]) as server:
-        pool = pool_for(server)
-        try:
-            first = await pool.request(request(), body_limit=2500)
-            second = await pool.request(request(), body_limit=2500)
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [wire] if n == 0 else [ok(b"small")]) as (server, pool):
+        first = await pool.request(request(), body_limit=2500)
+        second = await pool.request(request(), body_limit=2500)
     assert first.status == 500 and first.body == b"\x00" * 1000 + b"\x01" * 1000 + b"\x02" * 500
     assert second.body == b"small" and server.connections == 2
 
 
 async def test_an_interim_100_continue_is_skipped() -> None:
-    async with raw_server(lambda n: [b"HTTP/1.1 100 Continue\r\n\r\n", ok(b"final")]) as server:
-        pool = pool_for(server)
-        try:
-            answer = await pool.request(request(), body_limit=1024)
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [b"HTTP/1.1 100 Continue\r\n\r\n", ok(b"final")]) as (server, pool):
+        answer = await pool.request(request(), body_limit=1024)
     assert (answer.status, answer.body) == (200, b"final")
 
 
 async def test_a_body_beyond_the_limit_is_cut_and_its_connection_closed() -> None:
     big = bytes(range(256)) * 64
-    async with raw_server(lambda n: [ok(big)] if n == 0 else [ok(b"small")]) as server:
-        pool = pool_for(server)
-        try:
-            first = await pool.request(request(), body_limit=1000)
-            second = await pool.request(request(), body_limit=1000)
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [ok(big)] if n == 0 else [ok(b"small")]) as (server, pool):
+        first = await pool.request(request(), body_limit=1000)
+        second = await pool.request(request(), body_limit=1000)
     assert first.body == big[:1000] and second.body == b"small"
     assert server.connections == 2
 
 
 async def test_bytes_after_the_answer_keep_the_connection_out_of_the_pool() -> None:
-    async with raw_server(lambda n: [ok(b"a") + b"HTTP/1.1 200 OK\r\n"] if n == 0 else [ok(b"b")]) as server:
-        pool = pool_for(server)
-        try:
-            assert (await pool.request(request(), body_limit=1024)).body == b"a"
-            assert (await pool.request(request(), body_limit=1024)).body == b"b"
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [ok(b"a") + b"HTTP/1.1 200 OK\r\n"] if n == 0 else [ok(b"b")]) as (server, pool):
+        assert (await pool.request(request(), body_limit=1024)).body == b"a"
+        assert (await pool.request(request(), body_limit=1024)).body == b"b"
     assert server.connections == 2
 
 
@@ -227,14 +199,10 @@ async def test_no_answer_within_the_read_timeout_is_a_timeout() -> None:
     def answer(n: int) -> list[object]:
         return [] if n == 0 else [ok(b"later")]
 
-    async with raw_server(answer) as server:
-        pool = pool_for(server, read_timeout=0.05)
-        try:
-            with pytest.raises(TimeoutError):
-                await pool.request(request(), body_limit=1024)
-            assert (await pool.request(request(), body_limit=1024)).body == b"later"
-        finally:
-            await pool.aclose()
+    async with pooled(answer, read_timeout=0.05) as (server, pool):
+        with pytest.raises(TimeoutError):
+            await pool.request(request(), body_limit=1024)
+        assert (await pool.request(request(), body_limit=1024)).body == b"later"
     assert server.connections == 2
 
 
@@ -247,75 +215,55 @@ async def test_a_cancelled_request_closes_its_connection() -> None:
             return []  # hold the answer back
         return [ok(b"after")]
 
-    async with raw_server(answer) as server:
-        pool = pool_for(server)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(functools.partial(pool.request, request(), body_limit=1024))
-                await arrived.wait()
-                tg.cancel_scope.cancel()
-            await server.closed.wait()  # the server saw that connection end
-            assert (await pool.request(request(), body_limit=1024)).body == b"after"
-        finally:
-            await pool.aclose()
+    async with pooled(answer) as (server, pool):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(pool.request, request(), body_limit=1024))
+            await arrived.wait()
+            tg.cancel_scope.cancel()
+        await server.closed.wait()  # the server saw that connection end
+        assert (await pool.request(request(), body_limit=1024)).body == b"after"
     assert server.connections == 2
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_retried_once_on_a_new_one() -> None:
     # the server closes the kept-alive connection as the second request arrives (its idle
     # timeout racing the request): the request goes once more, on a new connection
-    async with raw_server(lambda n: [CLOSE] if n == 1 else [ok(b"%d" % n)]) as server:
-        pool = pool_for(server)
-        try:
-            assert (await pool.request(request(), body_limit=1024)).body == b"0"
-            assert (await pool.request(request(), body_limit=1024)).body == b"2"
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [CLOSE] if n == 1 else [ok(b"%d" % n)]) as (server, pool):
+        assert (await pool.request(request(), body_limit=1024)).body == b"0"
+        assert (await pool.request(request(), body_limit=1024)).body == b"2"
     assert server.connections == 2 and len(server.requests) == 3
 
 
 async def test_no_second_try_after_answer_bytes_and_no_third_one() -> None:
     script: dict[int, list[object]] = {1: [b"HTTP/1.1 200", CLOSE], 3: [CLOSE], 4: [CLOSE]}
-    async with raw_server(lambda n: script.get(n, [ok(b"%d" % n)])) as server:
-        pool = pool_for(server)
-        try:
+    async with pooled(lambda n: script.get(n, [ok(b"%d" % n)])) as (server, pool):
+        await pool.request(request(), body_limit=1024)
+        with pytest.raises(ProtocolError):  # the answer had begun: the server may have acted on it
             await pool.request(request(), body_limit=1024)
-            with pytest.raises(ProtocolError):  # the answer had begun: the server may have acted on it
-                await pool.request(request(), body_limit=1024)
-            assert (await pool.request(request(), body_limit=1024)).body == b"2"
-            with pytest.raises(ProtocolError):  # stale, then the new connection closed too: no third try
-                await pool.request(request(), body_limit=1024)
-        finally:
-            await pool.aclose()
+        assert (await pool.request(request(), body_limit=1024)).body == b"2"
+        with pytest.raises(ProtocolError):  # stale, then the new connection closed too: no third try
+            await pool.request(request(), body_limit=1024)
     assert len(server.requests) == 5 and server.connections == 3
 
 
 async def test_idle_connections_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_http1, "IDLE_SECONDS", 0.0)
-    async with raw_server(lambda n: [ok()]) as server:
-        pool = pool_for(server)
-        try:
-            for _ in range(3):
-                await pool.request(request(), body_limit=1024)
-        finally:
-            await pool.aclose()
+    async with pooled(lambda n: [ok()]) as (server, pool):
+        for _ in range(3):
+            await pool.request(request(), body_limit=1024)
     assert server.connections == 3
 
 
 async def test_at_most_limit_connections_are_open() -> None:
-    async with raw_server(lambda n: [ok(b"%d" % n)]) as server:
-        pool = pool_for(server, limit=2)
-        bodies: list[bytes] = []
+    bodies: list[bytes] = []
+    async with pooled(lambda n: [ok(b"%d" % n)], limit=2) as (server, pool):
 
         async def one() -> None:
             bodies.append((await pool.request(request(), body_limit=1024)).body)
 
-        try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(8):  # all eight are sent before any answer comes back
-                    tg.start_soon(one)
-        finally:
-            await pool.aclose()
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):  # all eight are sent before any answer comes back
+                tg.start_soon(one)
     assert sorted(bodies) == sorted(b"%d" % n for n in range(8))
     assert server.most_open == 2 and server.connections == 2
 
