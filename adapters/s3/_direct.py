@@ -130,7 +130,7 @@ class DirectPut:
             return None
         tls: ssl.SSLContext | bool = True
         if parts.scheme == "https":
-            tls = await anyio.to_thread.run_sync(_tls_context, verify) if verify is not False else False
+            tls = await anyio.to_thread.run_sync(_tls_context, verify) if verify is not False else _unverified()
         return cls(config, endpoint, client.meta.region_name, credentials, tls=tls)
 
     async def aclose(self) -> None:
@@ -193,8 +193,8 @@ def _tls_context(verify: bool | str) -> ssl.SSLContext:
 
 
 def _unverified() -> ssl.SSLContext:
-    """botocore's ``verify=False``: TLS without checking the certificate."""
-    context = ssl.create_default_context()
+    """botocore's ``verify=False``: TLS without checking the certificate (no CA files read)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context

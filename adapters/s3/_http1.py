@@ -62,7 +62,6 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._body_limit = 0
         self._head: tuple[int, dict[str, str], bool] | None = None  # status, headers, keep-alive
-        self._lost: BaseException | None = None
         self.reusable = False
         self.received = False  # any byte of the current answer (then no silent second try)
         self.idle_since = 0.0
@@ -103,15 +102,13 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = exc or ProtocolError("the connection was closed")
-        self.reusable = False
-        self._fail(self._lost)
+        self._fail(exc or ProtocolError("the connection was closed"))
 
     # -- requests ----------------------------------------------------------------------
 
     @property
     def open(self) -> bool:
-        return self._lost is None and self._transport is not None and not self._transport.is_closing()
+        return self._transport is not None and not self._transport.is_closing()
 
     async def exchange(self, request: bytes, body_limit: int) -> Answer:
         """Send ``request`` (head and body) and wait for its answer; closes the connection on
@@ -292,19 +289,18 @@ class Http1Pool:
         bytes of its body are kept; a connection whose answer had more is closed)."""
         async with self._slots:
             connection = self._idle_connection()
+            reused = connection is not None
             if connection is None:
                 connection = await self._connect()
+            try:
                 answer = await connection.exchange(request, body_limit)
-            else:
-                try:
-                    answer = await connection.exchange(request, body_limit)
-                except ConnectionError:
-                    if connection.received:
-                        raise
-                    # a kept-alive connection the server had closed before it read this
-                    # request (its idle timeout): once more on a new one, as urllib3 does
-                    connection = await self._connect()
-                    answer = await connection.exchange(request, body_limit)
+            except ConnectionError:
+                if not reused or connection.received:
+                    raise
+                # a kept-alive connection the server had closed before it read this request
+                # (its idle timeout): once more on a new one, as urllib3 does
+                connection = await self._connect()
+                answer = await connection.exchange(request, body_limit)
             if connection.reusable and not self._closed:
                 connection.idle_since = time.monotonic()
                 self._idle.append(connection)
